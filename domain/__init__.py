@@ -1,0 +1,23 @@
+"""The event-sourced domain: characters, instances, API keys and the application service."""
+
+from domain.actor import Actor
+from domain.application import Alma, MemoryChange
+from domain.character import Character
+from domain.errors import DomainError, InvalidInput, NameTaken, NotFound, VersionConflict
+from domain.instance import Instance, InstanceName
+from domain.keys import ApiKey
+
+__all__ = [
+    "Actor",
+    "Alma",
+    "ApiKey",
+    "Character",
+    "DomainError",
+    "Instance",
+    "InstanceName",
+    "InvalidInput",
+    "MemoryChange",
+    "NameTaken",
+    "NotFound",
+    "VersionConflict",
+]

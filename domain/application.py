@@ -1,0 +1,362 @@
+"""The application service: every command and query on characters, instances and keys."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate, DomainEvent
+from eventsourcing.persistence import IntegrityError, JSONTranscoder, Recording
+from eventsourcing.utils import get_topic
+
+from domain.actor import Actor, ActorAsDict
+from domain.character import Character
+from domain.errors import InvalidInput, NameTaken, NotFound, VersionConflict
+from domain.instance import Instance, InstanceName
+from domain.keys import ApiKey, hash_secret, new_secret
+from domain.rules import name_key, valid_name, valid_text
+
+A = TypeVar("A", bound=Aggregate)
+T = TypeVar("T")
+
+MAX_ATTEMPTS = 60
+
+
+@dataclass(frozen=True)
+class MemoryChange:
+    """One change of an instance's memory text, as the audit shows it."""
+
+    event: DomainEvent
+    before: str
+    after: str
+
+
+class Alma(Application[UUID]):
+    name = "alma"
+    snapshotting_intervals: ClassVar[dict[type[Aggregate], int]] = {Character: 50, Instance: 50}
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        super().__init__(env)
+        self.listeners: list[Callable[[], None]] = []
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        super().register_transcodings(transcoder)
+        transcoder.register(ActorAsDict())
+
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
+        recordings = super().save(*objs, **kwargs)
+        for listener in self.listeners:
+            listener()
+        return recordings
+
+    # Characters
+
+    def create_character(self, tenant: str, fields: dict[str, Any], actor: Actor) -> Character:
+        character = Character.create(tenant, fields, actor)
+        self.save(character)
+        return character
+
+    def edit_character(
+        self,
+        tenant: str,
+        character_id: UUID,
+        changes: dict[str, Any],
+        actor: Actor,
+        expected_version: int | None = None,
+    ) -> Character:
+        def attempt() -> Character:
+            character = self._current(Character, tenant, character_id, expected_version)
+            character.edit(changes, actor)
+            self.save(character)
+            return character
+
+        return self._retrying(attempt)
+
+    def archive_character(
+        self, tenant: str, character_id: UUID, actor: Actor, expected_version: int | None = None
+    ) -> None:
+        def attempt() -> None:
+            character = self._current(Character, tenant, character_id, expected_version)
+            character.archive(actor)
+            self.save(character)
+
+        self._retrying(attempt)
+
+    def character(
+        self, tenant: str, character_id: UUID, version: int | None = None, at: datetime | None = None
+    ) -> Character:
+        return self._state(Character, tenant, character_id, version, at)
+
+    # Instances
+
+    def create_instance(
+        self,
+        tenant: str,
+        character_id: UUID,
+        name: str,
+        memory: str,
+        actor: Actor,
+        forked_from: dict[str, Any] | None = None,
+    ) -> Instance:
+        self._current(Character, tenant, character_id)
+
+        def attempt() -> Instance:
+            instance = Instance.create(tenant, character_id, name, memory, actor, forked_from)
+            index = self._claim_name(tenant, instance.name, instance.id, actor)
+            self.save(instance, index)
+            return instance
+
+        return self._retrying(attempt)
+
+    def edit_instance(
+        self,
+        tenant: str,
+        instance_id: UUID,
+        actor: Actor,
+        name: str | None = None,
+        memory: str | None = None,
+        expected_version: int | None = None,
+    ) -> Instance:
+        if name is not None:
+            valid_name(name)
+        if memory is not None:
+            valid_text(memory, "memory")
+
+        def attempt() -> Instance:
+            instance = self._current(Instance, tenant, instance_id, expected_version)
+            changed: list[Aggregate] = [instance]
+            if name is not None and name != instance.name:
+                if name_key(name) != name_key(instance.name):
+                    changed.append(self._claim_name(tenant, name, instance.id, actor))
+                    changed.append(self._release_name(tenant, instance.name, actor))
+                instance.rename(name, actor)
+            if memory is not None and memory != instance.memory:
+                instance.rewrite_memory(memory, actor)
+            self.save(*changed)
+            return instance
+
+        return self._retrying(attempt)
+
+    def archive_instance(
+        self, tenant: str, instance_id: UUID, actor: Actor, expected_version: int | None = None
+    ) -> None:
+        def attempt() -> None:
+            instance = self._current(Instance, tenant, instance_id, expected_version)
+            instance.archive(actor)
+            self.save(instance, self._release_name(tenant, instance.name, actor))
+
+        self._retrying(attempt)
+
+    def fork_instance(
+        self,
+        tenant: str,
+        instance_id: UUID,
+        name: str,
+        actor: Actor,
+        at_version: int | None = None,
+    ) -> Instance:
+        source = self._state(Instance, tenant, instance_id, at_version, None)
+        return self.create_instance(
+            tenant,
+            source.character_id,
+            name,
+            source.memory,
+            actor,
+            forked_from={"instance_id": str(source.id), "version": source.version},
+        )
+
+    def instance(
+        self, tenant: str, instance_id: UUID, version: int | None = None, at: datetime | None = None
+    ) -> Instance:
+        return self._state(Instance, tenant, instance_id, version, at)
+
+    def instance_id_by_name(self, tenant: str, name: str) -> UUID:
+        try:
+            index = self.repository.get(InstanceName.id_for(tenant, name))
+        except AggregateNotFoundError:
+            raise NotFound(f"no instance is named {name!r}") from None
+        if index.instance_id is None:
+            raise NotFound(f"no instance is named {name!r}")
+        assert isinstance(index.instance_id, UUID)
+        return index.instance_id
+
+    # Events: replay and audit
+
+    def stream(
+        self,
+        tenant: str,
+        aggregate_type: type[Aggregate],
+        aggregate_id: UUID,
+        after_version: int = 0,
+        limit: int | None = None,
+        event_type: str | None = None,
+    ) -> Iterator[DomainEvent]:
+        """The aggregate's own events in order (archived aggregates included: history stays)."""
+        self._owned(aggregate_type, tenant, aggregate_id, None)
+        yielded = 0
+        position = after_version
+        while limit is None or yielded < limit:
+            page = list(self.events.get(aggregate_id, gt=position, limit=500))
+            for domain_event in page:
+                position = domain_event.originator_version
+                if event_type is None or type(domain_event).__name__ == event_type:
+                    yield domain_event
+                    yielded += 1
+                    if limit is not None and yielded >= limit:
+                        return
+            if len(page) < 500:
+                return
+
+    def memory_changes(
+        self, tenant: str, instance_id: UUID, after_version: int = 0, limit: int = 50
+    ) -> list[MemoryChange]:
+        memory = ""
+        if after_version > 0:
+            memory = self._owned(Instance, tenant, instance_id, after_version).memory
+        changes = []
+        for domain_event in self.stream(tenant, Instance, instance_id, after_version):
+            after = getattr(domain_event, "memory", None)
+            if isinstance(after, str):
+                changes.append(MemoryChange(domain_event, memory, after))
+                memory = after
+                if len(changes) >= limit:
+                    break
+        return changes
+
+    # API keys
+
+    def issue_key(self, tenant: str, actor: Actor) -> tuple[UUID, str]:
+        secret = new_secret()
+        key = ApiKey(key_hash=hash_secret(secret), tenant=tenant, actor=actor)
+        self.save(key)
+        return key.id, secret
+
+    def revoke_key(self, key_id: UUID, actor: Actor) -> None:
+        def attempt() -> None:
+            try:
+                key = self.repository.get(key_id)
+            except AggregateNotFoundError:
+                raise NotFound(f"no API key {key_id}") from None
+            if not isinstance(key, ApiKey):
+                raise NotFound(f"no API key {key_id}")
+            if not key.revoked:
+                key.revoke(actor)
+                self.save(key)
+
+        self._retrying(attempt)
+
+    def authenticate(self, secret: str) -> ApiKey | None:
+        """The live key for this secret, or None. The lookup is by hash, so the secret itself is
+        never compared or stored."""
+        try:
+            key = self.repository.get(ApiKey.id_for(secret))
+        except AggregateNotFoundError:
+            return None
+        if not isinstance(key, ApiKey) or key.revoked:
+            return None
+        return key
+
+    def has_keys(self) -> bool:
+        issued = get_topic(ApiKey.Issued)  # type: ignore[attr-defined]
+        return bool(self.recorder.select_notifications(start=None, limit=1, topics=[issued]))
+
+    # Internals
+
+    def _retrying(self, attempt: Callable[[], T]) -> T:
+        """Optimistic concurrency: a save that lost a race is re-run on fresh state, so no
+        concurrent update is lost; a stale If-Match fails in `attempt` itself with 409."""
+        for n in range(MAX_ATTEMPTS):
+            try:
+                return attempt()
+            except IntegrityError:
+                time.sleep(random.uniform(0, min(0.05, 0.002 * 2**n)))
+        return attempt()
+
+    def _claim_name(
+        self, tenant: str, name: str, instance_id: UUID, actor: Actor
+    ) -> InstanceName:
+        try:
+            index = self.repository.get(InstanceName.id_for(tenant, name))
+        except AggregateNotFoundError:
+            return InstanceName.register(tenant, name, instance_id, actor)
+        assert isinstance(index, InstanceName)
+        if index.instance_id not in (None, instance_id):
+            raise NameTaken(f"the instance name {name!r} is already taken")
+        index.assign(instance_id, actor)
+        return index
+
+    def _release_name(self, tenant: str, name: str, actor: Actor) -> InstanceName:
+        index = self.repository.get(InstanceName.id_for(tenant, name))
+        assert isinstance(index, InstanceName)
+        index.assign(None, actor)
+        return index
+
+    def _owned(
+        self, aggregate_type: type[A], tenant: str, aggregate_id: UUID, version: int | None
+    ) -> A:
+        """The aggregate as it was at `version` (now, if None); another tenant's is not found."""
+        try:
+            aggregate = self.repository.get(aggregate_id, version=version)
+        except AggregateNotFoundError:
+            aggregate = None
+        if not isinstance(aggregate, aggregate_type) or aggregate.tenant != tenant:  # type: ignore[attr-defined]
+            kind = aggregate_type.__name__.lower()
+            raise NotFound(f"no {kind} {aggregate_id}" + (f" at version {version}" if version else ""))
+        return aggregate
+
+    def _current(
+        self,
+        aggregate_type: type[A],
+        tenant: str,
+        aggregate_id: UUID,
+        expected_version: int | None = None,
+    ) -> A:
+        aggregate = self._owned(aggregate_type, tenant, aggregate_id, None)
+        if aggregate.archived:  # type: ignore[attr-defined]
+            raise NotFound(f"{aggregate_type.__name__.lower()} {aggregate_id} was deleted")
+        if expected_version is not None and aggregate.version != expected_version:
+            raise VersionConflict(aggregate.version)
+        return aggregate
+
+    def _state(
+        self,
+        aggregate_type: type[A],
+        tenant: str,
+        aggregate_id: UUID,
+        version: int | None,
+        at: datetime | None,
+    ) -> A:
+        """Current state (not archived), or the state back then for time travel."""
+        if version is None and at is None:
+            return self._current(aggregate_type, tenant, aggregate_id)
+        current = self._owned(aggregate_type, tenant, aggregate_id, None)
+        if version is not None and not 1 <= version <= current.version:
+            raise InvalidInput(f"version must be between 1 and {current.version}", "version")
+        if at is not None:
+            version = self._version_at(aggregate_id, current.version, at)
+        return self._owned(aggregate_type, tenant, aggregate_id, version)
+
+    def _version_at(self, aggregate_id: UUID, last: int, at: datetime) -> int:
+        """The last version recorded at or before `at`, by binary search over the stream."""
+
+        def timestamp(version: int) -> datetime:
+            (domain_event,) = self.events.get(aggregate_id, gt=version - 1, lte=version)
+            stamp: datetime = domain_event.timestamp
+            return stamp
+
+        if timestamp(1) > at:
+            raise NotFound(f"{aggregate_id} did not exist at {at.isoformat()}")
+        low, high = 1, last
+        while low < high:
+            middle = (low + high + 1) // 2
+            if timestamp(middle) <= at:
+                low = middle
+            else:
+                high = middle - 1
+        return low

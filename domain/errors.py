@@ -1,0 +1,31 @@
+"""The domain's error types; the API maps each kind to one HTTP status."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base of every error a command or query can raise on purpose."""
+
+
+class NotFound(DomainError):
+    """No such aggregate for this tenant (or it belongs to another tenant)."""
+
+
+class InvalidInput(DomainError):
+    """A value breaks a domain rule (empty name, text too long, version out of range)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class NameTaken(DomainError):
+    """An instance name is already used within the tenant."""
+
+
+class VersionConflict(DomainError):
+    """The caller's expected version is stale."""
+
+    def __init__(self, current_version: int) -> None:
+        super().__init__(f"the current version is {current_version}")
+        self.current_version = current_version

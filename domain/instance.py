@@ -1,0 +1,91 @@
+"""The Instance (Instancia) aggregate: one living variation of a character with its own name
+and memory, plus the name index that keeps instance names unique within a tenant."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+from domain.actor import Actor
+from domain.rules import name_key, valid_name, valid_text
+
+_NAMES = uuid5(NAMESPACE_URL, "https://alma.dev/instance-names")
+
+
+class Instance(Aggregate):
+    @event("Created")
+    def __init__(
+        self,
+        tenant: str,
+        character_id: UUID,
+        name: str,
+        memory: str,
+        actor: Actor,
+        forked_from: dict[str, Any] | None = None,
+    ) -> None:
+        self.tenant = tenant
+        self.character_id = character_id
+        self.name = name
+        self.memory = memory
+        self.forked_from = forked_from
+        self.archived = False
+
+    @classmethod
+    def create(
+        cls,
+        tenant: str,
+        character_id: UUID,
+        name: str,
+        memory: str,
+        actor: Actor,
+        forked_from: dict[str, Any] | None = None,
+    ) -> Instance:
+        return cls(
+            tenant=tenant,
+            character_id=character_id,
+            name=valid_name(name),
+            memory=valid_text(memory, "memory"),
+            actor=actor,
+            forked_from=forked_from,
+        )
+
+    @event("Renamed")
+    def rename(self, name: str, actor: Actor) -> None:
+        self.name = name
+
+    @event("MemoryRewritten")
+    def rewrite_memory(self, memory: str, actor: Actor) -> None:
+        self.memory = memory
+
+    @event("Archived")
+    def archive(self, actor: Actor) -> None:
+        self.archived = True
+
+
+class InstanceName(Aggregate):
+    """Index aggregate: its id derives from (tenant, name), so two creations of one name collide
+    in the event store and only one can be saved."""
+
+    @staticmethod
+    def create_id(tenant: str, key: str) -> UUID:
+        return uuid5(_NAMES, f"{tenant}\x00{key}")
+
+    @classmethod
+    def id_for(cls, tenant: str, name: str) -> UUID:
+        return cls.create_id(tenant, name_key(name))
+
+    @event("Registered")
+    def __init__(self, tenant: str, key: str, instance_id: UUID | None, actor: Actor) -> None:
+        self.tenant = tenant
+        self.key = key
+        self.instance_id = instance_id
+
+    @classmethod
+    def register(cls, tenant: str, name: str, instance_id: UUID, actor: Actor) -> InstanceName:
+        return cls(tenant=tenant, key=name_key(name), instance_id=instance_id, actor=actor)
+
+    @event("Assigned")
+    def assign(self, instance_id: UUID | None, actor: Actor) -> None:
+        self.instance_id = instance_id

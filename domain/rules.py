@@ -1,0 +1,30 @@
+"""Rules every name and text must satisfy before it becomes an event."""
+
+from __future__ import annotations
+
+import unicodedata
+
+from domain.errors import InvalidInput
+
+MAX_NAME = 200
+MAX_TEXT = 100_000
+
+
+def valid_name(name: str, field: str = "name") -> str:
+    """A name must have visible characters and at most MAX_NAME characters; kept as given."""
+    if not name.strip():
+        raise InvalidInput(f"{field} must not be empty or only whitespace", field)
+    if len(name) > MAX_NAME:
+        raise InvalidInput(f"{field} is longer than {MAX_NAME} characters", field)
+    return name
+
+
+def valid_text(text: str, field: str) -> str:
+    if len(text) > MAX_TEXT:
+        raise InvalidInput(f"{field} is longer than {MAX_TEXT} characters", field)
+    return text
+
+
+def name_key(name: str) -> str:
+    """The form under which names collide: 'José', 'JOSÉ ' and 'jose\u0301' are one name."""
+    return unicodedata.normalize("NFC", name.strip()).casefold()

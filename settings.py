@@ -1,0 +1,72 @@
+"""alma's one settings object, read from the environment or a `.env` file (prefix `ALMA_`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ALMA_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path(".alma")
+    database_url: str | None = Field(
+        default=None,
+        description="sqlite:///path or postgresql://user@host:port/db?schema=name; "
+        "unset means a SQLite file under data_dir",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8011, ge=1, le=65535)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    snapshot_interval: int = Field(default=50, ge=2)
+    postgres_pool_size: int = Field(default=5, ge=1)
+    postgres_max_overflow: int = Field(default=10, ge=0)
+    postgres_lock_timeout_s: int = Field(default=5, ge=1)
+    read_model_wait_s: float = Field(default=2.0, gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_scheme(cls, url: str | None) -> str | None:
+        if url and not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("ALMA_DATABASE_URL must start with sqlite:/// or postgresql://")
+        return url
+
+    def event_store_env(self, purpose: str) -> dict[str, str]:
+        """eventsourcing settings for one store; `purpose` names its SQLite file."""
+        if self.database_url and self.database_url.startswith("postgres"):
+            return self._postgres_env()
+        if self.database_url:
+            path = Path(unquote(self.database_url.removeprefix("sqlite:///")))
+            folder = path.parent
+        else:
+            folder = self.data_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": str(folder / f"{purpose}.sqlite3"),
+            "SQLITE_LOCK_TIMEOUT": "10",
+        }
+
+    def _postgres_env(self) -> dict[str, str]:
+        assert self.database_url is not None
+        url = urlparse(self.database_url)
+        query = parse_qs(url.query)
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": unquote(url.path.lstrip("/")) or "postgres",
+            "POSTGRES_HOST": url.hostname or "127.0.0.1",
+            "POSTGRES_PORT": str(url.port or 5432),
+            "POSTGRES_USER": unquote(url.username or "postgres"),
+            "POSTGRES_PASSWORD": unquote(url.password or ""),
+            "POSTGRES_POOL_SIZE": str(self.postgres_pool_size),
+            "POSTGRES_MAX_OVERFLOW": str(self.postgres_max_overflow),
+            "POSTGRES_LOCK_TIMEOUT": str(self.postgres_lock_timeout_s),
+            "POSTGRES_CONNECT_TIMEOUT": "5",
+            "POSTGRES_PRE_PING": "y",
+        }
+        if "schema" in query:
+            env["POSTGRES_SCHEMA"] = query["schema"][0]
+        return env
