@@ -20,7 +20,7 @@ from domain.character import Character
 from domain.errors import InvalidInput, NameTaken, NotFound, VersionConflict
 from domain.instance import Instance, InstanceName
 from domain.keys import ApiKey, hash_secret, new_secret
-from domain.rules import name_key, valid_name, valid_text
+from domain.rules import name_key, valid_name, valid_tenant, valid_text
 
 A = TypeVar("A", bound=Aggregate)
 T = TypeVar("T")
@@ -233,7 +233,7 @@ class Alma(Application[UUID]):
 
     def issue_key(self, tenant: str, actor: Actor) -> tuple[UUID, str]:
         secret = new_secret()
-        key = ApiKey(key_hash=hash_secret(secret), tenant=tenant, actor=actor)
+        key = ApiKey(key_hash=hash_secret(secret), tenant=valid_tenant(tenant), actor=actor)
         self.save(key)
         return key.id, secret
 

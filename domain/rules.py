@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 from domain.errors import InvalidInput
@@ -10,9 +11,9 @@ MAX_NAME = 200
 MAX_TEXT = 100_000
 
 
-def valid_name(name: str, field: str = "name") -> str:
+def valid_name(name: object, field: str = "name") -> str:
     """A name must have visible characters and at most MAX_NAME characters; kept as given."""
-    if not name.strip():
+    if not isinstance(name, str) or not name.strip():
         raise InvalidInput(f"{field} must not be empty or only whitespace", field)
     if len(name) > MAX_NAME:
         raise InvalidInput(f"{field} is longer than {MAX_NAME} characters", field)
@@ -28,3 +29,9 @@ def valid_text(text: str, field: str) -> str:
 def name_key(name: str) -> str:
     """The form under which names collide: 'José', 'JOSÉ ' and 'jose\u0301' are one name."""
     return unicodedata.normalize("NFC", name.strip()).casefold()
+
+
+def valid_tenant(tenant: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,63}", tenant):
+        raise InvalidInput("a tenant name is 1-64 of a-z, 0-9, '_', '.', '-'", "tenant")
+    return tenant

@@ -13,8 +13,10 @@ import time
 from typing import Any
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import Tracking, TrackingRecorder
+from eventsourcing.persistence import Tracking
 from eventsourcing.projection import Projection
+
+from projections.listings import ListingView
 
 log = logging.getLogger(__name__)
 
@@ -23,13 +25,13 @@ class Follower:
     def __init__(
         self,
         app: Application[Any],
-        projection: Projection[Any],
+        projection: Projection[ListingView],
         poll_interval: float = 0.2,
         batch_size: int = 200,
     ) -> None:
         self.app = app
         self.projection = projection
-        self.view: TrackingRecorder = projection.view
+        self.view: ListingView = projection.view
         self.poll_interval = poll_interval
         self.batch_size = batch_size
         self._wakeup = threading.Event()

@@ -112,6 +112,9 @@ class ListingView(TrackingRecorder, ABC):
         )
 
     @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
     def _write(self, tracking: Tracking, statement: str, params: dict[str, Any]) -> None: ...
 
     @abstractmethod
@@ -138,6 +141,9 @@ class SQLiteListingView(SQLiteTrackingRecorder, ListingView):
             _CREATE_TABLE.format(table=self.table),
             _CREATE_INDEX.format(table=self.table),
         ]
+
+    def close(self) -> None:
+        self.datastore.close()
 
     def _sql(self, statement: str) -> str:
         statement = statement.replace("{table}", self.table).replace("{tracking}", "tracking")
@@ -167,6 +173,9 @@ class PostgresListingView(PostgresTrackingRecorder, ListingView):
             _CREATE_TABLE.format(table=qualified),
             _CREATE_INDEX.format(table=qualified).replace(f"{qualified}_by_tenant", "listings_by_tenant"),
         ]
+
+    def close(self) -> None:
+        self.datastore.close()
 
     def _sql(self, statement: str) -> Any:
         schema = f'"{self.datastore.schema}"'

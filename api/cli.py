@@ -1,0 +1,151 @@
+"""The `alma` command line: serve, worker, keys, replay, projections."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import uuid
+from collections.abc import Sequence
+
+from api.schemas import EventOut, InstanceOut
+from api.services import Services, build_services
+from domain import Actor, DomainError, Instance
+from settings import Settings
+
+
+def _cli_actor(tenant: str = "") -> Actor:
+    return Actor(tenant=tenant, key_id="cli", request_id=uuid.uuid4().hex)
+
+
+def serve(settings: Settings, host: str, port: int) -> None:
+    import uvicorn
+
+    from api.app import create_app
+
+    services = build_services(settings)
+    try:
+        if not services.app.has_keys():
+            _, secret = services.app.issue_key("default", _cli_actor("default"))
+            print(
+                "No API keys yet: created one for tenant 'default'. It is shown only now:\n"
+                f"  {secret}\n"
+                f"Open http://{host}:{port}/docs, press Authorize and paste it.",
+                flush=True,
+            )
+    finally:
+        services.close()
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+def worker(settings: Settings) -> None:
+    services = build_services(settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    services.listings.start()
+    print(f"following the event log: {services.listings.name}", flush=True)
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        services.close()
+
+
+def keys_create(services: Services, tenant: str) -> None:
+    key_id, secret = services.app.issue_key(tenant, _cli_actor(tenant))
+    print(f"key id {key_id} for tenant {tenant!r}", file=sys.stderr)
+    print(secret)
+
+
+def keys_revoke(services: Services, key_id: str) -> None:
+    services.app.revoke_key(uuid.UUID(key_id), _cli_actor())
+    print(f"revoked {key_id}", file=sys.stderr)
+
+
+def replay(services: Services, instance_id: str, to_version: int | None) -> None:
+    """Every event of the instance and the state after it, as JSON lines."""
+    aggregate_id = uuid.UUID(instance_id)
+    any_instance = services.app.repository.get(aggregate_id)
+    if not isinstance(any_instance, Instance):
+        raise DomainError(f"{instance_id} is not an instance")
+    state: Instance | None = None
+    for event in services.app.events.get(aggregate_id, lte=to_version):
+        state = event.mutate(state)
+        assert state is not None
+        line = {
+            "event": EventOut.of(event).model_dump(mode="json"),
+            "state": InstanceOut.of(state).model_dump(mode="json"),
+        }
+        print(json.dumps(line, ensure_ascii=False))
+
+
+def projections_status(services: Services) -> None:
+    follower = services.listings
+    print(f"{follower.name}\tposition {follower.position()}\tlag {follower.lag()}")
+
+
+def projections_rebuild(services: Services, name: str) -> None:
+    follower = services.listings
+    if name != follower.name:
+        raise DomainError(f"no projection named {name!r}; known: {follower.name}")
+    follower.view.clear(services.app.name)
+    follower.catch_up()
+    print(f"rebuilt {name} up to position {follower.position()}", file=sys.stderr)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alma", description="Long-term memory for characters")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="run the API")
+    serve_cmd.add_argument("--host", default=None)
+    serve_cmd.add_argument("--port", type=int, default=None)
+    commands.add_parser("worker", help="run the projections as their own process")
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    keys.add_parser("create", help="print a new API key").add_argument("--tenant", required=True)
+    keys.add_parser("revoke", help="stop a key working").add_argument("key_id")
+    replay_cmd = commands.add_parser("replay", help="print an instance's events and states")
+    replay_cmd.add_argument("instance_id")
+    replay_cmd.add_argument("--to-version", type=int, default=None)
+    projections = commands.add_parser("projections", help="read models").add_subparsers(
+        dest="projections_command", required=True
+    )
+    projections.add_parser("status", help="positions and lag")
+    projections.add_parser("rebuild", help="rebuild a read model").add_argument(
+        "name", nargs="?", default="listings"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = Settings()
+    if args.command == "serve":
+        serve(settings, args.host or settings.host, args.port or settings.port)
+        return 0
+    if args.command == "worker":
+        worker(settings)
+        return 0
+    services = build_services(settings)
+    try:
+        if args.command == "keys" and args.keys_command == "create":
+            keys_create(services, args.tenant)
+        elif args.command == "keys":
+            keys_revoke(services, args.key_id)
+        elif args.command == "replay":
+            replay(services, args.instance_id, args.to_version)
+        elif args.projections_command == "status":
+            projections_status(services)
+        else:
+            projections_rebuild(services, args.name)
+    except (DomainError, ValueError) as error:
+        print(f"alma: {error}", file=sys.stderr)
+        return 2
+    finally:
+        services.close()
+    return 0
+

@@ -1,0 +1,92 @@
+"""Typed dependencies shared by the routes: services, the caller, the actor, If-Match, paging."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import Depends, Header, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+
+from api.errors import ApiError
+from api.services import Services
+from domain import Actor
+
+_bearer = HTTPBearer(auto_error=False, description="An API key from `alma keys create`")
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+Svc = Annotated[Services, Depends(_services)]
+
+
+@dataclass(frozen=True)
+class Caller:
+    tenant: str
+    key_id: str
+    request_id: str
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(self.tenant, self.key_id, self.request_id)
+
+
+async def _caller(
+    request: Request,
+    services: Svc,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Caller:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise ApiError(401, "unauthorized", "send an API key as 'Authorization: Bearer <key>'")
+    key = await run_in_threadpool(services.app.authenticate, credentials.credentials)
+    if key is None:
+        raise ApiError(401, "unauthorized", "the API key is unknown or revoked")
+    return Caller(key.tenant, str(key.id), request.state.request_id)
+
+
+CurrentCaller = Annotated[Caller, Depends(_caller)]
+
+
+def _expected_version(
+    if_match: Annotated[
+        str | None,
+        Header(description="The version you last saw; a stale one answers 409"),
+    ] = None,
+) -> int | None:
+    if if_match is None:
+        return None
+    value = if_match.strip().removeprefix("W/").strip('"')
+    if not value.isdigit() or int(value) < 1:
+        raise ApiError(400, "bad_if_match", "If-Match must be a version number, like 3")
+    return int(value)
+
+
+ExpectedVersion = Annotated[int | None, Depends(_expected_version)]
+Limit = Annotated[int, Query(ge=1, le=500, description="Items per page")]
+
+
+@dataclass(frozen=True)
+class PointInTime:
+    version: int | None
+    at: datetime | None
+
+
+def _point_in_time(
+    version: Annotated[int | None, Query(ge=1, description="State at this version")] = None,
+    at: Annotated[
+        datetime | None, Query(description="State at this time (ISO 8601; UTC if no offset)")
+    ] = None,
+) -> PointInTime:
+    if version is not None and at is not None:
+        raise ApiError(400, "bad_request", "give either version or at, not both")
+    if at is not None and at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return PointInTime(version, at)
+
+
+AsOf = Annotated[PointInTime, Depends(_point_in_time)]

@@ -1,0 +1,97 @@
+"""The one place that turns errors into HTTP answers of the shape {"error": {code, message, details}}."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from eventsourcing.persistence import IntegrityError, PersistenceError
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from domain import DomainError, InvalidInput, NameTaken, NotFound, VersionConflict
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+def error_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "details": details}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _from_domain(error: DomainError) -> ApiError:
+    if isinstance(error, NotFound):
+        return ApiError(404, "not_found", str(error))
+    if isinstance(error, InvalidInput):
+        return ApiError(422, "invalid_input", str(error), {"field": error.field})
+    if isinstance(error, NameTaken):
+        return ApiError(409, "name_taken", str(error))
+    if isinstance(error, VersionConflict):
+        return ApiError(
+            409, "version_conflict", str(error), {"current_version": error.current_version}
+        )
+    return ApiError(400, "bad_request", str(error))
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, error: ApiError) -> JSONResponse:
+        return error_response(error.status, error.code, error.message, error.details)
+
+    @app.exception_handler(DomainError)
+    async def domain_error(_: Request, error: DomainError) -> JSONResponse:
+        mapped = _from_domain(error)
+        return error_response(mapped.status, mapped.code, mapped.message, mapped.details)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
+        details = [
+            {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in error.errors()
+        ]
+        first = details[0] if details else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(part) for part in first["loc"])
+        return error_response(422, "invalid_request", f"{where}: {first['msg']}", details)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, error: HTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(error.status_code, "error")
+        return error_response(
+            error.status_code, code, str(error.detail), headers=getattr(error, "headers", None)
+        )
+
+    @app.exception_handler(IntegrityError)
+    async def lost_race(_: Request, error: IntegrityError) -> JSONResponse:
+        return error_response(409, "conflict", "too many concurrent changes; try again")
+
+    @app.exception_handler(PersistenceError)
+    async def store_down(_: Request, error: PersistenceError) -> JSONResponse:
+        log.warning("event store unavailable: %s", type(error).__name__)
+        return error_response(
+            503, "event_store_unavailable", "the event store is unavailable; try again",
+            headers={"Retry-After": "1"},
+        )
+

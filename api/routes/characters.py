@@ -1,0 +1,70 @@
+"""Characters (Personaje): create, list, read (now or back then), edit, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Response
+
+from api.deps import AsOf, CurrentCaller, ExpectedVersion, Limit, Svc
+from api.pagination import page_of
+from api.schemas import CharacterCreate, CharacterEdit, CharacterOut, CharacterPage
+
+router = APIRouter(prefix="/v1/characters", tags=["characters"])
+
+
+@router.post("", status_code=201)
+def create_character(body: CharacterCreate, caller: CurrentCaller, svc: Svc) -> CharacterOut:
+    fields = body.model_dump(exclude_none=True)
+    character = svc.app.create_character(caller.tenant, fields, caller.actor)
+    return CharacterOut.of(character)
+
+
+@router.get("")
+def list_characters(
+    caller: CurrentCaller,
+    svc: Svc,
+    limit: Limit = 50,
+    cursor: str | None = None,
+    q: Annotated[str | None, Query(max_length=200, description="Name or description")] = None,
+) -> CharacterPage:
+    items, next_cursor = page_of(
+        svc, "character", caller.tenant, cursor, limit, query=q,
+        load=lambda id_: CharacterOut.of(svc.app.character(caller.tenant, id_)),
+    )
+    return CharacterPage(items=items, next_cursor=next_cursor)
+
+
+@router.get("/{character_id}")
+def get_character(
+    character_id: UUID,
+    caller: CurrentCaller,
+    svc: Svc,
+    as_of: AsOf,
+) -> CharacterOut:
+    character = svc.app.character(caller.tenant, character_id, as_of.version, as_of.at)
+    return CharacterOut.of(character)
+
+
+@router.patch("/{character_id}")
+def edit_character(
+    character_id: UUID,
+    body: CharacterEdit,
+    caller: CurrentCaller,
+    svc: Svc,
+    expected_version: ExpectedVersion,
+) -> CharacterOut:
+    changes = body.model_dump(exclude_unset=True)
+    character = svc.app.edit_character(
+        caller.tenant, character_id, changes, caller.actor, expected_version
+    )
+    return CharacterOut.of(character)
+
+
+@router.delete("/{character_id}", status_code=204)
+def delete_character(
+    character_id: UUID, caller: CurrentCaller, svc: Svc, expected_version: ExpectedVersion
+) -> Response:
+    svc.app.archive_character(caller.tenant, character_id, caller.actor, expected_version)
+    return Response(status_code=204)

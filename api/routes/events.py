@@ -1,0 +1,80 @@
+"""Replay and audit: an aggregate's own event stream, and every change of an instance's memory."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate
+from fastapi import APIRouter, Query
+
+from api.deps import CurrentCaller, Limit, Svc
+from api.pagination import decode_cursor, encode_cursor
+from api.schemas import AuditPage, EventOut, EventPage, MemoryChangeOut
+from domain import Character, Instance
+
+router = APIRouter(tags=["events"])
+
+AfterVersion = Annotated[int | None, Query(ge=0, description="Only events after this version")]
+EventType = Annotated[
+    str | None, Query(max_length=100, description="Only events of this type, e.g. Renamed")
+]
+
+
+def _events_page(
+    svc: Svc,
+    caller: CurrentCaller,
+    aggregate_type: type[Aggregate],
+    aggregate_id: UUID,
+    after_version: int | None,
+    cursor: str | None,
+    limit: int,
+    event_type: str | None,
+) -> EventPage:
+    after = decode_cursor(cursor) if cursor else (after_version or 0)
+    events = list(
+        svc.app.stream(caller.tenant, aggregate_type, aggregate_id, after, limit, event_type)
+    )
+    next_cursor = encode_cursor(events[-1].originator_version) if len(events) == limit else None
+    return EventPage(items=[EventOut.of(e) for e in events], next_cursor=next_cursor)
+
+
+@router.get("/v1/instances/{instance_id}/events")
+def instance_events(
+    instance_id: UUID,
+    caller: CurrentCaller,
+    svc: Svc,
+    after_version: AfterVersion = None,
+    cursor: str | None = None,
+    limit: Limit = 50,
+    type: EventType = None,
+) -> EventPage:
+    return _events_page(svc, caller, Instance, instance_id, after_version, cursor, limit, type)
+
+
+@router.get("/v1/characters/{character_id}/events")
+def character_events(
+    character_id: UUID,
+    caller: CurrentCaller,
+    svc: Svc,
+    after_version: AfterVersion = None,
+    cursor: str | None = None,
+    limit: Limit = 50,
+    type: EventType = None,
+) -> EventPage:
+    return _events_page(svc, caller, Character, character_id, after_version, cursor, limit, type)
+
+
+@router.get("/v1/instances/{instance_id}/memory/audit")
+def memory_audit(
+    instance_id: UUID,
+    caller: CurrentCaller,
+    svc: Svc,
+    cursor: str | None = None,
+    limit: Limit = 50,
+) -> AuditPage:
+    changes = svc.app.memory_changes(caller.tenant, instance_id, decode_cursor(cursor), limit)
+    next_cursor = (
+        encode_cursor(changes[-1].event.originator_version) if len(changes) == limit else None
+    )
+    return AuditPage(items=[MemoryChangeOut.of(c) for c in changes], next_cursor=next_cursor)

@@ -1,0 +1,83 @@
+"""Instances (Instancia): create under a character, list, read (now or back then), edit,
+delete, fork."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from fastapi import APIRouter, Response
+
+from api.deps import AsOf, CurrentCaller, ExpectedVersion, Limit, Svc
+from api.pagination import page_of
+from api.schemas import InstanceCreate, InstanceEdit, InstanceFork, InstanceOut, InstancePage
+
+router = APIRouter(tags=["instances"])
+
+
+@router.post("/v1/characters/{character_id}/instances", status_code=201)
+def create_instance(
+    character_id: UUID, body: InstanceCreate, caller: CurrentCaller, svc: Svc
+) -> InstanceOut:
+    instance = svc.app.create_instance(
+        caller.tenant, character_id, body.name, body.memory, caller.actor
+    )
+    return InstanceOut.of(instance)
+
+
+@router.get("/v1/characters/{character_id}/instances")
+def list_instances(
+    character_id: UUID,
+    caller: CurrentCaller,
+    svc: Svc,
+    limit: Limit = 50,
+    cursor: str | None = None,
+) -> InstancePage:
+    svc.app.character(caller.tenant, character_id)
+    items, next_cursor = page_of(
+        svc, "instance", caller.tenant, cursor, limit, parent_id=character_id,
+        load=lambda id_: InstanceOut.of(svc.app.instance(caller.tenant, id_)),
+    )
+    return InstancePage(items=items, next_cursor=next_cursor)
+
+
+@router.get("/v1/instances/{instance_id}")
+def get_instance(instance_id: UUID, caller: CurrentCaller, svc: Svc, as_of: AsOf) -> InstanceOut:
+    instance = svc.app.instance(caller.tenant, instance_id, as_of.version, as_of.at)
+    return InstanceOut.of(instance)
+
+
+@router.patch("/v1/instances/{instance_id}")
+def edit_instance(
+    instance_id: UUID,
+    body: InstanceEdit,
+    caller: CurrentCaller,
+    svc: Svc,
+    expected_version: ExpectedVersion,
+) -> InstanceOut:
+    instance = svc.app.edit_instance(
+        caller.tenant,
+        instance_id,
+        caller.actor,
+        name=body.name,
+        memory=body.memory,
+        expected_version=expected_version,
+    )
+    return InstanceOut.of(instance)
+
+
+@router.delete("/v1/instances/{instance_id}", status_code=204)
+def delete_instance(
+    instance_id: UUID, caller: CurrentCaller, svc: Svc, expected_version: ExpectedVersion
+) -> Response:
+    svc.app.archive_instance(caller.tenant, instance_id, caller.actor, expected_version)
+    return Response(status_code=204)
+
+
+@router.post("/v1/instances/{instance_id}/fork", status_code=201)
+def fork_instance(
+    instance_id: UUID, body: InstanceFork, caller: CurrentCaller, svc: Svc
+) -> InstanceOut:
+    instance = svc.app.fork_instance(
+        caller.tenant, instance_id, body.name, caller.actor, body.at_version
+    )
+    return InstanceOut.of(instance)
