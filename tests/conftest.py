@@ -1,0 +1,157 @@
+"""Fixtures: every test runs on a SQLite file and on PostgreSQL, each in its own database/schema."""
+
+from __future__ import annotations
+
+import glob
+import os
+import uuid
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from pytest_postgresql import factories
+
+from api.app import create_app
+from api.services import Services, build_services
+from domain import Actor
+from settings import Settings
+
+_pg_ctl = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+throwaway_postgres = factories.postgresql_proc(executable=_pg_ctl[-1] if _pg_ctl else None)
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    host: str
+    port: int
+    user: str
+    dbname: str
+
+    def url(self, schema: str) -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}?schema={schema}"
+
+    def connect(self) -> psycopg.Connection:
+        return psycopg.connect(
+            host=self.host, port=self.port, user=self.user, dbname=self.dbname, autocommit=True
+        )
+
+
+def _running_server() -> PostgresServer | None:
+    server = PostgresServer(
+        os.environ.get("ALMA_TEST_PG_HOST", "127.0.0.1"),
+        int(os.environ.get("ALMA_TEST_PG_PORT", "5432")),
+        os.environ.get("ALMA_TEST_PG_USER", "postgres"),
+        os.environ.get("ALMA_TEST_PG_DB", "test"),
+    )
+    try:
+        server.connect().close()
+    except psycopg.OperationalError:
+        return None
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgres_server(request: pytest.FixtureRequest) -> PostgresServer:
+    server = _running_server()
+    if server is not None:
+        return server
+    try:
+        proc = request.getfixturevalue("throwaway_postgres")
+    except Exception as error:
+        message = f"NO POSTGRESQL: none on 127.0.0.1:5432 and none could be started ({error})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        warnings.warn(message + " -- SKIPPING THE POSTGRESQL HALF OF THE SUITE", stacklevel=1)
+        pytest.skip(message)
+    return PostgresServer(proc.host, proc.port, proc.user, "postgres")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+    """Settings for a store of its own: a fresh SQLite folder, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield Settings(data_dir=tmp_path / "data", _env_file=None)  # type: ignore[call-arg]
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    with server.connect() as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield Settings(  # type: ignore[call-arg]
+            data_dir=tmp_path / "data",
+            database_url=server.url(schema),
+            postgres_pool_size=4,
+            postgres_max_overflow=8,
+            _env_file=None,
+        )
+    finally:
+        with server.connect() as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def services(settings: Settings) -> Iterator[Services]:
+    built = build_services(settings)
+    try:
+        yield built
+    finally:
+        built.close()
+
+
+@pytest.fixture
+def actor() -> Actor:
+    return Actor(tenant="acme", key_id="test-key", request_id="req-1")
+
+
+@dataclass
+class Api:
+    """A running alma app and keys for two tenants, 'acme' and 'rival'."""
+
+    client: TestClient
+    services: Services
+    acme: dict[str, str]
+    rival: dict[str, str]
+
+    def written(self) -> int:
+        """How many events the store holds: bad requests must not change it."""
+        return self.services.app.recorder.max_notification_id() or 0
+
+
+@pytest.fixture
+def api(settings: Settings) -> Iterator[Api]:
+    app = create_app(settings)
+    with TestClient(app) as client:
+        services: Services = app.state.services
+        keys = {
+            tenant: services.app.issue_key(tenant, Actor(tenant, "cli", "setup"))[1]
+            for tenant in ("acme", "rival")
+        }
+        yield Api(
+            client,
+            services,
+            {"Authorization": f"Bearer {keys['acme']}"},
+            {"Authorization": f"Bearer {keys['rival']}"},
+        )
+
+
+def make_character(api: Api, **fields: object) -> dict[str, object]:
+    body = {"name": "Doña Rosa", "description": "Curandera de la sierra", **fields}
+    response = api.client.post("/v1/characters", json=body, headers=api.acme)
+    assert response.status_code == 201, response.text
+    result: dict[str, object] = response.json()
+    return result
+
+
+def make_instance(api: Api, character_id: object, name: str = "Rosa", memory: str = "") -> dict[str, object]:
+    response = api.client.post(
+        f"/v1/characters/{character_id}/instances",
+        json={"name": name, "memory": memory},
+        headers=api.acme,
+    )
+    assert response.status_code == 201, response.text
+    result: dict[str, object] = response.json()
+    return result
