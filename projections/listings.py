@@ -16,9 +16,10 @@ from uuid import UUID
 
 from eventsourcing.dispatch import singledispatchmethod
 from eventsourcing.persistence import Tracking, TrackingRecorder
-from eventsourcing.postgres import PostgresTrackingRecorder
+from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.projection import Projection
 from eventsourcing.sqlite import SQLiteTrackingRecorder
+from psycopg.sql import SQL
 
 from domain import Character, Instance
 
@@ -166,12 +167,14 @@ class SQLiteListingView(SQLiteTrackingRecorder, ListingView):
 
 
 class PostgresListingView(PostgresTrackingRecorder, ListingView):
-    def construct_create_table_statements(self) -> list[str]:
-        qualified = f'"{self.datastore.schema}".{self.table}'
-        return [
-            *super().construct_create_table_statements(),
-            _CREATE_TABLE.format(table=qualified),
-            _CREATE_INDEX.format(table=qualified).replace(f"{qualified}_by_tenant", "listings_by_tenant"),
+    def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        qualified = f'"{datastore.schema}".{self.table}'
+        self.sql_create_statements += [
+            SQL(_CREATE_TABLE.format(table=qualified)),  # type: ignore[arg-type]
+            SQL(_CREATE_INDEX.format(table=qualified).replace(  # type: ignore[arg-type]
+                f"{qualified}_by_tenant", f"{self.table}_by_tenant"
+            )),
         ]
 
     def close(self) -> None:

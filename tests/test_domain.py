@@ -1,0 +1,162 @@
+"""The application service on each store: replay, concurrency, uniqueness, snapshots."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from uuid import uuid4
+
+import pytest
+from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+
+from api.services import Services
+from domain import Actor, Instance, NameTaken, NotFound, VersionConflict
+
+texts = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40)
+names = texts.filter(lambda s: s.strip() != "")
+commands = st.lists(
+    st.one_of(
+        st.tuples(st.just("rename"), names),
+        st.tuples(st.just("memory"), texts),
+        st.tuples(st.just("both"), st.tuples(names, texts)),
+    ),
+    max_size=25,
+)
+
+
+@hypothesis_settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(commands=commands)
+def test_replaying_the_events_gives_exactly_the_state_served_at_each_version(
+    services: Services, actor: Actor, commands: list[tuple[str, object]]
+) -> None:
+    app = services.app
+    character = app.create_character("acme", {"name": "Lola", "description": "bruja"}, actor)
+    instance = app.create_instance("acme", character.id, f"i-{uuid4()}", "", actor)
+    served = {instance.version: _state(instance)}
+    for kind, value in commands:
+        if kind == "rename":
+            changed = app.edit_instance("acme", instance.id, actor, name=f"{value}-{instance.id}")
+        elif kind == "memory":
+            changed = app.edit_instance("acme", instance.id, actor, memory=str(value))
+        else:
+            name, memory = value  # type: ignore[misc]
+            changed = app.edit_instance(
+                "acme", instance.id, actor, name=f"{name}-{instance.id}", memory=memory
+            )
+        served[changed.version] = _state(changed)
+
+    for version, state in served.items():
+        assert _state(app.instance("acme", instance.id, version=version)) == state
+    replayed: Instance | None = None
+    for event in app.events.get(instance.id):
+        replayed = event.mutate(replayed)
+        assert replayed is not None
+        if replayed.version in served:
+            assert _state(replayed) == served[replayed.version]
+
+
+def _state(instance: Instance) -> tuple[object, ...]:
+    return (instance.version, instance.name, instance.memory, instance.character_id)
+
+
+def test_concurrent_writers_to_one_instance_lose_nothing(services: Services, actor: Actor) -> None:
+    app = services.app
+    character = app.create_character("acme", {"name": "Lola", "description": ""}, actor)
+    instance = app.create_instance("acme", character.id, "Lolita", "", actor)
+    writers, edits = 6, 15
+
+    def write(writer: int) -> None:
+        for n in range(edits):
+            app.edit_instance("acme", instance.id, actor, memory=f"writer {writer} edit {n}")
+
+    with ThreadPoolExecutor(writers) as pool:
+        list(pool.map(write, range(writers)))
+
+    final = app.instance("acme", instance.id)
+    assert final.version == 1 + writers * edits
+    memories = [getattr(e, "memory", None) for e in app.events.get(instance.id)][1:]
+    assert sorted(memories) == sorted(
+        f"writer {w} edit {n}" for w in range(writers) for n in range(edits)
+    )
+
+
+def test_a_stale_expected_version_is_refused_with_the_current_one(
+    services: Services, actor: Actor
+) -> None:
+    app = services.app
+    character = app.create_character("acme", {"name": "Lola", "description": ""}, actor)
+    app.edit_character("acme", character.id, {"description": "v2"}, actor, expected_version=1)
+    with pytest.raises(VersionConflict) as conflict:
+        app.edit_character("acme", character.id, {"description": "v3"}, actor, expected_version=1)
+    assert conflict.value.current_version == 2
+    assert app.character("acme", character.id).description == "v2"
+
+
+@pytest.mark.parametrize("rival_name", ["Lolita", "LOLITA", " lolita ", "Lolita"])
+def test_two_concurrent_creates_of_one_name_give_exactly_one_instance(
+    services: Services, actor: Actor, rival_name: str
+) -> None:
+    app = services.app
+    character = app.create_character("acme", {"name": "Lola", "description": ""}, actor)
+    barrier = threading.Barrier(2)
+
+    def create(name: str) -> str:
+        barrier.wait()
+        try:
+            app.create_instance("acme", character.id, name, "", actor)
+        except NameTaken:
+            return "taken"
+        return "created"
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = sorted(pool.map(create, ["Lolita", rival_name]))
+    assert outcomes == ["created", "taken"]
+
+
+def test_a_released_name_can_be_taken_again(services: Services, actor: Actor) -> None:
+    app = services.app
+    character = app.create_character("acme", {"name": "Lola", "description": ""}, actor)
+    first = app.create_instance("acme", character.id, "Lolita", "", actor)
+    app.edit_instance("acme", first.id, actor, name="Lola II")
+    second = app.create_instance("acme", character.id, "Lolita", "", actor)
+    with pytest.raises(NameTaken):
+        app.edit_instance("acme", first.id, actor, name="lolita")
+    app.archive_instance("acme", second.id, actor)
+    app.edit_instance("acme", first.id, actor, name="lolita")
+    assert app.instance_id_by_name("acme", "LOLITA") == first.id
+    with pytest.raises(NotFound):
+        app.instance("acme", second.id)
+
+
+def test_state_at_a_time_is_the_last_version_written_before_it(
+    services: Services, actor: Actor
+) -> None:
+    app = services.app
+    character = app.create_character("acme", {"name": "Lola", "description": ""}, actor)
+    instance = app.create_instance("acme", character.id, "Lolita", "uno", actor)
+    stamps = []
+    for memory in ["dos", "tres", "cuatro"]:
+        stamps.append(datetime.now(UTC))
+        app.edit_instance("acme", instance.id, actor, memory=memory)
+    assert app.instance("acme", instance.id, at=stamps[0]).memory == "uno"
+    assert app.instance("acme", instance.id, at=stamps[2]).memory == "tres"
+    assert app.instance("acme", instance.id, at=datetime.now(UTC)).memory == "cuatro"
+    with pytest.raises(NotFound):
+        app.instance("acme", instance.id, at=datetime(2000, 1, 1, tzinfo=UTC))
+
+
+def test_long_histories_load_from_snapshots(services: Services, actor: Actor) -> None:
+    app = services.app
+    character = app.create_character("acme", {"name": "Lola", "description": ""}, actor)
+    instance = app.create_instance("acme", character.id, "Lolita", "", actor)
+    for n in range(120):
+        instance.rewrite_memory(f"m{n}", actor)
+    app.save(instance)
+    assert app.snapshots is not None
+    snapshot_versions = [s.originator_version for s in app.snapshots.get(instance.id)]
+    assert snapshot_versions == [50, 100]
+    assert app.instance("acme", instance.id).memory == "m119"
+    assert app.instance("acme", instance.id, version=75).memory == "m73"
