@@ -22,7 +22,8 @@ class Settings(BaseSettings):
     port: int = Field(default=8011, ge=1, le=65535)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     run_projections: bool = Field(
-        default=True, description="follow the event log inside `alma serve`; false with `alma worker`"
+        default=True,
+        description="follow the event log inside `alma serve`; false with `alma worker`",
     )
     postgres_pool_size: int = Field(default=5, ge=1)
     postgres_max_overflow: int = Field(default=10, ge=0)

@@ -68,13 +68,11 @@ def keys_revoke(services: Services, key_id: str) -> None:
 def replay(services: Services, instance_id: str, to_version: int | None) -> None:
     """Every event of the instance and the state after it, as JSON lines."""
     aggregate_id = uuid.UUID(instance_id)
-    any_instance = services.app.repository.get(aggregate_id)
-    if not isinstance(any_instance, Instance):
+    if not isinstance(services.app.repository.get(aggregate_id), Instance):
         raise DomainError(f"{instance_id} is not an instance")
-    state: Instance | None = None
     for event in services.app.events.get(aggregate_id, lte=to_version):
-        state = event.mutate(state)
-        assert state is not None
+        version = event.originator_version
+        state: Instance = services.app.repository.get(aggregate_id, version=version)
         line = {
             "event": EventOut.of(event).model_dump(mode="json"),
             "state": InstanceOut.of(state).model_dump(mode="json"),
@@ -148,4 +146,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         services.close()
     return 0
-

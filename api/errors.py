@@ -1,4 +1,4 @@
-"""The one place that turns errors into HTTP answers of the shape {"error": {code, message, details}}."""
+"""The one place that turns errors into HTTP answers: {"error": {code, message, details}}."""
 
 from __future__ import annotations
 
@@ -91,7 +91,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def store_down(_: Request, error: PersistenceError) -> JSONResponse:
         log.warning("event store unavailable: %s", type(error).__name__)
         return error_response(
-            503, "event_store_unavailable", "the event store is unavailable; try again",
+            503,
+            "event_store_unavailable",
+            "the event store is unavailable; try again",
             headers={"Retry-After": "1"},
         )
-

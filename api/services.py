@@ -41,4 +41,5 @@ def _follower(app: Alma, settings: Settings) -> Follower:
     )
     factory = InfrastructureFactory.construct(Environment(Listings.name, env))
     view = factory.tracking_recorder(view_class)
+    assert isinstance(view, ListingView)
     return Follower(app, Listings(view=view))

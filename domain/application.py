@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar, cast
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -39,7 +39,7 @@ class MemoryChange:
 
 class Alma(Application[UUID]):
     name = "alma"
-    snapshotting_intervals: ClassVar[dict[type[Aggregate], int]] = {Character: 50, Instance: 50}
+    snapshotting_intervals = {Character: 50, Instance: 50}  # noqa: RUF012 (library's API)
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         super().__init__(env)
@@ -89,7 +89,11 @@ class Alma(Application[UUID]):
         self._retrying(attempt)
 
     def character(
-        self, tenant: str, character_id: UUID, version: int | None = None, at: datetime | None = None
+        self,
+        tenant: str,
+        character_id: UUID,
+        version: int | None = None,
+        at: datetime | None = None,
     ) -> Character:
         return self._state(Character, tenant, character_id, version, at)
 
@@ -178,7 +182,7 @@ class Alma(Application[UUID]):
 
     def instance_id_by_name(self, tenant: str, name: str) -> UUID:
         try:
-            index = self.repository.get(InstanceName.id_for(tenant, name))
+            index: InstanceName = self.repository.get(InstanceName.id_for(tenant, name))
         except AggregateNotFoundError:
             raise NotFound(f"no instance is named {name!r}") from None
         if index.instance_id is None:
@@ -203,7 +207,8 @@ class Alma(Application[UUID]):
         position = after_version
         while limit is None or yielded < limit:
             page = list(self.events.get(aggregate_id, gt=position, limit=500))
-            for domain_event in page:
+            for stored in page:
+                domain_event = cast(DomainEvent, stored)
                 position = domain_event.originator_version
                 if event_type is None or type(domain_event).__name__ == event_type:
                     yield domain_event
@@ -240,7 +245,7 @@ class Alma(Application[UUID]):
     def revoke_key(self, key_id: UUID, actor: Actor) -> None:
         def attempt() -> None:
             try:
-                key = self.repository.get(key_id)
+                key: Aggregate = self.repository.get(key_id)
             except AggregateNotFoundError:
                 raise NotFound(f"no API key {key_id}") from None
             if not isinstance(key, ApiKey):
@@ -255,7 +260,7 @@ class Alma(Application[UUID]):
         """The live key for this secret, or None. The lookup is by hash, so the secret itself is
         never compared or stored."""
         try:
-            key = self.repository.get(ApiKey.id_for(secret))
+            key: Aggregate = self.repository.get(ApiKey.id_for(secret))
         except AggregateNotFoundError:
             return None
         if not isinstance(key, ApiKey) or key.revoked:
@@ -263,7 +268,7 @@ class Alma(Application[UUID]):
         return key
 
     def has_keys(self) -> bool:
-        issued = get_topic(ApiKey.Issued)  # type: ignore[attr-defined]
+        issued = get_topic(ApiKey.Issued)
         return bool(self.recorder.select_notifications(start=None, limit=1, topics=[issued]))
 
     # Internals
@@ -278,11 +283,9 @@ class Alma(Application[UUID]):
                 time.sleep(random.uniform(0, min(0.05, 0.002 * 2**n)))
         return attempt()
 
-    def _claim_name(
-        self, tenant: str, name: str, instance_id: UUID, actor: Actor
-    ) -> InstanceName:
+    def _claim_name(self, tenant: str, name: str, instance_id: UUID, actor: Actor) -> InstanceName:
         try:
-            index = self.repository.get(InstanceName.id_for(tenant, name))
+            index: InstanceName = self.repository.get(InstanceName.id_for(tenant, name))
         except AggregateNotFoundError:
             return InstanceName.register(tenant, name, instance_id, actor)
         assert isinstance(index, InstanceName)
@@ -292,8 +295,7 @@ class Alma(Application[UUID]):
         return index
 
     def _release_name(self, tenant: str, name: str, actor: Actor) -> InstanceName:
-        index = self.repository.get(InstanceName.id_for(tenant, name))
-        assert isinstance(index, InstanceName)
+        index: InstanceName = self.repository.get(InstanceName.id_for(tenant, name))
         index.assign(None, actor)
         return index
 
@@ -301,13 +303,16 @@ class Alma(Application[UUID]):
         self, aggregate_type: type[A], tenant: str, aggregate_id: UUID, version: int | None
     ) -> A:
         """The aggregate as it was at `version` (now, if None); another tenant's is not found."""
+        aggregate: Aggregate | None
         try:
             aggregate = self.repository.get(aggregate_id, version=version)
         except AggregateNotFoundError:
             aggregate = None
-        if not isinstance(aggregate, aggregate_type) or aggregate.tenant != tenant:  # type: ignore[attr-defined]
+        if not isinstance(aggregate, aggregate_type) or aggregate.tenant != tenant:
             kind = aggregate_type.__name__.lower()
-            raise NotFound(f"no {kind} {aggregate_id}" + (f" at version {version}" if version else ""))
+            raise NotFound(
+                f"no {kind} {aggregate_id}" + (f" at version {version}" if version else "")
+            )
         return aggregate
 
     def _current(
@@ -346,9 +351,8 @@ class Alma(Application[UUID]):
         """The last version recorded at or before `at`, by binary search over the stream."""
 
         def timestamp(version: int) -> datetime:
-            (domain_event,) = self.events.get(aggregate_id, gt=version - 1, lte=version)
-            stamp: datetime = domain_event.timestamp
-            return stamp
+            (stored,) = self.events.get(aggregate_id, gt=version - 1, lte=version)
+            return cast(DomainEvent, stored).timestamp
 
         if timestamp(1) > at:
             raise NotFound(f"{aggregate_id} did not exist at {at.isoformat()}")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-from eventsourcing.domain import Aggregate, event
+from eventsourcing.domain import Aggregate, DomainEvent, event
 
 from domain.actor import Actor
 from domain.rules import valid_name, valid_text
@@ -21,6 +21,10 @@ EDITABLE_FIELDS = ("name", *PERSONA_FIELDS, "voice")
 
 
 class Character(Aggregate):
+    Renamed: ClassVar[type[DomainEvent]]
+    DescriptionChanged: ClassVar[type[DomainEvent]]
+    Archived: ClassVar[type[DomainEvent]]
+
     @event("Created")
     def __init__(
         self,

@@ -3,10 +3,10 @@ and memory, plus the name index that keeps instance names unique within a tenant
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-from eventsourcing.domain import Aggregate, event
+from eventsourcing.domain import Aggregate, DomainEvent, event
 
 from domain.actor import Actor
 from domain.rules import name_key, valid_name, valid_text
@@ -15,6 +15,9 @@ _NAMES = uuid5(NAMESPACE_URL, "https://alma.dev/instance-names")
 
 
 class Instance(Aggregate):
+    Renamed: ClassVar[type[DomainEvent]]
+    Archived: ClassVar[type[DomainEvent]]
+
     @event("Created")
     def __init__(
         self,

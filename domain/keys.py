@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from typing import ClassVar
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-from eventsourcing.domain import Aggregate, event
+from eventsourcing.domain import Aggregate, DomainEvent, event
 
 from domain.actor import Actor
 
@@ -24,6 +25,8 @@ def hash_secret(secret: str) -> str:
 
 class ApiKey(Aggregate):
     """Its id derives from the key's hash, so presenting a key finds its record in one read."""
+
+    Issued: ClassVar[type[DomainEvent]]
 
     @staticmethod
     def create_id(key_hash: str) -> UUID:

@@ -97,7 +97,9 @@ class ListingView(TrackingRecorder, ABC):
             filters += " AND parent_id = %(parent_id)s"
             params["parent_id"] = str(parent_id)
         if query:
-            filters += " AND (name LIKE %(query)s ESCAPE '!' OR description LIKE %(query)s ESCAPE '!')"
+            filters += (
+                " AND (name LIKE %(query)s ESCAPE '!' OR description LIKE %(query)s ESCAPE '!')"
+            )
             params["query"] = "%" + re.sub(r"([!%_])", r"!\1", fold(query)) + "%"
         rows = self._read(_SELECT.replace("{filters}", filters), params)
         return [Listed(int(row["position"]), UUID(str(row["id"]))) for row in rows]
@@ -130,9 +132,7 @@ _CREATE_TABLE = (
     "tenant TEXT NOT NULL, parent_id TEXT, position BIGINT NOT NULL, name TEXT NOT NULL, "
     "description TEXT NOT NULL, archived BOOLEAN NOT NULL)"
 )
-_CREATE_INDEX = (
-    "CREATE INDEX IF NOT EXISTS {table}_by_tenant ON {table} (tenant, kind, parent_id, position)"
-)
+_CREATE_INDEX = "CREATE INDEX IF NOT EXISTS {index} ON {table} (tenant, kind, parent_id, position)"
 
 
 class SQLiteListingView(SQLiteTrackingRecorder, ListingView):
@@ -140,7 +140,7 @@ class SQLiteListingView(SQLiteTrackingRecorder, ListingView):
         return [
             *super().construct_create_table_statements(),
             _CREATE_TABLE.format(table=self.table),
-            _CREATE_INDEX.format(table=self.table),
+            _CREATE_INDEX.format(table=self.table, index=f"{self.table}_by_tenant"),
         ]
 
     def close(self) -> None:
@@ -169,13 +169,12 @@ class SQLiteListingView(SQLiteTrackingRecorder, ListingView):
 class PostgresListingView(PostgresTrackingRecorder, ListingView):
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
-        qualified = f'"{datastore.schema}".{self.table}'
-        self.sql_create_statements += [
-            SQL(_CREATE_TABLE.format(table=qualified)),  # type: ignore[arg-type]
-            SQL(_CREATE_INDEX.format(table=qualified).replace(  # type: ignore[arg-type]
-                f"{qualified}_by_tenant", f"{self.table}_by_tenant"
-            )),
-        ]
+        table = f'"{datastore.schema}".{self.table}'
+        for statement in (
+            _CREATE_TABLE.format(table=table),
+            _CREATE_INDEX.format(table=table, index=f"{self.table}_by_tenant"),
+        ):
+            self.sql_create_statements.append(SQL(statement).format())
 
     def close(self) -> None:
         self.datastore.close()
@@ -209,8 +208,8 @@ class Listings(Projection[ListingView]):
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
         self.view.insert_tracking(tracking)
 
-    @process_event.register
-    def _(self, domain_event: Character.Created, tracking: Tracking) -> None:
+    @process_event.register(Character.Created)
+    def _(self, domain_event: Any, tracking: Tracking) -> None:
         self.view.add(
             tracking,
             "character",
@@ -221,8 +220,8 @@ class Listings(Projection[ListingView]):
             domain_event.description,
         )
 
-    @process_event.register
-    def _(self, domain_event: Instance.Created, tracking: Tracking) -> None:
+    @process_event.register(Instance.Created)
+    def _(self, domain_event: Any, tracking: Tracking) -> None:
         self.view.add(
             tracking,
             "instance",
@@ -238,8 +237,8 @@ class Listings(Projection[ListingView]):
     def _(self, domain_event: Any, tracking: Tracking) -> None:
         self.view.update(tracking, domain_event.originator_id, "name", domain_event.name)
 
-    @process_event.register
-    def _(self, domain_event: Character.DescriptionChanged, tracking: Tracking) -> None:
+    @process_event.register(Character.DescriptionChanged)
+    def _(self, domain_event: Any, tracking: Tracking) -> None:
         self.view.update(
             tracking, domain_event.originator_id, "description", domain_event.description
         )

@@ -146,7 +146,9 @@ def make_character(api: Api, **fields: object) -> dict[str, object]:
     return result
 
 
-def make_instance(api: Api, character_id: object, name: str = "Rosa", memory: str = "") -> dict[str, object]:
+def make_instance(
+    api: Api, character_id: object, name: str = "Rosa", memory: str = ""
+) -> dict[str, object]:
     response = api.client.post(
         f"/v1/characters/{character_id}/instances",
         json={"name": name, "memory": memory},

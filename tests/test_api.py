@@ -11,7 +11,11 @@ def test_editing_a_character_records_one_event_per_changed_field(api: Api) -> No
     character = make_character(api)
     response = api.client.patch(
         f"/v1/characters/{character['id']}",
-        json={"name": "Rosa María", "personality": "risueña", "description": character["description"]},
+        json={
+            "name": "Rosa María",
+            "personality": "risueña",
+            "description": character["description"],
+        },
         headers=api.acme,
     )
     assert response.status_code == 200
@@ -37,7 +41,12 @@ def test_every_event_carries_the_request_id_of_the_request_that_caused_it(api: A
 def test_if_match_with_a_stale_version_answers_409_with_the_current_version(api: Api) -> None:
     instance = make_instance(api, make_character(api)["id"])
     path = f"/v1/instances/{instance['id']}"
-    assert api.client.patch(path, json={"memory": "a"}, headers={**api.acme, "If-Match": "1"}).status_code == 200
+    assert (
+        api.client.patch(
+            path, json={"memory": "a"}, headers={**api.acme, "If-Match": "1"}
+        ).status_code
+        == 200
+    )
     stale = api.client.patch(path, json={"memory": "b"}, headers={**api.acme, "If-Match": '"1"'})
     assert stale.status_code == 409
     assert stale.json()["error"]["details"] == {"current_version": 2}

@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 from uuid import uuid4
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from api.services import Services
 from domain import Actor, Instance, NameTaken, NotFound, VersionConflict

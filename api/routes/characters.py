@@ -30,7 +30,12 @@ def list_characters(
     q: Annotated[str | None, Query(max_length=200, description="Name or description")] = None,
 ) -> CharacterPage:
     items, next_cursor = page_of(
-        svc, "character", caller.tenant, cursor, limit, query=q,
+        svc,
+        "character",
+        caller.tenant,
+        cursor,
+        limit,
+        query=q,
         load=lambda id_: CharacterOut.of(svc.app.character(caller.tenant, id_)),
     )
     return CharacterPage(items=items, next_cursor=next_cursor)

@@ -34,7 +34,12 @@ def list_instances(
 ) -> InstancePage:
     svc.app.character(caller.tenant, character_id)
     items, next_cursor = page_of(
-        svc, "instance", caller.tenant, cursor, limit, parent_id=character_id,
+        svc,
+        "instance",
+        caller.tenant,
+        cursor,
+        limit,
+        parent_id=character_id,
         load=lambda id_: InstanceOut.of(svc.app.instance(caller.tenant, id_)),
     )
     return InstancePage(items=items, next_cursor=next_cursor)
