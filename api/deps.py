@@ -61,7 +61,7 @@ def _expected_version(
     if if_match is None:
         return None
     value = if_match.strip().removeprefix("W/").strip('"')
-    if not value.isdigit() or int(value) < 1:
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
         raise ApiError(400, "bad_if_match", "If-Match must be a version number, like 3")
     return int(value)
 

@@ -68,7 +68,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(mapped.status, mapped.code, mapped.message, mapped.details)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        content_type = request.headers.get("content-type", "application/json").split(";")[0]
+        body_refused = any(e["loc"][:1] == ("body",) for e in error.errors())
+        if body_refused and not content_type.strip().lower().endswith(("/json", "+json")):
+            return error_response(
+                415, "unsupported_media_type", f"send JSON, not {content_type or 'no type'}"
+            )
         details = [
             {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in error.errors()
         ]

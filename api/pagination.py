@@ -13,6 +13,7 @@ from api.services import Services
 from domain import NotFound
 
 T = TypeVar("T")
+MAX_POSITION = 2**63 - 1
 
 
 def encode_cursor(position: int) -> str:
@@ -26,7 +27,7 @@ def decode_cursor(cursor: str | None) -> int:
         position = json.loads(base64.urlsafe_b64decode(cursor.encode()))["after"]
     except (ValueError, KeyError, TypeError):
         raise ApiError(400, "bad_cursor", "cursor is not one this API returned") from None
-    if not isinstance(position, int) or position < 0:
+    if type(position) is not int or not 0 <= position <= MAX_POSITION:
         raise ApiError(400, "bad_cursor", "cursor is not one this API returned")
     return position
 

@@ -17,12 +17,19 @@ def valid_name(name: object, field: str = "name") -> str:
         raise InvalidInput(f"{field} must not be empty or only whitespace", field)
     if len(name) > MAX_NAME:
         raise InvalidInput(f"{field} is longer than {MAX_NAME} characters", field)
-    return name
+    return no_nul(name, field)
 
 
 def valid_text(text: str, field: str) -> str:
     if len(text) > MAX_TEXT:
         raise InvalidInput(f"{field} is longer than {MAX_TEXT} characters", field)
+    return no_nul(text, field)
+
+
+def no_nul(text: str, field: str) -> str:
+    """NUL is no character a person writes, and PostgreSQL cannot store it in text."""
+    if "\x00" in text:
+        raise InvalidInput(f"{field} must not contain the NUL character", field)
     return text
 
 

@@ -38,7 +38,7 @@ _SELECT = (
 
 def fold(text: str) -> str:
     """Search form: case and accents ignored, so 'jose' finds 'José'."""
-    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    decomposed = unicodedata.normalize("NFKD", text.replace("\x00", "").casefold())
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
 

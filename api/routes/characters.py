@@ -27,7 +27,9 @@ def list_characters(
     svc: Svc,
     limit: Limit = 50,
     cursor: str | None = None,
-    q: Annotated[str | None, Query(max_length=200, description="Name or description")] = None,
+    q: Annotated[
+        str | None, Query(max_length=200, pattern=r"^[^\x00]*$", description="Name or description")
+    ] = None,
 ) -> CharacterPage:
     items, next_cursor = page_of(
         svc,

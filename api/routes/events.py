@@ -9,13 +9,15 @@ from eventsourcing.domain import Aggregate
 from fastapi import APIRouter, Query
 
 from api.deps import CurrentCaller, Limit, Svc
-from api.pagination import decode_cursor, encode_cursor
+from api.pagination import MAX_POSITION, decode_cursor, encode_cursor
 from api.schemas import AuditPage, EventOut, EventPage, MemoryChangeOut
 from domain import Character, Instance
 
 router = APIRouter(tags=["events"])
 
-AfterVersion = Annotated[int | None, Query(ge=0, description="Only events after this version")]
+AfterVersion = Annotated[
+    int | None, Query(ge=0, le=MAX_POSITION, description="Only events after this version")
+]
 EventType = Annotated[
     str | None, Query(max_length=100, description="Only events of this type, e.g. Renamed")
 ]

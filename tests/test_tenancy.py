@@ -1,0 +1,283 @@
+"""Tenant isolation and authentication.
+
+Every endpoint under /v1 wants a live key (401 otherwise), and a tenant never learns anything
+about another tenant's resources: their ids answer 404, exactly like ids that do not exist, and
+a refused request writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from domain import Actor
+from tests.conftest import Api, make_character, make_instance
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    body: dict[str, Any] | None = None
+    success: int = 200
+
+
+# Every endpoint under /v1, with a request its owner may make.
+ENDPOINTS = {
+    "create character": Endpoint("POST", "/v1/characters", {"name": "N", "description": "d"}, 201),
+    "list characters": Endpoint("GET", "/v1/characters"),
+    "get character": Endpoint("GET", "/v1/characters/{character_id}"),
+    "edit character": Endpoint("PATCH", "/v1/characters/{character_id}", {"greeting": "¡Hola!"}),
+    "delete character": Endpoint("DELETE", "/v1/characters/{character_id}", success=204),
+    "character events": Endpoint("GET", "/v1/characters/{character_id}/events"),
+    "create instance": Endpoint(
+        "POST", "/v1/characters/{character_id}/instances", {"name": "Nueva", "memory": ""}, 201
+    ),
+    "list instances": Endpoint("GET", "/v1/characters/{character_id}/instances"),
+    "get instance": Endpoint("GET", "/v1/instances/{instance_id}"),
+    "edit instance": Endpoint("PATCH", "/v1/instances/{instance_id}", {"memory": "otra"}),
+    "delete instance": Endpoint("DELETE", "/v1/instances/{instance_id}", success=204),
+    "fork instance": Endpoint("POST", "/v1/instances/{instance_id}/fork", {"name": "Rama"}, 201),
+    "instance events": Endpoint("GET", "/v1/instances/{instance_id}/events"),
+    "memory audit": Endpoint("GET", "/v1/instances/{instance_id}/memory/audit"),
+}
+
+# Reads of a resource as it was. Its owner is told that version 99 is out of range (422);
+# another tenant must not even learn that much.
+BACK_THEN = {
+    "character at version 1": Endpoint("GET", "/v1/characters/{character_id}?version=1"),
+    "character at version 99": Endpoint(
+        "GET", "/v1/characters/{character_id}?version=99", success=422
+    ),
+    "character at a time": Endpoint("GET", "/v1/characters/{character_id}?at=2100-01-01T00:00:00Z"),
+    "instance at version 1": Endpoint("GET", "/v1/instances/{instance_id}?version=1"),
+    "instance at version 99": Endpoint(
+        "GET", "/v1/instances/{instance_id}?version=99", success=422
+    ),
+    "instance at a time": Endpoint("GET", "/v1/instances/{instance_id}?at=2100-01-01T00:00:00Z"),
+    "fork at version 1": Endpoint(
+        "POST", "/v1/instances/{instance_id}/fork", {"name": "R", "at_version": 1}, 201
+    ),
+    "events after version 1": Endpoint("GET", "/v1/instances/{instance_id}/events?after_version=1"),
+}
+
+WITH_AN_ID = {name: e for name, e in ENDPOINTS.items() if "{" in e.path}
+
+
+def each(table: dict[str, Endpoint]) -> Any:
+    return pytest.mark.parametrize("endpoint", list(table.values()), ids=list(table))
+
+
+@dataclass(frozen=True)
+class AcmeWorld:
+    """Acme's character and instance, and the texts that must never reach another tenant."""
+
+    character_id: str
+    instance_id: str
+    secrets: tuple[str, ...]
+
+
+@pytest.fixture
+def acme(api: Api) -> AcmeWorld:
+    character = make_character(api, name="Doña Rosa de Acme", description="Receta secreta")
+    instance = make_instance(api, character["id"], name="Rosa", memory="El mole lleva cacao.")
+    edited = api.client.patch(
+        f"/v1/instances/{instance['id']}",
+        json={"memory": "El mole lleva cacao y chile pasilla."},
+        headers=api.acme,
+    )
+    assert edited.status_code == 200, edited.text
+    secrets = ("Doña Rosa de Acme", "Receta secreta", "El mole lleva cacao", "acme")
+    return AcmeWorld(str(character["id"]), str(instance["id"]), secrets)
+
+
+def call(api: Api, endpoint: Endpoint, world: AcmeWorld, headers: dict[str, str]) -> httpx.Response:
+    path = endpoint.path.format(character_id=world.character_id, instance_id=world.instance_id)
+    return api.client.request(endpoint.method, path, json=endpoint.body, headers=headers)
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.json() == {
+        "error": {"code": code, "message": response.json()["error"]["message"], "details": None}
+    }
+
+
+def test_the_table_lists_every_v1_endpoint(api: Api) -> None:
+    schema = api.client.get("/openapi.json").json()
+    served = {
+        (method.upper(), path)
+        for path, operations in schema["paths"].items()
+        if path.startswith("/v1/")
+        for method in operations
+    }
+    listed = {(e.method, e.path) for e in ENDPOINTS.values()}
+    assert served == listed, "add the new endpoints to ENDPOINTS, so tenancy covers them"
+
+
+# Authentication: no key, a malformed header, an unknown or revoked key.
+
+
+def revoked_key(api: Api) -> dict[str, str]:
+    actor = Actor("acme", "cli", "setup")
+    key_id, secret = api.services.app.issue_key("acme", actor)
+    api.services.app.revoke_key(key_id, actor)
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def acme_secret(api: Api) -> str:
+    return api.acme["Authorization"].removeprefix("Bearer ")
+
+
+BAD_CREDENTIALS: dict[str, Callable[[Api], dict[str, str]]] = {
+    "no Authorization header": lambda api: {},
+    "an empty Authorization header": lambda api: {"Authorization": ""},
+    "Bearer and no key": lambda api: {"Authorization": "Bearer"},
+    "Bearer and blanks": lambda api: {"Authorization": "Bearer    "},
+    "a key without its scheme": lambda api: {"Authorization": acme_secret(api)},
+    "a key under the Basic scheme": lambda api: {"Authorization": f"Basic {acme_secret(api)}"},
+    "a key under the Token scheme": lambda api: {"Authorization": f"Token {acme_secret(api)}"},
+    "a key with a character missing": lambda api: {"Authorization": api.acme["Authorization"][:-1]},
+    "a key with a character added": lambda api: {"Authorization": api.acme["Authorization"] + "x"},
+    "a key sent as X-API-Key": lambda api: {"X-API-Key": acme_secret(api)},
+    "an unknown key": lambda api: {"Authorization": "Bearer alma_" + "A" * 43},
+    "a revoked key": revoked_key,
+}
+
+
+@pytest.mark.parametrize("credentials", list(BAD_CREDENTIALS.values()), ids=list(BAD_CREDENTIALS))
+def test_every_endpoint_answers_401_without_a_live_key(
+    api: Api, acme: AcmeWorld, credentials: Callable[[Api], dict[str, str]]
+) -> None:
+    headers = credentials(api)
+    before = api.written()
+    for name, endpoint in ENDPOINTS.items():
+        response = call(api, endpoint, acme, headers)
+        assert response.status_code == 401, (name, response.text)
+        assert_error(response, 401, "unauthorized")
+    assert api.written() == before
+
+
+def test_revoking_a_key_takes_effect_at_once(api: Api, acme: AcmeWorld) -> None:
+    actor = Actor("acme", "cli", "ops")
+    key_id, secret = api.services.app.issue_key("acme", actor)
+    headers = {"Authorization": f"Bearer {secret}"}
+    assert api.client.get("/v1/characters", headers=headers).status_code == 200
+
+    api.services.app.revoke_key(key_id, actor)
+
+    assert_error(api.client.get("/v1/characters", headers=headers), 401, "unauthorized")
+    assert api.client.get("/v1/characters", headers=api.acme).status_code == 200
+
+
+def test_every_key_of_a_tenant_sees_the_same_resources(api: Api, acme: AcmeWorld) -> None:
+    _, secret = api.services.app.issue_key("acme", Actor("acme", "cli", "ops"))
+    response = api.client.get(
+        f"/v1/instances/{acme.instance_id}", headers={"Authorization": f"Bearer {secret}"}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["memory"] == "El mole lleva cacao y chile pasilla."
+
+
+# Isolation: another tenant's ids are not found, and its lists are its own.
+
+
+@each(ENDPOINTS | BACK_THEN)
+def test_the_owner_reaches_every_endpoint(api: Api, acme: AcmeWorld, endpoint: Endpoint) -> None:
+    """The requests in the tables are good ones: only the key decides the answers below."""
+    response = call(api, endpoint, acme, api.acme)
+    assert response.status_code == endpoint.success, response.text
+
+
+@each(WITH_AN_ID | BACK_THEN)
+def test_another_tenant_gets_404_for_every_id_of_acme(
+    api: Api, acme: AcmeWorld, endpoint: Endpoint
+) -> None:
+    before = api.written()
+    response = call(api, endpoint, acme, api.rival)
+    assert_error(response, 404, "not_found")
+    for secret in acme.secrets:
+        assert secret not in response.text
+    assert api.written() == before
+
+
+def test_another_tenant_changes_nothing_of_acme(api: Api, acme: AcmeWorld) -> None:
+    def state() -> tuple[Any, ...]:
+        character = api.client.get(f"/v1/characters/{acme.character_id}", headers=api.acme)
+        instance = api.client.get(f"/v1/instances/{acme.instance_id}", headers=api.acme)
+        return character.json(), instance.json()
+
+    before = state()
+    for endpoint in WITH_AN_ID.values():
+        assert call(api, endpoint, acme, api.rival).status_code == 404
+    assert state() == before
+
+
+def test_another_tenants_list_never_shows_acmes_characters(api: Api, acme: AcmeWorld) -> None:
+    own = api.client.post(
+        "/v1/characters", json={"name": "Don Rival", "description": "d"}, headers=api.rival
+    )
+    assert own.status_code == 201, own.text
+
+    listed = api.client.get("/v1/characters", headers=api.rival).json()
+    assert [c["name"] for c in listed["items"]] == ["Don Rival"]
+    assert listed["next_cursor"] is None
+    searched = api.client.get("/v1/characters", params={"q": "Rosa"}, headers=api.rival).json()
+    assert searched == {"items": [], "next_cursor": None}
+
+    acmes = api.client.get("/v1/characters", headers=api.acme).json()
+    assert [c["name"] for c in acmes["items"]] == ["Doña Rosa de Acme"]
+
+
+def test_a_cursor_from_one_tenant_pages_only_the_other_tenants_own_list(
+    api: Api, acme: AcmeWorld
+) -> None:
+    for n in range(3):
+        make_character(api, name=f"Acme {n}")
+    first = api.client.get("/v1/characters", params={"limit": 1}, headers=api.acme).json()
+    assert first["next_cursor"] is not None
+    page = api.client.get(
+        "/v1/characters", params={"cursor": first["next_cursor"]}, headers=api.rival
+    )
+    assert page.status_code == 200, page.text
+    assert page.json() == {"items": [], "next_cursor": None}
+
+
+def test_instance_names_are_unique_per_tenant_not_across_tenants(api: Api, acme: AcmeWorld) -> None:
+    rivals = api.client.post(
+        "/v1/characters", json={"name": "Don Rival", "description": "d"}, headers=api.rival
+    ).json()
+    path = f"/v1/characters/{rivals['id']}/instances"
+
+    same_name = api.client.post(path, json={"name": "Rosa"}, headers=api.rival)
+    assert same_name.status_code == 201, same_name.text
+    assert same_name.json()["name"] == "Rosa"
+
+    again = api.client.post(path, json={"name": "Rosa"}, headers=api.rival)
+    assert_error(again, 409, "name_taken")
+    acme_again = api.client.post(
+        f"/v1/characters/{acme.character_id}/instances", json={"name": "Rosa"}, headers=api.acme
+    )
+    assert_error(acme_again, 409, "name_taken")
+
+
+def test_renaming_into_a_name_another_tenant_uses_is_allowed(api: Api, acme: AcmeWorld) -> None:
+    rivals = api.client.post(
+        "/v1/characters", json={"name": "Don Rival", "description": "d"}, headers=api.rival
+    ).json()
+    instance = api.client.post(
+        f"/v1/characters/{rivals['id']}/instances", json={"name": "Rival"}, headers=api.rival
+    ).json()
+    renamed = api.client.patch(
+        f"/v1/instances/{instance['id']}", json={"name": "Rosa"}, headers=api.rival
+    )
+    assert renamed.status_code == 200, renamed.text
+    assert renamed.json()["name"] == "Rosa"
+    assert (
+        api.client.get(f"/v1/instances/{acme.instance_id}", headers=api.acme).json()["name"]
+        == "Rosa"
+    )
