@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     postgres_max_overflow: int = Field(default=10, ge=0)
     postgres_lock_timeout_s: int = Field(default=5, ge=1)
     read_model_wait_s: float = Field(default=2.0, gt=0)
+    aggregate_cache_size: int = Field(default=1000, ge=0)
 
     @field_validator("database_url")
     @classmethod
@@ -51,7 +52,13 @@ class Settings(BaseSettings):
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",
             "SQLITE_DBNAME": str(folder / f"{purpose}.sqlite3"),
             "SQLITE_LOCK_TIMEOUT": "10",
+            **self._cache_env(),
         }
+
+    def _cache_env(self) -> dict[str, str]:
+        # Cached aggregates are fast-forwarded from the store on every read, so a cache stays
+        # correct with several processes writing; it saves replaying from the last snapshot.
+        return {"AGGREGATE_CACHE_MAXSIZE": str(self.aggregate_cache_size)}
 
     def _postgres_env(self) -> dict[str, str]:
         assert self.database_url is not None
@@ -68,7 +75,9 @@ class Settings(BaseSettings):
             "POSTGRES_MAX_OVERFLOW": str(self.postgres_max_overflow),
             "POSTGRES_LOCK_TIMEOUT": str(self.postgres_lock_timeout_s),
             "POSTGRES_CONNECT_TIMEOUT": "5",
-            "POSTGRES_PRE_PING": "y",
+            # No pre-ping: the library retries a statement on a broken connection itself.
+            "POSTGRES_PRE_PING": "n",
+            **self._cache_env(),
         }
         if "schema" in query:
             env["POSTGRES_SCHEMA"] = query["schema"][0]

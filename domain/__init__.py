@@ -1,11 +1,12 @@
 """The event-sourced domain: characters, instances, API keys and the application service."""
 
 from domain.actor import Actor
-from domain.application import Alma, MemoryChange
+from domain.application import Alma, MemoryChange, NewMessage
 from domain.character import Character
 from domain.errors import DomainError, InvalidInput, NameTaken, NotFound, VersionConflict
 from domain.instance import Instance, InstanceName
 from domain.keys import ApiKey
+from domain.memory import Memory
 
 __all__ = [
     "Actor",
@@ -16,8 +17,10 @@ __all__ = [
     "Instance",
     "InstanceName",
     "InvalidInput",
+    "Memory",
     "MemoryChange",
     "NameTaken",
+    "NewMessage",
     "NotFound",
     "VersionConflict",
 ]

@@ -3,6 +3,7 @@ and memory, plus the name index that keeps instance names unique within a tenant
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, ClassVar
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -17,6 +18,7 @@ _NAMES = uuid5(NAMESPACE_URL, "https://alma.dev/instance-names")
 class Instance(Aggregate):
     Renamed: ClassVar[type[DomainEvent]]
     Archived: ClassVar[type[DomainEvent]]
+    MessageRecorded: ClassVar[type[DomainEvent]]
 
     @event("Created")
     def __init__(
@@ -34,6 +36,7 @@ class Instance(Aggregate):
         self.memory = memory
         self.forked_from = forked_from
         self.archived = False
+        self.message_count = 0
 
     @classmethod
     def create(
@@ -65,6 +68,20 @@ class Instance(Aggregate):
     @event("Archived")
     def archive(self, actor: Actor) -> None:
         self.archived = True
+
+    @event("MessageRecorded")
+    def record_message(
+        self,
+        message_id: UUID,
+        role: str,
+        content: str,
+        sent_at: datetime,
+        metadata: dict[str, Any],
+        actor: Actor,
+    ) -> None:
+        """One turn of the conversation; the conversation itself lives in the event stream and
+        the read models, never in this aggregate's state."""
+        self.message_count += 1
 
 
 class InstanceName(Aggregate):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import unicodedata
 
@@ -42,3 +44,56 @@ def valid_tenant(tenant: str) -> str:
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,63}", tenant):
         raise InvalidInput("a tenant name is 1-64 of a-z, 0-9, '_', '.', '-'", "tenant")
     return tenant
+
+
+MAX_SNIPPET = 10_000
+MAX_METADATA_BYTES = 4096
+
+
+def valid_snippet(text: object, field: str = "text") -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInput(f"{field} must not be empty or only whitespace", field)
+    if len(text) > MAX_SNIPPET:
+        raise InvalidInput(f"{field} is longer than {MAX_SNIPPET} characters", field)
+    return no_nul(text, field)
+
+
+def valid_metadata(metadata: object) -> dict[str, str | int | float | bool]:
+    """A flat JSON object of strings, numbers and booleans, at most 4 KB as JSON."""
+    if not isinstance(metadata, dict):
+        raise InvalidInput("metadata must be a JSON object", "metadata")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key or "\x00" in key:
+            raise InvalidInput("metadata keys must be non-empty strings", "metadata")
+        if not isinstance(value, str | int | float | bool) or (
+            isinstance(value, float) and not math.isfinite(value)
+        ):
+            raise InvalidInput(
+                f"metadata[{key!r}] must be a string, a number or a boolean", "metadata"
+            )
+        if isinstance(value, str):
+            no_nul(value, "metadata")
+    if len(json.dumps(metadata, ensure_ascii=False).encode()) > MAX_METADATA_BYTES:
+        raise InvalidInput(f"metadata is larger than {MAX_METADATA_BYTES} bytes", "metadata")
+    return metadata
+
+
+def valid_importance(importance: object) -> float:
+    if (
+        isinstance(importance, bool)
+        or not isinstance(importance, int | float)
+        or not 0 <= importance <= 1
+    ):
+        raise InvalidInput("importance must be a number from 0 to 1", "importance")
+    return float(importance)
+
+
+ROLES = ("user", "assistant", "system")
+
+
+def valid_message(role: object, content: object) -> tuple[str, str]:
+    if role not in ROLES:
+        raise InvalidInput(f"role must be one of {', '.join(ROLES)}", "role")
+    if not isinstance(content, str) or not content.strip():
+        raise InvalidInput("content must not be empty or only whitespace", "content")
+    return str(role), valid_text(content, "content")

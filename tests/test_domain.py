@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from api.services import Services
 from domain import Actor, Instance, NameTaken, NotFound, VersionConflict
 
-texts = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40)
+texts = st.text(
+    st.characters(codec="utf-8", exclude_categories=["Cs"], exclude_characters="\x00"), max_size=40
+)
 names = texts.filter(lambda s: s.strip() != "")
 commands = st.lists(
     st.one_of(

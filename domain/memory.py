@@ -1,0 +1,85 @@
+"""The Memory aggregate: one memory snippet of an instance, which can be revised and forgotten.
+
+A snippet is an aggregate of its own, keyed to its instance, so an instance with 100,000 memories
+never carries them in its state: adding, revising or forgetting one touches only that one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, DomainEvent, event
+
+from domain.actor import Actor
+from domain.rules import valid_importance, valid_metadata, valid_snippet
+
+
+class Memory(Aggregate):
+    Added: ClassVar[type[DomainEvent]]
+    Revised: ClassVar[type[DomainEvent]]
+    Forgotten: ClassVar[type[DomainEvent]]
+
+    @event("Added")
+    def __init__(
+        self,
+        tenant: str,
+        instance_id: UUID,
+        text: str,
+        metadata: dict[str, Any],
+        importance: float,
+        source: dict[str, Any] | None,
+        actor: Actor,
+    ) -> None:
+        self.tenant = tenant
+        self.instance_id = instance_id
+        self.text = text
+        self.metadata = metadata
+        self.importance = importance
+        self.source = source
+        self.forgotten = False
+
+    @classmethod
+    def add(
+        cls,
+        tenant: str,
+        instance_id: UUID,
+        text: str,
+        actor: Actor,
+        metadata: dict[str, Any] | None = None,
+        importance: float | None = None,
+        source: dict[str, Any] | None = None,
+    ) -> Memory:
+        return cls(
+            tenant=tenant,
+            instance_id=instance_id,
+            text=valid_snippet(text),
+            metadata=valid_metadata(metadata or {}),
+            importance=valid_importance(0.5 if importance is None else importance),
+            source=source,
+            actor=actor,
+        )
+
+    def change(
+        self,
+        actor: Actor,
+        text: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        importance: float | None = None,
+    ) -> None:
+        """Records a revision only when something really changes."""
+        new_text = self.text if text is None else valid_snippet(text)
+        new_metadata = self.metadata if metadata is None else valid_metadata(metadata)
+        new_importance = self.importance if importance is None else valid_importance(importance)
+        if (new_text, new_metadata, new_importance) != (self.text, self.metadata, self.importance):
+            self.revise(new_text, new_metadata, new_importance, actor)
+
+    @event("Revised")
+    def revise(self, text: str, metadata: dict[str, Any], importance: float, actor: Actor) -> None:
+        self.text = text
+        self.metadata = metadata
+        self.importance = importance
+
+    @event("Forgotten")
+    def forget(self, actor: Actor) -> None:
+        self.forgotten = True
