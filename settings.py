@@ -18,6 +18,14 @@ class Settings(BaseSettings):
         description="sqlite:///path or postgresql://user@host:port/db?schema=name; "
         "unset means a SQLite file under data_dir",
     )
+    chroma_url: str | None = Field(
+        default=None, description="a Chroma server (http://host:8000); unset = embedded"
+    )
+    embedding_model: str = Field(
+        default="all-MiniLM-L6-v2",
+        description="any sentence-transformers name or path; the default ships in a package",
+    )
+    consistency_wait_s: float = Field(default=5.0, gt=0)
     host: str = "127.0.0.1"
     port: int = Field(default=8011, ge=1, le=65535)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)

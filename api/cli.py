@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Sequence
 
 from api.schemas import EventOut, InstanceOut
-from api.services import Services, build_services
+from api.services import Services, build_services, rebuild_memory_index
 from domain import Actor, DomainError, Instance
 from settings import Settings
 
@@ -44,8 +44,10 @@ def worker(settings: Settings) -> None:
     services = build_services(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    services.listings.start()
-    print(f"following the event log: {services.listings.name}", flush=True)
+    for follower in services.followers:
+        follower.start()
+    names = ", ".join(f.name for f in services.followers)
+    print(f"following the event log: {names}", flush=True)
     try:
         stop.wait()
     except KeyboardInterrupt:
@@ -81,17 +83,21 @@ def replay(services: Services, instance_id: str, to_version: int | None) -> None
 
 
 def projections_status(services: Services) -> None:
-    follower = services.listings
-    print(f"{follower.name}\tposition {follower.position()}\tlag {follower.lag()}")
+    for follower in services.followers:
+        print(f"{follower.name}\tposition {follower.position()}\tlag {follower.lag()}")
 
 
 def projections_rebuild(services: Services, name: str) -> None:
-    follower = services.listings
-    if name != follower.name:
-        raise DomainError(f"no projection named {name!r}; known: {follower.name}")
-    follower.view.clear(services.app.name)
-    follower.catch_up()
-    print(f"rebuilt {name} up to position {follower.position()}", file=sys.stderr)
+    if name == services.listings.name:
+        services.listings_view.clear(services.app.name)
+        services.listings.catch_up()
+        print(f"rebuilt {name} up to position {services.listings.position()}", file=sys.stderr)
+    elif name == services.memory.name:
+        generation = rebuild_memory_index(services)
+        print(f"rebuilt {name} as generation {generation}", file=sys.stderr)
+    else:
+        known = ", ".join(f.name for f in services.followers)
+        raise DomainError(f"no projection named {name!r}; known: {known}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -113,8 +119,8 @@ def _parser() -> argparse.ArgumentParser:
         dest="projections_command", required=True
     )
     projections.add_parser("status", help="positions and lag")
-    projections.add_parser("rebuild", help="rebuild a read model").add_argument(
-        "name", nargs="?", default="listings"
+    projections.add_parser("rebuild", help="rebuild read models from the events").add_argument(
+        "name", nargs="?", choices=["listings", "memory-index"], help="default: all of them"
     )
     return parser
 
@@ -139,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.projections_command == "status":
             projections_status(services)
         else:
-            projections_rebuild(services, args.name)
+            for name in [args.name] if args.name else [f.name for f in services.followers]:
+                projections_rebuild(services, name)
     except (DomainError, ValueError) as error:
         print(f"alma: {error}", file=sys.stderr)
         return 2

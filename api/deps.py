@@ -84,9 +84,12 @@ def _point_in_time(
 ) -> PointInTime:
     if version is not None and at is not None:
         raise ApiError(400, "bad_request", "give either version or at, not both")
-    if at is not None and at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
-    return PointInTime(version, at)
+    return PointInTime(version, as_utc(at))
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    """Times without an offset are taken as UTC."""
+    return moment.replace(tzinfo=UTC) if moment and moment.tzinfo is None else moment
 
 
 AsOf = Annotated[PointInTime, Depends(_point_in_time)]

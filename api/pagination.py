@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TypeVar
 from uuid import UUID
 
+from api.consistency import caught_up
 from api.errors import ApiError
 from api.services import Services
 from domain import NotFound
@@ -44,12 +45,8 @@ def page_of(
 ) -> tuple[list[T], str | None]:
     """One page of a listing, read-your-writes: waits (bounded) until the listings read model
     has seen every event written before this call, then renders each item from its events."""
-    written = services.app.recorder.max_notification_id() or 0
-    if not services.listings.wait(written, services.settings.read_model_wait_s):
-        raise ApiError(
-            503, "read_model_behind", "the listings are catching up; try again", {"lag": written}
-        )
-    listed = services.listings.view.select(
+    caught_up(services, services.listings, services.settings.read_model_wait_s)
+    listed = services.listings_view.select(
         kind, tenant, decode_cursor(cursor), limit, parent_id=parent_id, query=query
     )
     items = []

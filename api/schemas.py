@@ -10,7 +10,8 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.present import actor_of, event_data, unified_diff
-from domain import Character, Instance, MemoryChange
+from domain import Character, Instance, Memory
+from projections import AuditEntry, Hit
 
 
 class Request(BaseModel):
@@ -153,23 +154,23 @@ class MemoryChangeOut(BaseModel):
     version: int
     timestamp: datetime
     actor: dict[str, str] | None
-    kind: str
+    kind: str = Field(description="memory_text, memory_added, memory_revised or memory_forgotten")
     memory_id: UUID | None = None
     before: str
     after: str
     diff: str
 
     @classmethod
-    def of(cls, change: MemoryChange) -> MemoryChangeOut:
-        event = change.event
+    def of(cls, entry: AuditEntry) -> MemoryChangeOut:
         return cls(
-            version=event.originator_version,
-            timestamp=event.timestamp,
-            actor=actor_of(event),
-            kind="memory_text",
-            before=change.before,
-            after=change.after,
-            diff=unified_diff(change.before, change.after, event.originator_version),
+            version=entry.version,
+            timestamp=entry.timestamp,
+            actor=entry.actor,
+            kind=entry.kind,
+            memory_id=entry.memory_id,
+            before=entry.before,
+            after=entry.after,
+            diff=unified_diff(entry.before, entry.after, entry.version),
         )
 
 
@@ -183,3 +184,88 @@ class Health(BaseModel):
     event_store: str
     vector_store: str
     projection_lag_events: int | None
+
+
+class MemoryCreate(Request):
+    text: str = Field(examples=["Su hermana Lucía es enfermera en el hospital de Triana."])
+    metadata: dict[str, Any] | None = Field(default=None, examples=[{"topic": "familia"}])
+    importance: float | None = Field(default=None, examples=[0.8])
+
+
+class MemoryEdit(Request):
+    text: str | None = None
+    metadata: dict[str, Any] | None = None
+    importance: float | None = None
+
+
+class MemoryOut(BaseModel):
+    id: UUID
+    instance_id: UUID
+    text: str
+    metadata: dict[str, Any]
+    importance: float
+    source: dict[str, Any] | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, memory: Memory) -> MemoryOut:
+        return cls(
+            id=memory.id,
+            instance_id=memory.instance_id,
+            text=memory.text,
+            metadata=memory.metadata,
+            importance=memory.importance,
+            source=memory.source,
+            version=memory.version,
+            created_at=memory.created_on,
+            updated_at=memory.modified_on,
+        )
+
+
+class MemoryPage(BaseModel):
+    items: list[MemoryOut]
+    next_cursor: str | None
+
+
+class SearchResult(BaseModel):
+    id: str
+    text: str
+    score: float
+    metadata: dict[str, Any]
+    source: str = Field(description="memory, message or memory_text (the instance's own text)")
+    created_at: datetime
+
+    @classmethod
+    def of(cls, hit: Hit) -> SearchResult:
+        doc = hit.doc
+        return cls(
+            id=doc.doc_id,
+            text=doc.text,
+            score=round(hit.score, 6),
+            metadata=doc.metadata,
+            source=doc.kind,
+            created_at=doc.occurred_at,
+        )
+
+
+class SearchResults(BaseModel):
+    results: list[SearchResult]
+
+
+class MessageIn(Request):
+    role: str = Field(examples=["user"])
+    content: str = Field(examples=["¿Te acuerdas del viaje a Lisboa?"])
+    timestamp: datetime | None = Field(
+        default=None, strict=False, description="when it was said (ISO 8601; UTC if no offset)"
+    )
+    metadata: dict[str, Any] | None = None
+
+
+class MessagesImport(Request):
+    messages: list[MessageIn] = Field(min_length=1, max_length=1000)
+
+
+class MessagesImported(BaseModel):
+    ids: list[UUID]

@@ -1,7 +1,7 @@
 """The event-sourced domain: characters, instances, API keys and the application service."""
 
 from domain.actor import Actor
-from domain.application import Alma, MemoryChange, NewMessage
+from domain.application import Alma, NewMessage
 from domain.character import Character
 from domain.errors import DomainError, InvalidInput, NameTaken, NotFound, VersionConflict
 from domain.instance import Instance, InstanceName
@@ -18,7 +18,6 @@ __all__ = [
     "InstanceName",
     "InvalidInput",
     "Memory",
-    "MemoryChange",
     "NameTaken",
     "NewMessage",
     "NotFound",

@@ -46,15 +46,6 @@ class NewMessage:
     metadata: dict[str, Any] | None = None
 
 
-@dataclass(frozen=True)
-class MemoryChange:
-    """One change of an instance's memory text, as the audit shows it."""
-
-    event: DomainEvent
-    before: str
-    after: str
-
-
 def replay(aggregate: Any, domain_events: Iterable[Any]) -> Any:
     """The library's projector without its per-event Protocol isinstance check, which costs
     ~12 µs an event on Python 3.11 and was most of the time spent loading an instance."""
@@ -298,7 +289,7 @@ class Alma(Application[UUID]):
     def memory(self, tenant: str, instance_id: UUID, memory_id: UUID) -> Memory:
         """A live memory of a live instance of this tenant; anything else is not found."""
         self._current(Instance, tenant, instance_id)
-        memory = self._owned(Memory, tenant, memory_id, None)
+        memory = self.owned(Memory, tenant, memory_id, None)
         if memory.instance_id != instance_id or memory.forgotten:
             raise NotFound(f"no memory {memory_id} in instance {instance_id}")
         return memory
@@ -315,7 +306,7 @@ class Alma(Application[UUID]):
         event_type: str | None = None,
     ) -> Iterator[DomainEvent]:
         """The aggregate's own events in order (archived aggregates included: history stays)."""
-        self._owned(aggregate_type, tenant, aggregate_id, None)
+        self.owned(aggregate_type, tenant, aggregate_id, None)
         yielded = 0
         position = after_version
         while limit is None or yielded < limit:
@@ -330,22 +321,6 @@ class Alma(Application[UUID]):
                         return
             if len(page) < 500:
                 return
-
-    def memory_changes(
-        self, tenant: str, instance_id: UUID, after_version: int = 0, limit: int = 50
-    ) -> list[MemoryChange]:
-        memory = ""
-        if after_version > 0:
-            memory = self._owned(Instance, tenant, instance_id, after_version).memory
-        changes = []
-        for domain_event in self.stream(tenant, Instance, instance_id, after_version):
-            after = getattr(domain_event, "memory", None)
-            if isinstance(after, str):
-                changes.append(MemoryChange(domain_event, memory, after))
-                memory = after
-                if len(changes) >= limit:
-                    break
-        return changes
 
     # API keys
 
@@ -412,10 +387,11 @@ class Alma(Application[UUID]):
         index.assign(None, actor)
         return index
 
-    def _owned(
+    def owned(
         self, aggregate_type: type[A], tenant: str, aggregate_id: UUID, version: int | None
     ) -> A:
-        """The aggregate as it was at `version` (now, if None); another tenant's is not found."""
+        """The aggregate as it was at `version` (now, if None), deleted or not; another tenant's
+        is not found."""
         aggregate: Aggregate | None
         try:
             aggregate = self.repository.get(aggregate_id, version=version)
@@ -435,7 +411,7 @@ class Alma(Application[UUID]):
         aggregate_id: UUID,
         expected_version: int | None = None,
     ) -> A:
-        aggregate = self._owned(aggregate_type, tenant, aggregate_id, None)
+        aggregate = self.owned(aggregate_type, tenant, aggregate_id, None)
         if aggregate.archived:  # type: ignore[attr-defined]
             raise NotFound(f"{aggregate_type.__name__.lower()} {aggregate_id} was deleted")
         if expected_version is not None and aggregate.version != expected_version:
@@ -453,12 +429,12 @@ class Alma(Application[UUID]):
         """Current state (not archived), or the state back then for time travel."""
         if version is None and at is None:
             return self._current(aggregate_type, tenant, aggregate_id)
-        current = self._owned(aggregate_type, tenant, aggregate_id, None)
+        current = self.owned(aggregate_type, tenant, aggregate_id, None)
         if version is not None and not 1 <= version <= current.version:
             raise InvalidInput(f"version must be between 1 and {current.version}", "version")
         if at is not None:
             version = self._version_at(aggregate_id, current.version, at)
-        return self._owned(aggregate_type, tenant, aggregate_id, version)
+        return self.owned(aggregate_type, tenant, aggregate_id, version)
 
     def _version_at(self, aggregate_id: UUID, last: int, at: datetime) -> int:
         """The last version recorded at or before `at`, by binary search over the stream."""

@@ -18,6 +18,7 @@ _NAMES = uuid5(NAMESPACE_URL, "https://alma.dev/instance-names")
 class Instance(Aggregate):
     Renamed: ClassVar[type[DomainEvent]]
     Archived: ClassVar[type[DomainEvent]]
+    MemoryRewritten: ClassVar[type[DomainEvent]]
     MessageRecorded: ClassVar[type[DomainEvent]]
 
     @event("Created")

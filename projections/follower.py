@@ -1,4 +1,4 @@
-"""Follows an application's event log in order, by polling, and feeds one projection.
+"""Follows an application's event log in order, by polling, and feeds one read model.
 
 eventsourcing 9.5 cannot subscribe to a SQLite store, so one polling loop serves both stores.
 In-process writers call `wake()` so a follower in the same process reacts at once; followers in
@@ -10,28 +10,35 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import Tracking
-from eventsourcing.projection import Projection
-
-from projections.listings import ListingView
 
 log = logging.getLogger(__name__)
+
+
+class ReadModel(Protocol):
+    """What a follower feeds: it says how far it has read and takes the next events in order,
+    each with its position in the log, recording the new position with their effects."""
+
+    name: str
+
+    def position(self) -> int: ...
+
+    def process(self, batch: Sequence[tuple[Any, int]]) -> None: ...
 
 
 class Follower:
     def __init__(
         self,
         app: Application[Any],
-        projection: Projection[ListingView],
+        model: ReadModel,
         poll_interval: float = 0.2,
         batch_size: int = 200,
     ) -> None:
         self.app = app
-        self.projection = projection
-        self.view: ListingView = projection.view
+        self.model = model
         self.poll_interval = poll_interval
         self.batch_size = batch_size
         self._wakeup = threading.Event()
@@ -40,10 +47,10 @@ class Follower:
 
     @property
     def name(self) -> str:
-        return type(self.projection).name
+        return self.model.name
 
     def position(self) -> int:
-        return self.view.max_tracking_id(self.app.name) or 0
+        return self.model.position()
 
     def lag(self) -> int:
         """Events written to the log that this projection has not processed yet."""
@@ -54,9 +61,9 @@ class Follower:
         notifications = self.app.recorder.select_notifications(
             start=self.position() + 1, limit=self.batch_size
         )
-        for notification in notifications:
-            domain_event = self.app.mapper.to_domain_event(notification)
-            self.projection.process_event(domain_event, Tracking(self.app.name, notification.id))
+        if notifications:
+            to_domain_event = self.app.mapper.to_domain_event
+            self.model.process([(to_domain_event(n), n.id) for n in notifications])
         return len(notifications)
 
     def catch_up(self) -> None:

@@ -7,7 +7,6 @@ each listed aggregate from the event store, so a listing is never staler than it
 from __future__ import annotations
 
 import re
-import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from eventsourcing.sqlite import SQLiteTrackingRecorder
 from psycopg.sql import SQL
 
 from domain import Character, Instance
+from projections.ranking import fold
 
 _COLUMNS = "kind, id, tenant, parent_id, position, name, description, archived"
 _UPSERT = (
@@ -34,12 +34,6 @@ _SELECT = (
     "SELECT position, id FROM {table} WHERE kind = %(kind)s AND tenant = %(tenant)s "
     "AND archived = FALSE AND position > %(after)s {filters} ORDER BY position LIMIT %(limit)s"
 )
-
-
-def fold(text: str) -> str:
-    """Search form: case and accents ignored, so 'jose' finds 'José'."""
-    decomposed = unicodedata.normalize("NFKD", text.replace("\x00", "").casefold())
-    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
 
 @dataclass(frozen=True)
@@ -203,6 +197,14 @@ class PostgresListingView(PostgresTrackingRecorder, ListingView):
 
 class Listings(Projection[ListingView]):
     name = "listings"
+    application_name = "alma"
+
+    def position(self) -> int:
+        return self.view.max_tracking_id(self.application_name) or 0
+
+    def process(self, batch: Sequence[tuple[Any, int]]) -> None:
+        for domain_event, position in batch:
+            self.process_event(domain_event, Tracking(self.application_name, position))
 
     @singledispatchmethod
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:

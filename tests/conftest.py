@@ -70,11 +70,15 @@ def postgres_server(request: pytest.FixtureRequest) -> PostgresServer:
     return PostgresServer(proc.host, proc.port, proc.user, "postgres")
 
 
+# Read models may lag while a loaded test machine embeds; tests wait rather than flake.
+_patient = {"_env_file": None, "read_model_wait_s": 30.0, "consistency_wait_s": 60.0}
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
     """Settings for a store of its own: a fresh SQLite folder, or a fresh PostgreSQL schema."""
     if request.param == "sqlite":
-        yield Settings(data_dir=tmp_path / "data", _env_file=None)  # type: ignore[call-arg]
+        yield Settings(data_dir=tmp_path / "data", **_patient)  # type: ignore[arg-type]
         return
     server: PostgresServer = request.getfixturevalue("postgres_server")
     schema = f"t_{uuid.uuid4().hex[:16]}"
@@ -86,7 +90,7 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setting
             database_url=server.url(schema),
             postgres_pool_size=4,
             postgres_max_overflow=8,
-            _env_file=None,
+            **_patient,  # type: ignore[arg-type]
         )
     finally:
         with server.connect() as conn:

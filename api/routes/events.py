@@ -8,6 +8,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate
 from fastapi import APIRouter, Query
 
+from api.consistency import caught_up
 from api.deps import CurrentCaller, Limit, Svc
 from api.pagination import MAX_POSITION, decode_cursor, encode_cursor
 from api.schemas import AuditPage, EventOut, EventPage, MemoryChangeOut
@@ -75,8 +76,9 @@ def memory_audit(
     cursor: str | None = None,
     limit: Limit = 50,
 ) -> AuditPage:
-    changes = svc.app.memory_changes(caller.tenant, instance_id, decode_cursor(cursor), limit)
-    next_cursor = (
-        encode_cursor(changes[-1].event.originator_version) if len(changes) == limit else None
-    )
-    return AuditPage(items=[MemoryChangeOut.of(c) for c in changes], next_cursor=next_cursor)
+    """Every change of the instance's memory text and of its memory snippets, oldest first."""
+    svc.app.owned(Instance, caller.tenant, instance_id, None)
+    caught_up(svc, svc.memory, svc.settings.consistency_wait_s)
+    entries = svc.memory_index.audit(instance_id, decode_cursor(cursor), limit)
+    next_cursor = encode_cursor(entries[-1].position) if len(entries) == limit else None
+    return AuditPage(items=[MemoryChangeOut.of(e) for e in entries], next_cursor=next_cursor)

@@ -1,0 +1,110 @@
+"""Memories (Memoria): snippets an instance remembers, semantic search over everything it
+remembers, and importing past conversation turns."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Response
+
+from api.consistency import caught_up
+from api.deps import CurrentCaller, Limit, Svc
+from api.pagination import decode_cursor, encode_cursor
+from api.schemas import (
+    MemoryCreate,
+    MemoryEdit,
+    MemoryOut,
+    MemoryPage,
+    MessagesImport,
+    MessagesImported,
+    SearchResult,
+    SearchResults,
+)
+from domain import NewMessage, NotFound
+
+router = APIRouter(tags=["memories"])
+
+
+@router.post("/v1/instances/{instance_id}/memories", status_code=201)
+def add_memory(instance_id: UUID, body: MemoryCreate, caller: CurrentCaller, svc: Svc) -> MemoryOut:
+    memory = svc.app.add_memory(
+        caller.tenant, instance_id, body.text, caller.actor, body.metadata, body.importance
+    )
+    return MemoryOut.of(memory)
+
+
+@router.get("/v1/instances/{instance_id}/memories")
+def list_memories(
+    instance_id: UUID,
+    caller: CurrentCaller,
+    svc: Svc,
+    limit: Limit = 50,
+    cursor: str | None = None,
+) -> MemoryPage:
+    svc.app.instance(caller.tenant, instance_id)
+    caught_up(svc, svc.memory, svc.settings.consistency_wait_s)
+    docs = svc.memory_index.memories(instance_id, decode_cursor(cursor), limit)
+    items = []
+    for doc in docs:
+        try:
+            items.append(MemoryOut.of(svc.app.memory(caller.tenant, instance_id, UUID(doc.doc_id))))
+        except NotFound:
+            continue  # forgotten after the index caught up
+    next_cursor = encode_cursor(docs[-1].position) if len(docs) == limit else None
+    return MemoryPage(items=items, next_cursor=next_cursor)
+
+
+@router.get("/v1/instances/{instance_id}/memories/search")
+def search_memories(
+    instance_id: UUID,
+    caller: CurrentCaller,
+    svc: Svc,
+    q: Annotated[str, Query(min_length=1, max_length=2000, pattern=r"\S")],
+    k: Annotated[int, Query(ge=1, le=100)] = 10,
+    min_score: Annotated[float, Query(ge=0, le=1)] = 0.0,
+    consistent: Annotated[
+        bool, Query(description="wait until the index has every event written before the call")
+    ] = False,
+) -> SearchResults:
+    svc.app.instance(caller.tenant, instance_id)
+    if consistent:
+        caught_up(svc, svc.memory, svc.settings.consistency_wait_s)
+    hits = svc.memory_index.search(instance_id, q, k, min_score)
+    return SearchResults(results=[SearchResult.of(hit) for hit in hits])
+
+
+@router.get("/v1/instances/{instance_id}/memories/{memory_id}")
+def get_memory(instance_id: UUID, memory_id: UUID, caller: CurrentCaller, svc: Svc) -> MemoryOut:
+    return MemoryOut.of(svc.app.memory(caller.tenant, instance_id, memory_id))
+
+
+@router.patch("/v1/instances/{instance_id}/memories/{memory_id}")
+def edit_memory(
+    instance_id: UUID, memory_id: UUID, body: MemoryEdit, caller: CurrentCaller, svc: Svc
+) -> MemoryOut:
+    memory = svc.app.revise_memory(
+        caller.tenant,
+        instance_id,
+        memory_id,
+        caller.actor,
+        text=body.text,
+        metadata=body.metadata,
+        importance=body.importance,
+    )
+    return MemoryOut.of(memory)
+
+
+@router.delete("/v1/instances/{instance_id}/memories/{memory_id}", status_code=204)
+def forget_memory(instance_id: UUID, memory_id: UUID, caller: CurrentCaller, svc: Svc) -> Response:
+    svc.app.forget_memory(caller.tenant, instance_id, memory_id, caller.actor)
+    return Response(status_code=204)
+
+
+@router.post("/v1/instances/{instance_id}/messages", status_code=201)
+def import_messages(
+    instance_id: UUID, body: MessagesImport, caller: CurrentCaller, svc: Svc
+) -> MessagesImported:
+    messages = [NewMessage(m.role, m.content, m.timestamp, m.metadata) for m in body.messages]
+    ids = svc.app.import_messages(caller.tenant, instance_id, messages, caller.actor)
+    return MessagesImported(ids=ids)

@@ -1,0 +1,584 @@
+"""The memory index: every live memory source of every instance, searchable by meaning and words.
+
+Sources: memory snippets (Memory aggregates), conversation messages, and the instance's memory
+text (split into paragraphs). For each source the index keeps a row in SQL (text, metadata, BM25
+postings) beside the event store, and a vector in the instance's Chroma collection.
+
+Each batch of events is applied to Chroma first (idempotent: ids are the sources' ids, upserts
+carry the final state), then to SQL in one transaction together with the new position. A crash
+between the two re-delivers the batch, which then changes nothing.
+
+Everything is stamped with a generation. A rebuild fills generation N+1 beside N while N keeps
+serving, then switches the pointer and drops N.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID, uuid5
+
+import numpy as np
+
+from domain import Instance, Memory
+from embeddings import Embedder
+from projections.ranking import Candidate, Weights, bm25_idf, fuse, term_counts, terms
+from projections.sql import Cursor, SqlStore
+from projections.vectors import VectorIndex
+
+NAME = "memory-index"
+CANDIDATES = 50
+_K1, _B = 1.2, 0.75
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS memory_generation (
+        id INTEGER PRIMARY KEY, generation INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS memory_positions (
+        generation INTEGER PRIMARY KEY, position BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS memory_docs (
+        generation INTEGER NOT NULL, doc_id TEXT NOT NULL, tenant TEXT NOT NULL,
+        instance_id TEXT NOT NULL, kind TEXT NOT NULL, text TEXT NOT NULL,
+        metadata TEXT NOT NULL, importance REAL NOT NULL, occurred_at TEXT NOT NULL,
+        position BIGINT NOT NULL, length INTEGER NOT NULL,
+        PRIMARY KEY (generation, doc_id))""",
+    """CREATE INDEX IF NOT EXISTS memory_docs_by_instance
+        ON memory_docs (generation, instance_id, kind, position)""",
+    """CREATE TABLE IF NOT EXISTS memory_postings (
+        generation INTEGER NOT NULL, instance_id TEXT NOT NULL, term TEXT NOT NULL,
+        doc_id TEXT NOT NULL, tf INTEGER NOT NULL,
+        PRIMARY KEY (generation, instance_id, term, doc_id))""",
+    """CREATE TABLE IF NOT EXISTS memory_texts (
+        generation INTEGER NOT NULL, instance_id TEXT NOT NULL, text TEXT NOT NULL,
+        PRIMARY KEY (generation, instance_id))""",
+    """CREATE TABLE IF NOT EXISTS memory_audit (
+        generation INTEGER NOT NULL, instance_id TEXT NOT NULL, position BIGINT NOT NULL,
+        version INTEGER NOT NULL, timestamp TEXT NOT NULL, actor TEXT NOT NULL,
+        kind TEXT NOT NULL, memory_id TEXT, before TEXT NOT NULL, after TEXT NOT NULL,
+        PRIMARY KEY (generation, instance_id, position))""",
+]
+
+
+@dataclass(frozen=True)
+class Doc:
+    """One searchable source, as stored."""
+
+    doc_id: str
+    tenant: str
+    instance_id: UUID
+    kind: str  # "memory" | "message" | "memory_text"
+    text: str
+    metadata: dict[str, Any]
+    importance: float
+    occurred_at: datetime
+    position: int
+
+    def indexed_text(self) -> str:
+        """Dates help both signals when questions refer to time ("last summer")."""
+        return f"{self.occurred_at:%Y-%m-%d} {self.text}"
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    instance_id: UUID
+    position: int
+    version: int
+    timestamp: datetime
+    actor: dict[str, str] | None
+    kind: str
+    memory_id: UUID | None
+    before: str
+    after: str
+
+
+@dataclass(frozen=True)
+class Hit:
+    doc: Doc
+    score: float
+
+
+@dataclass
+class _Batch:
+    """What one batch of events changes, with the state it has seen so far."""
+
+    docs: dict[str, Doc] = field(default_factory=dict)
+    gone: dict[str, UUID] = field(default_factory=dict)  # doc id -> its instance
+    texts: dict[UUID, str | None] = field(default_factory=dict)
+    dropped: set[UUID] = field(default_factory=set)
+    audit: list[AuditEntry] = field(default_factory=list)
+
+    def put(self, doc: Doc) -> None:
+        self.gone.pop(doc.doc_id, None)
+        self.docs[doc.doc_id] = doc
+
+    def remove(self, doc_id: str, instance_id: UUID) -> None:
+        self.docs.pop(doc_id, None)
+        self.gone[doc_id] = instance_id
+
+
+def chunks(text: str, limit: int = 800) -> list[str]:
+    """Paragraphs of the memory text, long ones cut at word boundaries."""
+    pieces = []
+    for paragraph in re.split(r"\n\s*\n", text):
+        words, current = paragraph.split(), ""
+        for word in words:
+            if current and len(current) + 1 + len(word) > limit:
+                pieces.append(current)
+                current = word
+            else:
+                current = f"{current} {word}" if current else word
+        if current:
+            pieces.append(current)
+    return pieces
+
+
+def _text_chunk_id(instance_id: UUID, n: int) -> str:
+    return str(uuid5(instance_id, f"memory-text/{n}"))
+
+
+class MemoryIndex:
+    name = NAME
+
+    def __init__(
+        self,
+        store: SqlStore,
+        vectors: VectorIndex,
+        embedder: Embedder,
+        weights: Weights | None = None,
+        pinned_generation: int | None = None,
+    ) -> None:
+        self.store = store
+        self.vectors = vectors
+        self.embedder = embedder
+        self.weights = weights or Weights()
+        self.pinned_generation = pinned_generation
+        with store.transaction() as cursor:
+            for statement in SCHEMA:
+                cursor.execute(statement)
+            cursor.execute(
+                "INSERT INTO memory_generation (id, generation) VALUES (1, 1) "
+                "ON CONFLICT (id) DO NOTHING"
+            )
+
+    def close(self) -> None:
+        self.store.close()
+
+    # Following the log
+
+    @property
+    def generation(self) -> int:
+        if self.pinned_generation is not None:
+            return self.pinned_generation
+        return int(self.store.query("SELECT generation FROM memory_generation WHERE id = 1")[0][0])
+
+    def position(self) -> int:
+        rows = self.store.query(
+            "SELECT position FROM memory_positions WHERE generation = %s", (self.generation,)
+        )
+        return int(rows[0][0]) if rows else 0
+
+    def process(self, batch: Sequence[tuple[Any, int]]) -> None:
+        generation = self.generation
+        plan = _Batch()
+        for domain_event, position in batch:
+            self._plan(generation, plan, domain_event, position)
+        self._apply_vectors(generation, plan)
+        with self.store.transaction() as cursor:
+            self._apply_sql(cursor, generation, plan)
+            cursor.execute(
+                "INSERT INTO memory_positions (generation, position) VALUES (%s, %s) "
+                "ON CONFLICT (generation) DO UPDATE SET position = excluded.position",
+                (generation, batch[-1][1]),
+            )
+
+    def _plan(self, generation: int, plan: _Batch, event: Any, position: int) -> None:
+        kind = type(event)
+        if kind in (Instance.Created, Instance.MemoryRewritten):
+            instance_id = event.originator_id
+            before = self._text(generation, plan, instance_id)
+            if before is None and kind is Instance.MemoryRewritten:
+                return  # the instance was deleted
+            old, new = chunks(before or ""), chunks(event.memory)
+            for n in range(len(new), len(old)):
+                plan.remove(_text_chunk_id(instance_id, n), instance_id)
+            for n, piece in enumerate(new):
+                plan.put(
+                    Doc(
+                        _text_chunk_id(instance_id, n),
+                        event.actor.tenant,
+                        instance_id,
+                        "memory_text",
+                        piece,
+                        {},
+                        0.5,
+                        event.timestamp,
+                        position,
+                    )
+                )
+            plan.texts[instance_id] = event.memory
+            self._audit(
+                plan, event, position, instance_id, "memory_text", None, before or "", event.memory
+            )
+        elif kind is Instance.MessageRecorded:
+            instance_id = event.originator_id
+            if self._text(generation, plan, instance_id) is not None:
+                plan.put(
+                    Doc(
+                        str(event.message_id),
+                        event.actor.tenant,
+                        instance_id,
+                        "message",
+                        event.content,
+                        {**event.metadata, "role": event.role},
+                        0.5,
+                        event.sent_at,
+                        position,
+                    )
+                )
+        elif kind is Instance.Archived:
+            instance_id = event.originator_id
+            plan.texts[instance_id] = None
+            plan.dropped.add(instance_id)
+            for doc in [d for d in plan.docs.values() if d.instance_id == instance_id]:
+                plan.remove(doc.doc_id, instance_id)
+        elif kind in (Memory.Added, Memory.Revised):
+            doc_id = str(event.originator_id)
+            old_doc = self._doc(generation, plan, doc_id)
+            if kind is Memory.Added:
+                instance_id, created = event.instance_id, event.timestamp
+            elif old_doc is not None:
+                instance_id, created = old_doc.instance_id, old_doc.occurred_at
+            else:
+                return  # its instance was deleted
+            if self._text(generation, plan, instance_id) is None:
+                return
+            plan.put(
+                Doc(
+                    doc_id,
+                    event.actor.tenant,
+                    instance_id,
+                    "memory",
+                    event.text,
+                    dict(event.metadata),
+                    event.importance,
+                    created,
+                    old_doc.position if old_doc else position,
+                )
+            )
+            change = "memory_added" if kind is Memory.Added else "memory_revised"
+            self._audit(
+                plan,
+                event,
+                position,
+                instance_id,
+                change,
+                event.originator_id,
+                old_doc.text if old_doc else "",
+                event.text,
+            )
+        elif kind is Memory.Forgotten:
+            doc_id = str(event.originator_id)
+            old_doc = self._doc(generation, plan, doc_id)
+            if old_doc is not None:
+                plan.remove(doc_id, old_doc.instance_id)
+                self._audit(
+                    plan,
+                    event,
+                    position,
+                    old_doc.instance_id,
+                    "memory_forgotten",
+                    event.originator_id,
+                    old_doc.text,
+                    "",
+                )
+
+    @staticmethod
+    def _audit(
+        plan: _Batch,
+        event: Any,
+        position: int,
+        instance_id: UUID,
+        kind: str,
+        memory_id: UUID | None,
+        before: str,
+        after: str,
+    ) -> None:
+        actor = getattr(event, "actor", None)
+        plan.audit.append(
+            AuditEntry(
+                instance_id,
+                position,
+                event.originator_version,
+                event.timestamp,
+                actor.as_dict() if actor is not None else None,
+                kind,
+                memory_id,
+                before,
+                after,
+            )
+        )
+
+    def _text(self, generation: int, plan: _Batch, instance_id: UUID) -> str | None:
+        """The instance's memory text; None once deleted, and before it exists."""
+        if instance_id in plan.texts:
+            return plan.texts[instance_id]
+        rows = self.store.query(
+            "SELECT text FROM memory_texts WHERE generation = %s AND instance_id = %s",
+            (generation, str(instance_id)),
+        )
+        return str(rows[0][0]) if rows else None
+
+    def _doc(self, generation: int, plan: _Batch, doc_id: str) -> Doc | None:
+        if doc_id in plan.docs or doc_id in plan.gone:
+            return plan.docs.get(doc_id)
+        found = self.documents(generation, [doc_id])
+        return found.get(doc_id)
+
+    def _apply_vectors(self, generation: int, plan: _Batch) -> None:
+        for instance_id in plan.dropped:
+            self.vectors.drop_instance(generation, instance_id)
+        live = [d for d in plan.docs.values() if d.instance_id not in plan.dropped]
+        embedded = self.embedder.encode([doc.indexed_text() for doc in live])
+        by_instance: dict[UUID, list[tuple[Doc, list[float]]]] = {}
+        for doc, vector in zip(live, embedded, strict=True):
+            by_instance.setdefault(doc.instance_id, []).append((doc, vector))
+        for instance_id, pairs in by_instance.items():
+            self.vectors.upsert(
+                generation,
+                instance_id,
+                [doc.doc_id for doc, _ in pairs],
+                [vector for _, vector in pairs],
+                [{"kind": doc.kind, "position": doc.position} for doc, _ in pairs],
+            )
+        gone: dict[UUID, list[str]] = {}
+        for doc_id, instance_id in plan.gone.items():
+            if instance_id not in plan.dropped:
+                gone.setdefault(instance_id, []).append(doc_id)
+        for instance_id, ids in gone.items():
+            self.vectors.delete(generation, instance_id, ids)
+
+    def _apply_sql(self, cursor: Cursor, generation: int, plan: _Batch) -> None:
+        for instance_id in plan.dropped:
+            for table in ("memory_docs", "memory_postings", "memory_texts"):
+                cursor.execute(
+                    f"DELETE FROM {table} WHERE generation = %s AND instance_id = %s",
+                    (generation, str(instance_id)),
+                )
+        for doc_id in [*plan.gone, *plan.docs]:
+            for table in ("memory_docs", "memory_postings"):
+                cursor.execute(
+                    f"DELETE FROM {table} WHERE generation = %s AND doc_id = %s",
+                    (generation, doc_id),
+                )
+        for doc_id, doc in plan.docs.items():
+            if doc.instance_id in plan.dropped:
+                continue
+            counts = term_counts(doc.indexed_text())
+            cursor.execute(
+                "INSERT INTO memory_docs (generation, doc_id, tenant, instance_id, kind, text, "
+                "metadata, importance, occurred_at, position, length) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    generation,
+                    doc_id,
+                    doc.tenant,
+                    str(doc.instance_id),
+                    doc.kind,
+                    doc.text,
+                    json.dumps(doc.metadata, ensure_ascii=False),
+                    doc.importance,
+                    doc.occurred_at.isoformat(),
+                    doc.position,
+                    sum(counts.values()),
+                ),
+            )
+            cursor.executemany(
+                "INSERT INTO memory_postings (generation, instance_id, term, doc_id, tf) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                [(generation, str(doc.instance_id), t, doc_id, n) for t, n in counts.items()],
+            )
+        for instance_id, text in plan.texts.items():
+            if text is not None:
+                cursor.execute(
+                    "INSERT INTO memory_texts (generation, instance_id, text) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (generation, instance_id) DO UPDATE SET text = excluded.text",
+                    (generation, str(instance_id), text),
+                )
+        for entry in plan.audit:
+            cursor.execute(
+                "INSERT INTO memory_audit (generation, instance_id, position, version, timestamp, "
+                "actor, kind, memory_id, before, after) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (generation, instance_id, position) DO NOTHING",
+                (
+                    generation,
+                    str(entry.instance_id),
+                    entry.position,
+                    entry.version,
+                    entry.timestamp.isoformat(),
+                    json.dumps(entry.actor),
+                    entry.kind,
+                    str(entry.memory_id) if entry.memory_id else None,
+                    entry.before,
+                    entry.after,
+                ),
+            )
+
+    # Reading
+
+    def documents(self, generation: int, doc_ids: Sequence[str]) -> dict[str, Doc]:
+        if not doc_ids:
+            return {}
+        marks = ", ".join(["%s"] * len(doc_ids))
+        rows = self.store.query(
+            "SELECT doc_id, tenant, instance_id, kind, text, metadata, importance, occurred_at, "
+            f"position FROM memory_docs WHERE generation = %s AND doc_id IN ({marks})",
+            (generation, *doc_ids),
+        )
+        return {row[0]: _doc_of(row) for row in rows}
+
+    def memories(self, instance_id: UUID, after: int, limit: int) -> list[Doc]:
+        """The instance's live memory snippets, oldest first."""
+        rows = self.store.query(
+            "SELECT doc_id, tenant, instance_id, kind, text, metadata, importance, occurred_at, "
+            "position FROM memory_docs WHERE generation = %s AND instance_id = %s "
+            "AND kind = 'memory' AND position > %s ORDER BY position LIMIT %s",
+            (self.generation, str(instance_id), after, limit),
+        )
+        return [_doc_of(row) for row in rows]
+
+    def audit(self, instance_id: UUID, after: int, limit: int) -> list[AuditEntry]:
+        rows = self.store.query(
+            "SELECT position, version, timestamp, actor, kind, memory_id, before, after "
+            "FROM memory_audit WHERE generation = %s AND instance_id = %s AND position > %s "
+            "ORDER BY position LIMIT %s",
+            (self.generation, str(instance_id), after, limit),
+        )
+        return [
+            AuditEntry(
+                instance_id,
+                int(r[0]),
+                int(r[1]),
+                datetime.fromisoformat(r[2]),
+                json.loads(r[3]),
+                r[4],
+                UUID(r[5]) if r[5] else None,
+                r[6],
+                r[7],
+            )
+            for r in rows
+        ]
+
+    def search(
+        self,
+        instance_id: UUID,
+        query: str,
+        k: int = 10,
+        min_score: float = 0.0,
+        now: datetime | None = None,
+    ) -> list[Hit]:
+        generation = self.generation
+        vector = self.embedder.encode_query(query)
+        dense = dict(self.vectors.nearest(generation, instance_id, vector, CANDIDATES))
+        lexical = dict(self._bm25(generation, instance_id, query))
+        missing = [doc_id for doc_id in lexical if doc_id not in dense]
+        if missing:
+            stored = self.vectors.vectors(generation, instance_id, missing)
+            query_vector = np.asarray(vector)
+            for doc_id, other in stored.items():
+                dense[doc_id] = float(np.dot(query_vector, np.asarray(other)))
+        docs = self.documents(generation, list(dense.keys() | lexical.keys()))
+        candidates = [
+            Candidate(d, dense.get(d, 0.0), lexical.get(d, 0.0), doc.occurred_at, doc.importance)
+            for d, doc in docs.items()
+        ]
+        ranked = fuse(candidates, now or datetime.now(UTC), self.weights)
+        return [Hit(docs[c.doc_id], score) for c, score in ranked[:k] if score >= min_score]
+
+    def _bm25(self, generation: int, instance_id: UUID, query: str) -> list[tuple[str, float]]:
+        words = sorted(set(terms(query)))
+        if not words:
+            return []
+        scope = (generation, str(instance_id))
+        stats = self.store.query(
+            "SELECT COUNT(*), COALESCE(AVG(length), 0) FROM memory_docs "
+            "WHERE generation = %s AND instance_id = %s",
+            scope,
+        )
+        documents, average = int(stats[0][0]), float(stats[0][1]) or 1.0
+        marks = ", ".join(["%s"] * len(words))
+        frequencies = self.store.query(
+            "SELECT term, COUNT(*) FROM memory_postings WHERE generation = %s "
+            f"AND instance_id = %s AND term IN ({marks}) GROUP BY term",
+            (*scope, *words),
+        )
+        # Words in over half the documents say little; skipping them bounds the work.
+        weights = {
+            str(term): bm25_idf(documents, int(n))
+            for term, n in frequencies
+            if int(n) <= max(1, documents // 2)
+        }
+        if not weights:
+            return []
+        cases = " ".join(["WHEN %s THEN CAST(%s AS DOUBLE PRECISION)"] * len(weights))
+        marks = ", ".join(["%s"] * len(weights))
+        rows = self.store.query(
+            f"SELECT p.doc_id, SUM((CASE p.term {cases} END) * p.tf * {_K1 + 1} / (p.tf + "
+            f"{_K1} * (1 - {_B} + {_B} * d.length / CAST(%s AS DOUBLE PRECISION)))) AS score "
+            "FROM memory_postings p JOIN memory_docs d "
+            "ON d.generation = p.generation AND d.doc_id = p.doc_id "
+            f"WHERE p.generation = %s AND p.instance_id = %s AND p.term IN ({marks}) "
+            "GROUP BY p.doc_id ORDER BY score DESC LIMIT %s",
+            (
+                *[x for pair in weights.items() for x in pair],
+                average,
+                *scope,
+                *weights,
+                CANDIDATES,
+            ),
+        )
+        return [(str(doc_id), float(score)) for doc_id, score in rows]
+
+    # Rebuilding
+
+    def generations(self) -> list[int]:
+        rows = self.store.query("SELECT generation FROM memory_positions ORDER BY generation")
+        return [int(r[0]) for r in rows]
+
+    def switch_to(self, generation: int) -> int:
+        """Point readers and followers at `generation`; returns the one it replaced."""
+        previous = self.generation
+        with self.store.transaction() as cursor:
+            cursor.execute(
+                "UPDATE memory_generation SET generation = %s WHERE id = 1", (generation,)
+            )
+        return previous
+
+    def drop(self, generation: int) -> None:
+        self.vectors.drop_generation(generation)
+        with self.store.transaction() as cursor:
+            for table in (
+                "memory_docs",
+                "memory_postings",
+                "memory_texts",
+                "memory_audit",
+                "memory_positions",
+            ):
+                cursor.execute(f"DELETE FROM {table} WHERE generation = %s", (generation,))
+
+
+def _doc_of(row: Sequence[Any]) -> Doc:
+    return Doc(
+        str(row[0]),
+        str(row[1]),
+        UUID(str(row[2])),
+        str(row[3]),
+        str(row[4]),
+        json.loads(row[5]),
+        float(row[6]),
+        datetime.fromisoformat(str(row[7])),
+        int(row[8]),
+    )

@@ -1,0 +1,267 @@
+"""Hybrid ranking: dense similarity, BM25 over words, recency and importance, fused into one
+score between 0 and 1."""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+
+# Words that carry no memory on their own, in the two languages alma speaks first.
+STOPWORDS = frozenset(
+    [
+        "a",
+        "al",
+        "algo",
+        "algun",
+        "alguna",
+        "algunas",
+        "alguno",
+        "algunos",
+        "ante",
+        "antes",
+        "asi",
+        "aun",
+        "aunque",
+        "cada",
+        "como",
+        "con",
+        "contra",
+        "cual",
+        "cuales",
+        "cuando",
+        "de",
+        "del",
+        "desde",
+        "donde",
+        "dos",
+        "el",
+        "ella",
+        "ellas",
+        "ello",
+        "ellos",
+        "en",
+        "entre",
+        "era",
+        "eran",
+        "eres",
+        "es",
+        "esa",
+        "esas",
+        "ese",
+        "eso",
+        "esos",
+        "esta",
+        "estaba",
+        "estado",
+        "estan",
+        "estar",
+        "estas",
+        "este",
+        "esto",
+        "estos",
+        "estoy",
+        "fue",
+        "fueron",
+        "ha",
+        "habia",
+        "han",
+        "has",
+        "hasta",
+        "hay",
+        "he",
+        "la",
+        "las",
+        "le",
+        "les",
+        "lo",
+        "los",
+        "mas",
+        "me",
+        "mi",
+        "mis",
+        "mucho",
+        "muy",
+        "nada",
+        "ni",
+        "no",
+        "nos",
+        "nosotros",
+        "o",
+        "os",
+        "otra",
+        "otro",
+        "para",
+        "pero",
+        "poco",
+        "por",
+        "porque",
+        "que",
+        "quien",
+        "se",
+        "sea",
+        "ser",
+        "si",
+        "sin",
+        "sobre",
+        "son",
+        "soy",
+        "su",
+        "sus",
+        "tambien",
+        "te",
+        "tengo",
+        "ti",
+        "tiene",
+        "tienen",
+        "todo",
+        "todos",
+        "tu",
+        "tus",
+        "un",
+        "una",
+        "uno",
+        "unos",
+        "usted",
+        "ya",
+        "yo",
+        "about",
+        "after",
+        "all",
+        "also",
+        "am",
+        "an",
+        "and",
+        "any",
+        "are",
+        "as",
+        "at",
+        "be",
+        "because",
+        "been",
+        "but",
+        "by",
+        "can",
+        "could",
+        "did",
+        "do",
+        "does",
+        "for",
+        "from",
+        "had",
+        "has",
+        "have",
+        "he",
+        "her",
+        "him",
+        "his",
+        "how",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "just",
+        "me",
+        "my",
+        "no",
+        "not",
+        "of",
+        "on",
+        "or",
+        "our",
+        "out",
+        "she",
+        "so",
+        "than",
+        "that",
+        "the",
+        "their",
+        "them",
+        "then",
+        "there",
+        "they",
+        "this",
+        "to",
+        "too",
+        "up",
+        "us",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "will",
+        "with",
+        "would",
+        "you",
+        "your",
+    ]
+)
+
+
+def fold(text: str) -> str:
+    """Case and accents ignored, so 'jose' matches 'José'."""
+    decomposed = unicodedata.normalize("NFKD", text.replace("\x00", "").casefold())
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
+def terms(text: str) -> list[str]:
+    """The words BM25 counts: folded, at least two characters, stopwords left out."""
+    return [w for w in re.findall(r"\w+", fold(text)) if len(w) > 1 and w not in STOPWORDS]
+
+
+def term_counts(text: str) -> Counter[str]:
+    return Counter(terms(text))
+
+
+def bm25_idf(documents: int, frequency: int) -> float:
+    return math.log(1 + (documents - frequency + 0.5) / (frequency + 0.5))
+
+
+@dataclass(frozen=True)
+class Weights:
+    dense: float = 0.5
+    lexical: float = 0.35
+    recency: float = 0.1
+    importance: float = 0.05
+    half_life_days: float = 30.0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    doc_id: str
+    dense: float
+    lexical: float
+    occurred_at: datetime
+    importance: float
+
+
+def fuse(
+    candidates: list[Candidate], now: datetime, weights: Weights
+) -> list[tuple[Candidate, float]]:
+    """Best first. BM25 is scaled by the query's best BM25 so both signals run from 0 to 1;
+    recency halves every `half_life_days`."""
+    best_lexical = max((c.lexical for c in candidates), default=0.0) or 1.0
+    scored = []
+    for candidate in candidates:
+        age_days = max(0.0, (now - candidate.occurred_at).total_seconds() / 86400)
+        recency = 0.5 ** (age_days / weights.half_life_days)
+        score = (
+            weights.dense * max(0.0, candidate.dense)
+            + weights.lexical * candidate.lexical / best_lexical
+            + weights.recency * recency
+            + weights.importance * candidate.importance
+        )
+        scored.append((candidate, score))
+    scored.sort(key=lambda pair: pair[1], reverse=True)
+    return scored

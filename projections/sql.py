@@ -1,0 +1,130 @@
+"""A small SQL gateway for read models: one statement syntax on SQLite files and PostgreSQL.
+
+Statements are written with `%s` placeholders; on SQLite they become `?`. PostgreSQL tables live
+in the configured schema (set as the connections' search_path).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+
+class Cursor(Protocol):
+    def execute(self, statement: str, params: Sequence[Any] = ...) -> Any: ...
+    def executemany(self, statement: str, params: Sequence[Sequence[Any]]) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def fetchone(self) -> Any: ...
+
+
+class SqlStore(Protocol):
+    def transaction(self) -> Any: ...
+    def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+    def close(self) -> None: ...
+
+
+class _SQLiteCursor:
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self._cursor = cursor
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        return self._cursor.execute(statement.replace("%s", "?"), params)
+
+    def executemany(self, statement: str, params: Sequence[Sequence[Any]]) -> Any:
+        return self._cursor.executemany(statement.replace("%s", "?"), params)
+
+    def fetchall(self) -> list[Any]:
+        return self._cursor.fetchall()
+
+    def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+
+class SQLiteStore:
+    """One connection per thread on one file, in WAL mode so readers never wait for writers."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def _connection(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            self._local.connection = connection
+            with self._lock:
+                self._all.append(connection)
+        return connection
+
+    @contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        connection = self._connection()
+        cursor = connection.cursor()
+        cursor.execute("BEGIN IMMEDIATE")
+        try:
+            yield _SQLiteCursor(cursor)
+        except BaseException:
+            cursor.execute("ROLLBACK")
+            raise
+        cursor.execute("COMMIT")
+
+    def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._connection().execute(statement.replace("%s", "?"), params).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            for connection in self._all:
+                connection.close()
+            self._all.clear()
+
+
+class PostgresStore:
+    def __init__(self, conninfo: str, schema: str, max_size: int = 5) -> None:
+        self.pool = ConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=max_size,
+            kwargs={"options": f"-c search_path={schema}", "autocommit": False},
+            open=True,
+            timeout=10,
+        )
+
+    @contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        with self.pool.connection() as connection, connection.cursor() as cursor:
+            yield cursor
+
+    def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self.pool.connection() as connection:
+            return connection.execute(statement, params).fetchall()
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def open_store(env: dict[str, str]) -> SQLiteStore | PostgresStore:
+    """The read-model store beside an event store configured by eventsourcing settings `env`."""
+    if env["PERSISTENCE_MODULE"] == "eventsourcing.sqlite":
+        return SQLiteStore(Path(env["SQLITE_DBNAME"]))
+    conninfo = psycopg.conninfo.make_conninfo(
+        dbname=env["POSTGRES_DBNAME"],
+        host=env["POSTGRES_HOST"],
+        port=env["POSTGRES_PORT"],
+        user=env["POSTGRES_USER"],
+        password=env["POSTGRES_PASSWORD"],
+        connect_timeout=env.get("POSTGRES_CONNECT_TIMEOUT", "5"),
+    )
+    return PostgresStore(conninfo, env.get("POSTGRES_SCHEMA", "public"))
