@@ -10,9 +10,12 @@ import threading
 import uuid
 from collections.abc import Sequence
 
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.domain import Aggregate
+
 from api.schemas import EventOut, InstanceOut
-from api.services import Services, build_services, rebuild_memory_index
-from domain import Actor, DomainError, Instance
+from api.services import Services, build_services, open_app, rebuild_memory_index
+from domain import Actor, Alma, DomainError, Instance, NotFound
 from settings import Settings
 
 
@@ -25,10 +28,10 @@ def serve(settings: Settings, host: str, port: int) -> None:
 
     from api.app import create_app
 
-    services = build_services(settings)
+    app = open_app(settings)
     try:
-        if not services.app.has_keys():
-            _, secret = services.app.issue_key("default", _cli_actor("default"))
+        if not app.has_keys():
+            _, secret = app.issue_key("default", _cli_actor("default"))
             print(
                 "No API keys yet: created one for tenant 'default'. It is shown only now:\n"
                 f"  {secret}\n"
@@ -36,7 +39,7 @@ def serve(settings: Settings, host: str, port: int) -> None:
                 flush=True,
             )
     finally:
-        services.close()
+        app.close()
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
 
@@ -56,25 +59,29 @@ def worker(settings: Settings) -> None:
         services.close()
 
 
-def keys_create(services: Services, tenant: str) -> None:
-    key_id, secret = services.app.issue_key(tenant, _cli_actor(tenant))
+def keys_create(app: Alma, tenant: str) -> None:
+    key_id, secret = app.issue_key(tenant, _cli_actor(tenant))
     print(f"key id {key_id} for tenant {tenant!r}", file=sys.stderr)
     print(secret)
 
 
-def keys_revoke(services: Services, key_id: str) -> None:
-    services.app.revoke_key(uuid.UUID(key_id), _cli_actor())
+def keys_revoke(app: Alma, key_id: str) -> None:
+    app.revoke_key(uuid.UUID(key_id), _cli_actor())
     print(f"revoked {key_id}", file=sys.stderr)
 
 
-def replay(services: Services, instance_id: str, to_version: int | None) -> None:
+def replay(app: Alma, instance_id: str, to_version: int | None) -> None:
     """Every event of the instance and the state after it, as JSON lines."""
     aggregate_id = uuid.UUID(instance_id)
-    if not isinstance(services.app.repository.get(aggregate_id), Instance):
-        raise DomainError(f"{instance_id} is not an instance")
-    for event in services.app.events.get(aggregate_id, lte=to_version):
+    try:
+        found: Aggregate | None = app.repository.get(aggregate_id)
+    except AggregateNotFoundError:
+        found = None
+    if not isinstance(found, Instance):
+        raise NotFound(f"no instance {instance_id}")
+    for event in app.events.get(aggregate_id, lte=to_version):
         version = event.originator_version
-        state: Instance = services.app.repository.get(aggregate_id, version=version)
+        state: Instance = app.repository.get(aggregate_id, version=version)
         line = {
             "event": EventOut.of(event).model_dump(mode="json"),
             "state": InstanceOut.of(state).model_dump(mode="json"),
@@ -134,22 +141,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "worker":
         worker(settings)
         return 0
+    try:
+        if args.command in ("keys", "replay"):
+            _with_app(settings, args)
+        else:
+            _with_services(settings, args)
+    except (DomainError, ValueError) as error:
+        print(f"alma: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _with_app(settings: Settings, args: argparse.Namespace) -> None:
+    """Commands that need only the event store, so they start in a blink."""
+    app = open_app(settings)
+    try:
+        if args.command == "replay":
+            replay(app, args.instance_id, args.to_version)
+        elif args.keys_command == "create":
+            keys_create(app, args.tenant)
+        else:
+            keys_revoke(app, args.key_id)
+    finally:
+        app.close()
+
+
+def _with_services(settings: Settings, args: argparse.Namespace) -> None:
     services = build_services(settings)
     try:
-        if args.command == "keys" and args.keys_command == "create":
-            keys_create(services, args.tenant)
-        elif args.command == "keys":
-            keys_revoke(services, args.key_id)
-        elif args.command == "replay":
-            replay(services, args.instance_id, args.to_version)
-        elif args.projections_command == "status":
+        if args.projections_command == "status":
             projections_status(services)
         else:
             for name in [args.name] if args.name else [f.name for f in services.followers]:
                 projections_rebuild(services, name)
-    except (DomainError, ValueError) as error:
-        print(f"alma: {error}", file=sys.stderr)
-        return 2
     finally:
         services.close()
-    return 0

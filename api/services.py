@@ -62,8 +62,12 @@ class Services:
         self.app.close()
 
 
+def open_app(settings: Settings) -> Alma:
+    return Alma(settings.event_store_env("events"))
+
+
 def build_services(settings: Settings) -> Services:
-    app = Alma(settings.event_store_env("events"))
+    app = open_app(settings)
     return Services(
         settings=settings,
         app=app,

@@ -14,7 +14,7 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.dispatch import singledispatchmethod
-from eventsourcing.persistence import Tracking, TrackingRecorder
+from eventsourcing.persistence import IntegrityError, Tracking, TrackingRecorder
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.projection import Projection
 from eventsourcing.sqlite import SQLiteTrackingRecorder
@@ -204,7 +204,10 @@ class Listings(Projection[ListingView]):
 
     def process(self, batch: Sequence[tuple[Any, int]]) -> None:
         for domain_event, position in batch:
-            self.process_event(domain_event, Tracking(self.application_name, position))
+            try:
+                self.process_event(domain_event, Tracking(self.application_name, position))
+            except IntegrityError:
+                continue  # another follower recorded it first (e.g. a rebuild beside a server)
 
     @singledispatchmethod
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:

@@ -77,8 +77,9 @@ class Doc:
     position: int
 
     def indexed_text(self) -> str:
-        """Dates help both signals when questions refer to time ("last summer")."""
-        return f"{self.occurred_at:%Y-%m-%d} {self.text}"
+        """What is embedded and counted. Prefixing the date cost 3-4 points of recall@5 on
+        our data set (tests/data/recall), so the text goes in alone."""
+        return self.text
 
 
 @dataclass(frozen=True)

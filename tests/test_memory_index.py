@@ -1,0 +1,216 @@
+"""The memory index equals the live memories, whatever happens: any interleaving of writes,
+a crash between the vector write and the SQL commit, a rebuild beside the serving index."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from api.services import Services, build_memory_index, rebuild_memory_index
+from domain import Actor, NewMessage
+from projections import Follower, MemoryIndex, VectorIndex
+from projections.memory_index import chunks
+
+WORDS = ["gato", "perro", "Lisboa", "mole", "abuela", "río", "canción", "viaje", "jardín"]
+texts = st.lists(st.sampled_from(WORDS), min_size=1, max_size=5).map(" ".join)
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.integers(0, 1), texts),
+        st.tuples(st.just("revise"), st.integers(0, 20), texts),
+        st.tuples(st.just("forget"), st.integers(0, 20), st.just("")),
+        st.tuples(st.just("rewrite"), st.integers(0, 1), st.lists(texts, max_size=3)),
+        st.tuples(st.just("message"), st.integers(0, 1), texts),
+        st.tuples(st.just("delete"), st.integers(0, 1), st.just("")),
+    ),
+    min_size=1,
+    max_size=20,
+)
+
+
+@dataclass
+class Model:
+    """What the index must hold: every live source of every live instance."""
+
+    instances: list[UUID]
+    deleted: set[UUID] = field(default_factory=set)
+    memories: dict[UUID, tuple[UUID, str]] = field(default_factory=dict)
+    messages: dict[UUID, tuple[UUID, str]] = field(default_factory=dict)
+    memory_text: dict[UUID, str] = field(default_factory=dict)
+
+    def expected(self, instance: UUID) -> set[tuple[str, str]]:
+        if instance in self.deleted:
+            return set()
+        return (
+            {("memory", t) for i, t in self.memories.values() if i == instance}
+            | {("message", t) for i, t in self.messages.values() if i == instance}
+            | {("memory_text", c) for c in chunks(self.memory_text.get(instance, ""))}
+        )
+
+
+def apply(services: Services, model: Model, ops: list[tuple[str, int, Any]]) -> None:
+    app, actor = services.app, Actor("acme", "test", "ops")
+    for op, n, value in ops:
+        live = [i for i in model.instances if i not in model.deleted]
+        mine = [m for m, (i, _) in model.memories.items() if i not in model.deleted]
+        if op == "add" and live:
+            instance = live[n % len(live)]
+            memory = app.add_memory("acme", instance, value, actor)
+            model.memories[memory.id] = (instance, value)
+        elif op == "revise" and mine:
+            memory_id = mine[n % len(mine)]
+            instance = model.memories[memory_id][0]
+            app.revise_memory("acme", instance, memory_id, actor, text=value)
+            model.memories[memory_id] = (instance, value)
+        elif op == "forget" and mine:
+            memory_id = mine[n % len(mine)]
+            app.forget_memory("acme", model.memories.pop(memory_id)[0], memory_id, actor)
+        elif op == "rewrite" and live:
+            instance, text = live[n % len(live)], "\n\n".join(value)
+            app.edit_instance("acme", instance, actor, memory=text)
+            model.memory_text[instance] = text
+        elif op == "message" and live:
+            instance = live[n % len(live)]
+            (message_id,) = app.import_messages(
+                "acme", instance, [NewMessage("user", value)], actor
+            )
+            model.messages[message_id] = (instance, value)
+        elif op == "delete" and len(live) > 1:
+            instance = live[n % len(live)]
+            app.archive_instance("acme", instance, actor)
+            model.deleted.add(instance)
+
+
+def indexed(index: MemoryIndex, instance: UUID) -> set[tuple[str, str]]:
+    """What the index holds for the instance, after checking SQL and Chroma agree."""
+    generation = index.generation
+    rows = index.store.query(
+        "SELECT doc_id, kind, text FROM memory_docs WHERE generation = %s AND instance_id = %s",
+        (generation, str(instance)),
+    )
+    assert {r[0] for r in rows} == index.vectors.ids(generation, instance)
+    return {(r[1], r[2]) for r in rows}
+
+
+def assert_index_matches(index: MemoryIndex, model: Model) -> None:
+    for instance in model.instances:
+        assert indexed(index, instance) == model.expected(instance), instance
+
+
+@pytest.fixture
+def world(services: Services) -> Iterator[Model]:
+    actor = Actor("acme", "test", "setup")
+    character = services.app.create_character("acme", {"name": "Rosa", "description": ""}, actor)
+    instances = [
+        services.app.create_instance("acme", character.id, f"Rosa {n}", "", actor).id
+        for n in range(2)
+    ]
+    yield Model(instances)
+
+
+settings_for_index = hypothesis_settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@settings_for_index
+@given(ops=operations, batch=st.integers(1, 7))
+def test_the_index_equals_the_live_memories_after_any_interleaving(
+    services: Services, world: Model, ops: list[tuple[str, int, Any]], batch: int
+) -> None:
+    apply(services, world, ops)
+    services.memory.batch_size = batch
+    services.memory.catch_up()
+    assert services.memory.lag() == 0
+    assert_index_matches(services.memory_index, world)
+
+
+class CrashingVectors(VectorIndex):
+    """Dies right after its n-th successful write to Chroma: before the SQL commit."""
+
+    def __init__(self, inner: VectorIndex, writes_before_crash: int) -> None:
+        super().__init__(inner.client)
+        self.left = writes_before_crash
+
+    def upsert(self, *args: Any, **kwargs: Any) -> None:
+        super().upsert(*args, **kwargs)
+        self.left -= 1
+        if self.left <= 0:
+            raise RuntimeError("simulated crash between Chroma and SQL")
+
+
+@settings_for_index
+@given(ops=operations, batch=st.integers(1, 5))
+def test_a_crash_between_the_vector_write_and_the_commit_loses_and_duplicates_nothing(
+    services: Services, world: Model, ops: list[tuple[str, int, Any]], batch: int
+) -> None:
+    # Whatever the operations, a memory first: a batch that writes vectors, so the crash comes.
+    apply(services, world, [("add", 0, "gato"), *ops])
+    dying = build_memory_index(services.settings)
+    dying.vectors = CrashingVectors(dying.vectors, writes_before_crash=1)
+    crashed = False
+    try:
+        follower = Follower(services.app, dying, batch_size=batch)
+        while follower.run_once():
+            pass
+    except RuntimeError:
+        crashed = True
+    finally:
+        dying.close()
+    assert crashed
+    services.memory.catch_up()
+    assert services.memory.lag() == 0
+    assert_index_matches(services.memory_index, world)
+
+
+def test_a_rebuild_fills_a_new_generation_and_gives_the_same_index(
+    services: Services, world: Model
+) -> None:
+    apply(
+        services,
+        world,
+        [
+            ("add", 0, "gato negro"),
+            ("add", 1, "perro"),
+            ("rewrite", 0, ["Vive en Lisboa"]),
+            ("message", 1, "viaje al río"),
+            ("forget", 0, ""),
+            ("add", 0, "mole de la abuela"),
+        ],
+    )
+    index = services.memory_index
+    services.memory.catch_up()
+    before = {i: indexed(index, i) for i in world.instances}
+    old = index.generation
+
+    new = rebuild_memory_index(services)
+
+    assert (index.generation, new) == (old + 1, old + 1)
+    assert {i: indexed(index, i) for i in world.instances} == before
+    assert not [
+        c for c in index.vectors.client.list_collections() if c.name.startswith(f"alma-g{old}-")
+    ]
+    apply(services, world, [("add", 1, "canción del jardín")])
+    services.memory.catch_up()
+    assert_index_matches(index, world)
+
+
+def test_a_forgotten_memory_stays_out_of_search_and_of_a_rebuild(
+    services: Services, world: Model
+) -> None:
+    app, actor, instance = services.app, Actor("acme", "t", "r"), world.instances[0]
+    secret = app.add_memory("acme", instance, "El código secreto es 4711", actor)
+    app.add_memory("acme", instance, "El perro se llama Canelo", actor)
+    app.forget_memory("acme", instance, secret.id, actor)
+    services.memory.catch_up()
+    rebuild_memory_index(services)
+    for query in ["código secreto", "4711", "perro"]:
+        hits = services.memory_index.search(instance, query, k=100)
+        assert all("4711" not in hit.doc.text for hit in hits)
+    assert ("memory", "El código secreto es 4711") not in indexed(services.memory_index, instance)
