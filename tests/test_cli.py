@@ -364,6 +364,7 @@ def _wait_for_health(base: str, process: subprocess.Popen[str], log: Path) -> ht
     pytest.fail(f"alma serve did not answer /health within 20 s:\n{log.read_text()}")
 
 
+@pytest.mark.slow
 def test_serve_on_an_empty_store_prints_a_default_key_once(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -410,6 +411,7 @@ def test_serve_on_an_empty_store_prints_a_default_key_once(
         assert len(again.json()["items"]) == 1
 
 
+@pytest.mark.slow
 def test_worker_follows_the_log_and_stops_on_sigterm(services: Services, tmp_path: Path) -> None:
     log = tmp_path / "worker.log"
     with running(services.settings, ["worker"], log) as process:
