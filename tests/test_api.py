@@ -171,5 +171,5 @@ def test_forking_starts_a_new_instance_from_the_state_at_a_version(api: Api) -> 
 
 def test_health_reports_the_event_store_and_projection_lag(api: Api) -> None:
     body = api.client.get("/health").json()
-    assert body["status"] == "ok" and body["event_store"] == "ok"
+    assert (body["status"], body["event_store"], body["vector_store"]) == ("ok", "ok", "ok")
     assert body["projection_lag_events"] >= 0
