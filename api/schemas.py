@@ -4,7 +4,7 @@ domain checks content rules (lengths, blank names), so each rule lives in one pl
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,6 +12,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.present import actor_of, event_data, unified_diff
 from domain import Character, Instance, Memory
 from projections import AuditEntry, Hit
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list; `next_cursor` is null at the end."""
+
+    items: list[T]
+    next_cursor: str | None
 
 
 class Request(BaseModel):
@@ -117,16 +126,6 @@ class InstanceOut(BaseModel):
         )
 
 
-class CharacterPage(BaseModel):
-    items: list[CharacterOut]
-    next_cursor: str | None
-
-
-class InstancePage(BaseModel):
-    items: list[InstanceOut]
-    next_cursor: str | None
-
-
 class EventOut(BaseModel):
     version: int
     type: str
@@ -143,11 +142,6 @@ class EventOut(BaseModel):
             actor=actor_of(event),
             data=event_data(event),
         )
-
-
-class EventPage(BaseModel):
-    items: list[EventOut]
-    next_cursor: str | None
 
 
 class MemoryChangeOut(BaseModel):
@@ -172,11 +166,6 @@ class MemoryChangeOut(BaseModel):
             after=entry.after,
             diff=unified_diff(entry.before, entry.after, entry.version),
         )
-
-
-class AuditPage(BaseModel):
-    items: list[MemoryChangeOut]
-    next_cursor: str | None
 
 
 class Health(BaseModel):
@@ -222,11 +211,6 @@ class MemoryOut(BaseModel):
             created_at=memory.created_on,
             updated_at=memory.modified_on,
         )
-
-
-class MemoryPage(BaseModel):
-    items: list[MemoryOut]
-    next_cursor: str | None
 
 
 class SearchResult(BaseModel):

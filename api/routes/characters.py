@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response
 
 from api.deps import AsOf, CurrentCaller, ExpectedVersion, Limit, Svc
 from api.pagination import page_of
-from api.schemas import CharacterCreate, CharacterEdit, CharacterOut, CharacterPage
+from api.schemas import CharacterCreate, CharacterEdit, CharacterOut, Page
 
 router = APIRouter(prefix="/v1/characters", tags=["characters"])
 
@@ -30,7 +30,7 @@ def list_characters(
     q: Annotated[
         str | None, Query(max_length=200, pattern=r"^[^\x00]*$", description="Name or description")
     ] = None,
-) -> CharacterPage:
+) -> Page[CharacterOut]:
     items, next_cursor = page_of(
         svc,
         "character",
@@ -40,7 +40,7 @@ def list_characters(
         query=q,
         load=lambda id_: CharacterOut.of(svc.app.character(caller.tenant, id_)),
     )
-    return CharacterPage(items=items, next_cursor=next_cursor)
+    return Page[CharacterOut](items=items, next_cursor=next_cursor)
 
 
 @router.get("/{character_id}")

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query
 from api.consistency import caught_up
 from api.deps import CurrentCaller, Limit, Svc
 from api.pagination import MAX_POSITION, decode_cursor, encode_cursor
-from api.schemas import AuditPage, EventOut, EventPage, MemoryChangeOut
+from api.schemas import EventOut, MemoryChangeOut, Page
 from domain import Character, Instance
 
 router = APIRouter(tags=["events"])
@@ -33,13 +33,13 @@ def _events_page(
     cursor: str | None,
     limit: int,
     event_type: str | None,
-) -> EventPage:
+) -> Page[EventOut]:
     after = decode_cursor(cursor) if cursor else (after_version or 0)
     events = list(
         svc.app.stream(caller.tenant, aggregate_type, aggregate_id, after, limit, event_type)
     )
     next_cursor = encode_cursor(events[-1].originator_version) if len(events) == limit else None
-    return EventPage(items=[EventOut.of(e) for e in events], next_cursor=next_cursor)
+    return Page[EventOut](items=[EventOut.of(e) for e in events], next_cursor=next_cursor)
 
 
 @router.get("/v1/instances/{instance_id}/events")
@@ -51,7 +51,7 @@ def instance_events(
     cursor: str | None = None,
     limit: Limit = 50,
     type: EventType = None,
-) -> EventPage:
+) -> Page[EventOut]:
     return _events_page(svc, caller, Instance, instance_id, after_version, cursor, limit, type)
 
 
@@ -64,7 +64,7 @@ def character_events(
     cursor: str | None = None,
     limit: Limit = 50,
     type: EventType = None,
-) -> EventPage:
+) -> Page[EventOut]:
     return _events_page(svc, caller, Character, character_id, after_version, cursor, limit, type)
 
 
@@ -75,10 +75,12 @@ def memory_audit(
     svc: Svc,
     cursor: str | None = None,
     limit: Limit = 50,
-) -> AuditPage:
+) -> Page[MemoryChangeOut]:
     """Every change of the instance's memory text and of its memory snippets, oldest first."""
     svc.app.owned(Instance, caller.tenant, instance_id, None)
     caught_up(svc, svc.memory, svc.settings.consistency_wait_s)
     entries = svc.memory_index.audit(instance_id, decode_cursor(cursor), limit)
     next_cursor = encode_cursor(entries[-1].position) if len(entries) == limit else None
-    return AuditPage(items=[MemoryChangeOut.of(e) for e in entries], next_cursor=next_cursor)
+    return Page[MemoryChangeOut](
+        items=[MemoryChangeOut.of(e) for e in entries], next_cursor=next_cursor
+    )

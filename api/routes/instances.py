@@ -9,7 +9,7 @@ from fastapi import APIRouter, Response
 
 from api.deps import AsOf, CurrentCaller, ExpectedVersion, Limit, Svc
 from api.pagination import page_of
-from api.schemas import InstanceCreate, InstanceEdit, InstanceFork, InstanceOut, InstancePage
+from api.schemas import InstanceCreate, InstanceEdit, InstanceFork, InstanceOut, Page
 
 router = APIRouter(tags=["instances"])
 
@@ -31,7 +31,7 @@ def list_instances(
     svc: Svc,
     limit: Limit = 50,
     cursor: str | None = None,
-) -> InstancePage:
+) -> Page[InstanceOut]:
     svc.app.character(caller.tenant, character_id)
     items, next_cursor = page_of(
         svc,
@@ -42,7 +42,7 @@ def list_instances(
         parent_id=character_id,
         load=lambda id_: InstanceOut.of(svc.app.instance(caller.tenant, id_)),
     )
-    return InstancePage(items=items, next_cursor=next_cursor)
+    return Page[InstanceOut](items=items, next_cursor=next_cursor)
 
 
 @router.get("/v1/instances/{instance_id}")

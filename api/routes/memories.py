@@ -15,9 +15,9 @@ from api.schemas import (
     MemoryCreate,
     MemoryEdit,
     MemoryOut,
-    MemoryPage,
     MessagesImport,
     MessagesImported,
+    Page,
     SearchResult,
     SearchResults,
 )
@@ -41,7 +41,7 @@ def list_memories(
     svc: Svc,
     limit: Limit = 50,
     cursor: str | None = None,
-) -> MemoryPage:
+) -> Page[MemoryOut]:
     svc.app.instance(caller.tenant, instance_id)
     caught_up(svc, svc.memory, svc.settings.consistency_wait_s)
     docs = svc.memory_index.memories(instance_id, decode_cursor(cursor), limit)
@@ -52,7 +52,7 @@ def list_memories(
         except NotFound:
             continue  # forgotten after the index caught up
     next_cursor = encode_cursor(docs[-1].position) if len(docs) == limit else None
-    return MemoryPage(items=items, next_cursor=next_cursor)
+    return Page[MemoryOut](items=items, next_cursor=next_cursor)
 
 
 @router.get("/v1/instances/{instance_id}/memories/search")
