@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     postgres_max_overflow: int = Field(default=10, ge=0)
     postgres_lock_timeout_s: int = Field(default=5, ge=1)
     read_model_wait_s: float = Field(default=2.0, gt=0)
-    aggregate_cache_size: int = Field(default=1000, ge=0)
+    aggregate_cache_size: int = Field(default=10_000, ge=0)
 
     @field_validator("database_url")
     @classmethod
@@ -64,8 +64,9 @@ class Settings(BaseSettings):
         }
 
     def _cache_env(self) -> dict[str, str]:
-        # Cached aggregates are fast-forwarded from the store on every read, so a cache stays
-        # correct with several processes writing; it saves replaying from the last snapshot.
+        # Reads fast-forward a cached aggregate from the store, so the cache stays correct with
+        # several processes writing; commands start from the cached copy and, should another
+        # process have moved on, lose the save race and retry on fresh state.
         return {"AGGREGATE_CACHE_MAXSIZE": str(self.aggregate_cache_size)}
 
     def _postgres_env(self) -> dict[str, str]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from copy import deepcopy
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
@@ -59,6 +61,26 @@ class _Repository(Repository[UUID]):
         kwargs.setdefault("projector_func", replay)
         return super().get(aggregate_id, **kwargs)
 
+    def last_seen(self, aggregate_id: UUID) -> Any:
+        """This process's latest copy, without asking the store whether another process has
+        moved on: only for commands, whose save fails on a stale version and is then retried
+        on fresh state. Falls back to `get` when nothing is cached."""
+        if self.cache is None:
+            return self.get(aggregate_id)
+        lock = self._use_fastforward_lock(aggregate_id)
+        try:
+            with lock:
+                cached = self.cache.get(aggregate_id)
+            return deepcopy(cached)
+        except KeyError:
+            return self.get(aggregate_id)
+        finally:
+            self._disuse_fastforward_lock(aggregate_id)
+
+    def remember(self, aggregate: Aggregate) -> None:
+        if self.cache is not None:
+            self.cache.put(aggregate.id, deepcopy(aggregate))
+
 
 class Alma(Application[UUID]):
     name = "alma"
@@ -68,6 +90,9 @@ class Alma(Application[UUID]):
     def __init__(self, env: dict[str, str] | None = None) -> None:
         super().__init__(env)
         self.listeners: list[Callable[[], None]] = []
+        self._command = threading.local()
+
+    repository: _Repository
 
     def construct_repository(self) -> Repository[UUID]:
         cache_size = self.env.get(self.AGGREGATE_CACHE_MAXSIZE)
@@ -83,6 +108,9 @@ class Alma(Application[UUID]):
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
         recordings = super().save(*objs, **kwargs)
+        for saved in objs:
+            if isinstance(saved, Aggregate):
+                self.repository.remember(saved)
         for listener in self.listeners:
             listener()
         return recordings
@@ -362,14 +390,20 @@ class Alma(Application[UUID]):
     # Internals
 
     def _retrying(self, attempt: Callable[[], T]) -> T:
-        """Optimistic concurrency: a save that lost a race is re-run on fresh state, so no
-        concurrent update is lost; a stale If-Match fails in `attempt` itself with 409."""
-        for n in range(MAX_ATTEMPTS):
-            try:
-                return attempt()
-            except IntegrityError:
-                time.sleep(random.uniform(0, min(0.05, 0.002 * 2**n)))
-        return attempt()
+        """Optimistic concurrency. The first try works on this process's last copy of the
+        aggregates (no read from the store); a save that lost a race is re-run on fresh state,
+        so no concurrent update is lost; a stale If-Match fails in `attempt` itself with 409."""
+        self._command.trust_cache = True
+        try:
+            for n in range(MAX_ATTEMPTS):
+                try:
+                    return attempt()
+                except IntegrityError:
+                    self._command.trust_cache = False
+                    time.sleep(random.uniform(0, min(0.05, 0.002 * 2**n)))
+            return attempt()
+        finally:
+            self._command.trust_cache = False
 
     def _claim_name(self, tenant: str, name: str, instance_id: UUID, actor: Actor) -> InstanceName:
         try:
@@ -388,16 +422,27 @@ class Alma(Application[UUID]):
         return index
 
     def owned(
-        self, aggregate_type: type[A], tenant: str, aggregate_id: UUID, version: int | None
+        self,
+        aggregate_type: type[A],
+        tenant: str,
+        aggregate_id: UUID,
+        version: int | None,
+        last_seen: bool = False,
     ) -> A:
         """The aggregate as it was at `version` (now, if None), deleted or not; another tenant's
         is not found."""
         aggregate: Aggregate | None
         try:
-            aggregate = self.repository.get(aggregate_id, version=version)
+            if last_seen:
+                aggregate = self.repository.last_seen(aggregate_id)
+            else:
+                aggregate = self.repository.get(aggregate_id, version=version)
         except AggregateNotFoundError:
             aggregate = None
-        if not isinstance(aggregate, aggregate_type) or aggregate.tenant != tenant:
+        if (
+            not isinstance(aggregate, aggregate_type)
+            or getattr(aggregate, "tenant", None) != tenant
+        ):
             kind = aggregate_type.__name__.lower()
             raise NotFound(
                 f"no {kind} {aggregate_id}" + (f" at version {version}" if version else "")
@@ -410,11 +455,19 @@ class Alma(Application[UUID]):
         tenant: str,
         aggregate_id: UUID,
         expected_version: int | None = None,
+        last_seen: bool | None = None,
     ) -> A:
-        aggregate = self.owned(aggregate_type, tenant, aggregate_id, None)
+        """The aggregate now, not deleted, at the expected version. Inside a command's first try
+        it is this process's last copy (see `_retrying`)."""
+        trusted = getattr(self._command, "trust_cache", False) if last_seen is None else last_seen
+        aggregate = self.owned(aggregate_type, tenant, aggregate_id, None, trusted)
         if aggregate.archived:  # type: ignore[attr-defined]
             raise NotFound(f"{aggregate_type.__name__.lower()} {aggregate_id} was deleted")
         if expected_version is not None and aggregate.version != expected_version:
+            if trusted:  # our copy may be behind the caller: ask the store before refusing
+                return self._current(
+                    aggregate_type, tenant, aggregate_id, expected_version, last_seen=False
+                )
             raise VersionConflict(aggregate.version)
         return aggregate
 
