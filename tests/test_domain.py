@@ -13,7 +13,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from api.services import Services
-from domain import Actor, Instance, NameTaken, NotFound, VersionConflict
+from domain import Actor, Alma, Instance, NameTaken, NotFound, VersionConflict
 
 texts = st.text(
     st.characters(codec="utf-8", exclude_categories=["Cs"], exclude_characters="\x00"), max_size=40
@@ -164,3 +164,35 @@ def test_long_histories_load_from_snapshots(services: Services, actor: Actor) ->
     assert snapshot_versions == [50, 100]
     assert app.instance("acme", instance.id).memory == "m119"
     assert app.instance("acme", instance.id, version=75).memory == "m73"
+
+
+def test_two_processes_writing_one_instance_lose_nothing_and_honour_if_match(
+    services: Services, actor: Actor
+) -> None:
+    """Each process keeps its own cached copies; a copy behind the store must never win."""
+    first = services.app
+    second = Alma(services.settings.event_store_env("events"))
+    try:
+        character = first.create_character("acme", {"name": "Lola", "description": ""}, actor)
+        instance = first.create_instance("acme", character.id, "Lolita", "", actor)
+        for n in range(10):
+            writer = first if n % 2 == 0 else second
+            writer.edit_instance("acme", instance.id, actor, memory=f"edit {n}")
+        # The first writer's copy is behind the store; If-Match with the true version works.
+        by_first = first.edit_instance(
+            "acme", instance.id, actor, memory="by first", expected_version=11
+        )
+        by_second = second.edit_instance(
+            "acme", instance.id, actor, memory="by second", expected_version=12
+        )
+        assert (by_first.version, by_second.version) == (12, 13)
+        with pytest.raises(VersionConflict) as stale:
+            first.edit_instance("acme", instance.id, actor, memory="late", expected_version=12)
+        assert stale.value.current_version == 13
+        memories = [getattr(e, "memory", None) for e in first.events.get(instance.id)]
+        assert memories == ["", *(f"edit {n}" for n in range(10)), "by first", "by second"]
+        second.archive_instance("acme", instance.id, actor)
+        with pytest.raises(NotFound):
+            first.edit_instance("acme", instance.id, actor, memory="after delete")
+    finally:
+        second.close()
