@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ALMA_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="ALMA_", env_file=".env", extra="ignore", populate_by_name=True
+    )
 
     data_dir: Path = Path(".alma")
     database_url: str | None = Field(
@@ -26,6 +28,26 @@ class Settings(BaseSettings):
         description="any sentence-transformers name or path; the default ships in a package",
     )
     consistency_wait_s: float = Field(default=5.0, gt=0)
+    openai_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OPENAI_API_KEY", "ALMA_OPENAI_API_KEY"),
+        description="unset = the local model answers",
+    )
+    openai_base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OPENAI_BASE_URL", "ALMA_OPENAI_BASE_URL"),
+        description="any OpenAI-compatible server (vLLM, Ollama, llama.cpp, Azure)",
+    )
+    chat_model: str = "gpt-3.5-turbo"
+    context_window: int = Field(default=16_385, ge=512, description="of the chat model, tokens")
+    model_timeout_s: float = Field(default=30.0, gt=0)
+    model_max_retries: int = Field(default=4, ge=0)
+    local_model: str | None = Field(
+        default=None, description="a GGUF file for the local backend; unset = packaged SmolLM2"
+    )
+    local_context_window: int = Field(default=2048, ge=512)
+    chat_memories: int = Field(default=8, ge=0, le=100, description="memories retrieved per turn")
+    chat_history_turns: int = Field(default=20, ge=0, le=500)
     host: str = "127.0.0.1"
     port: int = Field(default=8011, ge=1, le=65535)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)

@@ -1,7 +1,7 @@
 """The event-sourced domain: characters, instances, API keys and the application service."""
 
 from domain.actor import Actor
-from domain.application import Alma, NewMessage
+from domain.application import Alma, NewMessage, Reply
 from domain.character import Character
 from domain.errors import DomainError, InvalidInput, NameTaken, NotFound, VersionConflict
 from domain.instance import Instance, InstanceName
@@ -21,5 +21,6 @@ __all__ = [
     "NameTaken",
     "NewMessage",
     "NotFound",
+    "Reply",
     "VersionConflict",
 ]

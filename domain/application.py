@@ -39,6 +39,21 @@ MAX_ATTEMPTS = 60
 
 
 @dataclass(frozen=True)
+class Reply:
+    """A model's answer to one user message, with what the audit needs to explain it."""
+
+    in_reply_to: UUID
+    content: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: int
+    memory_ids: tuple[str, ...]
+    prompt_sha256: str
+    interrupted: bool = False
+
+
+@dataclass(frozen=True)
 class NewMessage:
     """A conversation turn to record: as sent by a client or imported from a transcript."""
 
@@ -270,6 +285,46 @@ class Alma(Application[UUID]):
             return ids
 
         return self._retrying(attempt)
+
+    def record_reply(self, tenant: str, instance_id: UUID, reply: Reply, actor: Actor) -> UUID:
+        """Records the character's answer to `reply.in_reply_to`; returns the reply's id."""
+        message_id = uuid4()
+
+        def attempt() -> UUID:
+            instance = self._current(Instance, tenant, instance_id)
+            instance.record_reply(
+                message_id,
+                reply.in_reply_to,
+                reply.content,
+                reply.model,
+                reply.prompt_tokens,
+                reply.completion_tokens,
+                reply.latency_ms,
+                list(reply.memory_ids),
+                reply.prompt_sha256,
+                reply.interrupted,
+                actor,
+            )
+            self.save(instance)
+            return message_id
+
+        return self._retrying(attempt)
+
+    def record_failure(
+        self,
+        tenant: str,
+        instance_id: UUID,
+        in_reply_to: UUID,
+        status: int,
+        error: str,
+        actor: Actor,
+    ) -> None:
+        def attempt() -> None:
+            instance = self._current(Instance, tenant, instance_id)
+            instance.record_failure(in_reply_to, status, error, actor)
+            self.save(instance)
+
+        self._retrying(attempt)
 
     # Memories (snippets)
 

@@ -20,6 +20,8 @@ class Instance(Aggregate):
     Archived: ClassVar[type[DomainEvent]]
     MemoryRewritten: ClassVar[type[DomainEvent]]
     MessageRecorded: ClassVar[type[DomainEvent]]
+    ReplyRecorded: ClassVar[type[DomainEvent]]
+    ReplyFailed: ClassVar[type[DomainEvent]]
 
     @event("Created")
     def __init__(
@@ -83,6 +85,29 @@ class Instance(Aggregate):
         """One turn of the conversation; the conversation itself lives in the event stream and
         the read models, never in this aggregate's state."""
         self.message_count += 1
+
+    @event("ReplyRecorded")
+    def record_reply(
+        self,
+        message_id: UUID,
+        in_reply_to: UUID,
+        content: str,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        latency_ms: int,
+        memory_ids: list[str],
+        prompt_sha256: str,
+        interrupted: bool,
+        actor: Actor,
+    ) -> None:
+        """The character's reply, with what the audit needs to say why it said it: the model,
+        its usage and latency, the memories in the prompt and a hash of the exact prompt."""
+        self.message_count += 1
+
+    @event("ReplyFailed")
+    def record_failure(self, in_reply_to: UUID, status: int, error: str, actor: Actor) -> None:
+        """The model did not answer; the user's message stays recorded."""
 
 
 class InstanceName(Aggregate):

@@ -31,6 +31,9 @@ from projections.sql import Cursor, SqlStore
 from projections.vectors import VectorIndex
 
 NAME = "memory-index"
+_DOC_COLUMNS = (
+    "doc_id, tenant, instance_id, kind, text, metadata, importance, occurred_at, position"
+)
 CANDIDATES = 50
 _K1, _B = 1.2, 0.75
 
@@ -223,9 +226,10 @@ class MemoryIndex:
             self._audit(
                 plan, event, position, instance_id, "memory_text", None, before or "", event.memory
             )
-        elif kind is Instance.MessageRecorded:
+        elif kind in (Instance.MessageRecorded, Instance.ReplyRecorded):
             instance_id = event.originator_id
             if self._text(generation, plan, instance_id) is not None:
+                replied = kind is Instance.ReplyRecorded
                 plan.put(
                     Doc(
                         str(event.message_id),
@@ -233,9 +237,11 @@ class MemoryIndex:
                         instance_id,
                         "message",
                         event.content,
-                        {**event.metadata, "role": event.role},
+                        {"role": "assistant", "model": event.model}
+                        if replied
+                        else {**event.metadata, "role": event.role},
                         0.5,
-                        event.sent_at,
+                        event.timestamp if replied else event.sent_at,
                         position,
                     )
                 )
@@ -435,19 +441,33 @@ class MemoryIndex:
             return {}
         marks = ", ".join(["%s"] * len(doc_ids))
         rows = self.store.query(
-            "SELECT doc_id, tenant, instance_id, kind, text, metadata, importance, occurred_at, "
-            f"position FROM memory_docs WHERE generation = %s AND doc_id IN ({marks})",
+            f"SELECT {_DOC_COLUMNS} FROM memory_docs WHERE generation = %s AND doc_id IN ({marks})",
             (generation, *doc_ids),
         )
         return {row[0]: _doc_of(row) for row in rows}
 
     def memories(self, instance_id: UUID, after: int, limit: int) -> list[Doc]:
         """The instance's live memory snippets, oldest first."""
+        return self._kind(instance_id, "memory", after, limit)
+
+    def messages(self, instance_id: UUID, after: int, limit: int) -> list[Doc]:
+        """The instance's conversation, oldest first."""
+        return self._kind(instance_id, "message", after, limit)
+
+    def recent_messages(self, instance_id: UUID, limit: int) -> list[Doc]:
+        """The last `limit` messages of the conversation, oldest first."""
         rows = self.store.query(
-            "SELECT doc_id, tenant, instance_id, kind, text, metadata, importance, occurred_at, "
-            "position FROM memory_docs WHERE generation = %s AND instance_id = %s "
-            "AND kind = 'memory' AND position > %s ORDER BY position LIMIT %s",
-            (self.generation, str(instance_id), after, limit),
+            f"SELECT {_DOC_COLUMNS} FROM memory_docs WHERE generation = %s AND instance_id = %s "
+            "AND kind = 'message' ORDER BY position DESC LIMIT %s",
+            (self.generation, str(instance_id), limit),
+        )
+        return [_doc_of(row) for row in reversed(rows)]
+
+    def _kind(self, instance_id: UUID, kind: str, after: int, limit: int) -> list[Doc]:
+        rows = self.store.query(
+            f"SELECT {_DOC_COLUMNS} FROM memory_docs WHERE generation = %s AND instance_id = %s "
+            "AND kind = %s AND position > %s ORDER BY position LIMIT %s",
+            (self.generation, str(instance_id), kind, after, limit),
         )
         return [_doc_of(row) for row in rows]
 
