@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.present import actor_of, event_data, unified_diff
 from domain import Character, Instance, Memory
-from projections import AuditEntry, Hit
+from projections import AuditEntry, Doc, Hit
 
 T = TypeVar("T")
 
@@ -253,3 +253,21 @@ class MessagesImport(Request):
 
 class MessagesImported(BaseModel):
     ids: list[UUID]
+
+
+class MessageOut(BaseModel):
+    id: str
+    role: str
+    content: str
+    timestamp: datetime
+    metadata: dict[str, Any]
+
+    @classmethod
+    def of(cls, doc: Doc) -> MessageOut:
+        return cls(
+            id=doc.doc_id,
+            role=str(doc.metadata.get("role", "user")),
+            content=doc.text,
+            timestamp=doc.occurred_at,
+            metadata={k: v for k, v in doc.metadata.items() if k != "role"},
+        )

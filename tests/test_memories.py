@@ -114,6 +114,12 @@ def test_imported_messages_are_searchable_with_their_own_dates(api: Api) -> None
     assert results[0]["source"] == "message"
     assert results[0]["metadata"] == {"role": "user"}
     assert results[0]["created_at"].startswith("2024-03-01T10:00:00")
+    conversation = api.client.get(f"/v1/instances/{instance}/messages", headers=api.acme).json()
+    assert [(m["role"], m["content"]) for m in conversation["items"]] == [
+        ("user", "Mi perro se llama Canelo"),
+        ("assistant", "¡Qué nombre tan bonito!"),
+    ]
+    assert conversation["items"][0]["timestamp"].startswith("2024-03-01T10:00:00")
     events = api.client.get(
         f"/v1/instances/{instance}/events", params={"type": "MessageRecorded"}, headers=api.acme
     ).json()["items"]

@@ -56,6 +56,7 @@ ENDPOINTS = {
     "forget memory": Endpoint(
         "DELETE", "/v1/instances/{instance_id}/memories/{memory_id}", success=204
     ),
+    "list messages": Endpoint("GET", "/v1/instances/{instance_id}/messages"),
     "import messages": Endpoint(
         "POST",
         "/v1/instances/{instance_id}/messages",

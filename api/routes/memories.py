@@ -15,13 +15,14 @@ from api.schemas import (
     MemoryCreate,
     MemoryEdit,
     MemoryOut,
+    MessageOut,
     MessagesImport,
     MessagesImported,
     Page,
     SearchResult,
     SearchResults,
 )
-from domain import NewMessage, NotFound
+from domain import Instance, NewMessage, NotFound
 
 router = APIRouter(tags=["memories"])
 
@@ -99,6 +100,22 @@ def edit_memory(
 def forget_memory(instance_id: UUID, memory_id: UUID, caller: CurrentCaller, svc: Svc) -> Response:
     svc.app.forget_memory(caller.tenant, instance_id, memory_id, caller.actor)
     return Response(status_code=204)
+
+
+@router.get("/v1/instances/{instance_id}/messages")
+def list_messages(
+    instance_id: UUID,
+    caller: CurrentCaller,
+    svc: Svc,
+    limit: Limit = 50,
+    cursor: str | None = None,
+) -> Page[MessageOut]:
+    """The conversation, oldest first: imported turns, the user's messages and the replies."""
+    svc.app.owned(Instance, caller.tenant, instance_id, None)
+    caught_up(svc, svc.memory, svc.settings.consistency_wait_s)
+    docs = svc.memory_index.messages(instance_id, decode_cursor(cursor), limit)
+    next_cursor = encode_cursor(docs[-1].position) if len(docs) == limit else None
+    return Page[MessageOut](items=[MessageOut.of(d) for d in docs], next_cursor=next_cursor)
 
 
 @router.post("/v1/instances/{instance_id}/messages", status_code=201)
