@@ -11,6 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from chat.model import ModelError
+from chat.prompt import PromptTooLarge
 from domain import DomainError, InvalidInput, NameTaken, NotFound, VersionConflict
 
 log = logging.getLogger(__name__)
@@ -33,11 +35,36 @@ class ApiError(Exception):
         self.headers = headers
 
 
+OPENAI_PATHS = ("/v1/chat/completions", "/v1/models")
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
 def error_response(
-    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    details: Any = None,
+    headers: dict[str, str] | None = None,
+    request: Request | None = None,
 ) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "details": details}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    """On the OpenAI-compatible paths the error also carries OpenAI's `type` and `param`, so
+    OpenAI clients read it as their own."""
+    error: dict[str, Any] = {"code": code, "message": message, "details": details}
+    if request is not None and request.url.path.startswith(OPENAI_PATHS):
+        error["type"] = _OPENAI_TYPES.get(status, "api_error")
+        param = details.get("field") if isinstance(details, dict) else None
+        if isinstance(details, list) and details:
+            param = ".".join(str(p) for p in details[0].get("loc", [])[1:]) or None
+        error["param"] = param
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
 def _from_domain(error: DomainError) -> ApiError:
@@ -47,6 +74,13 @@ def _from_domain(error: DomainError) -> ApiError:
         return ApiError(422, "invalid_input", str(error), {"field": error.field})
     if isinstance(error, NameTaken):
         return ApiError(409, "name_taken", str(error))
+    if isinstance(error, PromptTooLarge):
+        return ApiError(
+            413,
+            "message_too_large",
+            str(error),
+            {"limit_tokens": error.limit, "message_tokens": error.tokens},
+        )
     if isinstance(error, VersionConflict):
         return ApiError(
             409, "version_conflict", str(error), {"current_version": error.current_version}
@@ -71,9 +105,17 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(error.status, error.code, error.message, error.details, error.headers)
 
     @app.exception_handler(DomainError)
-    async def domain_error(_: Request, error: DomainError) -> JSONResponse:
+    async def domain_error(request: Request, error: DomainError) -> JSONResponse:
         mapped = _from_domain(error)
-        return error_response(mapped.status, mapped.code, mapped.message, mapped.details)
+        return error_response(
+            mapped.status, mapped.code, mapped.message, mapped.details, request=request
+        )
+
+    @app.exception_handler(ModelError)
+    async def model_failed(request: Request, error: ModelError) -> JSONResponse:
+        code = "model_timeout" if error.status == 504 else "model_unavailable"
+        details = {"upstream_status": error.upstream_status, "attempts": error.attempts}
+        return error_response(error.status, code, error.message, details, request=request)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -81,20 +123,26 @@ def install_error_handlers(app: FastAPI) -> None:
         body_refused = any(e["loc"][:1] == ("body",) for e in error.errors())
         if body_refused and not content_type.strip().lower().endswith(("/json", "+json")):
             return error_response(
-                415, "unsupported_media_type", f"send JSON, not {content_type or 'no type'}"
+                415,
+                "unsupported_media_type",
+                f"send JSON, not {content_type or 'no type'}",
+                request=request,
             )
         details = [
             {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in error.errors()
         ]
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(part) for part in first["loc"])
-        return error_response(422, "invalid_request", f"{where}: {first['msg']}", details)
+        return error_response(
+            422, "invalid_request", f"{where}: {first['msg']}", details, request=request
+        )
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, error: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(error.status_code, "error")
+        headers = getattr(error, "headers", None)
         return error_response(
-            error.status_code, code, str(error.detail), headers=getattr(error, "headers", None)
+            error.status_code, code, str(error.detail), headers=headers, request=request
         )
 
     @app.exception_handler(IntegrityError)

@@ -10,6 +10,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.present import actor_of, event_data, unified_diff
+from chat.turns import TurnResult
 from domain import Character, Instance, Memory
 from projections import AuditEntry, Doc, Hit
 
@@ -270,4 +271,59 @@ class MessageOut(BaseModel):
             content=doc.text,
             timestamp=doc.occurred_at,
             metadata={k: v for k, v in doc.metadata.items() if k != "role"},
+        )
+
+
+class ChatRequest(Request):
+    message: str = Field(examples=["¿Te acuerdas de mi hermana?"])
+    stream: bool = False
+    max_tokens: int = Field(default=512, ge=1, le=4096)
+    temperature: float = Field(default=0.8, ge=0.0, le=2.0)
+
+
+class MemoryUsed(BaseModel):
+    id: str
+    text: str
+    score: float
+    source: str
+
+
+class TurnOut(BaseModel):
+    version: int
+    message_id: UUID
+    reply_id: UUID
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class ChatResponse(BaseModel):
+    reply: str
+    turn: TurnOut
+    model: str = Field(description="the model that answered (local/... for the offline one)")
+    memories_used: list[MemoryUsed]
+    usage: Usage
+
+    @classmethod
+    def of(cls, result: TurnResult) -> ChatResponse:
+        return cls(
+            reply=result.reply,
+            turn=TurnOut(
+                version=result.version, message_id=result.message_id, reply_id=result.reply_id
+            ),
+            model=result.model,
+            memories_used=[
+                MemoryUsed(
+                    id=hit.doc.doc_id,
+                    text=hit.doc.text,
+                    score=round(hit.score, 6),
+                    source=hit.doc.kind,
+                )
+                for hit in result.memories_used
+            ],
+            usage=Usage(
+                prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens
+            ),
         )

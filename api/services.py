@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 from eventsourcing.persistence import InfrastructureFactory
 from eventsourcing.utils import Environment
 
+from chat.local_model import local_model_client
+from chat.model import ModelClient, OpenAIModel
+from chat.turns import Chat
 from domain import Alma
 from embeddings import Embedder
 from projections import (
@@ -29,6 +33,26 @@ class Services:
     app: Alma
     listings: Follower
     memory: Follower
+    _model: ModelClient | None = None
+    _model_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def model(self) -> ModelClient:
+        """The chat model, made on first use: OpenAI when a key is set (or any server at
+        OPENAI_BASE_URL), otherwise the local model, started in this process."""
+        with self._model_lock:
+            if self._model is None:
+                self._model = build_model(self.settings)
+            return self._model
+
+    @property
+    def chat(self) -> Chat:
+        return Chat(
+            self.app,
+            self.memory_index,
+            self.model,
+            self.settings.chat_memories,
+            self.settings.chat_history_turns,
+        )
 
     @property
     def followers(self) -> list[Follower]:
@@ -60,6 +84,25 @@ class Services:
         self.listings_view.close()
         self.memory_index.close()
         self.app.close()
+
+
+def build_model(settings: Settings) -> ModelClient:
+    if settings.openai_api_key is not None or settings.openai_base_url:
+        # A server of one's own (Ollama, vLLM) may need no key; the SDK insists on one.
+        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "none"
+        return OpenAIModel(
+            api_key=key,
+            base_url=settings.openai_base_url,
+            model=settings.chat_model,
+            timeout_s=settings.model_timeout_s,
+            max_retries=settings.model_max_retries,
+            context_window=settings.context_window,
+        )
+    return local_model_client(
+        settings.local_model,
+        context=settings.local_context_window,
+        timeout_s=max(settings.model_timeout_s, 120.0),
+    )
 
 
 def open_app(settings: Settings) -> Alma:

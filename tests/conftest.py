@@ -7,18 +7,23 @@ import os
 import uuid
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from pytest_postgresql import factories
 
 from api.app import create_app
 from api.services import Services, build_services
 from domain import Actor
 from settings import Settings
+from tests.openai_stub import OpenAIStub, openai_stub
+
+__all__ = ["openai_stub"]  # a fixture: pytest finds it here
 
 _pg_ctl = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
 throwaway_postgres = factories.postgresql_proc(executable=_pg_ctl[-1] if _pg_ctl else None)
@@ -127,6 +132,27 @@ class Api:
 
 @pytest.fixture
 def api(settings: Settings) -> Iterator[Api]:
+    with running_api(settings) as running:
+        yield running
+
+
+@pytest.fixture
+def chat_api(settings: Settings, openai_stub: OpenAIStub) -> Iterator[Api]:
+    """alma whose chat model is the local OpenAI-compatible stub server."""
+    stubbed = settings.model_copy(
+        update={
+            "openai_api_key": SecretStr("sk-test-alma-0123456789"),
+            "openai_base_url": openai_stub.base_url,
+            "model_timeout_s": 2.0,
+            "model_max_retries": 1,
+        }
+    )
+    with running_api(stubbed) as running:
+        yield running
+
+
+@contextmanager
+def running_api(settings: Settings) -> Iterator[Api]:
     app = create_app(settings)
     with TestClient(app) as client:
         services: Services = app.state.services

@@ -7,6 +7,7 @@ a refused request writes nothing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,19 @@ ENDPOINTS = {
         "DELETE", "/v1/instances/{instance_id}/memories/{memory_id}", success=204
     ),
     "list messages": Endpoint("GET", "/v1/instances/{instance_id}/messages"),
+    "chat": Endpoint(
+        "POST", "/v1/instances/{instance_id}/chat", {"message": "Hola", "max_tokens": 4}
+    ),
+    "chat completions": Endpoint(
+        "POST",
+        "/v1/chat/completions",
+        {
+            "model": "{instance_id}",
+            "messages": [{"role": "user", "content": "Hola"}],
+            "max_tokens": 4,
+        },
+    ),
+    "models": Endpoint("GET", "/v1/models"),
     "import messages": Endpoint(
         "POST",
         "/v1/instances/{instance_id}/messages",
@@ -133,14 +147,18 @@ def call(api: Api, endpoint: Endpoint, world: AcmeWorld, headers: dict[str, str]
         instance_id=world.instance_id,
         memory_id=world.memory_id,
     )
-    return api.client.request(endpoint.method, path, json=endpoint.body, headers=headers)
+    body = endpoint.body
+    if body is not None:  # ids in bodies too (the OpenAI-compatible `model`)
+        body = json.loads(json.dumps(body).replace("{instance_id}", world.instance_id))
+    return api.client.request(endpoint.method, path, json=body, headers=headers)
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> None:
     assert response.status_code == status, response.text
-    assert response.json() == {
-        "error": {"code": code, "message": response.json()["error"]["message"], "details": None}
-    }
+    error = response.json()["error"]
+    assert (error["code"], error["details"], type(error["message"])) == (code, None, str)
+    # OpenAI-compatible paths add OpenAI's own `type` and `param`; nothing else is added.
+    assert set(error) - {"code", "message", "details"} <= {"type", "param"}
 
 
 def test_the_table_lists_every_v1_endpoint(api: Api) -> None:

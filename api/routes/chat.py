@@ -1,0 +1,50 @@
+"""Chat with an instance: a reply in its character's voice, remembered like everything else."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from uuid import UUID
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from api.deps import CurrentCaller, Svc
+from api.schemas import ChatRequest, ChatResponse
+from chat.model import ModelError
+from chat.turns import TurnResult
+
+router = APIRouter(tags=["chat"])
+
+
+@router.post(
+    "/v1/instances/{instance_id}/chat",
+    response_model=ChatResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+def chat(
+    instance_id: UUID, body: ChatRequest, caller: CurrentCaller, svc: Svc
+) -> ChatResponse | StreamingResponse:
+    """With `stream: true`: Server-Sent Events, `data: {"token": "..."}` for each piece of
+    the reply, then `event: turn` with the same fields as the plain answer (or `event: error`)."""
+    turn = svc.chat.prepare(
+        caller.tenant, instance_id, body.message, body.max_tokens, body.temperature
+    )
+    if not body.stream:
+        return ChatResponse.of(svc.chat.complete(turn, caller.actor))
+    return StreamingResponse(
+        _events(svc.chat.stream(turn, caller.actor)), media_type="text/event-stream"
+    )
+
+
+def _events(pieces: Iterator[str | TurnResult]) -> Iterator[str]:
+    try:
+        for piece in pieces:
+            if isinstance(piece, TurnResult):
+                yield f"event: turn\ndata: {ChatResponse.of(piece).model_dump_json()}\n\n"
+            else:
+                yield f"data: {json.dumps({'token': piece}, ensure_ascii=False)}\n\n"
+    except ModelError as error:
+        code = "model_timeout" if error.status == 504 else "model_unavailable"
+        body = {"error": {"code": code, "message": error.message, "details": None}}
+        yield f"event: error\ndata: {json.dumps(body, ensure_ascii=False)}\n\n"

@@ -1,0 +1,359 @@
+"""The chat model behind a small interface; OpenAI Chat Completions with our own retries.
+
+`OpenAIModel` talks to OpenAI or any OpenAI-compatible server (vLLM, Ollama, llama.cpp, Azure,
+alma's local model) through the official `openai` SDK. The SDK's own retries are off: this module
+retries 429, 5xx and connection errors with exponential backoff and full jitter, honouring
+`Retry-After`, and turns every failure into a `ModelError` that carries the HTTP status alma
+answers with (502 upstream failure, 504 timeout) and a message that never holds the API key.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import re
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, cast, runtime_checkable
+
+import openai
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.completion_usage import CompletionUsage
+
+from chat import tokens
+
+DEFAULT_MODEL = "gpt-3.5-turbo"
+GPT35_CONTEXT_WINDOW = 16385
+_KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_*\-]{4,}")  # OpenAI-style keys, masked or not
+_MIN_SECRET = 8  # shorter "keys" (e.g. "local") are not secrets; longer fragments are redacted
+_MAX_DETAIL = 200
+
+Messages = Sequence[Mapping[str, str]]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One finished reply and what it cost."""
+
+    text: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    latency_ms: float
+    attempts: int = 1
+
+
+class ModelError(Exception):
+    """The model could not answer; `status` is what alma answers with (502 or 504)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 502,
+        upstream_status: int | None = None,
+        attempts: int = 1,
+        partial: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.upstream_status = upstream_status
+        self.attempts = attempts
+        self.partial = partial  # text streamed before the failure
+
+
+@runtime_checkable
+class ModelClient(Protocol):
+    """What chat needs from a model: a name, a context size, a reply, a streamed reply."""
+
+    model: str
+    context_window: int
+
+    def complete(self, messages: Messages, max_tokens: int, temperature: float) -> Completion: ...
+
+    def stream(
+        self, messages: Messages, max_tokens: int, temperature: float
+    ) -> Iterator[str | Completion]:
+        """Text deltas, then exactly one final `Completion`."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Failure:
+    message: str
+    status: int = 502
+    upstream_status: int | None = None
+    retryable: bool = False
+    retry_after_s: float | None = None
+
+
+class _Malformed(Exception):
+    pass
+
+
+class OpenAIModel:
+    """`ModelClient` over the official `openai` SDK's Chat Completions."""
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str | None = None,
+        model: str = DEFAULT_MODEL,
+        timeout_s: float = 30.0,
+        max_retries: int = 4,
+        context_window: int = GPT35_CONTEXT_WINDOW,
+        *,
+        backoff_base_s: float = 0.5,
+        max_wait_s: float = 20.0,
+        stream_usage: bool = True,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not api_key:
+            raise ValueError("OpenAIModel needs an API key; without one use the local model")
+        self.model = model
+        self.context_window = context_window
+        self.base_url = base_url
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_base_s = backoff_base_s
+        self.max_wait_s = max_wait_s
+        self.stream_usage = stream_usage
+        self._sleep = sleep
+        self._secrets = [api_key] if len(api_key) >= _MIN_SECRET else []
+        self._client = openai.OpenAI(
+            api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0
+        )
+
+    def __repr__(self) -> str:  # never the key
+        return f"OpenAIModel(model={self.model!r}, base_url={self.base_url!r})"
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> OpenAIModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- complete ---------------------------------------------------------------------------
+
+    def complete(self, messages: Messages, max_tokens: int, temperature: float) -> Completion:
+        started = time.perf_counter()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                answer = self._client.chat.completions.create(
+                    **self._request(messages, max_tokens, temperature)
+                )
+                return self._completion(answer, messages, started, attempt)
+            except Exception as exc:
+                self._wait_or_raise(self._classify(exc), attempt)
+
+    def _completion(
+        self, answer: object, messages: Messages, started: float, attempt: int
+    ) -> Completion:
+        if not isinstance(answer, ChatCompletion):
+            raise _Malformed("the model server did not answer with a chat completion")
+        try:
+            choices = answer.choices
+            if not choices:
+                raise _Malformed("the model server answered with no choices")
+            choice = choices[0]
+            text = choice.message.content or ""
+            if not isinstance(text, str):
+                raise _Malformed("the reply's content is not text")
+            prompt_tokens, completion_tokens = _usage(
+                getattr(answer, "usage", None), messages, text
+            )
+            return Completion(
+                text=text,
+                model=getattr(answer, "model", None) or self.model,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                finish_reason=getattr(choice, "finish_reason", None) or "unknown",
+                latency_ms=_elapsed_ms(started),
+                attempts=attempt,
+            )
+        except (AttributeError, TypeError, IndexError) as exc:
+            # The SDK builds models without validating them: missing fields show up here.
+            raise _Malformed("the model server's answer is not a chat completion") from exc
+
+    # -- stream -----------------------------------------------------------------------------
+
+    def stream(
+        self, messages: Messages, max_tokens: int, temperature: float
+    ) -> Generator[str | Completion, None, None]:
+        """Text deltas, then one `Completion`. Closing the generator early releases the HTTP
+        stream (the server stops generating)."""
+        started = time.perf_counter()
+        attempt = 0
+        while True:
+            attempt += 1
+            parts: list[str] = []
+            try:
+                request = self._request(messages, max_tokens, temperature)
+                if self.stream_usage:
+                    request["stream_options"] = {"include_usage": True}
+                chunks = self._client.chat.completions.create(stream=True, **request)
+                model = self.model
+                finish_reason: str | None = None
+                usage: CompletionUsage | None = None
+                with chunks:
+                    for chunk in chunks:
+                        if not isinstance(chunk, ChatCompletionChunk):
+                            raise _Malformed("the model server streamed something else")
+                        model = getattr(chunk, "model", None) or model
+                        usage = getattr(chunk, "usage", None) or usage
+                        for choice in getattr(chunk, "choices", None) or []:
+                            if getattr(choice, "index", 0) != 0:
+                                continue
+                            delta = getattr(choice, "delta", None)
+                            content = getattr(delta, "content", None)
+                            if content:
+                                parts.append(content)
+                                yield content
+                            finish_reason = getattr(choice, "finish_reason", None) or finish_reason
+                if finish_reason is None:
+                    raise _Malformed("the stream ended before the model finished its reply")
+                text = "".join(parts)
+                prompt_tokens, completion_tokens = _usage(usage, messages, text)
+                yield Completion(
+                    text=text,
+                    model=model,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    finish_reason=finish_reason,
+                    latency_ms=_elapsed_ms(started),
+                    attempts=attempt,
+                )
+                return
+            except Exception as exc:
+                failure = self._classify(exc)
+                if parts:
+                    # The caller has shown these tokens already: a retry would repeat them.
+                    raise self._error(failure, attempt, partial="".join(parts)) from None
+                self._wait_or_raise(failure, attempt)
+
+    # -- shared -----------------------------------------------------------------------------
+
+    def _request(self, messages: Messages, max_tokens: int, temperature: float) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "messages": cast(Any, [dict(message) for message in messages]),
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+        }
+
+    def _wait_or_raise(self, failure: _Failure, attempt: int) -> None:
+        if not failure.retryable or attempt > self.max_retries:
+            raise self._error(failure, attempt) from None
+        self._sleep(self._backoff(attempt, failure.retry_after_s))
+
+    def _backoff(self, attempt: int, retry_after_s: float | None) -> float:
+        if retry_after_s is not None:
+            return min(max(retry_after_s, 0.0), self.max_wait_s)
+        ceiling = min(self.max_wait_s, self.backoff_base_s * 2 ** (attempt - 1))
+        return random.uniform(0.0, ceiling)  # full jitter
+
+    def _error(self, failure: _Failure, attempt: int, partial: str = "") -> ModelError:
+        message = failure.message
+        if partial:
+            message += " (after the reply had begun)"
+        elif failure.retryable:
+            message += f" (gave up after {attempt} attempts)"
+        return ModelError(
+            self._redact(message),
+            status=failure.status,
+            upstream_status=failure.upstream_status,
+            attempts=attempt,
+            partial=partial,
+        )
+
+    def _classify(self, exc: Exception) -> _Failure:
+        if isinstance(exc, openai.APITimeoutError):
+            return _Failure(f"the model did not answer within {self.timeout_s:g} s", status=504)
+        if isinstance(exc, openai.APIConnectionError):
+            return _Failure("could not reach the model server", retryable=True)
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            detail = self._redact(_detail(exc))[:_MAX_DETAIL]
+            message = f"the model server answered {status}" + (f": {detail}" if detail else "")
+            retryable = (status == 429 and _code(exc) != "insufficient_quota") or status >= 500
+            return _Failure(
+                message,
+                upstream_status=status,
+                retryable=retryable,
+                retry_after_s=_retry_after(exc),
+            )
+        if isinstance(exc, openai.APIError):  # an error event inside a stream
+            detail = self._redact(exc.message)[:_MAX_DETAIL]
+            return _Failure(f"the model server reported an error: {detail}")
+        if isinstance(exc, _Malformed):
+            return _Failure(str(exc))
+        if isinstance(exc, ValueError):  # invalid JSON, a body that failed validation
+            return _Failure("the model server's answer is not valid JSON")
+        return _Failure(f"unexpected failure talking to the model ({type(exc).__name__})")
+
+    def _redact(self, message: str) -> str:
+        for secret in self._secrets:
+            message = message.replace(secret, "***")
+            # Fragments too: a provider's own masking ("abcd1234...wxyz"), a message cut short.
+            for start in range(len(secret) - _MIN_SECRET + 1):
+                message = message.replace(secret[start : start + _MIN_SECRET], "***")
+        return _KEY_LIKE.sub("***", message)
+
+
+def _usage(usage: CompletionUsage | None, messages: Messages, text: str) -> tuple[int, int]:
+    prompt = getattr(usage, "prompt_tokens", None)
+    completion = getattr(usage, "completion_tokens", None)
+    if isinstance(prompt, int) and isinstance(completion, int):
+        return prompt, completion
+    return tokens.count_messages(messages), tokens.count(text)
+
+
+def _elapsed_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 1)
+
+
+def _error_body(exc: openai.APIStatusError) -> Mapping[str, Any]:
+    body = exc.body
+    if isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):
+        body = body["error"]
+    return cast(Mapping[str, Any], body) if isinstance(body, Mapping) else {}
+
+
+def _detail(exc: openai.APIStatusError) -> str:
+    message = _error_body(exc).get("message")
+    return message if isinstance(message, str) else ""
+
+
+def _code(exc: openai.APIStatusError) -> str | None:
+    code = _error_body(exc).get("code")
+    return code if isinstance(code, str) else None
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    headers = exc.response.headers
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return float(millis) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

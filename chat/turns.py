@@ -1,0 +1,241 @@
+"""One chat turn with an instance: recall, assemble the prompt, ask the model, record it all.
+
+Every turn leaves events on the instance: the user's message first (so it is never lost), then
+either the reply (with the model, its usage and latency, the memories in the prompt and a hash
+of the exact prompt) or the failure. A streamed reply that the client abandons is recorded as
+far as it got, marked interrupted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from uuid import UUID
+
+from chat import tokens
+from chat.model import Completion, ModelClient, ModelError
+from chat.prompt import Persona, Prompt, Recollection, Turn, build_prompt
+from domain import Actor, Alma, InvalidInput, NewMessage, Reply
+from domain.rules import valid_message
+from projections import Hit, MemoryIndex
+
+
+@dataclass(frozen=True)
+class PreparedTurn:
+    """Everything decided before the model is called; nothing is recorded yet."""
+
+    tenant: str
+    instance_id: UUID
+    message: str
+    prompt: Prompt
+    recalled: dict[str, Hit]
+    max_tokens: int
+    temperature: float
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    reply: str
+    version: int
+    message_id: UUID
+    reply_id: UUID
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    memories_used: list[Hit]
+
+
+class Chat:
+    def __init__(
+        self,
+        app: Alma,
+        index: MemoryIndex,
+        model: Callable[[], ModelClient],
+        memories: int = 8,
+        history_turns: int = 20,
+    ) -> None:
+        self.app = app
+        self.index = index
+        self.model = model
+        self.memories = memories
+        self.history_turns = history_turns
+
+    def prepare(
+        self,
+        tenant: str,
+        instance_id: UUID,
+        message: str,
+        max_tokens: int,
+        temperature: float,
+        history: Sequence[Turn] | None = None,
+    ) -> PreparedTurn:
+        """Checks the input and builds the prompt. `history` replaces the recorded recent turns
+        (an OpenAI-style client sends its own); otherwise they come from the conversation."""
+        valid_message("user", message)
+        model = self.model()
+        if max_tokens >= model.context_window:
+            raise InvalidInput(
+                f"max_tokens must be below the model's context of {model.context_window}",
+                "max_tokens",
+            )
+        instance = self.app.instance(tenant, instance_id)
+        character = self.app.character(tenant, instance.character_id)
+        if history is None:
+            recent = self.index.recent_messages(instance_id, self.history_turns)
+            history = [
+                Turn(d.metadata["role"], d.text, d.occurred_at)
+                for d in recent
+                if d.metadata.get("role") in ("user", "assistant")
+            ]
+            in_history = {d.doc_id for d in recent}
+        else:
+            in_history = set()
+        hits = [
+            hit
+            for hit in self.index.search(instance_id, message, k=self.memories)
+            if hit.doc.doc_id not in in_history
+        ]
+        prompt = build_prompt(
+            Persona(
+                character=character.name,
+                description=character.description,
+                personality=character.personality,
+                scenario=character.scenario,
+                example_dialogue=character.example_dialogue,
+                system_prompt=character.system_prompt,
+            ),
+            instance.name,
+            instance.memory,
+            [_recollection(hit) for hit in hits],
+            history,
+            message,
+            datetime.now(UTC),
+            context_window=model.context_window,
+            max_tokens=max_tokens,
+            count=tokens.count,
+            count_messages=tokens.count_messages,
+        )
+        return PreparedTurn(
+            tenant,
+            instance_id,
+            message,
+            prompt,
+            {hit.doc.doc_id: hit for hit in hits},
+            max_tokens,
+            temperature,
+        )
+
+    def complete(self, turn: PreparedTurn, actor: Actor) -> TurnResult:
+        message_id = self._record_message(turn, actor)
+        try:
+            completion = self.model().complete(
+                turn.prompt.messages, turn.max_tokens, turn.temperature
+            )
+        except ModelError as error:
+            self._record_failure(turn, message_id, error, actor)
+            raise
+        return self._record_reply(turn, message_id, completion, actor)
+
+    def stream(self, turn: PreparedTurn, actor: Actor) -> Generator[str | TurnResult, None, None]:
+        """Text deltas, then the `TurnResult`. Closing it early records the partial reply."""
+        message_id = self._record_message(turn, actor)
+        parts: list[str] = []
+        started = datetime.now(UTC)
+        finished = False
+        try:
+            for piece in self.model().stream(
+                turn.prompt.messages, turn.max_tokens, turn.temperature
+            ):
+                if isinstance(piece, Completion):
+                    finished = True
+                    yield self._record_reply(turn, message_id, piece, actor)
+                else:
+                    parts.append(piece)
+                    yield piece
+        except ModelError as error:
+            finished = True  # the failure is the record, with what was streamed in its message
+            self._record_failure(turn, message_id, error, actor)
+            raise
+        finally:
+            if not finished:
+                self._record_interrupted(turn, message_id, "".join(parts), started, actor)
+
+    def _record_message(self, turn: PreparedTurn, actor: Actor) -> UUID:
+        (message_id,) = self.app.import_messages(
+            turn.tenant, turn.instance_id, [NewMessage("user", turn.message)], actor
+        )
+        return message_id
+
+    def _record_reply(
+        self, turn: PreparedTurn, message_id: UUID, completion: Completion, actor: Actor
+    ) -> TurnResult:
+        reply_id, version = self.app.record_reply(
+            turn.tenant,
+            turn.instance_id,
+            Reply(
+                in_reply_to=message_id,
+                content=completion.text,
+                model=completion.model,
+                prompt_tokens=completion.prompt_tokens,
+                completion_tokens=completion.completion_tokens,
+                latency_ms=round(completion.latency_ms),
+                memory_ids=tuple(turn.prompt.memories_used),
+                prompt_sha256=turn.prompt.sha256,
+            ),
+            actor,
+        )
+        return TurnResult(
+            reply=completion.text,
+            version=version,
+            message_id=message_id,
+            reply_id=reply_id,
+            model=completion.model,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            memories_used=[turn.recalled[i] for i in turn.prompt.memories_used],
+        )
+
+    def _record_failure(
+        self, turn: PreparedTurn, message_id: UUID, error: ModelError, actor: Actor
+    ) -> None:
+        self.app.record_failure(
+            turn.tenant, turn.instance_id, message_id, error.status, error.message, actor
+        )
+
+    def _record_interrupted(
+        self, turn: PreparedTurn, message_id: UUID, partial: str, started: datetime, actor: Actor
+    ) -> None:
+        """The client went away mid-stream: keep what it was shown."""
+        if not partial:
+            return
+        elapsed = (datetime.now(UTC) - started).total_seconds() * 1000
+        self.app.record_reply(
+            turn.tenant,
+            turn.instance_id,
+            Reply(
+                in_reply_to=message_id,
+                content=partial,
+                model=self.model().model,
+                prompt_tokens=turn.prompt.tokens,
+                completion_tokens=tokens.count(partial),
+                latency_ms=round(elapsed),
+                memory_ids=tuple(turn.prompt.memories_used),
+                prompt_sha256=turn.prompt.sha256,
+                interrupted=True,
+            ),
+            actor,
+        )
+
+
+def _recollection(hit: Hit) -> Recollection:
+    doc = hit.doc
+    role = doc.metadata.get("role") if doc.kind == "message" else None
+    return Recollection(
+        doc.text,
+        doc.occurred_at,
+        doc.kind,
+        doc.doc_id,
+        hit.score,
+        str(role) if role else None,
+    )
