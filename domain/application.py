@@ -286,11 +286,14 @@ class Alma(Application[UUID]):
 
         return self._retrying(attempt)
 
-    def record_reply(self, tenant: str, instance_id: UUID, reply: Reply, actor: Actor) -> UUID:
-        """Records the character's answer to `reply.in_reply_to`; returns the reply's id."""
+    def record_reply(
+        self, tenant: str, instance_id: UUID, reply: Reply, actor: Actor
+    ) -> tuple[UUID, int]:
+        """Records the character's answer to `reply.in_reply_to`; returns the reply's id and
+        the instance's version with it."""
         message_id = uuid4()
 
-        def attempt() -> UUID:
+        def attempt() -> tuple[UUID, int]:
             instance = self._current(Instance, tenant, instance_id)
             instance.record_reply(
                 message_id,
@@ -306,7 +309,7 @@ class Alma(Application[UUID]):
                 actor,
             )
             self.save(instance)
-            return message_id
+            return message_id, instance.version
 
         return self._retrying(attempt)
 
