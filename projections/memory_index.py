@@ -54,6 +54,8 @@ SCHEMA = [
         generation INTEGER NOT NULL, instance_id TEXT NOT NULL, term TEXT NOT NULL,
         doc_id TEXT NOT NULL, tf INTEGER NOT NULL,
         PRIMARY KEY (generation, instance_id, term, doc_id))""",
+    # Replacing or deleting one source finds its postings without scanning the generation.
+    """CREATE INDEX IF NOT EXISTS memory_postings_by_doc ON memory_postings (generation, doc_id)""",
     """CREATE TABLE IF NOT EXISTS memory_texts (
         generation INTEGER NOT NULL, instance_id TEXT NOT NULL, text TEXT NOT NULL,
         PRIMARY KEY (generation, instance_id))""",
