@@ -1,6 +1,6 @@
 """Chat benchmark: the overhead alma adds to a chat turn, the first streamed byte, concurrency.
 
-Run from the repository root: `python bench/chat.py [--quick]`.
+Run from the repository root: `python bench/chat_turn.py [--quick]`.
 
 Everything runs on the embedded default: SQLite files and embedded Chroma under a temporary
 ALMA_DATA_DIR, the packaged MiniLM model. The model is tests/openai_stub.py's OpenAI-compatible
