@@ -123,7 +123,7 @@ def build_memory_index(settings: Settings, generation: int | None = None) -> Mem
     return MemoryIndex(
         open_store(settings.event_store_env("memory")),
         VectorIndex(open_chroma(settings)),
-        Embedder(settings.embedding_model),
+        Embedder(settings.embedding_model, threads=settings.embedding_threads),
         pinned_generation=generation,
     )
 
