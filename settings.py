@@ -49,6 +49,15 @@ class Settings(BaseSettings):
     local_context_window: int = Field(default=2048, ge=512)
     chat_memories: int = Field(default=8, ge=0, le=100, description="memories retrieved per turn")
     chat_history_turns: int = Field(default=20, ge=0, le=500)
+    memory_formation: bool | None = Field(
+        default=None,
+        description="turn conversations into memories and rolling summaries after each turn; "
+        "unset = on with OPENAI_API_KEY or OPENAI_BASE_URL, off with the local model",
+    )
+    memory_model: str | None = Field(
+        default=None, description="the model that forms memories; unset = ALMA_CHAT_MODEL"
+    )
+    summary_every: int = Field(default=20, ge=2, le=1000, description="messages per summary")
     host: str = "127.0.0.1"
     port: int = Field(default=8011, ge=1, le=65535)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)

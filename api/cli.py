@@ -102,6 +102,8 @@ def projections_rebuild(services: Services, name: str) -> None:
     elif name == services.memory.name:
         generation = rebuild_memory_index(services)
         print(f"rebuilt {name} as generation {generation}", file=sys.stderr)
+    elif services.formation is not None and name == services.formation.name:
+        print(f"{name} writes events, which stay: nothing to rebuild", file=sys.stderr)
     else:
         known = ", ".join(f.name for f in services.followers)
         raise DomainError(f"no projection named {name!r}; known: {known}")

@@ -17,6 +17,7 @@ from projections import (
     Follower,
     Listings,
     ListingView,
+    MemoryFormation,
     MemoryIndex,
     PostgresListingView,
     SQLiteListingView,
@@ -33,7 +34,9 @@ class Services:
     app: Alma
     listings: Follower
     memory: Follower
+    formation: Follower | None = None  # the memory process, when ALMA_MEMORY_FORMATION is on
     _model: ModelClient | None = None
+    _memory_model: ModelClient | None = None
     _model_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def model(self) -> ModelClient:
@@ -43,6 +46,19 @@ class Services:
             if self._model is None:
                 self._model = build_model(self.settings)
             return self._model
+
+    def memory_model(self) -> ModelClient:
+        """The model that forms memories: the chat model unless ALMA_MEMORY_MODEL names
+        another one on the same server (the local backend has only its own)."""
+        name = self.settings.memory_model
+        if name is None or name == self.settings.chat_model or not _remote(self.settings):
+            return self.model()
+        with self._model_lock:
+            if self._memory_model is None:
+                self._memory_model = build_model(
+                    self.settings.model_copy(update={"chat_model": name})
+                )
+            return self._memory_model
 
     @property
     def chat(self) -> Chat:
@@ -56,7 +72,7 @@ class Services:
 
     @property
     def followers(self) -> list[Follower]:
-        return [self.listings, self.memory]
+        return [self.listings, self.memory, *([self.formation] if self.formation else [])]
 
     @property
     def listings_view(self) -> ListingView:
@@ -83,11 +99,18 @@ class Services:
             follower.stop()
         self.listings_view.close()
         self.memory_index.close()
+        if self.formation is not None:
+            assert isinstance(self.formation.model, MemoryFormation)
+            self.formation.model.close()
         self.app.close()
 
 
+def _remote(settings: Settings) -> bool:
+    return settings.openai_api_key is not None or bool(settings.openai_base_url)
+
+
 def build_model(settings: Settings) -> ModelClient:
-    if settings.openai_api_key is not None or settings.openai_base_url:
+    if _remote(settings):
         # A server of one's own (Ollama, vLLM) may need no key; the SDK insists on one.
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "none"
         return OpenAIModel(
@@ -111,12 +134,24 @@ def open_app(settings: Settings) -> Alma:
 
 def build_services(settings: Settings) -> Services:
     app = open_app(settings)
-    return Services(
+    services = Services(
         settings=settings,
         app=app,
         listings=Follower(app, _listings(settings)),
         memory=Follower(app, build_memory_index(settings)),
     )
+    forming = settings.memory_formation
+    if forming if forming is not None else _remote(settings):
+        formation = MemoryFormation(
+            app,
+            open_store(settings.event_store_env("formation")),
+            services.memory_index,
+            services.memory.wait,
+            services.memory_model,
+            settings.summary_every,
+        )
+        services.formation = Follower(app, formation)
+    return services
 
 
 def build_memory_index(settings: Settings, generation: int | None = None) -> MemoryIndex:

@@ -340,8 +340,11 @@ class Alma(Application[UUID]):
         metadata: dict[str, Any] | None = None,
         importance: float | None = None,
         source: dict[str, Any] | None = None,
+        memory_id: UUID | None = None,
     ) -> Memory:
-        memory = Memory.add(tenant, instance_id, text, actor, metadata, importance, source)
+        memory = Memory.add(
+            tenant, instance_id, text, actor, metadata, importance, source, memory_id
+        )
         self._current(Instance, tenant, instance_id)
         self.save(memory)
         return memory
@@ -355,19 +358,27 @@ class Alma(Application[UUID]):
         text: str | None = None,
         metadata: dict[str, Any] | None = None,
         importance: float | None = None,
+        source: dict[str, Any] | None = None,
     ) -> Memory:
         def attempt() -> Memory:
             memory = self.memory(tenant, instance_id, memory_id)
-            memory.change(actor, text, metadata, importance)
+            memory.change(actor, text, metadata, importance, source)
             self.save(memory)
             return memory
 
         return self._retrying(attempt)
 
-    def forget_memory(self, tenant: str, instance_id: UUID, memory_id: UUID, actor: Actor) -> None:
+    def forget_memory(
+        self,
+        tenant: str,
+        instance_id: UUID,
+        memory_id: UUID,
+        actor: Actor,
+        source: dict[str, Any] | None = None,
+    ) -> None:
         def attempt() -> None:
             memory = self.memory(tenant, instance_id, memory_id)
-            memory.forget(actor)
+            memory.forget(actor, source)
             self.save(memory)
 
         self._retrying(attempt)

@@ -6,7 +6,7 @@ never carries them in its state: adding, revising or forgetting one touches only
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, DomainEvent, event
@@ -49,16 +49,22 @@ class Memory(Aggregate):
         metadata: dict[str, Any] | None = None,
         importance: float | None = None,
         source: dict[str, Any] | None = None,
+        memory_id: UUID | None = None,
     ) -> Memory:
-        return cls(
-            tenant=tenant,
-            instance_id=instance_id,
-            text=valid_snippet(text),
-            metadata=valid_metadata(metadata or {}),
-            importance=valid_importance(0.5 if importance is None else importance),
-            source=source,
-            actor=actor,
-        )
+        """`memory_id` fixes the id (the memory process derives it from its source, so adding
+        the same memory twice collides in the event store); otherwise a new one."""
+        fields: dict[str, Any] = {
+            "tenant": tenant,
+            "instance_id": instance_id,
+            "text": valid_snippet(text),
+            "metadata": valid_metadata(metadata or {}),
+            "importance": valid_importance(0.5 if importance is None else importance),
+            "source": source,
+            "actor": actor,
+        }
+        if memory_id is None:
+            return cls(**fields)
+        return cls._create(cast(Any, cls.Added), id=memory_id, **fields)
 
     def change(
         self,
@@ -66,20 +72,32 @@ class Memory(Aggregate):
         text: str | None = None,
         metadata: dict[str, Any] | None = None,
         importance: float | None = None,
+        source: dict[str, Any] | None = None,
     ) -> None:
         """Records a revision only when something really changes."""
         new_text = self.text if text is None else valid_snippet(text)
         new_metadata = self.metadata if metadata is None else valid_metadata(metadata)
         new_importance = self.importance if importance is None else valid_importance(importance)
         if (new_text, new_metadata, new_importance) != (self.text, self.metadata, self.importance):
-            self.revise(new_text, new_metadata, new_importance, actor)
+            self.revise(new_text, new_metadata, new_importance, actor, source)
 
+    # `source` on Revised and Forgotten came later: older events load with None.
     @event("Revised")
-    def revise(self, text: str, metadata: dict[str, Any], importance: float, actor: Actor) -> None:
+    def revise(
+        self,
+        text: str,
+        metadata: dict[str, Any],
+        importance: float,
+        actor: Actor,
+        source: dict[str, Any] | None = None,
+    ) -> None:
+        """A revision with a `source` (the memory process's) becomes the memory's provenance."""
         self.text = text
         self.metadata = metadata
         self.importance = importance
+        if source is not None:
+            self.source = source
 
     @event("Forgotten")
-    def forget(self, actor: Actor) -> None:
+    def forget(self, actor: Actor, source: dict[str, Any] | None = None) -> None:
         self.forgotten = True

@@ -1,6 +1,7 @@
-"""Read models built by following the event log: listings and the memory index."""
+"""Processes that follow the event log: the listings, the memory index and memory formation."""
 
 from projections.follower import Follower, ReadModel
+from projections.formation import MemoryFormation
 from projections.listings import (
     Listed,
     Listings,
@@ -20,6 +21,7 @@ __all__ = [
     "Listed",
     "ListingView",
     "Listings",
+    "MemoryFormation",
     "MemoryIndex",
     "PostgresListingView",
     "ReadModel",

@@ -76,7 +76,13 @@ def postgres_server(request: pytest.FixtureRequest) -> PostgresServer:
 
 
 # Read models may lag while a loaded test machine embeds; tests wait rather than flake.
-_patient = {"_env_file": None, "read_model_wait_s": 30.0, "consistency_wait_s": 60.0}
+# Memory formation would send its own requests to the chat stub: its tests switch it on.
+_patient = {
+    "_env_file": None,
+    "read_model_wait_s": 30.0,
+    "consistency_wait_s": 60.0,
+    "memory_formation": False,
+}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

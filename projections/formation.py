@@ -1,0 +1,412 @@
+"""The memory process: follows the log and turns conversations into memory snippets.
+
+After each completed turn (a reply recorded for a user's message), and after every
+`IMPORT_WINDOW` imported messages with no reply, it shows the model the new messages and the
+instance's most similar memories and asks for operations (add, revise, forget); every
+`summary_every` messages it also asks for a summary of them. It carries them out as ordinary
+memory commands whose actor is the memory process (`key_id` "memory-process", the turn's
+request id) and whose `source` names the messages, so they show in the audit and a person can
+undo them with an ordinary edit. It runs in a follower thread, never inside a request.
+
+Crash safety: the model's validated answer for a window is stored before any command runs, and
+the ids of added memories derive from the window, so a window processed again after a crash
+issues the same commands, which change nothing. The window's messages, its stored answers and
+the new position are then written in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.persistence import IntegrityError
+
+from chat.extraction import (
+    FACTS_MAX_TOKENS,
+    SUMMARY_MAX_TOKENS,
+    Line,
+    Malformed,
+    Operation,
+    facts_prompt,
+    read_operations,
+    read_summary,
+    summary_prompt,
+)
+from chat.model import Messages, ModelClient, ModelError
+from domain import Actor, Alma, DomainError, Instance, NotFound
+from projections.memory_index import MemoryIndex
+from projections.sql import SqlStore
+
+log = logging.getLogger(__name__)
+
+NAME = "memory-formation"
+ACTOR_KEY = "memory-process"
+IMPORT_WINDOW = 10  # imported messages formed together when no reply closes a turn
+OFFERED = 10  # existing memories shown to the model
+INDEX_WAIT_S = 10.0
+_IDS = uuid5(NAMESPACE_URL, "https://alma.dev/memory-formation")
+
+SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS formation_position (id INTEGER PRIMARY KEY, position BIGINT)",
+    """CREATE TABLE IF NOT EXISTS formation_messages (
+        instance_id TEXT NOT NULL, position BIGINT NOT NULL, tenant TEXT NOT NULL,
+        message_id TEXT NOT NULL, role TEXT NOT NULL, content TEXT NOT NULL,
+        request_id TEXT NOT NULL, formed INTEGER NOT NULL,
+        PRIMARY KEY (instance_id, position))""",
+    """CREATE TABLE IF NOT EXISTS formation_plans (
+        plan_id TEXT PRIMARY KEY, instance_id TEXT NOT NULL, body TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS formation_summaries (
+        instance_id TEXT PRIMARY KEY, memory_id TEXT NOT NULL)""",
+]
+
+
+@dataclass(frozen=True)
+class _Message:
+    instance_id: UUID
+    position: int
+    tenant: str
+    message_id: str
+    role: str
+    content: str
+    request_id: str
+    formed: bool = False
+
+
+class MemoryFormation:
+    name = NAME
+
+    def __init__(
+        self,
+        app: Alma,
+        store: SqlStore,
+        index: MemoryIndex,
+        index_wait: Callable[[int, float], bool],
+        model: Callable[[], ModelClient],
+        summary_every: int = 20,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.index = index
+        self.index_wait = index_wait
+        self.model = model
+        self.summary_every = summary_every
+        self.dropped = 0  # answers that were not what was asked for
+        self.refused = 0  # operations refused: unknown memories, texts the rules refuse
+        with store.transaction() as cursor:
+            for statement in SCHEMA:
+                cursor.execute(statement)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def position(self) -> int:
+        rows = self.store.query("SELECT position FROM formation_position WHERE id = 1")
+        if rows:
+            return int(rows[0][0])
+        # The first run starts at the end of the log: switching formation on for a store with
+        # years of conversation must not send all of it to a paid model unasked.
+        head = self.app.recorder.max_notification_id() or 0
+        with self.store.transaction() as cursor:
+            cursor.execute(
+                "INSERT INTO formation_position (id, position) VALUES (1, %s) "
+                "ON CONFLICT (id) DO NOTHING",
+                (head,),
+            )
+        return self.position()
+
+    def process(self, batch: Sequence[tuple[Any, int]]) -> None:
+        start = self.position()
+        held: list[_Message] = []
+        archived: set[UUID] = set()
+        unformed: dict[UUID, int] = {}
+        done = start
+        for event, position in batch:
+            if position <= start:
+                continue
+            kind = type(event)
+            if kind is Instance.Archived:
+                archived.add(event.originator_id)
+            elif kind in (Instance.MessageRecorded, Instance.ReplyRecorded):
+                message = _message(event, position)
+                held.append(message)
+                instance_id = message.instance_id
+                if instance_id not in unformed:
+                    unformed[instance_id] = self._unformed(instance_id)
+                unformed[instance_id] += 1
+                if kind is Instance.ReplyRecorded or unformed[instance_id] >= IMPORT_WINDOW:
+                    self._hold(held, archived, done)
+                    held, archived = [], set()
+                    self._form(message, position)
+                    unformed[instance_id] = 0
+            done = position
+        self._hold(held, archived, done)
+
+    # Steps
+
+    def _hold(self, messages: list[_Message], archived: set[UUID], position: int) -> None:
+        """Keeps messages until they are formed and summarised; forgets deleted instances."""
+        with self.store.transaction() as cursor:
+            if messages:
+                cursor.executemany(
+                    "INSERT INTO formation_messages (instance_id, position, tenant, message_id, "
+                    "role, content, request_id, formed) VALUES (%s, %s, %s, %s, %s, %s, %s, 0) "
+                    "ON CONFLICT (instance_id, position) DO NOTHING",
+                    [
+                        (
+                            str(m.instance_id),
+                            m.position,
+                            m.tenant,
+                            m.message_id,
+                            m.role,
+                            m.content,
+                            m.request_id,
+                        )
+                        for m in messages
+                    ],
+                )
+            for instance_id in archived:
+                for table in ("formation_messages", "formation_summaries", "formation_plans"):
+                    cursor.execute(
+                        f"DELETE FROM {table} WHERE instance_id = %s", (str(instance_id),)
+                    )
+            self._advance(cursor, position)
+
+    def _form(self, last: _Message, position: int) -> None:
+        instance_id, tenant = last.instance_id, last.tenant
+        held = self._held(instance_id)
+        actor = Actor(tenant, ACTOR_KEY, last.request_id)
+        summary_id = None
+        try:
+            name = self.app.instance(tenant, instance_id).name
+            fresh = [m for m in held if not m.formed]
+            if fresh:
+                self._facts(name, fresh, actor)
+            if len(held) >= self.summary_every:
+                summary_id = self._summary(name, held, actor)
+        except NotFound:
+            pass  # deleted meanwhile: its Archived event clears what is held
+        with self.store.transaction() as cursor:
+            scope = (str(instance_id), position)
+            if summary_id is not None:
+                cursor.execute(
+                    "DELETE FROM formation_messages WHERE instance_id = %s AND position <= %s",
+                    scope,
+                )
+                cursor.execute(
+                    "INSERT INTO formation_summaries (instance_id, memory_id) VALUES (%s, %s) "
+                    "ON CONFLICT (instance_id) DO UPDATE SET memory_id = excluded.memory_id",
+                    (str(instance_id), str(summary_id)),
+                )
+            else:
+                cursor.execute(
+                    "UPDATE formation_messages SET formed = 1 "
+                    "WHERE instance_id = %s AND position <= %s",
+                    scope,
+                )
+            cursor.execute("DELETE FROM formation_plans WHERE instance_id = %s", scope[:1])
+            self._advance(cursor, position)
+
+    def _facts(self, name: str, fresh: list[_Message], actor: Actor) -> None:
+        instance_id = fresh[-1].instance_id
+        plan_id = f"facts/{fresh[-1].message_id}"
+        stored = self._plan(plan_id)
+        if stored is None:
+            offered = self._offered(instance_id, fresh)
+            messages = facts_prompt(name, offered, _lines(fresh), self.model().context_window)
+            answer = self._ask(messages, FACTS_MAX_TOKENS)
+            if answer is None:
+                return
+            try:
+                operations, refused = read_operations(answer, {i for i, _ in offered})
+            except Malformed as error:
+                self._drop(instance_id, error)
+                return
+            self.refused += refused
+            self._keep(plan_id, instance_id, [op.as_dict() for op in operations])
+        else:
+            operations = [Operation.of(item) for item in stored]
+        source = {"messages": [m.message_id for m in fresh]}
+        for n, operation in enumerate(operations):
+            self._apply(operation, uuid5(_IDS, f"{plan_id}/{n}"), instance_id, actor, source)
+
+    def _apply(
+        self,
+        operation: Operation,
+        new_id: UUID,
+        instance_id: UUID,
+        actor: Actor,
+        source: dict[str, Any],
+    ) -> None:
+        app, tenant = self.app, actor.tenant
+        try:
+            if operation.op == "add":
+                assert operation.text is not None
+                app.add_memory(
+                    tenant,
+                    instance_id,
+                    operation.text,
+                    actor,
+                    {"kind": "fact"},
+                    operation.importance,
+                    source,
+                    memory_id=new_id,
+                )
+                return
+            assert operation.memory_id is not None
+            memory_id = UUID(operation.memory_id)
+            memory = app.memory(tenant, instance_id, memory_id)
+            if operation.op == "forget":
+                app.forget_memory(tenant, instance_id, memory_id, actor, source)
+            elif memory.source != source:  # not revised from these messages yet
+                app.revise_memory(
+                    tenant,
+                    instance_id,
+                    memory_id,
+                    actor,
+                    text=operation.text,
+                    importance=operation.importance,
+                    source=source,
+                )
+        except IntegrityError:
+            pass  # added before a crash, with this very id
+        except DomainError as error:
+            self.refused += 1
+            log.info("memory formation refused a %s: %s", operation.op, error)
+
+    def _summary(self, name: str, held: list[_Message], actor: Actor) -> UUID | None:
+        instance_id = held[-1].instance_id
+        plan_id = f"summary/{held[-1].message_id}"
+        previous_id, previous = self._previous_summary(instance_id, actor.tenant)
+        stored = self._plan(plan_id)
+        if stored is None:
+            messages = summary_prompt(name, previous, _lines(held), self.model().context_window)
+            answer = self._ask(messages, SUMMARY_MAX_TOKENS)
+            if answer is None:
+                return None
+            try:
+                text = read_summary(answer)
+            except Malformed as error:
+                self._drop(instance_id, error)
+                return None
+            self._keep(plan_id, instance_id, text)
+        else:
+            text = str(stored)
+        source: dict[str, Any] = {"messages": [m.message_id for m in held]}
+        if previous_id is not None:
+            source["previous_summary"] = str(previous_id)
+        summary_id = uuid5(_IDS, plan_id)
+        with suppress(IntegrityError):  # added before a crash
+            self.app.add_memory(
+                actor.tenant,
+                instance_id,
+                text,
+                actor,
+                {"kind": "summary"},
+                None,
+                source,
+                memory_id=summary_id,
+            )
+        return summary_id
+
+    # Helpers
+
+    def _ask(self, messages: Messages, max_tokens: int) -> str | None:
+        """The model's answer; None when it refuses the request for good (a 4xx). Outages
+        raise, so the follower retries the window later."""
+        try:
+            return self.model().complete(messages, max_tokens, temperature=0.0).text
+        except ModelError as error:
+            upstream = error.upstream_status
+            if upstream is None or upstream == 429 or upstream >= 500:
+                raise
+            self.dropped += 1
+            log.warning("memory formation: the model refused a window: %s", error.message)
+            return None
+
+    def _drop(self, instance_id: UUID, error: Malformed) -> None:
+        self.dropped += 1
+        log.warning("memory formation dropped the model's answer for %s: %s", instance_id, error)
+
+    def _offered(self, instance_id: UUID, fresh: list[_Message]) -> list[tuple[str, str]]:
+        """The instance's live memories most similar to the new messages (summaries aside),
+        once the index holds everything written so far (bounded wait)."""
+        self.index_wait(self.app.recorder.max_notification_id() or 0, INDEX_WAIT_S)
+        query = " ".join(m.content for m in fresh)[:4000]
+        hits = self.index.search(instance_id, query, k=50)
+        return [
+            (hit.doc.doc_id, hit.doc.text)
+            for hit in hits
+            if hit.doc.kind == "memory" and hit.doc.metadata.get("kind") != "summary"
+        ][:OFFERED]
+
+    def _previous_summary(self, instance_id: UUID, tenant: str) -> tuple[UUID | None, str | None]:
+        rows = self.store.query(
+            "SELECT memory_id FROM formation_summaries WHERE instance_id = %s",
+            (str(instance_id),),
+        )
+        if not rows:
+            return None, None
+        memory_id = UUID(str(rows[0][0]))
+        try:
+            return memory_id, self.app.memory(tenant, instance_id, memory_id).text
+        except NotFound:
+            return None, None  # forgotten by someone: start afresh
+
+    def _unformed(self, instance_id: UUID) -> int:
+        rows = self.store.query(
+            "SELECT COUNT(*) FROM formation_messages WHERE instance_id = %s AND formed = 0",
+            (str(instance_id),),
+        )
+        return int(rows[0][0])
+
+    def _held(self, instance_id: UUID) -> list[_Message]:
+        rows = self.store.query(
+            "SELECT position, tenant, message_id, role, content, request_id, formed "
+            "FROM formation_messages WHERE instance_id = %s ORDER BY position",
+            (str(instance_id),),
+        )
+        return [
+            _Message(instance_id, int(r[0]), r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows
+        ]
+
+    def _plan(self, plan_id: str) -> Any:
+        rows = self.store.query("SELECT body FROM formation_plans WHERE plan_id = %s", (plan_id,))
+        return json.loads(rows[0][0]) if rows else None
+
+    def _keep(self, plan_id: str, instance_id: UUID, body: Any) -> None:
+        with self.store.transaction() as cursor:
+            cursor.execute(
+                "INSERT INTO formation_plans (plan_id, instance_id, body) VALUES (%s, %s, %s) "
+                "ON CONFLICT (plan_id) DO NOTHING",
+                (plan_id, str(instance_id), json.dumps(body, ensure_ascii=False)),
+            )
+
+    @staticmethod
+    def _advance(cursor: Any, position: int) -> None:
+        cursor.execute(
+            "INSERT INTO formation_position (id, position) VALUES (1, %s) "
+            "ON CONFLICT (id) DO UPDATE SET position = excluded.position",
+            (position,),
+        )
+
+
+def _message(event: Any, position: int) -> _Message:
+    replied = type(event) is Instance.ReplyRecorded
+    return _Message(
+        event.originator_id,
+        position,
+        event.actor.tenant,
+        str(event.message_id),
+        "assistant" if replied else event.role,
+        event.content,
+        event.actor.request_id,
+    )
+
+
+def _lines(messages: list[_Message]) -> list[Line]:
+    return [Line(m.role, m.content) for m in messages]
