@@ -1,0 +1,458 @@
+"""Memory formation: after each turn the memory process asks the model (a stub server we
+script) which facts to add, revise or forget, and records them as memory commands of its own,
+with the messages they came from; long conversations get rolling summaries."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from api.cli import projections_status
+from api.services import build_services
+from chat.extraction import Malformed, read_operations
+from projections import MemoryFormation
+from settings import Settings
+from tests.conftest import Api, make_character, make_instance, running_api
+from tests.openai_stub import Fail, OpenAIStub, Reply
+
+FACTS = "decide what is worth remembering"
+SUMMARY = "Summarise the stretch"
+
+
+def _forming(settings: Settings, stub: OpenAIStub, **more: Any) -> Settings:
+    return settings.model_copy(
+        update={
+            "openai_api_key": None,
+            "openai_base_url": stub.base_url,
+            "memory_formation": True,
+            "model_timeout_s": 5.0,
+            "model_max_retries": 1,
+            **more,
+        }
+    )
+
+
+@pytest.fixture
+def forming(settings: Settings, openai_stub: OpenAIStub) -> Iterator[Api]:
+    with running_api(_forming(settings, openai_stub)) as api:
+        yield api
+
+
+def _instance(api: Api, name: str = "Rosa", headers: dict[str, str] | None = None) -> str:
+    if headers is None:
+        character = make_character(api)
+        return str(make_instance(api, character["id"], name=name)["id"])
+    character = api.client.post(
+        "/v1/characters", json={"name": "Doña Rosa", "description": "Curandera"}, headers=headers
+    ).json()
+    created = api.client.post(
+        f"/v1/characters/{character['id']}/instances", json={"name": name}, headers=headers
+    )
+    return str(created.json()["id"])
+
+
+def _formation(api: Api) -> MemoryFormation:
+    assert api.services.formation is not None
+    formation = api.services.formation.model
+    assert isinstance(formation, MemoryFormation)
+    return formation
+
+
+def _settle(api: Api) -> None:
+    """Waits until the memory process has handled everything written, then the index."""
+    assert api.services.formation is not None
+    assert api.services.formation.wait(api.written(), 60)
+    assert api.services.memory.wait(api.written(), 60)
+
+
+def _turn(
+    api: Api,
+    stub: OpenAIStub,
+    instance: str,
+    message: str,
+    operations: object,
+    request_id: str = "turn-1",
+    then: tuple[Reply, ...] = (),
+) -> dict[str, Any]:
+    """One chat turn; `operations` is the memory process's answer, `then` any further ones."""
+    answer = operations if isinstance(operations, str) else json.dumps(operations)
+    stub.script(Reply("Mm-hm."), Reply(answer), *then)
+    response = api.client.post(
+        f"/v1/instances/{instance}/chat",
+        json={"message": message},
+        headers={**api.acme, "X-Request-ID": request_id},
+    )
+    assert response.status_code == 200, response.text
+    _settle(api)
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _memories(api: Api, instance: str, headers: dict[str, str] | None = None) -> list[Any]:
+    response = api.client.get(f"/v1/instances/{instance}/memories", headers=headers or api.acme)
+    assert response.status_code == 200, response.text
+    items: list[Any] = response.json()["items"]
+    return items
+
+
+def _audit(api: Api, instance: str) -> list[Any]:
+    response = api.client.get(f"/v1/instances/{instance}/memory/audit", headers=api.acme)
+    items: list[Any] = response.json()["items"]
+    return [item for item in items if item["kind"] != "memory_text"]
+
+
+def _search(api: Api, instance: str, q: str) -> list[Any]:
+    response = api.client.get(
+        f"/v1/instances/{instance}/memories/search",
+        params={"q": q, "consistent": "true"},
+        headers=api.acme,
+    )
+    results: list[Any] = response.json()["results"]
+    return results
+
+
+def _requests(stub: OpenAIStub, instruction: str) -> list[dict[str, Any]]:
+    return [r for r in stub.requests if instruction in r["messages"][0]["content"]]
+
+
+def _asked(stub: OpenAIStub, instruction: str) -> list[str]:
+    """What the memory process sent the model: the user message of each such request."""
+    return [str(r["messages"][1]["content"]) for r in _requests(stub, instruction)]
+
+
+def _ids(turn: dict[str, Any]) -> list[str]:
+    return [turn["turn"]["message_id"], turn["turn"]["reply_id"]]
+
+
+def test_a_stated_fact_becomes_a_memory_of_the_memory_process(
+    forming: Api, openai_stub: OpenAIStub
+) -> None:
+    instance = _instance(forming)
+    forming.client.post(
+        f"/v1/instances/{instance}/memories",
+        json={"text": "Le encanta el mole negro"},
+        headers=forming.acme,
+    )
+    fact = "La hermana del usuario, Lucía, es enfermera en Triana"
+    turn = _turn(
+        forming,
+        openai_stub,
+        instance,
+        "Mi hermana Lucía es enfermera en Triana",
+        [{"op": "add", "text": fact, "importance": 0.8}],
+        request_id="req-lucia",
+    )
+
+    [by_hand, formed] = _memories(forming, instance)
+    assert by_hand["text"] == "Le encanta el mole negro"
+    assert formed["text"] == fact
+    assert formed["importance"] == 0.8
+    assert formed["metadata"] == {"kind": "fact"}
+    assert formed["source"] == {"messages": _ids(turn)}
+    found = {hit["id"]: hit["source"] for hit in _search(forming, instance, "¿Qué hace Lucía?")}
+    assert found[formed["id"]] == "memory"
+    [_, added] = _audit(forming, instance)
+    assert (added["kind"], added["memory_id"], added["after"]) == (
+        "memory_added",
+        formed["id"],
+        fact,
+    )
+    assert added["actor"] == {
+        "tenant": "acme",
+        "key_id": "memory-process",
+        "request_id": "req-lucia",
+    }
+    [request] = _requests(openai_stub, FACTS)
+    assert (request["model"], request["temperature"]) == ("gpt-3.5-turbo", 0.0)
+    [asked] = _asked(openai_stub, FACTS)
+    assert f"{by_hand['id']}: Le encanta el mole negro" in asked
+    assert "user: Mi hermana Lucía es enfermera en Triana" in asked
+    assert "Rosa: Mm-hm." in asked
+
+
+def test_a_contradiction_revises_the_memory_and_forget_that_forgets_it(
+    forming: Api, openai_stub: OpenAIStub
+) -> None:
+    instance = _instance(forming)
+    _turn(
+        forming,
+        openai_stub,
+        instance,
+        "Vivo en Sevilla",
+        [{"op": "add", "text": "El usuario vive en Sevilla"}],
+    )
+    [memory] = _memories(forming, instance)
+
+    moved = _turn(
+        forming,
+        openai_stub,
+        instance,
+        "Ya no vivo en Sevilla: me mudé a Madrid",
+        [{"op": "revise", "id": memory["id"], "text": "El usuario vive en Madrid"}],
+        request_id="req-moved",
+    )
+    [revised] = _memories(forming, instance)
+    assert (revised["id"], revised["text"]) == (memory["id"], "El usuario vive en Madrid")
+    assert revised["source"] == {"messages": _ids(moved)}
+    assert f"{memory['id']}: El usuario vive en Sevilla" in _asked(openai_stub, FACTS)[1]
+
+    _turn(
+        forming,
+        openai_stub,
+        instance,
+        "Olvida dónde vivo, por favor",
+        [{"op": "forget", "id": memory["id"]}],
+        request_id="req-forget",
+    )
+    assert _memories(forming, instance) == []
+    assert memory["id"] not in [hit["id"] for hit in _search(forming, instance, "Madrid")]
+    kinds = [
+        (e["kind"], e["actor"]["key_id"], e["actor"]["request_id"])
+        for e in _audit(forming, instance)
+    ]
+    assert kinds == [
+        ("memory_added", "memory-process", "turn-1"),
+        ("memory_revised", "memory-process", "req-moved"),
+        ("memory_forgotten", "memory-process", "req-forget"),
+    ]
+
+
+def test_malformed_answers_write_nothing_and_formation_carries_on(
+    forming: Api, openai_stub: OpenAIStub
+) -> None:
+    instance = _instance(forming)
+    written = forming.written()
+    _turn(forming, openai_stub, instance, "Me llamo Ana", "¡Claro! Recordaré que se llama Ana.")
+    _turn(forming, openai_stub, instance, "Tengo 30 años", [{"op": "add", "txt": "30 años"}])
+    assert _formation(forming).dropped == 2
+    assert _audit(forming, instance) == []
+    assert forming.written() == written + 4  # the two turns, nothing else
+
+    _turn(
+        forming, openai_stub, instance, "Soy de Quito", [{"op": "add", "text": "Ana es de Quito"}]
+    )
+    assert [m["text"] for m in _memories(forming, instance)] == ["Ana es de Quito"]
+
+
+def test_memories_of_other_instances_and_tenants_are_never_touched(
+    forming: Api, openai_stub: OpenAIStub
+) -> None:
+    instance = _instance(forming)
+    other = _instance(forming, "Rosa 2")
+    rival = _instance(forming, "Rosa", headers=forming.rival)
+    mine = forming.client.post(
+        f"/v1/instances/{other}/memories", json={"text": "Secreto de Rosa 2"}, headers=forming.acme
+    ).json()
+    theirs = forming.client.post(
+        f"/v1/instances/{rival}/memories", json={"text": "Secreto ajeno"}, headers=forming.rival
+    ).json()
+
+    _turn(
+        forming,
+        openai_stub,
+        instance,
+        "Cuéntame secretos",
+        [
+            {"op": "revise", "id": theirs["id"], "text": "robado"},
+            {"op": "forget", "id": theirs["id"]},
+            {"op": "forget", "id": mine["id"]},
+            {"op": "add", "text": "Al usuario le gustan los secretos"},
+        ],
+    )
+
+    assert _formation(forming).refused == 3
+    assert [m["text"] for m in _memories(forming, instance)] == [
+        "Al usuario le gustan los secretos"
+    ]
+    assert [m["text"] for m in _memories(forming, other)] == ["Secreto de Rosa 2"]
+    assert [m["text"] for m in _memories(forming, rival, forming.rival)] == ["Secreto ajeno"]
+
+
+def test_a_crash_after_the_commands_and_a_replay_duplicate_nothing(
+    forming: Api, openai_stub: OpenAIStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    instance = _instance(forming)
+    formation = _formation(forming)
+    apply = formation._apply
+    crashes: list[str] = []
+
+    def crashing(*args: Any) -> None:
+        apply(*args)
+        if not crashes:
+            crashes.append("crashed")
+            raise RuntimeError("the process died after its commands")
+
+    monkeypatch.setattr(formation, "_apply", crashing)
+    before = formation.position()
+    _turn(
+        forming,
+        openai_stub,
+        instance,
+        "Mi gato se llama Tizón",
+        [{"op": "add", "text": "El gato del usuario se llama Tizón"}],
+    )
+    assert crashes
+    assert len(_asked(openai_stub, FACTS)) == 1  # the stored answer was used again
+
+    with formation.store.transaction() as cursor:  # the whole turn once more, from the log
+        cursor.execute("UPDATE formation_position SET position = %s WHERE id = 1", (before,))
+    _settle(forming)
+
+    assert [m["text"] for m in _memories(forming, instance)] == [
+        "El gato del usuario se llama Tizón"
+    ]
+    assert [e["kind"] for e in _audit(forming, instance)] == ["memory_added"]
+    assert len(_asked(openai_stub, FACTS)) == 1
+
+
+def test_a_formed_memory_is_edited_and_forgotten_like_any_other(
+    forming: Api, openai_stub: OpenAIStub
+) -> None:
+    instance = _instance(forming)
+    _turn(forming, openai_stub, instance, "I love jazz", [{"op": "add", "text": "Loves jazz"}])
+    [memory] = _memories(forming, instance)
+    path = f"/v1/instances/{instance}/memories/{memory['id']}"
+
+    edited = forming.client.patch(path, json={"text": "Loves jazz and blues"}, headers=forming.acme)
+    assert edited.status_code == 200, edited.text
+    assert forming.client.delete(path, headers=forming.acme).status_code == 204
+    assert _memories(forming, instance) == []
+    actors = [e["actor"]["key_id"] for e in _audit(forming, instance)]
+    assert actors[0] == "memory-process"
+    assert "memory-process" not in actors[1:]
+
+
+def test_the_model_being_down_delays_formation_without_losing_the_turn(
+    forming: Api, openai_stub: OpenAIStub
+) -> None:
+    instance = _instance(forming)
+    openai_stub.script(
+        Reply("Mm-hm."), Fail(500), Fail(503), Reply('[{"op": "add", "text": "Has a dog"}]')
+    )
+    response = forming.client.post(
+        f"/v1/instances/{instance}/chat", json={"message": "I have a dog"}, headers=forming.acme
+    )
+    assert response.status_code == 200
+    _settle(forming)
+    assert [m["text"] for m in _memories(forming, instance)] == ["Has a dog"]
+
+
+def test_imported_messages_are_formed_in_windows(forming: Api, openai_stub: OpenAIStub) -> None:
+    instance = _instance(forming)
+    openai_stub.script(Reply('[{"op": "add", "text": "The user plays the cello"}]'))
+    messages = [
+        {"role": "user" if n % 2 == 0 else "assistant", "content": f"message {n}"}
+        for n in range(12)
+    ]
+    messages[3]["content"] = "I play the cello"
+    imported = forming.client.post(
+        f"/v1/instances/{instance}/messages", json={"messages": messages}, headers=forming.acme
+    ).json()["ids"]
+    _settle(forming)
+
+    [asked] = _asked(openai_stub, FACTS)
+    assert "message 9" in asked and "message 10" not in asked
+    [memory] = _memories(forming, instance)
+    assert memory["source"] == {"messages": imported[:10]}
+
+
+@pytest.mark.slow
+def test_long_conversations_get_rolling_summaries(
+    settings: Settings, openai_stub: OpenAIStub
+) -> None:
+    with running_api(_forming(settings, openai_stub, summary_every=4)) as api:
+        instance = _instance(api)
+        first = _turn(api, openai_stub, instance, "Hoy fuimos al mercado", [])
+        told = Reply("Rosa y el usuario fueron al mercado y hablaron de Lucía.")
+        second = _turn(api, openai_stub, instance, "Lucía compró flores", [], then=(told,))
+        [summary] = _memories(api, instance)
+        assert summary["text"] == "Rosa y el usuario fueron al mercado y hablaron de Lucía."
+        assert summary["metadata"] == {"kind": "summary"}
+        assert summary["source"] == {"messages": _ids(first) + _ids(second)}
+
+        _turn(api, openai_stub, instance, "Mañana vamos al río", [])
+        planned = Reply("Planearon ir al río.")
+        fourth = _turn(api, openai_stub, instance, "Llevaré pan", [], then=(planned,))
+        [_, later] = _memories(api, instance)
+        assert later["text"] == "Planearon ir al río."
+        assert later["source"]["previous_summary"] == summary["id"]
+        assert fourth["turn"]["reply_id"] in later["source"]["messages"]
+        [_, asked] = _asked(openai_stub, SUMMARY)
+        assert "Rosa y el usuario fueron al mercado" in asked
+        assert "user: Mañana vamos al río" in asked and "Hoy fuimos" not in asked
+
+
+def test_formation_runs_by_default_only_with_a_model_server(tmp_path: Any) -> None:
+    local = Settings(_env_file=None, data_dir=tmp_path, openai_api_key=None, openai_base_url=None)  # type: ignore[call-arg]
+    cases = {
+        "local model": local,
+        "model server": local.model_copy(update={"openai_base_url": "http://127.0.0.1:9/v1"}),
+        "switched off": local.model_copy(
+            update={"openai_base_url": "http://127.0.0.1:9/v1", "memory_formation": False}
+        ),
+    }
+    running = {}
+    for case, settings in cases.items():
+        services = build_services(settings)
+        try:
+            running[case] = [f.name for f in services.followers]
+        finally:
+            services.close()
+    assert running == {
+        "local model": ["listings", "memory-index"],
+        "model server": ["listings", "memory-index", "memory-formation"],
+        "switched off": ["listings", "memory-index"],
+    }
+
+
+def test_projections_status_lists_the_memory_process(
+    forming: Api, capsys: pytest.CaptureFixture[str]
+) -> None:
+    projections_status(forming.services)
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("memory-formation\tposition ") for line in lines)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "not json",
+        '{"op": "add", "text": "x"}',
+        '[{"op": "remember", "text": "x"}]',
+        '[{"op": "add", "text": "x", "reason": "why"}]',
+        '[{"op": "add", "text": 3}]',
+        '[{"op": "forget"}]',
+        '[{"op": "add", "text": "x", "importance": "high"}]',
+    ],
+)
+def test_answers_that_are_not_operations_are_malformed(answer: str) -> None:
+    with pytest.raises(Malformed):
+        read_operations(answer, set())
+
+
+def test_operations_are_read_strictly() -> None:
+    offered = {"6f1c7a52-3f8e-4c1e-9d4b-2b7f5c0e9a11"}
+    answer = (
+        "```json\n"
+        + json.dumps(
+            {
+                "operations": [
+                    {"op": "add", "text": "Lucía es enfermera", "importance": 0.9},
+                    {"op": "revise", "id": next(iter(offered)), "text": "Vive en Madrid"},
+                    {"op": "forget", "id": "not-offered"},
+                    {"op": "add", "text": "   "},
+                    {"op": "add", "text": "x", "importance": 7},
+                ]
+            }
+        )
+        + "\n```"
+    )
+    operations, refused = read_operations(answer, offered)
+    assert [(o.op, o.text) for o in operations] == [
+        ("add", "Lucía es enfermera"),
+        ("revise", "Vive en Madrid"),
+    ]
+    assert refused == 3
