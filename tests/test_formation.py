@@ -498,3 +498,16 @@ def test_revisions_and_forgettings_recorded_before_provenance_still_load() -> No
         replayed = app.mapper.to_domain_event(old).mutate(replayed)
     assert replayed is not None
     assert (replayed.text, replayed.forgotten, replayed.source) == ("Vive en Madrid", True, None)
+
+
+def test_memory_model_names_another_model_for_formation(
+    settings: Settings, openai_stub: OpenAIStub
+) -> None:
+    with running_api(_forming(settings, openai_stub, memory_model="gpt-4o-mini")) as api:
+        instance = _instance(api)
+        _turn(
+            api, openai_stub, instance, "I live in Lima", [{"op": "add", "text": "Lives in Lima"}]
+        )
+        [chat, formation] = openai_stub.requests
+        assert (chat["model"], formation["model"]) == ("gpt-3.5-turbo", "gpt-4o-mini")
+        assert [m["text"] for m in _memories(api, instance)] == ["Lives in Lima"]
