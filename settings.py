@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Literal
 from urllib.parse import parse_qs, unquote, urlparse
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -70,6 +72,32 @@ class Settings(BaseSettings):
     postgres_lock_timeout_s: int = Field(default=5, ge=1)
     read_model_wait_s: float = Field(default=2.0, gt=0)
     aggregate_cache_size: int = Field(default=10_000, ge=0)
+    tts_engine: Literal["gtts", "espeak"] = Field(
+        default="gtts",
+        description="preferred text-to-speech engine; espeak-ng (offline) answers when it fails",
+    )
+    tts_language: str = Field(
+        default="en", description="speech language when no request, voice or text tells"
+    )
+    tts_online_timeout_s: float = Field(default=5.0, gt=0)
+    tts_online_retry_s: float = Field(
+        default=60.0, ge=0, description="after an online failure, offline only for this long"
+    )
+    stt_model: str = Field(
+        default="base",
+        description="base or tiny.en (from packages), a model folder, or a faster-whisper name",
+    )
+    stt_workers: int = Field(default=2, ge=1, le=16, description="concurrent transcriptions")
+    stt_threads: int = Field(default=1, ge=1, le=64, description="CPU threads per transcription")
+    stt_beam_size: int = Field(default=5, ge=1, le=10, description="1 is ~2x faster, less exact")
+    stt_max_pending: int = Field(
+        default=8, ge=1, description="transcriptions running or queued before 503"
+    )
+    audio_max_bytes: int = Field(default=25 * 1024 * 1024, ge=1024, description="upload limit")
+    audio_max_seconds: float = Field(default=600.0, gt=0, description="duration limit")
+    model_cache_dir: Path | None = Field(
+        default=None, description="exported and assembled models; unset = ~/.cache/alma"
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -77,6 +105,12 @@ class Settings(BaseSettings):
         if url and not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ValueError("ALMA_DATABASE_URL must start with sqlite:/// or postgresql://")
         return url
+
+    def model_cache(self) -> Path:
+        """Exported and assembled models are the same for every data folder: one copy per user."""
+        if self.model_cache_dir is not None:
+            return self.model_cache_dir
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "alma"
 
     def event_store_env(self, purpose: str) -> dict[str, str]:
         """eventsourcing settings for one store; `purpose` names its SQLite file."""

@@ -6,11 +6,20 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_response, install_error_handlers
-from api.routes import characters, chat, events, health, instances, memories, openai_compat
+from api.routes import (
+    audio,
+    characters,
+    chat,
+    events,
+    health,
+    instances,
+    memories,
+    openai_compat,
+)
 from api.services import build_services
 from settings import Settings
 
@@ -41,9 +50,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="alma", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     install_error_handlers(app)
-    for module in (characters, instances, events, memories, chat, openai_compat, health):
+    for module in (characters, instances, events, memories, chat, openai_compat, audio, health):
         app.include_router(module.router)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # Uploads may carry audio up to its own limit (checked exactly by the route), plus the form.
+    upload_bytes = max(settings.max_body_bytes, settings.audio_max_bytes + 64 * 1024)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, upload_bytes=upload_bytes)
     app.add_middleware(RequestId)
     return app
 
@@ -74,20 +85,29 @@ class RequestId:
         await self.app(scope, receive, send_with_id)
 
 
+def is_upload(path: str) -> bool:
+    """The routes that take an audio file."""
+    return path == "/v1/audio/transcriptions" or (
+        path.startswith("/v1/instances/") and path.endswith("/voice")
+    )
+
+
 class BodyLimit:
     """Refuses bodies over the limit with 413 before any route reads them."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, upload_bytes: int | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.upload_bytes = upload_bytes or max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.upload_bytes if is_upload(scope["path"]) else self.max_bytes
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(scope, receive, send, limit)
             return
         chunks: list[Message] = []
         size = 0
@@ -95,8 +115,8 @@ class BodyLimit:
             message = await receive()
             chunks.append(message)
             size += len(message.get("body", b""))
-            if size > self.max_bytes:
-                await self._refuse(scope, receive, send)
+            if size > limit:
+                await self._refuse(scope, receive, send, limit)
                 return
             if message["type"] != "http.request" or not message.get("more_body"):
                 break
@@ -106,8 +126,11 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         response = error_response(
-            413, "payload_too_large", f"the body is larger than {self.max_bytes} bytes"
+            413,
+            "payload_too_large",
+            f"the body is larger than {limit} bytes",
+            request=Request(scope),
         )
         await response(scope, receive, send)

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from eventsourcing.persistence import IntegrityError, PersistenceError
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, params
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
@@ -14,6 +14,17 @@ from starlette.exceptions import HTTPException
 from chat.model import ModelError
 from chat.prompt import PromptTooLarge
 from domain import DomainError, InvalidInput, NameTaken, NotFound, VersionConflict
+from voice import (
+    AudioError,
+    AudioTooLarge,
+    AudioTooLong,
+    BadAudio,
+    Busy,
+    NoSpeech,
+    NotAudio,
+    UnknownLanguage,
+    UnknownVoice,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +46,7 @@ class ApiError(Exception):
         self.headers = headers
 
 
-OPENAI_PATHS = ("/v1/chat/completions", "/v1/models")
+OPENAI_PATHS = ("/v1/chat/completions", "/v1/models", "/v1/audio/")
 _OPENAI_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -88,6 +99,24 @@ def _from_domain(error: DomainError) -> ApiError:
     return ApiError(400, "bad_request", str(error))
 
 
+_AUDIO: dict[type[AudioError], tuple[int, str]] = {
+    NotAudio: (415, "not_audio"),
+    BadAudio: (422, "bad_audio"),
+    NoSpeech: (422, "no_speech"),
+    UnknownVoice: (422, "unknown_voice"),
+    UnknownLanguage: (422, "unknown_language"),
+    AudioTooLarge: (413, "audio_too_large"),
+    AudioTooLong: (413, "audio_too_long"),
+    Busy: (503, "speech_busy"),
+}
+
+
+def _takes_form(request: Request) -> bool:
+    """Whether the route reads a multipart form (an upload) rather than JSON."""
+    body = getattr(request.scope.get("route"), "body_field", None)
+    return isinstance(getattr(body, "field_info", None), params.Form)
+
+
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -101,8 +130,16 @@ _HTTP_CODES = {
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def api_error(_: Request, error: ApiError) -> JSONResponse:
-        return error_response(error.status, error.code, error.message, error.details, error.headers)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        return error_response(
+            error.status, error.code, error.message, error.details, error.headers, request
+        )
+
+    @app.exception_handler(AudioError)
+    async def audio_refused(request: Request, error: AudioError) -> JSONResponse:
+        status, code = _AUDIO[type(error)]
+        headers = {"Retry-After": "1"} if status == 503 else None
+        return error_response(status, code, error.message, error.details, headers, request)
 
     @app.exception_handler(DomainError)
     async def domain_error(request: Request, error: DomainError) -> JSONResponse:
@@ -120,12 +157,18 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
         content_type = request.headers.get("content-type", "application/json").split(";")[0]
+        content_type = content_type.strip().lower()
         body_refused = any(e["loc"][:1] == ("body",) for e in error.errors())
-        if body_refused and not content_type.strip().lower().endswith(("/json", "+json")):
+        wanted = "multipart/form-data" if _takes_form(request) else "JSON"
+        if body_refused and not (
+            content_type == "multipart/form-data"
+            if wanted != "JSON"
+            else content_type.endswith(("/json", "+json"))
+        ):
             return error_response(
                 415,
                 "unsupported_media_type",
-                f"send JSON, not {content_type or 'no type'}",
+                f"send {wanted}, not {content_type or 'no type'}",
                 request=request,
             )
         details = [

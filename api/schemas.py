@@ -4,15 +4,17 @@ domain checks content rules (lengths, blank names), so each rule lives in one pl
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.present import actor_of, event_data, unified_diff
 from chat.turns import TurnResult
 from domain import Character, Instance, Memory
 from projections import AuditEntry, Doc, Hit
+from voice import AudioError, VoiceSettings
+from voice.tts import check as check_voice
 
 T = TypeVar("T")
 
@@ -29,9 +31,27 @@ class Request(BaseModel):
 
 
 class Voice(Request):
-    language: str = Field(min_length=2, max_length=35, examples=["es"])
-    engine: str | None = Field(default=None, max_length=50)
+    """How a character (or one instance of it) speaks; unset fields fall back to the next layer:
+    instance, then character, then the request's defaults."""
+
+    language: str | None = Field(
+        default=None, min_length=2, max_length=35, examples=["es"], description="es, en-US, ..."
+    )
+    engine: Literal["gtts", "espeak"] | None = Field(
+        default=None, description="gtts (online) or espeak (offline); unset = ALMA_TTS_ENGINE"
+    )
+    voice: str | None = Field(
+        default=None, max_length=50, examples=["nova"], description="OpenAI's names or f1-f5, m1-m8"
+    )
     speed: float | None = Field(default=None, ge=0.25, le=4.0)
+
+    @model_validator(mode="after")
+    def _speakable(self) -> Voice:
+        try:
+            check_voice(VoiceSettings(self.language, self.engine, self.voice, self.speed or 1.0))
+        except AudioError as error:
+            raise ValueError(error.message) from None
+        return self
 
 
 class CharacterCreate(Request):
@@ -59,11 +79,13 @@ class CharacterEdit(Request):
 class InstanceCreate(Request):
     name: str = Field(examples=["Rosa de la sierra"])
     memory: str = Field(default="", examples=["Conoció al viajero en la feria de 1998."])
+    voice: Voice | None = Field(default=None, description="overrides the character's voice")
 
 
 class InstanceEdit(Request):
     name: str | None = None
     memory: str | None = None
+    voice: Voice | None = Field(default=None, description="null: the character's voice again")
 
 
 class InstanceFork(Request):
@@ -109,6 +131,7 @@ class InstanceOut(BaseModel):
     name: str
     memory: str
     forked_from: dict[str, Any] | None
+    voice: dict[str, Any] | None = Field(description="overrides of the character's voice")
     version: int
     created_at: datetime
     updated_at: datetime
@@ -121,6 +144,7 @@ class InstanceOut(BaseModel):
             name=instance.name,
             memory=instance.memory,
             forked_from=instance.forked_from,
+            voice=instance.voice,
             version=instance.version,
             created_at=instance.created_on,
             updated_at=instance.modified_on,

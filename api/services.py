@@ -26,6 +26,7 @@ from projections import (
     open_store,
 )
 from settings import Settings
+from voice import Speech
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Services:
     _model: ModelClient | None = None
     _memory_model: ModelClient | None = None
     _model_lock: threading.Lock = field(default_factory=threading.Lock)
+    _speech: Speech | None = None
 
     def model(self) -> ModelClient:
         """The chat model, made on first use: OpenAI when a key is set (or any server at
@@ -59,6 +61,13 @@ class Services:
                     self.settings.model_copy(update={"chat_model": name})
                 )
             return self._memory_model
+
+    def speech(self) -> Speech:
+        """Text to speech and speech to text; their models load on first use."""
+        with self._model_lock:
+            if self._speech is None:
+                self._speech = Speech.of(self.settings)
+            return self._speech
 
     @property
     def chat(self) -> Chat:
@@ -103,6 +112,8 @@ class Services:
             assert isinstance(self.formation.model, MemoryFormation)
             self.formation.model.close()
         self.app.close()
+        if self._speech is not None:
+            self._speech.close()
 
 
 def _remote(settings: Settings) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 from chat import tokens
@@ -32,6 +33,7 @@ class PreparedTurn:
     recalled: dict[str, Hit]
     max_tokens: int
     temperature: float
+    metadata: dict[str, Any] | None = None  # recorded with the user's message (source: voice)
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,10 @@ class Chat:
 
     def _record_message(self, turn: PreparedTurn, actor: Actor) -> UUID:
         (message_id,) = self.app.import_messages(
-            turn.tenant, turn.instance_id, [NewMessage("user", turn.message)], actor
+            turn.tenant,
+            turn.instance_id,
+            [NewMessage("user", turn.message, metadata=turn.metadata)],
+            actor,
         )
         return message_id
 

@@ -1,7 +1,7 @@
 """The event-sourced domain: characters, instances, API keys and the application service."""
 
 from domain.actor import Actor
-from domain.application import Alma, NewMessage, Reply
+from domain.application import Alma, Keep, NewMessage, Reply
 from domain.character import Character
 from domain.errors import DomainError, InvalidInput, NameTaken, NotFound, VersionConflict
 from domain.instance import Instance, InstanceName
@@ -17,6 +17,7 @@ __all__ = [
     "Instance",
     "InstanceName",
     "InvalidInput",
+    "Keep",
     "Memory",
     "NameTaken",
     "NewMessage",

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from copy import deepcopy
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any, TypeVar, cast
 from uuid import UUID, uuid4
 
@@ -51,6 +52,12 @@ class Reply:
     memory_ids: tuple[str, ...]
     prompt_sha256: str
     interrupted: bool = False
+
+
+class Keep(Enum):
+    """A field an edit leaves as it is, where None is a value of its own."""
+
+    KEEP = "keep"
 
 
 @dataclass(frozen=True)
@@ -182,11 +189,14 @@ class Alma(Application[UUID]):
         memory: str,
         actor: Actor,
         forked_from: dict[str, Any] | None = None,
+        voice: dict[str, Any] | None = None,
     ) -> Instance:
         self._current(Character, tenant, character_id)
 
         def attempt() -> Instance:
             instance = Instance.create(tenant, character_id, name, memory, actor, forked_from)
+            if voice is not None:
+                instance.change_voice(voice, actor)
             index = self._claim_name(tenant, instance.name, instance.id, actor)
             self.save(instance, index)
             return instance
@@ -201,7 +211,9 @@ class Alma(Application[UUID]):
         name: str | None = None,
         memory: str | None = None,
         expected_version: int | None = None,
+        voice: dict[str, Any] | Keep | None = Keep.KEEP,
     ) -> Instance:
+        """`voice` overrides the character's voice settings; None removes the override."""
         if name is not None:
             valid_name(name)
         if memory is not None:
@@ -217,6 +229,8 @@ class Alma(Application[UUID]):
                 instance.rename(name, actor)
             if memory is not None and memory != instance.memory:
                 instance.rewrite_memory(memory, actor)
+            if voice is not Keep.KEEP and voice != instance.voice:
+                instance.change_voice(voice, actor)
             self.save(*changed)
             return instance
 
@@ -248,6 +262,7 @@ class Alma(Application[UUID]):
             source.memory,
             actor,
             forked_from={"instance_id": str(source.id), "version": source.version},
+            voice=source.voice,
         )
 
     def instance(

@@ -22,6 +22,9 @@ class Instance(Aggregate):
     MessageRecorded: ClassVar[type[DomainEvent]]
     ReplyRecorded: ClassVar[type[DomainEvent]]
     ReplyFailed: ClassVar[type[DomainEvent]]
+    VoiceChanged: ClassVar[type[DomainEvent]]
+    # Overrides the character's voice settings field by field; None: the character's as they are.
+    voice: dict[str, Any] | None = None
 
     @event("Created")
     def __init__(
@@ -71,6 +74,10 @@ class Instance(Aggregate):
     @event("Archived")
     def archive(self, actor: Actor) -> None:
         self.archived = True
+
+    @event("VoiceChanged")
+    def change_voice(self, voice: dict[str, Any] | None, actor: Actor) -> None:
+        self.voice = voice
 
     @event("MessageRecorded")
     def record_message(

@@ -3,6 +3,7 @@ delete, fork."""
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter, Response
@@ -10,6 +11,7 @@ from fastapi import APIRouter, Response
 from api.deps import AsOf, CurrentCaller, ExpectedVersion, Limit, Svc
 from api.pagination import page_of
 from api.schemas import InstanceCreate, InstanceEdit, InstanceFork, InstanceOut, Page
+from domain import Keep
 
 router = APIRouter(tags=["instances"])
 
@@ -18,8 +20,9 @@ router = APIRouter(tags=["instances"])
 def create_instance(
     character_id: UUID, body: InstanceCreate, caller: CurrentCaller, svc: Svc
 ) -> InstanceOut:
+    voice = body.voice.model_dump(exclude_none=True) if body.voice else None
     instance = svc.app.create_instance(
-        caller.tenant, character_id, body.name, body.memory, caller.actor
+        caller.tenant, character_id, body.name, body.memory, caller.actor, voice=voice
     )
     return InstanceOut.of(instance)
 
@@ -66,8 +69,15 @@ def edit_instance(
         name=body.name,
         memory=body.memory,
         expected_version=expected_version,
+        voice=_voice_change(body),
     )
     return InstanceOut.of(instance)
+
+
+def _voice_change(body: InstanceEdit) -> dict[str, Any] | Keep | None:
+    if "voice" not in body.model_fields_set:
+        return Keep.KEEP
+    return body.voice.model_dump(exclude_none=True) if body.voice else None
 
 
 @router.delete("/v1/instances/{instance_id}", status_code=204)
