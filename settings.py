@@ -29,7 +29,10 @@ class Settings(BaseSettings):
         default="all-MiniLM-L6-v2",
         description="any sentence-transformers name or path; the default ships in a package",
     )
-    embedding_threads: int = Field(default=1, ge=1, le=64, description="torch threads")
+    embedding_backend: Literal["onnx-int8", "onnx", "torch"] = Field(
+        default="onnx", description="how the embedding model runs (see embeddings.py)"
+    )
+    embedding_threads: int = Field(default=1, ge=1, le=64, description="CPU threads")
     consistency_wait_s: float = Field(default=5.0, gt=0)
     openai_api_key: SecretStr | None = Field(
         default=None,

@@ -149,7 +149,7 @@ def build_services(settings: Settings) -> Services:
         settings=settings,
         app=app,
         listings=Follower(app, _listings(settings)),
-        memory=Follower(app, build_memory_index(settings)),
+        memory=Follower(app, build_memory_index(settings), batch_size=INDEX_BATCH),
     )
     forming = settings.memory_formation
     if forming if forming is not None else _remote(settings):
@@ -165,11 +165,22 @@ def build_services(settings: Settings) -> Services:
     return services
 
 
+# Events per memory-index batch. Each batch writes once to every instance's collection it touches,
+# and a Chroma write costs ~10 ms however small (measured: bench/memory.py), so big batches keep
+# indexing fast when writes spread over many instances; a quiet log still gives small batches.
+INDEX_BATCH = 1000
+
+
 def build_memory_index(settings: Settings, generation: int | None = None) -> MemoryIndex:
     return MemoryIndex(
         open_store(settings.event_store_env("memory")),
         VectorIndex(open_chroma(settings)),
-        Embedder(settings.embedding_model, threads=settings.embedding_threads),
+        Embedder(
+            settings.embedding_model,
+            threads=settings.embedding_threads,
+            backend=settings.embedding_backend,
+            cache_dir=settings.model_cache(),
+        ),
         pinned_generation=generation,
     )
 
@@ -181,7 +192,7 @@ def rebuild_memory_index(services: Services) -> int:
     generation = max([serving.generation, *serving.generations()]) + 1
     builder = build_memory_index(services.settings, generation)
     try:
-        Follower(services.app, builder).catch_up()
+        Follower(services.app, builder, batch_size=INDEX_BATCH).catch_up()
         previous = serving.switch_to(generation)
     finally:
         builder.close()

@@ -4,7 +4,8 @@ so a search never filters by metadata (Chroma filters by scanning)."""
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from uuid import UUID
 
 import chromadb
@@ -15,6 +16,7 @@ from chromadb.errors import NotFoundError
 from settings import Settings
 
 PREFIX = "alma-g"
+T = TypeVar("T")
 
 
 def open_chroma(settings: Settings) -> ClientAPI:
@@ -39,21 +41,45 @@ def open_chroma(settings: Settings) -> ClientAPI:
 class VectorIndex:
     def __init__(self, client: ClientAPI) -> None:
         self.client = client
+        # Collection handles by name: looking one up is a round trip (a request to a server).
+        self._handles: dict[str, Any] = {}
 
     @staticmethod
     def name(generation: int, instance_id: UUID) -> str:
         return f"{PREFIX}{generation}-{instance_id.hex}"
 
-    def _collection(self, generation: int, instance_id: UUID, create: bool) -> Any:
-        name = self.name(generation, instance_id)
+    def _collection(self, name: str, create: bool) -> Any:
+        if name in self._handles:
+            return self._handles[name]
         if create:
-            return self.client.get_or_create_collection(
+            collection = self.client.get_or_create_collection(
                 name, embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
             )
-        try:
-            return self.client.get_collection(name, embedding_function=None)
-        except (NotFoundError, ValueError):
-            return None
+        else:
+            try:
+                collection = self.client.get_collection(name, embedding_function=None)
+            except (NotFoundError, ValueError):
+                return None
+        self._handles[name] = collection
+        return collection
+
+    def _with(
+        self, generation: int, instance_id: UUID, create: bool, use: Callable[[Any], T], empty: T
+    ) -> T:
+        """`use(collection)`, or `empty` when there is none. A handle whose collection another
+        process dropped is looked up again, once."""
+        name = self.name(generation, instance_id)
+        for attempt in (1, 2):
+            collection = self._collection(name, create)
+            if collection is None:
+                return empty
+            try:
+                return use(collection)
+            except NotFoundError:
+                self._handles.pop(name, None)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def upsert(
         self,
@@ -63,20 +89,27 @@ class VectorIndex:
         vectors: list[list[float]],
         metadatas: list[dict[str, Any]],
     ) -> None:
-        collection = self._collection(generation, instance_id, create=True)
-        collection.upsert(ids=ids, embeddings=vectors, metadatas=metadatas)
+        self._with(
+            generation,
+            instance_id,
+            True,
+            lambda c: c.upsert(ids=ids, embeddings=vectors, metadatas=metadatas),
+            None,
+        )
 
     def delete(self, generation: int, instance_id: UUID, ids: list[str]) -> None:
-        collection = self._collection(generation, instance_id, create=False)
-        if collection is not None and ids:
-            collection.delete(ids=ids)
+        if ids:
+            self._with(generation, instance_id, False, lambda c: c.delete(ids=ids), None)
 
     def drop_instance(self, generation: int, instance_id: UUID) -> None:
+        name = self.name(generation, instance_id)
+        self._handles.pop(name, None)
         with contextlib.suppress(NotFoundError, ValueError):
-            self.client.delete_collection(self.name(generation, instance_id))
+            self.client.delete_collection(name)
 
     def drop_generation(self, generation: int) -> None:
         prefix = f"{PREFIX}{generation}-"
+        self._handles = {n: c for n, c in self._handles.items() if not n.startswith(prefix)}
         for collection in self.client.list_collections():
             if collection.name.startswith(prefix):
                 self.client.delete_collection(collection.name)
@@ -85,27 +118,23 @@ class VectorIndex:
         self, generation: int, instance_id: UUID, vector: list[float], n: int
     ) -> list[tuple[str, float]]:
         """(id, cosine similarity), most similar first."""
-        collection = self._collection(generation, instance_id, create=False)
-        if collection is None:
-            return []
-        count = collection.count()
-        if count == 0:
-            return []
-        result = collection.query(
-            query_embeddings=[vector], n_results=min(n, count), include=["distances"]
-        )
-        return [
-            (doc_id, 1.0 - distance)
-            for doc_id, distance in zip(result["ids"][0], result["distances"][0], strict=True)
-        ]
+
+        def query(collection: Any) -> list[tuple[str, float]]:
+            # Asking for more than the collection holds returns what it holds.
+            found = collection.query(query_embeddings=[vector], n_results=n, include=["distances"])
+            pairs = zip(found["ids"][0], found["distances"][0], strict=True)
+            return [(doc_id, 1.0 - distance) for doc_id, distance in pairs]
+
+        return self._with(generation, instance_id, False, query, [])
 
     def vectors(self, generation: int, instance_id: UUID, ids: list[str]) -> dict[str, Any]:
-        collection = self._collection(generation, instance_id, create=False)
-        if collection is None or not ids:
-            return {}
-        found = collection.get(ids=ids, include=["embeddings"])
-        return dict(zip(found["ids"], found["embeddings"], strict=True))
+        def get(collection: Any) -> dict[str, Any]:
+            found = collection.get(ids=ids, include=["embeddings"])
+            return dict(zip(found["ids"], found["embeddings"], strict=True))
+
+        return self._with(generation, instance_id, False, get, {}) if ids else {}
 
     def ids(self, generation: int, instance_id: UUID) -> set[str]:
-        collection = self._collection(generation, instance_id, create=False)
-        return set() if collection is None else set(collection.get(include=[])["ids"])
+        return self._with(
+            generation, instance_id, False, lambda c: set(c.get(include=[])["ids"]), set()
+        )

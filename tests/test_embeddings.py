@@ -1,0 +1,71 @@
+"""The embedding backends: the ONNX exports agree with sentence-transformers, a text's vector
+does not depend on its batch, and a cached export loads without torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embeddings import Embedder, export_folder
+
+TEXTS = [
+    "Su hermana Lucía trabaja de enfermera en Sevilla.",
+    "She has been afraid of thunderstorms since a summer in Lisbon.",
+    "¿Dónde trabaja su hermana? 😀",
+    "ok",
+    "Prometió a Marta que irían juntos a Oporto en agosto, " * 60,  # past the 256-token limit
+]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="module")
+def reference() -> np.ndarray:
+    return np.asarray(Embedder(backend="torch").encode(TEXTS))
+
+
+@pytest.mark.parametrize(("backend", "floor"), [("onnx", 0.9999), ("onnx-int8", 0.95)])
+def test_onnx_vectors_agree_with_sentence_transformers(
+    backend: str, floor: float, cache_dir: Path, reference: np.ndarray
+) -> None:
+    embedder = Embedder(backend=backend, cache_dir=cache_dir)  # type: ignore[arg-type]
+    vectors = np.asarray(embedder.encode(TEXTS))
+    assert vectors.shape == reference.shape
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert (vectors * reference).sum(axis=1).min() >= floor
+
+
+def test_a_vector_does_not_depend_on_its_batch(cache_dir: Path) -> None:
+    embedder = Embedder(backend="onnx", cache_dir=cache_dir, batch_size=2)
+    together = np.asarray(embedder.encode(TEXTS))
+    alone = np.asarray([embedder.encode_query(text) for text in TEXTS])
+    assert np.allclose(together, alone, atol=1e-5)
+
+
+def test_nearest_text_is_the_same_meaning_across_languages(cache_dir: Path) -> None:
+    embedder = Embedder(cache_dir=cache_dir)
+    query = np.asarray(embedder.encode_query("Where does her sister work?"))
+    scores = np.asarray(embedder.encode(TEXTS[:2])) @ query
+    assert scores.argmax() == 0
+
+
+def test_a_cached_export_loads_without_torch(cache_dir: Path) -> None:
+    Embedder(cache_dir=cache_dir).encode(["warm the cache"])
+    assert (export_folder("all-MiniLM-L6-v2", cache_dir) / "model-int8.onnx").exists()
+    script = (
+        "import sys; from pathlib import Path; from embeddings import Embedder; "
+        f"v = Embedder(cache_dir=Path({str(cache_dir)!r})).encode_query('hola'); "
+        "print(len(v), 'torch' in sys.modules)"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["384", "False"]
