@@ -40,5 +40,6 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
     for i, expected in enumerate(ref, 1):
         diagonal, row[0] = row[0], i
         for j, heard in enumerate(hyp, 1):
-            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (expected != heard))
+            cost = diagonal + (expected != heard)
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, cost)
     return row[len(hyp)] / max(1, len(ref))

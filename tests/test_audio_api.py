@@ -94,9 +94,7 @@ def test_transcriptions_in_every_response_format(api: Api) -> None:
     assert set(body) == {"text", "language", "duration"}
     assert body["language"] == "es" and body["duration"] > 1
     assert word_error_rate(SPANISH[0], body["text"]) <= 0.3
-    text = api.client.post(
-        path, files=files, data={"response_format": "text"}, headers=api.acme
-    )
+    text = api.client.post(path, files=files, data={"response_format": "text"}, headers=api.acme)
     assert text.headers["content-type"].startswith("text/plain")
     verbose = api.client.post(
         path, files=files, data={"response_format": "verbose_json"}, headers=api.acme

@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
+import random
+import struct
+import time
 import uuid
+import wave
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +24,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import Api, make_character, make_instance
+from tests.speech_samples import say
 
 MAX_NAME = 200
 MAX_TEXT = 100_000
@@ -548,3 +555,123 @@ def test_unicode_comes_back_byte_identical_everywhere(api: Api, text: str) -> No
     ]
     assert f"+{name_2}\n" in audit.json()["items"][1]["diff"]
     assert_on_the_wire(audit, text_1, text_2)
+
+
+# Audio: uploads that are not speech, and speech requests no voice can say.
+
+SPEECH = "/v1/audio/speech"
+TRANSCRIPTIONS = "/v1/audio/transcriptions"
+VOICE = "/v1/instances/{instance_id}/voice"
+TWENTY_FIVE_MB = 25 * 1024 * 1024
+
+
+def _wav(seconds: float, rate: int = 8000) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(bytes(2 * int(seconds * rate)))
+    return buffer.getvalue()
+
+
+def _png() -> bytes:
+    row = b"\x00" + b"\xff\x00\x00" * 4
+    raw = zlib.compress(row * 4)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", 4, 4, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+_SPOKEN = say("Where did you sail last summer?", "en", "mp3")
+BAD_UPLOADS = [
+    pytest.param(b"", 422, "bad_audio", id="empty file"),
+    pytest.param("¿Qué tal?\n".encode() * 200, 415, "not_audio", id="a text file"),
+    pytest.param(_png(), 415, "not_audio", id="a PNG image"),
+    pytest.param(random.Random(7).randbytes(40_000), 415, "not_audio", id="random bytes"),
+    pytest.param(_SPOKEN[: len(_SPOKEN) // 4], 422, "bad_audio", id="truncated mp3"),
+    pytest.param(_wav(3)[:20_000], 422, "bad_audio", id="truncated wav"),
+    pytest.param(_wav(601), 413, "audio_too_long", id="over 10 minutes"),
+    pytest.param(_wav(3), 422, "no_speech", id="silence"),
+    pytest.param(b"\x00" * (TWENTY_FIVE_MB + 1), 413, None, id="over 25 MB"),
+]
+
+
+def assert_audio_refused(response: httpx.Response, status: int, code: str | None) -> None:
+    """The error shape; OpenAI-compatible paths add OpenAI's `type` and `param`."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) - {"type", "param"} == {"code", "message", "details"}, error
+    assert error["message"], error
+    if code is not None:
+        assert error["code"] == code, error
+
+
+@pytest.mark.parametrize("path", [TRANSCRIPTIONS, VOICE], ids=["transcription", "voice turn"])
+@pytest.mark.parametrize(("upload", "status", "code"), BAD_UPLOADS)
+def test_an_upload_that_is_not_speech_is_refused_and_writes_nothing(
+    api: Api, ids: Ids, path: str, upload: bytes, status: int, code: str | None
+) -> None:
+    before = api.written()
+    files = {"file": ("speech.wav", upload, "audio/wav")}
+    started = time.monotonic()
+    response = send(api, "POST", ids.fill(path), files=files)
+    assert_audio_refused(response, status, code)
+    assert time.monotonic() - started < 5  # refused before any transcription
+    assert api.written() == before
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        ({"language": "klingon"}, "unknown_language"),
+        ({"response_format": "srt"}, "invalid_request"),
+    ],
+    ids=["unknown language", "unknown format"],
+)
+@pytest.mark.parametrize("path", [TRANSCRIPTIONS, VOICE], ids=["transcription", "voice turn"])
+def test_an_upload_with_bad_options_is_refused(
+    api: Api, ids: Ids, path: str, data: dict[str, str], code: str
+) -> None:
+    before = api.written()
+    files = {"file": ("speech.mp3", _SPOKEN, "audio/mpeg")}
+    assert_audio_refused(send(api, "POST", ids.fill(path), files=files, data=data), 422, code)
+    assert api.written() == before
+
+
+@pytest.mark.parametrize("path", [TRANSCRIPTIONS, VOICE], ids=["transcription", "voice turn"])
+def test_an_upload_sent_as_json_answers_415(api: Api, ids: Ids, path: str) -> None:
+    response = send(api, "POST", ids.fill(path), json={"file": "aGVsbG8="})
+    assert_audio_refused(response, 415, "unsupported_media_type")
+
+
+BAD_SPEECH = {
+    "input over 4,096": ({"input": "a" * 4097}, "invalid_request"),
+    "empty input": ({"input": ""}, "invalid_request"),
+    "blank input": ({"input": " \n "}, "invalid_request"),
+    "no input": ({}, "invalid_request"),
+    "unknown voice": ({"input": "hola", "voice": "darth"}, "unknown_voice"),
+    "unknown format": ({"input": "hola", "response_format": "flac"}, "invalid_request"),
+    "speed 5": ({"input": "hola", "speed": 5}, "invalid_request"),
+    "unknown language": ({"input": "hola", "language": "xx-klingon"}, "unknown_voice"),
+    "unknown engine": ({"input": "hola", "engine": "polly"}, "invalid_request"),
+}
+
+
+@pytest.mark.parametrize(("body", "code"), list(BAD_SPEECH.values()), ids=list(BAD_SPEECH))
+def test_speech_that_cannot_be_said_answers_422(api: Api, body: dict[str, Any], code: str) -> None:
+    before = api.written()
+    assert_audio_refused(send(api, "POST", SPEECH, json=body), 422, code)
+    assert api.written() == before
+
+
+def test_voice_settings_no_engine_can_speak_are_refused(api: Api, ids: Ids) -> None:
+    before = api.written()
+    for voice in ({"voice": "darth"}, {"language": "xx-klingon"}, {"engine": "polly"}):
+        response = send(api, "PATCH", ids.fill(INSTANCE), json={"voice": voice})
+        assert_refused(response, 422, "invalid_request")
+    assert api.written() == before

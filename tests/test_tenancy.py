@@ -17,6 +17,7 @@ import pytest
 
 from domain import Actor
 from tests.conftest import Api, make_character, make_instance
+from tests.speech_samples import say
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Endpoint:
     path: str
     body: dict[str, Any] | None = None
     success: int = 200
+    upload: bytes | None = None  # sent as the multipart `file`, with `body` as the form
 
 
 # Every endpoint under /v1, with a request its owner may make.
@@ -71,6 +73,16 @@ ENDPOINTS = {
         },
     ),
     "models": Endpoint("GET", "/v1/models"),
+    "speech": Endpoint("POST", "/v1/audio/speech", {"input": "Hola", "voice": "{instance_id}"}),
+    "transcription": Endpoint(
+        "POST", "/v1/audio/transcriptions", {}, upload=say("Hello there, my friend.", "en")
+    ),
+    "voice turn": Endpoint(
+        "POST",
+        "/v1/instances/{instance_id}/voice",
+        {"max_tokens": "4"},
+        upload=say("Hello there, my friend.", "en"),
+    ),
     "import messages": Endpoint(
         "POST",
         "/v1/instances/{instance_id}/messages",
@@ -150,6 +162,9 @@ def call(api: Api, endpoint: Endpoint, world: AcmeWorld, headers: dict[str, str]
     body = endpoint.body
     if body is not None:  # ids in bodies too (the OpenAI-compatible `model`)
         body = json.loads(json.dumps(body).replace("{instance_id}", world.instance_id))
+    if endpoint.upload is not None:
+        files = {"file": ("speech.wav", endpoint.upload, "audio/wav")}
+        return api.client.request(endpoint.method, path, data=body, files=files, headers=headers)
     return api.client.request(endpoint.method, path, json=body, headers=headers)
 
 

@@ -164,7 +164,7 @@ def test_bad_files_are_told_apart() -> None:
     for not_audio in (b"hello, this is text\n" * 40, os.urandom(20_000)):
         with pytest.raises(NotAudio):
             decode(not_audio, 600)
-    for cut in (speech[: len(speech) // 4], _wav(3)[: 20_000]):
+    for cut in (speech[: len(speech) // 4], _wav(3)[:20_000]):
         with pytest.raises(BadAudio):
             decode(cut, 600)
     with pytest.raises(AudioTooLong):
