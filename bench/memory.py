@@ -74,6 +74,7 @@ sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != R
 
 from api.services import Services, build_services, rebuild_memory_index  # noqa: E402
 from domain import Actor, Memory, NewMessage  # noqa: E402
+from embeddings import Backend, Embedder  # noqa: E402
 from projections import Follower, MemoryIndex  # noqa: E402
 from settings import Settings  # noqa: E402
 
@@ -327,8 +328,14 @@ def data_dir(label: str) -> Iterator[Path]:
         yield Path(folder)
 
 
+BACKEND: str | None = None  # --embedding-backend; None keeps alma's default
+
+
 def settings_for(folder: Path) -> Settings:
-    return Settings(data_dir=folder, database_url=None, chroma_url=None)
+    settings = Settings(data_dir=folder, database_url=None, chroma_url=None)
+    if BACKEND is not None:
+        settings.embedding_backend = BACKEND  # type: ignore[assignment]
+    return settings
 
 
 def release_chroma() -> None:
@@ -444,51 +451,40 @@ def build_store(services: Services, label: str, instances: int, sizes: Sizes) ->
     return instance_ids
 
 
-def add_postings_doc_index(services: Services) -> None:
-    """What-if (`--postings-doc-index`): the index that `MemoryIndex._apply_sql` lacks for its
-    `DELETE FROM memory_postings WHERE generation = %s AND doc_id = %s`, made in the temporary
-    store only. Without it every indexed source scans all postings of the generation."""
-    with services.memory_index.store.transaction() as cursor:
-        cursor.execute(
-            "CREATE INDEX IF NOT EXISTS bench_postings_by_doc "
-            "ON memory_postings (generation, doc_id)"
-        )
-
-
 def embedding_rows(services: Services, rounds: int = 4) -> list[Row]:
-    """The model alone with the process's torch threads against one thread, in alternating
-    blocks so both see the same load: batch encoding (as indexing does) and one query."""
-    import torch
-
-    embedder = services.memory_index.embedder
+    """The model alone on each backend, in alternating blocks so all see the same load: batch
+    encoding (as indexing does) and one query (as search does)."""
+    served = services.memory_index.embedder
+    backends: tuple[Backend, ...] = ("onnx", "onnx-int8", "torch")
+    embedders = {
+        b: Embedder(served.model_name, served.batch_size, served.threads, b, served.cache_dir)
+        for b in backends
+    }
     texts = list(memory_texts(256, 5))
     asked = queries(40, 5)
-    default = torch.get_num_threads()
-    counts = sorted({default, 1}, reverse=True)
-    seconds = dict.fromkeys(counts, 0.0)
-    latencies: dict[int, list[float]] = {n: [] for n in counts}
-    log(f"embedding: {rounds} rounds of {len(texts)} texts and {len(asked)} queries per setting")
-    try:
-        for _ in range(rounds):
-            for n in counts:
-                torch.set_num_threads(n)
+    seconds = dict.fromkeys(embedders, 0.0)
+    latencies: dict[str, list[float]] = {backend: [] for backend in embedders}
+    log(f"embedding: {rounds} rounds of {len(texts)} texts and {len(asked)} queries per backend")
+    for embedder in embedders.values():
+        embedder.encode(texts[:8])
+    for _ in range(rounds):
+        for backend, embedder in embedders.items():
+            start = time.perf_counter()
+            embedder.encode(texts)
+            seconds[backend] += time.perf_counter() - start
+            for query in asked:
                 start = time.perf_counter()
-                embedder.encode(texts)
-                seconds[n] += time.perf_counter() - start
-                for query in asked:
-                    start = time.perf_counter()
-                    embedder.encode_query(query)
-                    latencies[n].append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(default)
+                embedder.encode_query(query)
+                latencies[backend].append(time.perf_counter() - start)
     rows = []
-    for n in counts:
-        p50, p95, _ = percentiles_ms(latencies[n])
+    for backend in embedders:
+        p50, p95, _ = percentiles_ms(latencies[backend])
+        served_mark = " (served)" if backend == served.backend else ""
         rows.append(
             Row(
-                f"embedding alone, {n} torch thread{'s' if n > 1 else ''}",
-                f"{rounds * len(texts) / seconds[n]:.2f} texts/s at batch {embedder.batch_size}; "
-                f"one query p50 {p50:.2f} ms, p95 {p95:.2f} ms",
+                f"embedding alone, {backend}{served_mark}, {served.threads} thread(s)",
+                f"{rounds * len(texts) / seconds[backend]:.2f} texts/s at batch "
+                f"{served.batch_size}; one query p50 {p50:.2f} ms, p95 {p95:.2f} ms",
             )
         )
     return rows
@@ -926,15 +922,10 @@ def parse_args() -> argparse.Namespace:
         help="skip the comparison with one metadata-filtered Chroma collection",
     )
     parser.add_argument(
-        "--postings-doc-index",
-        action="store_true",
-        help="what-if: add the missing (generation, doc_id) index on memory_postings",
-    )
-    parser.add_argument(
-        "--torch-threads",
-        type=int,
+        "--embedding-backend",
+        choices=["onnx", "onnx-int8", "torch"],
         default=None,
-        help="what-if: torch threads in this process (the served process keeps its default)",
+        help="what-if: run the embedding model on this backend instead of alma's default",
     )
     return parser.parse_args()
 
@@ -949,21 +940,16 @@ def main() -> None:
         f"{sizes.memories:,} memories per store, started {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     )
     what_if = []
-    if args.postings_doc_index:
-        what_if.append("index memory_postings (generation, doc_id) added")
-    if args.torch_threads:
-        import torch
-
-        torch.set_num_threads(args.torch_threads)
-        what_if.append(f"{args.torch_threads} torch thread(s) in this process")
+    if args.embedding_backend:
+        global BACKEND
+        BACKEND = args.embedding_backend
+        what_if.append(f"embedding backend {args.embedding_backend}")
     print(f"what-if changes: {'; '.join(what_if) or 'none (the application as it is)'}")
     print(f"machine at start: {machine_load()}")
     with data_dir("spread") as spread_dir, data_dir("one") as one_dir:
         log("loading the embedding model")
         services = build_services(settings_for(spread_dir))
         services.memory_index.embedder.load()
-        if args.postings_doc_index:
-            add_postings_doc_index(services)
         try:
             spread = f"{sizes.instances} instances"
             rows = embedding_rows(services)
@@ -982,8 +968,6 @@ def main() -> None:
         print_table(f"Store A: {sizes.memories:,} memories over {spread}", rows)
 
         services = build_services(settings_for(one_dir))
-        if args.postings_doc_index:
-            add_postings_doc_index(services)
         try:
             one_id = build_store(services, "store B", 1, sizes)
             rows = index_rows(services, "one instance", sizes.memories)
