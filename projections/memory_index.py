@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +37,16 @@ _DOC_COLUMNS = (
 )
 CANDIDATES = 50
 _K1, _B = 1.2, 0.75
+# BM25 reads the postings of the query's rarest words up to this many rows: the common words
+# left out weigh little (low IDF), and a search stays fast in an instance of 100,000 sources.
+POSTINGS_BUDGET = 5_000
+_RECOUNT = (
+    "INSERT INTO memory_stats (generation, instance_id, documents, length) "
+    "SELECT generation, instance_id, COUNT(*), SUM(length) FROM memory_docs WHERE {scope} "
+    "GROUP BY generation, instance_id "
+    "ON CONFLICT (generation, instance_id) DO UPDATE "
+    "SET documents = excluded.documents, length = excluded.length"
+)
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS memory_generation (
@@ -56,6 +67,10 @@ SCHEMA = [
         PRIMARY KEY (generation, instance_id, term, doc_id))""",
     # Replacing or deleting one source finds its postings without scanning the generation.
     """CREATE INDEX IF NOT EXISTS memory_postings_by_doc ON memory_postings (generation, doc_id)""",
+    # Per instance: how many documents and their total length, for BM25 without a scan.
+    """CREATE TABLE IF NOT EXISTS memory_stats (
+        generation INTEGER NOT NULL, instance_id TEXT NOT NULL, documents BIGINT NOT NULL,
+        length BIGINT NOT NULL, PRIMARY KEY (generation, instance_id))""",
     """CREATE TABLE IF NOT EXISTS memory_texts (
         generation INTEGER NOT NULL, instance_id TEXT NOT NULL, text TEXT NOT NULL,
         PRIMARY KEY (generation, instance_id))""",
@@ -168,6 +183,9 @@ class MemoryIndex:
                 "INSERT INTO memory_generation (id, generation) VALUES (1, 1) "
                 "ON CONFLICT (id) DO NOTHING"
             )
+            cursor.execute("SELECT 1 FROM memory_stats LIMIT 1")
+            if cursor.fetchone() is None:  # an index from before memory_stats existed
+                cursor.execute(_RECOUNT.format(scope="TRUE"))
 
     def close(self) -> None:
         self.store.close()
@@ -349,19 +367,30 @@ class MemoryIndex:
     def _apply_vectors(self, generation: int, plan: _Batch) -> None:
         for instance_id in plan.dropped:
             self.vectors.drop_instance(generation, instance_id)
-        live = [d for d in plan.docs.values() if d.instance_id not in plan.dropped]
-        embedded = self.embedder.encode([doc.indexed_text() for doc in live])
-        by_instance: dict[UUID, list[tuple[Doc, list[float]]]] = {}
-        for doc, vector in zip(live, embedded, strict=True):
-            by_instance.setdefault(doc.instance_id, []).append((doc, vector))
-        for instance_id, pairs in by_instance.items():
-            self.vectors.upsert(
-                generation,
-                instance_id,
-                [doc.doc_id for doc, _ in pairs],
-                [vector for _, vector in pairs],
-                [{"kind": doc.kind, "position": doc.position} for doc, _ in pairs],
-            )
+        live = sorted(
+            (d for d in plan.docs.values() if d.instance_id not in plan.dropped),
+            key=lambda d: d.instance_id.int,
+        )
+        # A Chroma write mostly waits on the disk, so it runs beside the embedding of the next
+        # texts: an instance's vectors are written as soon as they are all embedded.
+        size = self.embedder.batch_size
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chroma-write") as writer:
+            writes: list[Future[None]] = []
+            vectors: list[list[float]] = []
+            written = 0
+            for start in range(0, len(live), size):
+                chunk = live[start : start + size]
+                vectors += self.embedder.encode([doc.indexed_text() for doc in chunk])
+                ready = _complete_prefix(live, len(vectors))
+                for first, last in _instance_runs(live, written, ready):
+                    writes.append(
+                        writer.submit(
+                            self._upsert, generation, live[first:last], vectors[first:last]
+                        )
+                    )
+                written = ready
+            for write in writes:
+                write.result()
         gone: dict[UUID, list[str]] = {}
         for doc_id, instance_id in plan.gone.items():
             if instance_id not in plan.dropped:
@@ -369,9 +398,18 @@ class MemoryIndex:
         for instance_id, ids in gone.items():
             self.vectors.delete(generation, instance_id, ids)
 
+    def _upsert(self, generation: int, docs: list[Doc], vectors: list[list[float]]) -> None:
+        self.vectors.upsert(
+            generation,
+            docs[0].instance_id,
+            [doc.doc_id for doc in docs],
+            vectors,
+            [{"kind": doc.kind, "position": doc.position} for doc in docs],
+        )
+
     def _apply_sql(self, cursor: Cursor, generation: int, plan: _Batch) -> None:
         for instance_id in plan.dropped:
-            for table in ("memory_docs", "memory_postings", "memory_texts"):
+            for table in ("memory_docs", "memory_postings", "memory_texts", "memory_stats"):
                 cursor.execute(
                     f"DELETE FROM {table} WHERE generation = %s AND instance_id = %s",
                     (generation, str(instance_id)),
@@ -416,6 +454,16 @@ class MemoryIndex:
                     "ON CONFLICT (generation, instance_id) DO UPDATE SET text = excluded.text",
                     (generation, str(instance_id), text),
                 )
+        touched = {doc.instance_id for doc in plan.docs.values()} | set(plan.gone.values())
+        for instance_id in touched - plan.dropped:
+            cursor.execute(
+                "DELETE FROM memory_stats WHERE generation = %s AND instance_id = %s",
+                (generation, str(instance_id)),
+            )
+            cursor.execute(
+                _RECOUNT.format(scope="generation = %s AND instance_id = %s"),
+                (generation, str(instance_id)),
+            )
         for entry in plan.audit:
             cursor.execute(
                 "INSERT INTO memory_audit (generation, instance_id, position, version, timestamp, "
@@ -527,23 +575,27 @@ class MemoryIndex:
             return []
         scope = (generation, str(instance_id))
         stats = self.store.query(
-            "SELECT COUNT(*), COALESCE(AVG(length), 0) FROM memory_docs "
-            "WHERE generation = %s AND instance_id = %s",
+            "SELECT documents, length FROM memory_stats WHERE generation = %s AND instance_id = %s",
             scope,
         )
-        documents, average = int(stats[0][0]), float(stats[0][1]) or 1.0
+        if not stats or not stats[0][0]:
+            return []
+        documents = int(stats[0][0])
+        average = int(stats[0][1]) / documents or 1.0
         marks = ", ".join(["%s"] * len(words))
         frequencies = self.store.query(
             "SELECT term, COUNT(*) FROM memory_postings WHERE generation = %s "
             f"AND instance_id = %s AND term IN ({marks}) GROUP BY term",
             (*scope, *words),
         )
-        # Words in over half the documents say little; skipping them bounds the work.
-        weights = {
-            str(term): bm25_idf(documents, int(n))
-            for term, n in frequencies
-            if int(n) <= max(1, documents // 2)
-        }
+        # Words in over half the documents say little; the rest, rarest first, within budget.
+        weights: dict[str, float] = {}
+        read = 0
+        for term, n in sorted(frequencies, key=lambda row: int(row[1])):
+            if int(n) > max(1, documents // 2) or (weights and read + int(n) > POSTINGS_BUDGET):
+                break
+            weights[str(term)] = bm25_idf(documents, int(n))
+            read += int(n)
         if not weights:
             return []
         cases = " ".join(["WHEN %s THEN CAST(%s AS DOUBLE PRECISION)"] * len(weights))
@@ -586,11 +638,29 @@ class MemoryIndex:
             for table in (
                 "memory_docs",
                 "memory_postings",
+                "memory_stats",
                 "memory_texts",
                 "memory_audit",
                 "memory_positions",
             ):
                 cursor.execute(f"DELETE FROM {table} WHERE generation = %s", (generation,))
+
+
+def _complete_prefix(docs: list[Doc], embedded: int) -> int:
+    """How many of `docs` (sorted by instance) are embedded with all of their instance's."""
+    ready = embedded
+    while 0 < ready < len(docs) and docs[ready - 1].instance_id == docs[ready].instance_id:
+        ready -= 1
+    return ready
+
+
+def _instance_runs(docs: list[Doc], start: int, stop: int) -> Iterator[tuple[int, int]]:
+    """The (first, end) ranges of `docs[start:stop]` that share an instance."""
+    first = start
+    for i in range(start + 1, stop + 1):
+        if i == stop or docs[i].instance_id != docs[first].instance_id:
+            yield first, i
+            first = i
 
 
 def _doc_of(row: Sequence[Any]) -> Doc:
