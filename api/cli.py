@@ -1,4 +1,4 @@
-"""The `alma` command line: serve, worker, keys, replay, projections."""
+"""The `alma` command line: serve, worker, keys, replay, projections, export, import."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
@@ -16,6 +17,7 @@ from eventsourcing.domain import Aggregate
 from api.schemas import EventOut, InstanceOut
 from api.services import Services, build_services, open_app, rebuild_memory_index
 from domain import Actor, Alma, DomainError, Instance, NotFound
+from domain.transfer import export_tenant, import_events, read_events
 from settings import Settings
 
 
@@ -89,6 +91,26 @@ def replay(app: Alma, instance_id: str, to_version: int | None) -> None:
         print(json.dumps(line, ensure_ascii=False))
 
 
+def export(app: Alma, tenant: str, output: Path | None) -> None:
+    if output is None:
+        done = export_tenant(app, tenant, sys.stdout)
+    else:
+        with output.open("w", encoding="utf-8") as out:
+            done = export_tenant(app, tenant, out)
+    print(
+        f"exported {done.events} events of {done.aggregates} aggregates of tenant {tenant!r} "
+        "(API keys are not exported: issue new ones with `alma keys create`)",
+        file=sys.stderr,
+    )
+
+
+def import_file(app: Alma, path: Path) -> None:
+    with path.open(encoding="utf-8") as lines:
+        events = read_events(app, lines)
+    done = import_events(app, events)
+    print(f"imported {done.events} events of {done.aggregates} aggregates", file=sys.stderr)
+
+
 def projections_status(services: Services) -> None:
     for follower in services.followers:
         print(f"{follower.name}\tposition {follower.position()}\tlag {follower.lag()}")
@@ -124,6 +146,12 @@ def _parser() -> argparse.ArgumentParser:
     replay_cmd = commands.add_parser("replay", help="print an instance's events and states")
     replay_cmd.add_argument("instance_id")
     replay_cmd.add_argument("--to-version", type=int, default=None)
+    export_cmd = commands.add_parser("export", help="write a tenant's events as JSON lines")
+    export_cmd.add_argument("--tenant", required=True)
+    export_cmd.add_argument("--output", type=Path, default=None, help="default: stdout")
+    commands.add_parser("import", help="load an export into this store").add_argument(
+        "file", type=Path
+    )
     projections = commands.add_parser("projections", help="read models").add_subparsers(
         dest="projections_command", required=True
     )
@@ -144,11 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         worker(settings)
         return 0
     try:
-        if args.command in ("keys", "replay"):
+        if args.command in ("keys", "replay", "export", "import"):
             _with_app(settings, args)
         else:
             _with_services(settings, args)
-    except (DomainError, ValueError) as error:
+    except (DomainError, ValueError, OSError) as error:
         print(f"alma: {error}", file=sys.stderr)
         return 2
     return 0
@@ -160,6 +188,10 @@ def _with_app(settings: Settings, args: argparse.Namespace) -> None:
     try:
         if args.command == "replay":
             replay(app, args.instance_id, args.to_version)
+        elif args.command == "export":
+            export(app, args.tenant, args.output)
+        elif args.command == "import":
+            import_file(app, args.file)
         elif args.keys_command == "create":
             keys_create(app, args.tenant)
         else:
