@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     )
     audio_max_bytes: int = Field(default=25 * 1024 * 1024, ge=1024, description="upload limit")
     audio_max_seconds: float = Field(default=600.0, gt=0, description="duration limit")
+    log_format: Literal["json", "text"] = Field(
+        default="text", description="json: one JSON object per line (time, level, request_id...)"
+    )
+    metrics: bool = Field(default=True, description="serve Prometheus metrics at /metrics")
     model_cache_dir: Path | None = Field(
         default=None, description="exported and assembled models; unset = ~/.cache/alma"
     )

@@ -9,7 +9,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.breaker import BreakerGate
 from api.errors import error_response, install_error_handlers
+from api.observe import Observe
 from api.routes import (
     audio,
     characters,
@@ -40,6 +42,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = build_services(settings)
+        if services.breaker is not None:
+            services.breaker.start()
         if settings.run_projections:
             services.start_projections()
         app.state.services = services
@@ -54,7 +58,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     # Uploads may carry audio up to its own limit (checked exactly by the route), plus the form.
     upload_bytes = max(settings.max_body_bytes, settings.audio_max_bytes + 64 * 1024)
+    app.add_middleware(BreakerGate)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, upload_bytes=upload_bytes)
+    app.add_middleware(Observe)
     app.add_middleware(RequestId)
     return app
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
 
+from api import logs
 from api.schemas import EventOut, InstanceOut
 from api.services import Services, build_services, open_app, rebuild_memory_index
 from domain import Actor, Alma, DomainError, Instance, NotFound
@@ -42,10 +43,12 @@ def serve(settings: Settings, host: str, port: int) -> None:
             )
     finally:
         app.close()
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    logs.configure(settings.log_format)
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
 
 
 def worker(settings: Settings) -> None:
+    logs.configure(settings.log_format)
     services = build_services(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

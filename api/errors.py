@@ -5,12 +5,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from eventsourcing.persistence import IntegrityError, PersistenceError
+import httpx
+import psycopg
+from eventsourcing.persistence import (
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    PersistenceError,
+)
 from fastapi import FastAPI, Request, params
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+import metrics
 from chat.model import ModelError
 from chat.prompt import PromptTooLarge
 from domain import DomainError, InvalidInput, NameTaken, NotFound, VersionConflict
@@ -68,6 +76,7 @@ def error_response(
 ) -> JSONResponse:
     """On the OpenAI-compatible paths the error also carries OpenAI's `type` and `param`, so
     OpenAI clients read it as their own."""
+    metrics.ERRORS.labels(code, str(status)).inc()
     error: dict[str, Any] = {"code": code, "message": message, "details": details}
     if request is not None and request.url.path.startswith(OPENAI_PATHS):
         error["type"] = _OPENAI_TYPES.get(status, "api_error")
@@ -76,6 +85,38 @@ def error_response(
             param = ".".join(str(p) for p in details[0].get("loc", [])[1:]) or None
         error["param"] = param
     return JSONResponse({"error": error}, status_code=status, headers=headers)
+
+
+# Errors that mean "the database cannot be reached", from the event store or from our own SQL.
+CONNECTION_ERRORS = (
+    OperationalError,
+    InterfaceError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
+
+
+def lost_connection(error: BaseException) -> bool:
+    """Whether the error means the server is gone (not a lock timeout or a cancelled query):
+    psycopg gives no SQLSTATE for a refused connection or a pool timeout, class 08 for a broken
+    one and 57P01-57P03 while the server shuts down or starts."""
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, psycopg.Error):
+        cause = cause.__cause__
+    if not isinstance(cause, psycopg.Error):
+        return isinstance(error, InterfaceError)
+    state = cause.sqlstate
+    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
+
+
+def database_unavailable(request: Request) -> JSONResponse:
+    return error_response(
+        503,
+        "database_unavailable",
+        "the database is unreachable; try again shortly",
+        headers={"Retry-After": "2"},
+        request=request,
+    )
 
 
 def _from_domain(error: DomainError) -> ApiError:
@@ -192,8 +233,33 @@ def install_error_handlers(app: FastAPI) -> None:
     async def lost_race(_: Request, error: IntegrityError) -> JSONResponse:
         return error_response(409, "conflict", "too many concurrent changes; try again")
 
+    async def unreachable(request: Request, error: Exception) -> JSONResponse:
+        if not lost_connection(error):
+            return await store_down(request, error)
+        breaker = getattr(getattr(request.app.state, "services", None), "breaker", None)
+        if breaker is not None:
+            breaker.trip()
+        log.warning("database unreachable: %s", type(error).__name__)
+        return database_unavailable(request)
+
+    for kind in CONNECTION_ERRORS:
+        app.add_exception_handler(kind, unreachable)
+
+    @app.exception_handler(httpx.TransportError)
+    async def vector_store_down(request: Request, error: httpx.TransportError) -> JSONResponse:
+        # The model client turns its own transport errors into ModelError: what reaches here is
+        # the Chroma server's client.
+        log.warning("vector store unreachable: %s", type(error).__name__)
+        return error_response(
+            503,
+            "vector_store_unavailable",
+            "the memory index is unreachable; try again shortly",
+            headers={"Retry-After": "2"},
+            request=request,
+        )
+
     @app.exception_handler(PersistenceError)
-    async def store_down(_: Request, error: PersistenceError) -> JSONResponse:
+    async def store_down(_: Request, error: Exception) -> JSONResponse:
         log.warning("event store unavailable: %s", type(error).__name__)
         return error_response(
             503,

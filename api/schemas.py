@@ -194,10 +194,16 @@ class MemoryChangeOut(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
-    event_store: str
-    vector_store: str
-    projection_lag_events: int | None
+    status: str = Field(description="ok, or degraded when a store is down")
+    event_store: str = Field(description="the database: ok or down")
+    vector_store: str = Field(description="Chroma: ok or down")
+    projection_lag_events: int | None = Field(description="the largest lag; null when unknown")
+    projections: dict[str, int] | None = Field(
+        default=None, description="each projection's lag in events; null when the database is down"
+    )
+    model: str = Field(
+        default="unknown", description="the last chat model call: ok, failing or unknown"
+    )
 
 
 class MemoryCreate(Request):
@@ -328,6 +334,10 @@ class ChatResponse(BaseModel):
     turn: TurnOut
     model: str = Field(description="the model that answered (local/... for the offline one)")
     memories_used: list[MemoryUsed]
+    memories_unavailable: bool = Field(
+        default=False,
+        description="true when the vector store was down and the reply had no retrieved memories",
+    )
     usage: Usage
 
     @classmethod
@@ -347,6 +357,7 @@ class ChatResponse(BaseModel):
                 )
                 for hit in result.memories_used
             ],
+            memories_unavailable=result.memories_unavailable,
             usage=Usage(
                 prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens
             ),

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from eventsourcing.persistence import InfrastructureFactory
 from eventsourcing.utils import Environment
 
+from api.breaker import DatabaseBreaker
 from chat.local_model import local_model_client
 from chat.model import ModelClient, OpenAIModel
 from chat.turns import Chat
@@ -36,6 +37,7 @@ class Services:
     listings: Follower
     memory: Follower
     formation: Follower | None = None  # the memory process, when ALMA_MEMORY_FORMATION is on
+    breaker: DatabaseBreaker | None = None  # on PostgreSQL: 503 at once while it is down
     _model: ModelClient | None = None
     _memory_model: ModelClient | None = None
     _model_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -104,6 +106,8 @@ class Services:
             follower.start()
 
     def close(self) -> None:
+        if self.breaker is not None:
+            self.breaker.stop()
         for follower in self.followers:
             follower.stop()
         self.listings_view.close()
@@ -151,6 +155,9 @@ def build_services(settings: Settings) -> Services:
         listings=Follower(app, _listings(settings)),
         memory=Follower(app, build_memory_index(settings), batch_size=INDEX_BATCH),
     )
+    env = settings.event_store_env("events")
+    if "POSTGRES_HOST" in env:
+        services.breaker = DatabaseBreaker(env)
     forming = settings.memory_formation
     if forming if forming is not None else _remote(settings):
         formation = MemoryFormation(

@@ -8,18 +8,25 @@ far as it got, marked interrupted.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+import httpx
+
+import metrics
 from chat import tokens
 from chat.model import Completion, ModelClient, ModelError
 from chat.prompt import Persona, Prompt, Recollection, Turn, build_prompt
 from domain import Actor, Alma, InvalidInput, NewMessage, Reply
 from domain.rules import valid_message
 from projections import Hit, MemoryIndex
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,7 @@ class PreparedTurn:
     max_tokens: int
     temperature: float
     metadata: dict[str, Any] | None = None  # recorded with the user's message (source: voice)
+    memories_unavailable: bool = False  # the vector store was down: answered without recall
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,7 @@ class TurnResult:
     prompt_tokens: int
     completion_tokens: int
     memories_used: list[Hit]
+    memories_unavailable: bool = False
 
 
 class Chat:
@@ -93,11 +102,14 @@ class Chat:
             in_history = {d.doc_id for d in recent}
         else:
             in_history = set()
-        hits = [
-            hit
-            for hit in self.index.search(instance_id, message, k=self.memories)
-            if hit.doc.doc_id not in in_history
-        ]
+        try:
+            found = self.index.search(instance_id, message, k=self.memories)
+            unavailable = False
+        except httpx.TransportError as error:  # the Chroma server is down: answer without recall
+            log.warning("vector store unreachable, chatting without memories: %s", error)
+            metrics.MEMORIES_UNAVAILABLE.inc()
+            found, unavailable = [], True
+        hits = [hit for hit in found if hit.doc.doc_id not in in_history]
         prompt = build_prompt(
             Persona(
                 character=character.name,
@@ -126,9 +138,11 @@ class Chat:
             {hit.doc.doc_id: hit for hit in hits},
             max_tokens,
             temperature,
+            memories_unavailable=unavailable,
         )
 
     def complete(self, turn: PreparedTurn, actor: Actor) -> TurnResult:
+        started = time.perf_counter()
         message_id = self._record_message(turn, actor)
         try:
             completion = self.model().complete(
@@ -136,11 +150,15 @@ class Chat:
             )
         except ModelError as error:
             self._record_failure(turn, message_id, error, actor)
+            _observe_failure(started, error)
             raise
-        return self._record_reply(turn, message_id, completion, actor)
+        result = self._record_reply(turn, message_id, completion, actor)
+        _observe(started, completion)
+        return result
 
     def stream(self, turn: PreparedTurn, actor: Actor) -> Generator[str | TurnResult, None, None]:
         """Text deltas, then the `TurnResult`. Closing it early records the partial reply."""
+        clock = time.perf_counter()
         message_id = self._record_message(turn, actor)
         parts: list[str] = []
         started = datetime.now(UTC)
@@ -151,13 +169,16 @@ class Chat:
             ):
                 if isinstance(piece, Completion):
                     finished = True
-                    yield self._record_reply(turn, message_id, piece, actor)
+                    result = self._record_reply(turn, message_id, piece, actor)
+                    _observe(clock, piece)
+                    yield result
                 else:
                     parts.append(piece)
                     yield piece
         except ModelError as error:
             finished = True  # the failure is the record, with what was streamed in its message
             self._record_failure(turn, message_id, error, actor)
+            _observe_failure(clock, error)
             raise
         finally:
             if not finished:
@@ -199,6 +220,7 @@ class Chat:
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,
             memories_used=[turn.recalled[i] for i in turn.prompt.memories_used],
+            memories_unavailable=turn.memories_unavailable,
         )
 
     def _record_failure(
@@ -231,6 +253,22 @@ class Chat:
             ),
             actor,
         )
+
+
+def _observe(started: float, completion: Completion) -> None:
+    metrics.model_called(ok=True)
+    metrics.CHAT_SECONDS.labels("ok").observe(time.perf_counter() - started)
+    metrics.MODEL_SECONDS.labels("ok").observe(completion.latency_ms / 1000)
+    metrics.TOKENS.labels("prompt").inc(completion.prompt_tokens)
+    metrics.TOKENS.labels("completion").inc(completion.completion_tokens)
+
+
+def _observe_failure(started: float, error: ModelError) -> None:
+    elapsed = time.perf_counter() - started
+    outcome = "timeout" if error.status == 504 else "error"
+    metrics.model_called(ok=False)
+    metrics.CHAT_SECONDS.labels(outcome).observe(elapsed)
+    metrics.MODEL_SECONDS.labels(outcome).observe(elapsed)
 
 
 def _recollection(hit: Hit) -> Recollection:

@@ -1,23 +1,27 @@
-"""Liveness and dependencies: 200 while serving, 503 when a store is down."""
+"""Operations: health (what is up, what is down, how far behind) and Prometheus metrics."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+import metrics
 from api.deps import Svc
+from api.errors import ApiError
 from api.schemas import Health
+from api.services import Services
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/health", response_model=Health)
+@router.get("/health", response_model=Health, responses={503: {"model": Health}})
 def health(svc: Svc) -> JSONResponse:
-    try:
-        lag: int | None = max(follower.lag() for follower in svc.followers)
-        event_store = "ok"
-    except Exception:
-        lag, event_store = None, "down"
+    """200 while serving; 503 when the database or the vector store is down. `model` says
+    how the last call to the chat model went, and does not change the status: every replica
+    shares the model, so taking this one out of rotation would not help."""
+    lags = _lags(svc)
+    event_store = "down" if lags is None else "ok"
     try:
         svc.memory_index.vectors.client.heartbeat()
         vector_store = "ok"
@@ -28,6 +32,34 @@ def health(svc: Svc) -> JSONResponse:
         status="ok" if up else "degraded",
         event_store=event_store,
         vector_store=vector_store,
-        projection_lag_events=lag,
+        projection_lag_events=max(lags.values()) if lags else None,
+        projections=lags,
+        model=metrics.model_state(),
     )
     return JSONResponse(body.model_dump(), status_code=200 if up else 503)
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
+)
+def prometheus_metrics(svc: Svc) -> Response:
+    """Prometheus text format; off with ALMA_METRICS=false. Unauthenticated, like /health:
+    it holds route templates, counts and error codes, nothing of any tenant's."""
+    if not svc.settings.metrics:
+        raise ApiError(404, "not_found", "metrics are off (ALMA_METRICS=false)")
+    for name, lag in (_lags(svc) or {}).items():
+        metrics.PROJECTION_LAG.labels(name).set(lag)
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+def _lags(svc: Services) -> dict[str, int] | None:
+    """Each projection's lag, or None when the database cannot be reached (asked of the
+    breaker first, so a down database answers at once)."""
+    if svc.breaker is not None and svc.breaker.down:
+        return None
+    try:
+        return {follower.name: follower.lag() for follower in svc.followers}
+    except Exception:
+        return None

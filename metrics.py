@@ -1,0 +1,64 @@
+"""alma's Prometheus metrics, one set per process (served by the API at /metrics).
+
+Labels are route templates, error codes, projection names and outcomes, never ids or text, so
+the series stay few and hold nothing of a tenant's.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+REQUEST_SECONDS = Histogram(
+    "alma_http_request_duration_seconds",
+    "HTTP request latency, by route template",
+    ["method", "route"],
+    buckets=_LATENCY_BUCKETS,
+)
+RESPONSES = Counter(
+    "alma_http_responses_total",
+    "HTTP responses, by route and status",
+    ["method", "route", "status"],
+)
+SERVER_ERRORS = Counter(
+    "alma_http_server_errors_total", "HTTP responses with a 5xx status", ["method", "route"]
+)
+ERRORS = Counter("alma_errors_total", "Error answers, by error code", ["code", "status"])
+CHAT_SECONDS = Histogram(
+    "alma_chat_turn_duration_seconds",
+    "A chat turn from the user's message recorded to the reply recorded",
+    ["outcome"],
+    buckets=_LATENCY_BUCKETS,
+)
+MODEL_SECONDS = Histogram(
+    "alma_model_request_duration_seconds",
+    "The chat model's answer time, retries included",
+    ["outcome"],
+    buckets=_LATENCY_BUCKETS,
+)
+TOKENS = Counter("alma_model_tokens_total", "Tokens sent to and received from the model", ["kind"])
+PROJECTION_LAG = Gauge(
+    "alma_projection_lag_events", "Events not yet processed, by projection", ["projection"]
+)
+MEMORIES_UNAVAILABLE = Counter(
+    "alma_chat_memories_unavailable_total",
+    "Chat turns answered without retrieved memories because the vector store was down",
+)
+
+
+_model = {"state": "unknown"}
+_model_lock = threading.Lock()
+
+
+def model_called(ok: bool) -> None:
+    """How the last call to the chat model went, for /health."""
+    with _model_lock:
+        _model["state"] = "ok" if ok else "failing"
+
+
+def model_state() -> str:
+    with _model_lock:
+        return _model["state"]
