@@ -13,7 +13,6 @@ history is exported up to its first event that can no longer be decoded.
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from eventsourcing.utils import get_topic, resolve_topic
 
 from domain.application import Alma
 from domain.character import Character
+from domain.erasure import Erased
 from domain.errors import InvalidInput
 from domain.instance import Instance, InstanceName
 from domain.memory import Memory
@@ -32,16 +32,6 @@ from domain.rules import valid_tenant
 
 EXPORTED = (Character.Event, Instance.Event, InstanceName.Event, Memory.Event)
 _PAGE = 500
-
-
-def _erased() -> tuple[type[BaseException], ...]:
-    """The mapper's error for an event whose key was destroyed, once erasure exists."""
-    try:
-        module = importlib.import_module("domain.erasure")
-    except ImportError:
-        return ()
-    erased: type[BaseException] = module.Erased
-    return (erased,)
 
 
 @dataclass(frozen=True)
@@ -65,7 +55,6 @@ def tenant_events(app: Alma, tenant: str) -> Iterator[DomainEvent]:
     """The tenant's events in log order. An aggregate is the tenant's when its first event says
     so; one whose event cannot be decoded (erased) ends there."""
     valid_tenant(tenant)
-    erased = _erased()
     owner: dict[UUID | str, str] = {}
     cut: set[UUID | str] = set()
     start = 1
@@ -79,7 +68,7 @@ def tenant_events(app: Alma, tenant: str) -> Iterator[DomainEvent]:
                 continue
             try:
                 event = app.mapper.to_domain_event(notification)
-            except erased:
+            except Erased:
                 cut.add(aggregate_id)
                 continue
             if notification.originator_version == 1:
