@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
+from settings import Settings
 from tests.conftest import Api, make_character, make_instance
 from tests.openai_stub import Fail, OpenAIStub, Reply
+from tests.test_cli import _free_port, _wait_for_health, create_key, running
 
 
 def _world(api: Api) -> tuple[str, str]:
@@ -316,3 +320,52 @@ def test_with_no_key_the_local_model_answers_end_to_end(api: Api) -> None:
     assert body["model"].startswith("local/")
     [reply] = _events(api, str(instance["id"]), "ReplyRecorded")
     assert reply["data"]["model"].startswith("local/")
+
+
+@pytest.mark.slow
+def test_the_openai_sdk_chats_against_alma_serve_streaming_and_not(
+    settings: Settings, openai_stub: OpenAIStub, tmp_path: Path
+) -> None:
+    _, key = create_key(settings, "acme")
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    model_env = {
+        "OPENAI_API_KEY": "sk-test-alma-0123456789",
+        "OPENAI_BASE_URL": openai_stub.base_url,
+        "ALMA_MEMORY_FORMATION": "false",  # its model calls would take the scripted replies
+    }
+    log = tmp_path / "serve.log"
+    with running(settings, ["serve", "--port", str(port)], log, model_env) as process:
+        _wait_for_health(base, process, log)
+        http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        character = http.post(
+            "/v1/characters", json={"name": "Doña Rosa", "description": "Curandera de la sierra"}
+        ).json()
+        instance = http.post(
+            f"/v1/characters/{character['id']}/instances",
+            json={"name": "Rosa", "memory": "Vive en Oaxaca."},
+        ).json()["id"]
+        sdk = openai.OpenAI(api_key=key, base_url=f"{base}/v1", max_retries=0, timeout=30)
+        assert instance in [m.id for m in sdk.models.list().data]
+
+        openai_stub.script(Reply("¡Hola, corazón! 🌵"))
+        completion = sdk.chat.completions.create(
+            model=instance, messages=[{"role": "user", "content": "Hola, Rosa"}]
+        )
+        assert completion.choices[0].message.content == "¡Hola, corazón! 🌵"
+
+        openai_stub.script(Reply("Aquí sigo, mi niña."))
+        stream = sdk.chat.completions.create(
+            model=instance, messages=[{"role": "user", "content": "¿Sigues ahí?"}], stream=True
+        )
+        pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+        assert len([p for p in pieces if p]) > 1 and "".join(pieces) == "Aquí sigo, mi niña."
+
+        assert "Vive en Oaxaca." in json.dumps(openai_stub.requests[-1]["messages"])
+        replies = http.get(
+            f"/v1/instances/{instance}/events", params={"type": "ReplyRecorded"}
+        ).json()["items"]
+        assert [r["data"]["content"] for r in replies] == [
+            "¡Hola, corazón! 🌵",
+            "Aquí sigo, mi niña.",
+        ]

@@ -327,11 +327,14 @@ def _free_port() -> int:
 
 
 @contextmanager
-def running(settings: Settings, args: Sequence[str], log: Path) -> Iterator[subprocess.Popen[str]]:
+def running(
+    settings: Settings, args: Sequence[str], log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[str]]:
+    """`alma ARGS` in the background, with `env` added to the store's environment."""
     with log.open("w", encoding="utf-8") as out:
         process = subprocess.Popen(
             [ALMA, *args],
-            env=cli_env(settings),
+            env={**cli_env(settings), **(env or {})},
             cwd=settings.data_dir.parent,
             stdout=out,
             stderr=subprocess.STDOUT,
