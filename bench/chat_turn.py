@@ -16,14 +16,13 @@ it all (several minutes at the full size).
 1. Turn overhead, in process: `Chat.prepare` + `Chat.complete` on the main instance with varied
    Spanish and English messages, the `Chat` built as `Services.chat` builds it but with the model
    wrapped in a timing proxy, so the model call (the SDK, HTTP to the stub, the stub) is timed
-   from inside and subtracted. Three passes: with the projections stopped (alma's own work
+   from inside and subtracted. Two passes: with the projections stopped (alma's own work
    alone); with them running in their threads as in `alma serve` (each turn's messages are
    embedded while the turn goes on; between turns the bench waits until the index has caught
-   up, as a user reads the reply before writing again); and a what-if of the same with torch
-   limited to one thread. Breakdown per step, p50/p95: load (instance and character),
-   retrieval (recent messages and the hybrid search) and, inside it, the query embedding;
-   assembly (the rest of `prepare`: persona, tiktoken counting, the budget); recording (the
-   message and the reply events); and the model call itself for reference.
+   up, as a user reads the reply before writing again). Breakdown per step, p50/p95: load
+   (instance and character), retrieval (recent messages and the hybrid search) and, inside it,
+   the query embedding; assembly (the rest of `prepare`: persona, tiktoken counting, the
+   budget); recording (the message and the reply events); and the model call for reference.
 2. First streamed byte through HTTP: `alma serve` in a subprocess on the same data, streaming
    chats (`stream: true`) with the main instance, one at a time. The stub streams a word every
    20 ms and notes when it wrote the first word; the client notes when the first
@@ -495,19 +494,14 @@ def run_turns(
 class Pass:
     label: str
     projections: bool
-    torch_threads: int | None = None  # None: as alma ships (torch's default)
     verdict: bool = False
 
 
 def overhead_rows(services: Services, world: World, sizes: Sizes) -> list[Row]:
-    import torch
-
     rng = random.Random(11)
-    default_threads = torch.get_num_threads()
     passes = (
         Pass("projections stopped", projections=False),
         Pass("projections running, as alma serve", projections=True, verdict=True),
-        Pass("what-if: the same, 1 torch thread", projections=True, torch_threads=1),
     )
     rows = []
     following = False
@@ -515,13 +509,8 @@ def overhead_rows(services: Services, world: World, sizes: Sizes) -> list[Row]:
         if run.projections and not following:
             services.start_projections()
             following = True
-        torch.set_num_threads(run.torch_threads or default_threads)
-        label = f"{run.label} (torch threads: {torch.get_num_threads()})"
-        log(f"turn overhead, {label}: {WARMUP} warm-up turns, then {sizes.samples:,}")
-        try:
-            times = run_turns(services, world.main, sizes.samples, rng, wait=run.projections)
-        finally:
-            torch.set_num_threads(default_threads)
+        log(f"turn overhead, {run.label}: {WARMUP} warm-up turns, then {sizes.samples:,}")
+        times = run_turns(services, world.main, sizes.samples, rng, wait=run.projections)
         p50, p95, p99 = percentiles_ms(times.overhead)
         rows.append(
             Row(
@@ -538,7 +527,8 @@ def overhead_rows(services: Services, world: World, sizes: Sizes) -> list[Row]:
         if not run.projections:
             rows.append(Row("  first turn (collection from disk)", f"{times.first * 1000:.2f} ms"))
     rows.append(Row("reference", MEM0_SEARCH))
-    rows.append(Row("torch threads as shipped", f"{default_threads}"))
+    embedder = services.memory_index.embedder
+    rows.append(Row("embedding", f"{embedder.backend}, {embedder.threads} thread(s)"))
     rows.append(Row("machine", machine_load()))
     return rows
 
