@@ -15,6 +15,7 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
 
 from api import logs
+from api.safety import is_loopback, refusals
 from api.schemas import EventOut, InstanceOut
 from api.services import Services, build_services, open_app, rebuild_memory_index
 from domain import Actor, Alma, DomainError, Instance, NotFound
@@ -33,7 +34,12 @@ def serve(settings: Settings, host: str, port: int) -> None:
 
     app = open_app(settings)
     try:
-        if not app.has_keys():
+        if app.has_keys():
+            pass
+        elif not is_loopback(host):
+            # Scaled-out replicas would each make one, and their logs are no place for secrets.
+            print("No API keys yet: create one with `alma keys create --tenant NAME`.", flush=True)
+        else:
             _, secret = app.issue_key("default", _cli_actor("default"))
             print(
                 "No API keys yet: created one for tenant 'default'. It is shown only now:\n"
@@ -169,6 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = Settings()
     if args.command == "serve":
+        unsafe = refusals(settings)
+        for refusal in unsafe:
+            print(f"alma: refusing to start: {refusal}", file=sys.stderr)
+        if unsafe:
+            return 2
         serve(settings, args.host or settings.host, args.port or settings.port)
         return 0
     if args.command == "worker":
