@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     postgres_pool_size: int = Field(default=5, ge=1)
     postgres_max_overflow: int = Field(default=10, ge=0)
     postgres_lock_timeout_s: int = Field(default=5, ge=1)
+    postgres_connect_timeout_s: int = Field(
+        default=2,
+        ge=1,
+        description="how long a statement waits for a pooled connection; the store retries 10 "
+        "times, so a request caught by a database outage answers within about 10x this",
+    )
     read_model_wait_s: float = Field(default=2.0, gt=0)
     aggregate_cache_size: int = Field(default=10_000, ge=0)
     tts_engine: Literal["gtts", "espeak"] = Field(
@@ -156,7 +162,7 @@ class Settings(BaseSettings):
             "POSTGRES_POOL_SIZE": str(self.postgres_pool_size),
             "POSTGRES_MAX_OVERFLOW": str(self.postgres_max_overflow),
             "POSTGRES_LOCK_TIMEOUT": str(self.postgres_lock_timeout_s),
-            "POSTGRES_CONNECT_TIMEOUT": "5",
+            "POSTGRES_CONNECT_TIMEOUT": str(self.postgres_connect_timeout_s),
             # No pre-ping: the library retries a statement on a broken connection itself.
             "POSTGRES_PRE_PING": "n",
             **self._cache_env(),

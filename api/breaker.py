@@ -40,6 +40,7 @@ class DatabaseBreaker:
         self._down = threading.Event()
         self._stopping = threading.Event()
         self._connection: psycopg.Connection[Any] | None = None
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     @property
@@ -53,6 +54,11 @@ class DatabaseBreaker:
         self._down.set()
 
     def probe(self) -> bool:
+        """Asks the database now (the loop does every `interval`; /health does on each call)."""
+        with self._lock:
+            return self._probe()
+
+    def _probe(self) -> bool:
         try:
             if self._connection is None or self._connection.closed:
                 self._connection = psycopg.connect(**self._connect_args)

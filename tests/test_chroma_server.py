@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -25,21 +26,12 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def chroma_url(tmp_path: Path) -> Iterator[str]:
+@contextmanager
+def chroma_server(path: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """`chroma run` on `port`, storing under `path`; ready when this yields."""
     chroma = shutil.which("chroma") or str(Path(sys.executable).parent / "chroma")
-    port = _free_port()
     server = subprocess.Popen(
-        [
-            chroma,
-            "run",
-            "--path",
-            str(tmp_path / "chroma"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        [chroma, "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -54,10 +46,18 @@ def chroma_url(tmp_path: Path) -> Iterator[str]:
                 time.sleep(0.2)
         else:
             pytest.fail("chroma run did not start within 30 s")
-        yield url
+        yield server
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        if server.poll() is None:
+            server.terminate()
+            server.wait(timeout=10)
+
+
+@pytest.fixture
+def chroma_url(tmp_path: Path) -> Iterator[str]:
+    port = _free_port()
+    with chroma_server(tmp_path / "chroma", port):
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.mark.slow

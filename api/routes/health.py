@@ -55,9 +55,9 @@ def prometheus_metrics(svc: Svc) -> Response:
 
 
 def _lags(svc: Services) -> dict[str, int] | None:
-    """Each projection's lag, or None when the database cannot be reached (asked of the
-    breaker first, so a down database answers at once)."""
-    if svc.breaker is not None and svc.breaker.down:
+    """Each projection's lag, or None when the database cannot be reached (the breaker asks
+    first, with a timeout of its own, so a down database answers at once)."""
+    if svc.breaker is not None and not svc.breaker.probe():
         return None
     try:
         return {follower.name: follower.lag() for follower in svc.followers}
