@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +33,13 @@ from projections.sql import Cursor, SqlStore
 from projections.vectors import VectorIndex
 
 NAME = "memory-index"
+_PER_INSTANCE = (
+    "memory_docs",
+    "memory_postings",
+    "memory_texts",
+    "memory_stats",
+    "memory_terms",
+)
 _DOC_COLUMNS = (
     "doc_id, tenant, instance_id, kind, text, metadata, importance, occurred_at, position"
 )
@@ -40,13 +48,27 @@ _K1, _B = 1.2, 0.75
 # BM25 reads the postings of the query's rarest words up to this many rows: the common words
 # left out weigh little (low IDF), and a search stays fast in an instance of 100,000 sources.
 POSTINGS_BUDGET = 5_000
-_RECOUNT = (
+_ADD_STATS = (
     "INSERT INTO memory_stats (generation, instance_id, documents, length) "
-    "SELECT generation, instance_id, COUNT(*), SUM(length) FROM memory_docs WHERE {scope} "
-    "GROUP BY generation, instance_id "
-    "ON CONFLICT (generation, instance_id) DO UPDATE "
-    "SET documents = excluded.documents, length = excluded.length"
+    "VALUES (%s, %s, %s, %s) ON CONFLICT (generation, instance_id) DO UPDATE SET "
+    "documents = memory_stats.documents + excluded.documents, "
+    "length = memory_stats.length + excluded.length"
 )
+_ADD_TERMS = (
+    "INSERT INTO memory_terms (generation, instance_id, term, documents) "
+    "VALUES (%s, %s, %s, %s) ON CONFLICT (generation, instance_id, term) DO UPDATE SET "
+    "documents = memory_terms.documents + excluded.documents"
+)
+# An index written before the statistics existed gets them counted once, when opened.
+_COUNT_STATS = [
+    "DELETE FROM memory_stats",
+    "INSERT INTO memory_stats (generation, instance_id, documents, length) "
+    "SELECT generation, instance_id, COUNT(*), SUM(length) FROM memory_docs "
+    "GROUP BY generation, instance_id",
+    "INSERT INTO memory_terms (generation, instance_id, term, documents) "
+    "SELECT generation, instance_id, term, COUNT(*) FROM memory_postings "
+    "GROUP BY generation, instance_id, term",
+]
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS memory_generation (
@@ -67,10 +89,14 @@ SCHEMA = [
         PRIMARY KEY (generation, instance_id, term, doc_id))""",
     # Replacing or deleting one source finds its postings without scanning the generation.
     """CREATE INDEX IF NOT EXISTS memory_postings_by_doc ON memory_postings (generation, doc_id)""",
-    # Per instance: how many documents and their total length, for BM25 without a scan.
+    # BM25's statistics, kept up to date so a search never counts: per instance, how many
+    # documents and their total length; per instance and word, how many documents hold it.
     """CREATE TABLE IF NOT EXISTS memory_stats (
         generation INTEGER NOT NULL, instance_id TEXT NOT NULL, documents BIGINT NOT NULL,
         length BIGINT NOT NULL, PRIMARY KEY (generation, instance_id))""",
+    """CREATE TABLE IF NOT EXISTS memory_terms (
+        generation INTEGER NOT NULL, instance_id TEXT NOT NULL, term TEXT NOT NULL,
+        documents BIGINT NOT NULL, PRIMARY KEY (generation, instance_id, term))""",
     """CREATE TABLE IF NOT EXISTS memory_texts (
         generation INTEGER NOT NULL, instance_id TEXT NOT NULL, text TEXT NOT NULL,
         PRIMARY KEY (generation, instance_id))""",
@@ -129,6 +155,7 @@ class _Batch:
     gone: dict[str, UUID] = field(default_factory=dict)  # doc id -> its instance
     texts: dict[UUID, str | None] = field(default_factory=dict)
     dropped: set[UUID] = field(default_factory=set)
+    erased: set[UUID] = field(default_factory=set)  # dropped, and their audit too
     audit: list[AuditEntry] = field(default_factory=list)
 
     def put(self, doc: Doc) -> None:
@@ -183,9 +210,10 @@ class MemoryIndex:
                 "INSERT INTO memory_generation (id, generation) VALUES (1, 1) "
                 "ON CONFLICT (id) DO NOTHING"
             )
-            cursor.execute("SELECT 1 FROM memory_stats LIMIT 1")
-            if cursor.fetchone() is None:  # an index from before memory_stats existed
-                cursor.execute(_RECOUNT.format(scope="TRUE"))
+            cursor.execute("SELECT 1 FROM memory_terms LIMIT 1")
+            if cursor.fetchone() is None:
+                for statement in _COUNT_STATS:
+                    cursor.execute(statement)
 
     def close(self) -> None:
         self.store.close()
@@ -217,6 +245,8 @@ class MemoryIndex:
                 "ON CONFLICT (generation) DO UPDATE SET position = excluded.position",
                 (generation, batch[-1][1]),
             )
+        if plan.erased:
+            self.store.wipe()
 
     def _plan(self, generation: int, plan: _Batch, event: Any, position: int) -> None:
         kind = type(event)
@@ -265,8 +295,10 @@ class MemoryIndex:
                         position,
                     )
                 )
-        elif kind is Instance.Archived:
+        elif kind in (Instance.Archived, Instance.Erased):
             instance_id = event.originator_id
+            if kind is Instance.Erased:
+                plan.erased.add(instance_id)
             plan.texts[instance_id] = None
             plan.dropped.add(instance_id)
             for doc in [d for d in plan.docs.values() if d.instance_id == instance_id]:
@@ -408,22 +440,45 @@ class MemoryIndex:
         )
 
     def _apply_sql(self, cursor: Cursor, generation: int, plan: _Batch) -> None:
+        for instance_id in plan.erased:
+            cursor.execute(
+                "DELETE FROM memory_audit WHERE generation = %s AND instance_id = %s",
+                (generation, str(instance_id)),
+            )
         for instance_id in plan.dropped:
-            for table in ("memory_docs", "memory_postings", "memory_texts", "memory_stats"):
+            for table in _PER_INSTANCE:
                 cursor.execute(
                     f"DELETE FROM {table} WHERE generation = %s AND instance_id = %s",
                     (generation, str(instance_id)),
                 )
+        documents: Counter[str] = Counter()  # instance -> change in documents
+        lengths: Counter[str] = Counter()  # instance -> change in total length
+        holding: Counter[tuple[str, str]] = Counter()  # (instance, word) -> change in documents
         for doc_id in [*plan.gone, *plan.docs]:
-            for table in ("memory_docs", "memory_postings"):
-                cursor.execute(
-                    f"DELETE FROM {table} WHERE generation = %s AND doc_id = %s",
-                    (generation, doc_id),
-                )
+            scope = (generation, doc_id)
+            cursor.execute(
+                "DELETE FROM memory_docs WHERE generation = %s AND doc_id = %s "
+                "RETURNING instance_id, length",
+                scope,
+            )
+            for instance_id, length in cursor.fetchall():
+                documents[instance_id] -= 1
+                lengths[instance_id] -= int(length)
+            cursor.execute(
+                "DELETE FROM memory_postings WHERE generation = %s AND doc_id = %s "
+                "RETURNING instance_id, term",
+                scope,
+            )
+            for instance_id, term in cursor.fetchall():
+                holding[instance_id, term] -= 1
         for doc_id, doc in plan.docs.items():
             if doc.instance_id in plan.dropped:
                 continue
             counts = term_counts(doc.indexed_text())
+            instance = str(doc.instance_id)
+            documents[instance] += 1
+            lengths[instance] += sum(counts.values())
+            holding.update({(instance, term): 1 for term in counts})
             cursor.execute(
                 "INSERT INTO memory_docs (generation, doc_id, tenant, instance_id, kind, text, "
                 "metadata, importance, occurred_at, position, length) "
@@ -454,16 +509,13 @@ class MemoryIndex:
                     "ON CONFLICT (generation, instance_id) DO UPDATE SET text = excluded.text",
                     (generation, str(instance_id), text),
                 )
-        touched = {doc.instance_id for doc in plan.docs.values()} | set(plan.gone.values())
-        for instance_id in touched - plan.dropped:
-            cursor.execute(
-                "DELETE FROM memory_stats WHERE generation = %s AND instance_id = %s",
-                (generation, str(instance_id)),
-            )
-            cursor.execute(
-                _RECOUNT.format(scope="generation = %s AND instance_id = %s"),
-                (generation, str(instance_id)),
-            )
+        cursor.executemany(
+            _ADD_STATS,
+            [(generation, i, n, lengths[i]) for i, n in documents.items() if n or lengths[i]],
+        )
+        cursor.executemany(
+            _ADD_TERMS, [(generation, i, term, n) for (i, term), n in holding.items() if n]
+        )
         for entry in plan.audit:
             cursor.execute(
                 "INSERT INTO memory_audit (generation, instance_id, position, version, timestamp, "
@@ -584,8 +636,8 @@ class MemoryIndex:
         average = int(stats[0][1]) / documents or 1.0
         marks = ", ".join(["%s"] * len(words))
         frequencies = self.store.query(
-            "SELECT term, COUNT(*) FROM memory_postings WHERE generation = %s "
-            f"AND instance_id = %s AND term IN ({marks}) GROUP BY term",
+            "SELECT term, documents FROM memory_terms WHERE generation = %s "
+            f"AND instance_id = %s AND documents > 0 AND term IN ({marks})",
             (*scope, *words),
         )
         # Words in over half the documents say little; the rest, rarest first, within budget.
@@ -639,6 +691,7 @@ class MemoryIndex:
                 "memory_docs",
                 "memory_postings",
                 "memory_stats",
+                "memory_terms",
                 "memory_texts",
                 "memory_audit",
                 "memory_positions",

@@ -101,6 +101,34 @@ def indexed(index: MemoryIndex, instance: UUID) -> set[tuple[str, str]]:
 def assert_index_matches(index: MemoryIndex, model: Model) -> None:
     for instance in model.instances:
         assert indexed(index, instance) == model.expected(instance), instance
+    assert_bm25_statistics_are_exact(index)
+
+
+def assert_bm25_statistics_are_exact(index: MemoryIndex) -> None:
+    """The counts BM25 reads, kept up to date batch by batch, equal a count from scratch."""
+    generation = index.generation
+    kept = index.store.query(
+        "SELECT instance_id, documents, length FROM memory_stats "
+        "WHERE generation = %s AND documents > 0",
+        (generation,),
+    )
+    counted = index.store.query(
+        "SELECT instance_id, COUNT(*), SUM(length) FROM memory_docs WHERE generation = %s "
+        "GROUP BY instance_id",
+        (generation,),
+    )
+    assert {tuple(map(str, r)) for r in kept} == {tuple(map(str, r)) for r in counted}
+    kept = index.store.query(
+        "SELECT instance_id, term, documents FROM memory_terms "
+        "WHERE generation = %s AND documents > 0",
+        (generation,),
+    )
+    counted = index.store.query(
+        "SELECT instance_id, term, COUNT(*) FROM memory_postings WHERE generation = %s "
+        "GROUP BY instance_id, term",
+        (generation,),
+    )
+    assert {tuple(map(str, r)) for r in kept} == {tuple(map(str, r)) for r in counted}
 
 
 @pytest.fixture
@@ -199,6 +227,24 @@ def test_a_rebuild_fills_a_new_generation_and_gives_the_same_index(
     apply(services, world, [("add", 1, "canción del jardín")])
     services.memory.catch_up()
     assert_index_matches(index, world)
+
+
+def test_an_index_from_before_the_bm25_statistics_gets_them_counted_when_opened(
+    services: Services, world: Model
+) -> None:
+    apply(services, world, [("add", 0, "gato negro y perro"), ("message", 1, "el perro ladra")])
+    services.memory.catch_up()
+    hits = [h.doc.text for h in services.memory_index.search(world.instances[0], "perro")]
+    with services.memory_index.store.transaction() as cursor:
+        cursor.execute("DELETE FROM memory_stats")
+        cursor.execute("DELETE FROM memory_terms")
+
+    reopened = build_memory_index(services.settings)
+    try:
+        assert_bm25_statistics_are_exact(reopened)
+        assert [h.doc.text for h in reopened.search(world.instances[0], "perro")] == hits
+    finally:
+        reopened.close()
 
 
 def test_a_forgotten_memory_stays_out_of_search_and_of_a_rebuild(
