@@ -193,6 +193,26 @@ class MemoryChangeOut(BaseModel):
         )
 
 
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+    type: str | None = Field(default=None, description="OpenAI-compatible paths only")
+    param: str | None = Field(default=None, description="OpenAI-compatible paths only")
+
+
+class ErrorOut(BaseModel):
+    error: ErrorDetail
+
+
+# Every route can meet these: bad input, no key, not found or not yours, conflicts, the body
+# limit, rate limits, the model upstream, a dependency down (the breaker answers before routing).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut}
+    for status in (400, 401, 404, 409, 413, 415, 422, 429, 502, 503, 504)
+}
+
+
 class Health(BaseModel):
     status: str = Field(description="ok, or degraded when a store is down")
     event_store: str = Field(description="the database: ok or down")
