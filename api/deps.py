@@ -67,6 +67,13 @@ def _expected_version(
 
 
 ExpectedVersion = Annotated[int | None, Depends(_expected_version)]
+Erase = Annotated[
+    bool,
+    Query(
+        description="Hard delete: destroy the key its events are encrypted with, so its text "
+        "can never be read again, by any endpoint or from the database files"
+    ),
+]
 Limit = Annotated[int, Query(ge=1, le=500, description="Items per page")]
 
 

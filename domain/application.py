@@ -6,23 +6,29 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
 from copy import deepcopy
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
+from pathlib import Path
 from typing import Any, TypeVar, cast
 from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Application, Repository
 from eventsourcing.domain import Aggregate, DomainEvent
-from eventsourcing.persistence import IntegrityError, JSONTranscoder, Recording
+from eventsourcing.persistence import IntegrityError, JSONTranscoder, Mapper, Recording
+from eventsourcing.postgres import PostgresDatastore
+from eventsourcing.sqlite import SQLiteDatastore
 from eventsourcing.utils import get_topic
 
 from domain.actor import Actor, ActorAsDict
 from domain.character import Character
+from domain.erasure import Erased, ShreddingMapper
 from domain.errors import InvalidInput, NameTaken, NotFound, VersionConflict
 from domain.instance import Instance, InstanceName
 from domain.keys import ApiKey, hash_secret, new_secret
+from domain.keystore import KeyStore, MemoryKeys, PostgresKeys, SQLiteKeys
 from domain.memory import Memory
 from domain.rules import (
     name_key,
@@ -103,6 +109,11 @@ class _Repository(Repository[UUID]):
         if self.cache is not None:
             self.cache.put(aggregate.id, deepcopy(aggregate))
 
+    def forget(self, aggregate_id: UUID) -> None:
+        if self.cache is not None:
+            with suppress(KeyError):
+                self.cache.get(aggregate_id, evict=True)
+
 
 class Alma(Application[UUID]):
     name = "alma"
@@ -113,8 +124,28 @@ class Alma(Application[UUID]):
         super().__init__(env)
         self.listeners: list[Callable[[], None]] = []
         self._command = threading.local()
+        self.keys = self._open_keys()
+        assert isinstance(self.mapper, ShreddingMapper)
+        self.mapper.keys = self.keys
+        self.mapper.recorder = self.recorder
 
     repository: _Repository
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        return ShreddingMapper(self.construct_transcoder())
+
+    def _open_keys(self) -> KeyStore:
+        """The erasure keys, in the events' own database."""
+        datastore = getattr(self.recorder, "datastore", None)
+        if isinstance(datastore, PostgresDatastore):
+            return PostgresKeys(datastore)
+        if isinstance(datastore, SQLiteDatastore) and not datastore.pool.is_sqlite_memory_mode:
+            return SQLiteKeys(Path(datastore.pool.db_name))
+        return MemoryKeys()
+
+    def close(self) -> None:
+        self.keys.close()
+        super().close()
 
     def construct_repository(self) -> Repository[UUID]:
         cache_size = self.env.get(self.AGGREGATE_CACHE_MAXSIZE)
@@ -169,6 +200,14 @@ class Alma(Application[UUID]):
             self.save(character)
 
         self._retrying(attempt)
+
+    def erase_character(self, tenant: str, character_id: UUID, actor: Actor) -> None:
+        """Erases the character and every instance made from it (see `erase_instance`)."""
+        self.owned(Character, tenant, character_id, None, erased=True)
+        for instance_id in self.keys.children(character_id):
+            with suppress(NotFound):
+                self._erase(Instance, tenant, instance_id, actor)
+        self._erase(Character, tenant, character_id, actor)
 
     def character(
         self,
@@ -245,6 +284,11 @@ class Alma(Application[UUID]):
             self.save(instance, self._release_name(tenant, instance.name, actor))
 
         self._retrying(attempt)
+
+    def erase_instance(self, tenant: str, instance_id: UUID, actor: Actor) -> None:
+        """A hard delete: records `Erased` (which holds no text), then destroys the instance's
+        key, after which none of its events, memories or messages can be read by anyone."""
+        self._erase(Instance, tenant, instance_id, actor)
 
     def fork_instance(
         self,
@@ -473,6 +517,23 @@ class Alma(Application[UUID]):
 
     # Internals
 
+    def _erase(
+        self, aggregate_type: type[A], tenant: str, aggregate_id: UUID, actor: Actor
+    ) -> None:
+        def attempt() -> None:
+            aggregate: Any = self.owned(aggregate_type, tenant, aggregate_id, None, erased=True)
+            if aggregate.erased:
+                return  # recorded before a crash: the key goes now
+            changed = [aggregate]
+            if isinstance(aggregate, Instance) and not aggregate.archived:
+                changed.append(self._release_name(tenant, aggregate.name, actor))
+            aggregate.erase(actor)
+            self.save(*changed)
+
+        self._retrying(attempt)
+        self.keys.destroy(aggregate_id)
+        self.repository.forget(aggregate_id)
+
     def _retrying(self, attempt: Callable[[], T]) -> T:
         """Optimistic concurrency. The first try works on this process's last copy of the
         aggregates (no read from the store); a save that lost a race is re-run on fresh state,
@@ -512,20 +573,23 @@ class Alma(Application[UUID]):
         aggregate_id: UUID,
         version: int | None,
         last_seen: bool = False,
+        erased: bool = False,
     ) -> A:
         """The aggregate as it was at `version` (now, if None), deleted or not; another tenant's
-        is not found."""
+        is not found, and so is an erased one (unless `erased`: its last state, to finish
+        erasing it)."""
         aggregate: Aggregate | None
         try:
             if last_seen:
                 aggregate = self.repository.last_seen(aggregate_id)
             else:
                 aggregate = self.repository.get(aggregate_id, version=version)
-        except AggregateNotFoundError:
+        except (AggregateNotFoundError, Erased):
             aggregate = None
         if (
             not isinstance(aggregate, aggregate_type)
             or getattr(aggregate, "tenant", None) != tenant
+            or (getattr(aggregate, "erased", False) and not erased)
         ):
             kind = aggregate_type.__name__.lower()
             raise NotFound(

@@ -24,6 +24,8 @@ class Character(Aggregate):
     Renamed: ClassVar[type[DomainEvent]]
     DescriptionChanged: ClassVar[type[DomainEvent]]
     Archived: ClassVar[type[DomainEvent]]
+    Erased: ClassVar[type[DomainEvent]]
+    erased = False
 
     @event("Created")
     def __init__(
@@ -112,3 +114,9 @@ class Character(Aggregate):
     @event("Archived")
     def archive(self, actor: Actor) -> None:
         self.archived = True
+
+    @event("Erased")
+    def erase(self, actor: Actor) -> None:
+        """Its key is destroyed next: none of its events can be read."""
+        self.archived = True
+        self.erased = True

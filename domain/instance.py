@@ -4,7 +4,7 @@ and memory, plus the name index that keeps instance names unique within a tenant
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, DomainEvent, event
@@ -23,6 +23,8 @@ class Instance(Aggregate):
     ReplyRecorded: ClassVar[type[DomainEvent]]
     ReplyFailed: ClassVar[type[DomainEvent]]
     VoiceChanged: ClassVar[type[DomainEvent]]
+    Erased: ClassVar[type[DomainEvent]]
+    erased = False
     # Overrides the character's voice settings field by field; None: the character's as they are.
     voice: dict[str, Any] | None = None
 
@@ -79,6 +81,12 @@ class Instance(Aggregate):
     def change_voice(self, voice: dict[str, Any] | None, actor: Actor) -> None:
         self.voice = voice
 
+    @event("Erased")
+    def erase(self, actor: Actor) -> None:
+        """Its key is destroyed next: none of its events, memories or messages can be read."""
+        self.archived = True
+        self.erased = True
+
     @event("MessageRecorded")
     def record_message(
         self,
@@ -121,6 +129,8 @@ class InstanceName(Aggregate):
     """Index aggregate: its id derives from (tenant, name), so two creations of one name collide
     in the event store and only one can be saved."""
 
+    Registered: ClassVar[type[DomainEvent]]
+
     @staticmethod
     def create_id(tenant: str, key: str) -> UUID:
         return uuid5(_NAMES, f"{tenant}\x00{key}")
@@ -129,15 +139,22 @@ class InstanceName(Aggregate):
     def id_for(cls, tenant: str, name: str) -> UUID:
         return cls.create_id(tenant, name_key(name))
 
+    # `key`, the folded name, is in events recorded before erasure existed; newer ones hold only
+    # the id derived from it (key None), so an erased instance's name is in no event.
     @event("Registered")
-    def __init__(self, tenant: str, key: str, instance_id: UUID | None, actor: Actor) -> None:
+    def __init__(
+        self, tenant: str, key: str | None, instance_id: UUID | None, actor: Actor
+    ) -> None:
         self.tenant = tenant
-        self.key = key
         self.instance_id = instance_id
 
     @classmethod
     def register(cls, tenant: str, name: str, instance_id: UUID, actor: Actor) -> InstanceName:
-        return cls(tenant=tenant, key=name_key(name), instance_id=instance_id, actor=actor)
+        registered = cast(Any, cls.Registered)
+        index_id = cls.id_for(tenant, name)
+        return cls._create(
+            registered, id=index_id, tenant=tenant, key=None, instance_id=instance_id, actor=actor
+        )
 
     @event("Assigned")
     def assign(self, instance_id: UUID | None, actor: Actor) -> None:

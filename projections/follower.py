@@ -14,6 +14,9 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from eventsourcing.application import Application
+from eventsourcing.persistence import Notification
+
+from domain.erasure import Erased, Unreadable
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +65,14 @@ class Follower:
             start=self.position() + 1, limit=self.batch_size
         )
         if notifications:
-            to_domain_event = self.app.mapper.to_domain_event
-            self.model.process([(to_domain_event(n), n.id) for n in notifications])
+            self.model.process([(self._event(n), n.id) for n in notifications])
         return len(notifications)
+
+    def _event(self, notification: Notification) -> Any:
+        try:
+            return self.app.mapper.to_domain_event(notification)
+        except Erased:
+            return Unreadable(notification.originator_id, notification.originator_version)
 
     def catch_up(self) -> None:
         while self.run_once():

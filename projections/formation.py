@@ -129,7 +129,7 @@ class MemoryFormation:
             if position <= start:
                 continue
             kind = type(event)
-            if kind is Instance.Archived:
+            if kind in (Instance.Archived, Instance.Erased):
                 archived.add(event.originator_id)
             elif kind in (Instance.MessageRecorded, Instance.ReplyRecorded):
                 message = _message(event, position)
@@ -175,6 +175,8 @@ class MemoryFormation:
                         f"DELETE FROM {table} WHERE instance_id = %s", (str(instance_id),)
                     )
             self._advance(cursor, position)
+        if archived:
+            self.store.wipe()  # an erased instance's messages must not stay in the log
 
     def _form(self, last: _Message, position: int) -> None:
         instance_id, tenant = last.instance_id, last.tenant

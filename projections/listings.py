@@ -10,6 +10,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -21,6 +22,7 @@ from eventsourcing.sqlite import SQLiteTrackingRecorder
 from psycopg.sql import SQL
 
 from domain import Character, Instance
+from domain.keystore import truncate_wal
 from projections.ranking import fold
 
 _COLUMNS = "kind, id, tenant, parent_id, position, name, description, archived"
@@ -76,6 +78,11 @@ class ListingView(TrackingRecorder, ABC):
         statement = _UPDATE.replace("{column}", column)
         self._write(tracking, statement, {"id": str(aggregate_id), "value": value})
 
+    def remove(self, tracking: Tracking, aggregate_id: UUID) -> None:
+        """Forgets an erased character or instance, leaving nothing of it in the store."""
+        self._write(tracking, "DELETE FROM {table} WHERE id = %(id)s", {"id": str(aggregate_id)})
+        self._wipe()
+
     def select(
         self,
         kind: str,
@@ -120,6 +127,9 @@ class ListingView(TrackingRecorder, ABC):
     @abstractmethod
     def _execute_all(self, statements: list[str], params: dict[str, Any]) -> None: ...
 
+    def _wipe(self) -> None:
+        """Removes what the store keeps of deleted rows beside its tables (SQLite's log)."""
+
 
 _CREATE_TABLE = (
     "CREATE TABLE IF NOT EXISTS {table} (kind TEXT NOT NULL, id TEXT PRIMARY KEY, "
@@ -146,8 +156,13 @@ class SQLiteListingView(SQLiteTrackingRecorder, ListingView):
 
     def _write(self, tracking: Tracking, statement: str, params: dict[str, Any]) -> None:
         with self.datastore.transaction(commit=True) as c:
+            # Renamed and erased text is overwritten, not left in free pages.
+            c.execute("PRAGMA secure_delete=ON")
             c.execute(self._sql(statement), params)
             self._insert_tracking(c, tracking)
+
+    def _wipe(self) -> None:
+        truncate_wal(Path(self.datastore.pool.db_name))
 
     def _read(self, statement: str, params: dict[str, Any]) -> Sequence[Any]:
         with self.datastore.transaction(commit=False) as c:
@@ -247,6 +262,11 @@ class Listings(Projection[ListingView]):
         self.view.update(
             tracking, domain_event.originator_id, "description", domain_event.description
         )
+
+    @process_event.register(Character.Erased)
+    @process_event.register(Instance.Erased)
+    def _(self, domain_event: Any, tracking: Tracking) -> None:
+        self.view.remove(tracking, domain_event.originator_id)
 
     @process_event.register(Character.Archived)
     @process_event.register(Instance.Archived)

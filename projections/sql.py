@@ -16,6 +16,8 @@ from typing import Any, Protocol
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from domain.keystore import truncate_wal
+
 
 class Cursor(Protocol):
     def execute(self, statement: str, params: Sequence[Any] = ...) -> Any: ...
@@ -27,6 +29,7 @@ class Cursor(Protocol):
 class SqlStore(Protocol):
     def transaction(self) -> Any: ...
     def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+    def wipe(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -64,6 +67,8 @@ class SQLiteStore:
             )
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
+            # Deleted text (forgotten, revised, erased) is overwritten, not left in free pages.
+            connection.execute("PRAGMA secure_delete=ON")
             self._local.connection = connection
             with self._lock:
                 self._all.append(connection)
@@ -83,6 +88,10 @@ class SQLiteStore:
 
     def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._connection().execute(statement.replace("%s", "?"), params).fetchall()
+
+    def wipe(self) -> None:
+        """Empties the write-ahead log, which still holds pages from before a deletion."""
+        truncate_wal(self.path)
 
     def close(self) -> None:
         with self._lock:
@@ -110,6 +119,9 @@ class PostgresStore:
     def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self.pool.connection() as connection:
             return connection.execute(statement, params).fetchall()
+
+    def wipe(self) -> None:
+        """Deleted rows stay in their pages until autovacuum reuses them (see README)."""
 
     def close(self) -> None:
         self.pool.close()

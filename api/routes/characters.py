@@ -7,7 +7,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query, Response
 
-from api.deps import AsOf, CurrentCaller, ExpectedVersion, Limit, Svc
+from api.deps import AsOf, CurrentCaller, Erase, ExpectedVersion, Limit, Svc
 from api.pagination import page_of
 from api.schemas import CharacterCreate, CharacterEdit, CharacterOut, Page
 
@@ -71,7 +71,15 @@ def edit_character(
 
 @router.delete("/{character_id}", status_code=204)
 def delete_character(
-    character_id: UUID, caller: CurrentCaller, svc: Svc, expected_version: ExpectedVersion
+    character_id: UUID,
+    caller: CurrentCaller,
+    svc: Svc,
+    expected_version: ExpectedVersion,
+    erase: Erase = False,
 ) -> Response:
-    svc.app.archive_character(caller.tenant, character_id, caller.actor, expected_version)
+    """Archives it; with `erase=true` erases it and every instance made from it for good."""
+    if erase:
+        svc.app.erase_character(caller.tenant, character_id, caller.actor)
+    else:
+        svc.app.archive_character(caller.tenant, character_id, caller.actor, expected_version)
     return Response(status_code=204)

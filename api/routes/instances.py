@@ -8,7 +8,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Response
 
-from api.deps import AsOf, CurrentCaller, ExpectedVersion, Limit, Svc
+from api.deps import AsOf, CurrentCaller, Erase, ExpectedVersion, Limit, Svc
 from api.pagination import page_of
 from api.schemas import InstanceCreate, InstanceEdit, InstanceFork, InstanceOut, Page
 from domain import Keep
@@ -82,9 +82,17 @@ def _voice_change(body: InstanceEdit) -> dict[str, Any] | Keep | None:
 
 @router.delete("/v1/instances/{instance_id}", status_code=204)
 def delete_instance(
-    instance_id: UUID, caller: CurrentCaller, svc: Svc, expected_version: ExpectedVersion
+    instance_id: UUID,
+    caller: CurrentCaller,
+    svc: Svc,
+    expected_version: ExpectedVersion,
+    erase: Erase = False,
 ) -> Response:
-    svc.app.archive_instance(caller.tenant, instance_id, caller.actor, expected_version)
+    """Archives it; with `erase=true` erases it, its memories and messages for good."""
+    if erase:
+        svc.app.erase_instance(caller.tenant, instance_id, caller.actor)
+    else:
+        svc.app.archive_instance(caller.tenant, instance_id, caller.actor, expected_version)
     return Response(status_code=204)
 
 
