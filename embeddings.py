@@ -95,6 +95,8 @@ class _OnnxRunner:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # Idle threads sleep instead of spinning, so a busy machine loses no CPU to them.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             str(folder / model_file), options, providers=["CPUExecutionProvider"]
         )
@@ -233,7 +235,11 @@ def _runner(name: str, backend: Backend, threads: int, cache_dir: Path) -> _Runn
 
 
 class Embedder:
-    """Turns texts into unit vectors; cosine similarity is then a dot product. Thread-safe."""
+    """Turns texts into unit vectors; cosine similarity is then a dot product. Thread-safe.
+
+    One text (a query) runs on `threads` CPU threads, several (the index's batches) on
+    `batch_threads`: a query is too small to share out, a batch is not. On torch, whose threads
+    are one setting per process, both use `threads`."""
 
     def __init__(
         self,
@@ -242,21 +248,25 @@ class Embedder:
         threads: int = 1,
         backend: Backend = "onnx",
         cache_dir: Path | None = None,
+        batch_threads: int | None = None,
     ) -> None:
         self.model_name = model
         self.batch_size = batch_size
         self.threads = threads
+        self.batch_threads = batch_threads or threads
         self.backend: Backend = backend
         self.cache_dir = cache_dir or Path.home() / ".cache" / "alma"
 
-    def load(self) -> _Runner:
+    def load(self, batch: bool = False) -> _Runner:
+        threads = self.batch_threads if batch and self.backend != "torch" else self.threads
         with _loading:
-            return _runner(self.model_name, self.backend, self.threads, self.cache_dir)
+            return _runner(self.model_name, self.backend, threads, self.cache_dir)
 
     def encode(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:
             return []
-        return [vector.tolist() for vector in self.load().encode(texts, self.batch_size)]
+        runner = self.load(batch=len(texts) > 1)
+        return [vector.tolist() for vector in runner.encode(texts, self.batch_size)]
 
     def encode_query(self, text: str) -> list[float]:
         return self.encode([text])[0]

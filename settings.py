@@ -32,7 +32,10 @@ class Settings(BaseSettings):
     embedding_backend: Literal["onnx-int8", "onnx", "torch"] = Field(
         default="onnx", description="how the embedding model runs (see embeddings.py)"
     )
-    embedding_threads: int = Field(default=1, ge=1, le=64, description="CPU threads")
+    embedding_threads: int = Field(default=1, ge=1, le=64, description="CPU threads per query")
+    embedding_batch_threads: int | None = Field(
+        default=None, ge=1, le=64, description="CPU threads per indexing batch; unset = all cores"
+    )
     consistency_wait_s: float = Field(default=5.0, gt=0)
     openai_api_key: SecretStr | None = Field(
         default=None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 
@@ -185,6 +186,7 @@ def build_memory_index(settings: Settings, generation: int | None = None) -> Mem
         Embedder(
             settings.embedding_model,
             threads=settings.embedding_threads,
+            batch_threads=settings.embedding_batch_threads or os.cpu_count(),
             backend=settings.embedding_backend,
             cache_dir=settings.model_cache(),
         ),

@@ -451,42 +451,65 @@ def build_store(services: Services, label: str, instances: int, sizes: Sizes) ->
 
 
 def embedding_rows(services: Services, rounds: int = 4) -> list[Row]:
-    """The model alone on each backend, in alternating blocks so all see the same load: batch
-    encoding (as indexing does) and one query (as search does)."""
+    """The model alone on each backend (and the served one with batches on one thread), in
+    alternating blocks so all see the same load: batch encoding (as indexing does) and one
+    query (as search does)."""
     served = services.memory_index.embedder
-    backends: tuple[Backend, ...] = ("onnx", "onnx-int8", "torch")
+
+    def on(backend: Backend, batch_threads: int) -> Embedder:
+        return Embedder(
+            served.model_name,
+            served.batch_size,
+            served.threads,
+            backend,
+            served.cache_dir,
+            batch_threads,
+        )
+
     embedders = {
-        b: Embedder(served.model_name, served.batch_size, served.threads, b, served.cache_dir)
-        for b in backends
+        f"{served.backend} (served)": served,
+        f"{served.backend}": on(served.backend, 1),
+        **{b: on(b, served.batch_threads) for b in ("onnx", "onnx-int8", "torch")},
+    }
+    embedders = {
+        label: e
+        for label, e in embedders.items()
+        if label == f"{served.backend} (served)"
+        or (e.backend, threads(e)) != (served.backend, threads(served))
     }
     texts = list(memory_texts(256, 5))
     asked = queries(40, 5)
     seconds = dict.fromkeys(embedders, 0.0)
-    latencies: dict[str, list[float]] = {backend: [] for backend in embedders}
-    log(f"embedding: {rounds} rounds of {len(texts)} texts and {len(asked)} queries per backend")
+    latencies: dict[str, list[float]] = {label: [] for label in embedders}
+    log(f"embedding: {rounds} rounds of {len(texts)} texts and {len(asked)} queries per setting")
     for embedder in embedders.values():
         embedder.encode(texts[:8])
     for _ in range(rounds):
-        for backend, embedder in embedders.items():
+        for label, embedder in embedders.items():
             start = time.perf_counter()
             embedder.encode(texts)
-            seconds[backend] += time.perf_counter() - start
+            seconds[label] += time.perf_counter() - start
             for query in asked:
                 start = time.perf_counter()
                 embedder.encode_query(query)
-                latencies[backend].append(time.perf_counter() - start)
+                latencies[label].append(time.perf_counter() - start)
     rows = []
-    for backend in embedders:
-        p50, p95, _ = percentiles_ms(latencies[backend])
-        served_mark = " (served)" if backend == served.backend else ""
+    for label, embedder in embedders.items():
+        p50, p95, _ = percentiles_ms(latencies[label])
         rows.append(
             Row(
-                f"embedding alone, {backend}{served_mark}, {served.threads} thread(s)",
-                f"{rounds * len(texts) / seconds[backend]:.2f} texts/s at batch "
+                f"embedding alone, {label}, threads {threads(embedder)}",
+                f"{rounds * len(texts) / seconds[label]:.2f} texts/s at batch "
                 f"{served.batch_size}; one query p50 {p50:.2f} ms, p95 {p95:.2f} ms",
             )
         )
     return rows
+
+
+def threads(embedder: Embedder) -> str:
+    """CPU threads, 'for a batch/for a query'."""
+    batch = embedder.threads if embedder.backend == "torch" else embedder.batch_threads
+    return f"{batch}/{embedder.threads}"
 
 
 def machine_load() -> str:
