@@ -466,17 +466,12 @@ def embedding_rows(services: Services, rounds: int = 4) -> list[Row]:
             batch_threads,
         )
 
-    embedders = {
-        f"{served.backend} (served)": served,
-        f"{served.backend}": on(served.backend, 1),
-        **{b: on(b, served.batch_threads) for b in ("onnx", "onnx-int8", "torch")},
-    }
-    embedders = {
-        label: e
-        for label, e in embedders.items()
-        if label == f"{served.backend} (served)"
-        or (e.backend, threads(e)) != (served.backend, threads(served))
-    }
+    embedders = {f"{served.backend} (served)": served}
+    if served.batch_threads > 1 and served.backend != "torch":
+        embedders[f"{served.backend}, batches on 1 thread"] = on(served.backend, 1)
+    for backend in ("onnx", "onnx-int8", "torch"):
+        if backend != served.backend:
+            embedders[backend] = on(backend, served.batch_threads)
     texts = list(memory_texts(256, 5))
     asked = queries(40, 5)
     seconds = dict.fromkeys(embedders, 0.0)
