@@ -104,6 +104,7 @@ def test_two_api_processes_and_a_worker_share_one_store(
             assert seen.status_code == 200 and seen.json() == character
         for client in apis:
             listed = client.get("/v1/characters", params={"limit": 500})
+            assert listed.status_code == 200, listed.text
             assert sorted(c["id"] for c in listed.json()["items"]) == sorted(
                 c["id"] for c in characters
             )
