@@ -148,3 +148,26 @@ def test_import_refuses_a_bad_file_and_writes_nothing(settings: Settings, tmp_pa
         assert (services.app.recorder.max_notification_id() or 0) == 0
     finally:
         services.close()
+
+
+def test_export_leaves_erased_instances_out(settings: Settings, tmp_path: Path) -> None:
+    services = build_services(settings)
+    try:
+        app, actor = services.app, Actor("acme", "test", "erase")
+        rosa = app.create_character("acme", {"name": "Rosa", "description": ""}, actor)
+        kept = app.create_instance("acme", rosa.id, "Kept", "", actor)
+        gone = app.create_instance("acme", rosa.id, "Gone", "", actor)
+        app.add_memory("acme", gone.id, "secreto-borrado-123", actor)
+        app.add_memory("acme", kept.id, "recuerdo que queda", actor)
+        app.erase_instance("acme", gone.id, actor)
+    finally:
+        services.close()
+    exported = tmp_path / "acme.jsonl"
+
+    result = alma(settings, "export", "--tenant", "acme", "--output", str(exported))
+
+    assert result.returncode == 0, result.stderr
+    text = exported.read_text(encoding="utf-8")
+    assert "secreto-borrado-123" not in text and "recuerdo que queda" in text
+    ids = {line["id"] for line in _lines(exported)}
+    assert str(gone.id) not in ids and {str(rosa.id), str(kept.id)} <= ids
