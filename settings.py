@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     )
     read_model_wait_s: float = Field(default=2.0, gt=0)
     aggregate_cache_size: int = Field(default=10_000, ge=0)
+    rate_limit: int | None = Field(
+        default=None, ge=1, description="requests a minute per API key, per replica; unset = off"
+    )
+    cors_origins: str | None = Field(
+        default=None, description="comma-separated origins allowed by CORS; unset = CORS off"
+    )
     tts_engine: Literal["gtts", "espeak"] = Field(
         default="gtts",
         description="preferred text-to-speech engine; espeak-ng (offline) answers when it fails",

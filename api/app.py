@@ -23,6 +23,7 @@ from api.routes import (
     openai_compat,
 )
 from api.schemas import ERROR_RESPONSES
+from api.security import install_security
 from api.services import build_services
 from settings import Settings
 
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="alma", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     install_error_handlers(app)
+    install_security(app, settings)
     for module in (characters, instances, events, memories, chat, openai_compat, audio, health):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     # Uploads may carry audio up to its own limit (checked exactly by the route), plus the form.

@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError
+from api.security import RateLimiter
 from api.services import Services
 from domain import Actor
 
@@ -46,6 +47,15 @@ async def _caller(
     key = await run_in_threadpool(services.app.authenticate, credentials.credentials)
     if key is None:
         raise ApiError(401, "unauthorized", "the API key is unknown or revoked")
+    limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
+    wait = limiter.take(str(key.id)) if limiter else None
+    if wait is not None:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"too many requests for this API key; try again in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
     return Caller(key.tenant, str(key.id), request.state.request_id)
 
 

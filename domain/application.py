@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import random
 import threading
 import time
@@ -507,7 +508,11 @@ class Alma(Application[UUID]):
             key: Aggregate = self.repository.get(ApiKey.id_for(secret))
         except AggregateNotFoundError:
             return None
+        # The id already derives from the hash; comparing it too, in constant time, keeps a
+        # lookup that found something else from letting anyone in.
         if not isinstance(key, ApiKey) or key.revoked:
+            return None
+        if not hmac.compare_digest(key.key_hash, hash_secret(secret)):
             return None
         return key
 

@@ -350,3 +350,53 @@ def test_renaming_into_a_name_another_tenant_uses_is_allowed(api: Api, acme: Acm
         api.client.get(f"/v1/instances/{acme.instance_id}", headers=api.acme).json()["name"]
         == "Rosa"
     )
+
+
+# Ids of another tenant inside bodies, OpenAI `model` names, and erasure.
+
+
+def test_a_voice_naming_another_tenants_instance_or_character_is_not_found(
+    api: Api, acme: AcmeWorld
+) -> None:
+    for voice in (acme.instance_id, acme.character_id):
+        response = api.client.post(
+            "/v1/audio/speech", json={"input": "Hola", "voice": voice}, headers=api.rival
+        )
+        assert_error(response, 404, "not_found")
+
+
+def test_a_model_named_after_another_tenants_instance_is_not_found(
+    api: Api, acme: AcmeWorld
+) -> None:
+    before = api.written()
+    for model in (acme.instance_id, "Rosa", "Doña Rosa de Acme/Rosa"):
+        response = api.client.post(
+            "/v1/chat/completions",
+            json={"model": model, "messages": [{"role": "user", "content": "Hola"}]},
+            headers=api.rival,
+        )
+        assert_error(response, 404, "not_found")
+        for secret in acme.secrets:
+            assert secret not in response.text
+    assert api.written() == before
+    assert api.client.get("/v1/models", headers=api.rival).json()["data"] == []
+    listed = api.client.get("/v1/models", headers=api.acme).json()["data"]
+    assert [m["id"] for m in listed] == [acme.instance_id]
+
+
+@pytest.mark.parametrize("kind", ["characters", "instances"])
+def test_another_tenant_cannot_erase_and_an_erased_id_is_not_found(
+    api: Api, acme: AcmeWorld, kind: str
+) -> None:
+    aggregate_id = acme.character_id if kind == "characters" else acme.instance_id
+    path = f"/v1/{kind}/{aggregate_id}"
+    before = api.written()
+    assert_error(api.client.delete(f"{path}?erase=true", headers=api.rival), 404, "not_found")
+    assert api.written() == before
+    assert api.client.get(path, headers=api.acme).status_code == 200
+
+    assert api.client.delete(f"{path}?erase=true", headers=api.acme).status_code == 204
+
+    for headers in (api.acme, api.rival):
+        assert_error(api.client.get(path, headers=headers), 404, "not_found")
+        assert_error(api.client.get(f"{path}/events", headers=headers), 404, "not_found")
