@@ -34,7 +34,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api.services import build_services
-from domain import Actor
+from domain import Actor, Memory
 from settings import Settings
 from tests.openai_stub import Fail, OpenAIStub, Reply
 from tests.test_chroma_server import chroma_server
@@ -286,16 +286,18 @@ def test_a_worker_killed_mid_batch_leaves_an_index_equal_to_the_live_memories(
         app = services.app
         character = app.create_character("acme", {"name": "Rosa", "description": ""}, actor)
         instance = app.create_instance("acme", character.id, "Rosa", "", actor).id
-        live = {}
-        for n in range(600):
-            text = f"Recuerdo número {n}: {uuid.uuid4().hex[:8]}"
-            live[str(app.add_memory("acme", instance, text, actor).id)] = text
+        memories = [
+            Memory.add("acme", instance, f"Recuerdo número {n}: {uuid.uuid4().hex[:8]}", actor)
+            for n in range(3000)
+        ]
+        app.save(*memories)
+        live = {str(memory.id): memory.text for memory in memories}
         written = app.recorder.max_notification_id()
 
         log = tmp_path / "worker.log"
         with running(settings, ["worker"], log) as worker:
-            _until(lambda: "following the event log" in log.read_text(), "the worker to start")
-            time.sleep(1.5)  # into the first batch of 1,000 events: embedding 600 memories
+            # The first batch of 1,000 events committed: the worker is into the second.
+            _until(lambda: services.memory.position() > 0, "the worker's first batch", 120)
             worker.send_signal(signal.SIGKILL)
             worker.wait()
         assert services.memory.position() < written, "the worker finished before the kill"

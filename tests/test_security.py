@@ -3,12 +3,17 @@ constant-time check."""
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from settings import Settings
 from tests.conftest import Api, make_character, make_instance, running_api
+from tests.openai_stub import OpenAIStub, Reply
+from tests.test_faults import serving
 from tests.test_tenancy import ENDPOINTS, AcmeWorld, Endpoint, call
 
 
@@ -97,3 +102,48 @@ def test_a_key_is_checked_against_its_hash_in_constant_time(api: Api) -> None:
     key = app.authenticate(secret)
     assert key is not None and key.tenant == "acme"
     assert app.authenticate(secret[:-1] + ("A" if secret[-1] != "A" else "B")) is None
+
+
+@pytest.mark.slow
+def test_a_running_server_logs_no_key_prompt_or_memory_text(
+    tmp_path: Path, openai_stub: OpenAIStub
+) -> None:
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data")  # type: ignore[call-arg]
+    model_key = "sk-test-secret-model-key-0123456789"
+    env = {
+        "OPENAI_API_KEY": model_key,
+        "OPENAI_BASE_URL": openai_stub.base_url,
+        "ALMA_MEMORY_FORMATION": "true",  # its prompts carry the conversation too
+    }
+    secrets = {
+        "description": "Curandera-secreta-descripcion",
+        "memory text": "Vive-en-la-calle-secreta-7",
+        "snippet": "Su-hermana-secreta-Lucia",
+        "message": "Mi-contraseña-secreta-es-azul",
+        "reply": "Respuesta-secreta-del-modelo",
+    }
+    openai_stub.script(Reply(secrets["reply"]), Reply("[]"))
+    with serving(settings, tmp_path, env) as (http, _):
+        key = http.headers["Authorization"].removeprefix("Bearer ")
+        character = http.post(
+            "/v1/characters", json={"name": "Rosa", "description": secrets["description"]}
+        ).json()["id"]
+        instance = http.post(
+            f"/v1/characters/{character}/instances",
+            json={"name": "Rosa", "memory": secrets["memory text"]},
+        ).json()["id"]
+        memory = http.post(f"/v1/instances/{instance}/memories", json={"text": secrets["snippet"]})
+        assert memory.status_code == 201, memory.text
+        chat = http.post(f"/v1/instances/{instance}/chat", json={"message": secrets["message"]})
+        assert chat.status_code == 200, chat.text
+        assert http.get("/v1/instances/nope").status_code in (404, 422)  # an error logged too
+        deadline = time.monotonic() + 30
+        while len(openai_stub.requests) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)  # the memory process's prompt, sent from its own thread
+        assert len(openai_stub.requests) == 2
+        assert secrets["message"] in json.dumps(openai_stub.requests[1], ensure_ascii=False)
+    (log,) = tmp_path.glob("serve-*.log")
+    logged = log.read_text(encoding="utf-8")
+    assert "POST /v1/instances" in logged or "/v1/instances/{instance_id}" in logged, logged
+    for what, text in {**secrets, "API key": key, "model key": model_key}.items():
+        assert text not in logged, f"the {what} is in the log"
