@@ -76,6 +76,7 @@ from api.services import Services, build_services, rebuild_memory_index  # noqa:
 from domain import Actor, Memory, NewMessage  # noqa: E402
 from embeddings import Backend, Embedder  # noqa: E402
 from projections import Follower, MemoryIndex  # noqa: E402
+from projections.vectors import COLLECTION  # noqa: E402
 from settings import Settings  # noqa: E402
 
 ALMA = ROOT / ".venv" / "bin" / "alma"
@@ -602,7 +603,7 @@ def filtered_rows(
         path=str(folder), settings=ChromaSettings(anonymized_telemetry=False)
     )
     one = client.get_or_create_collection(
-        "all-instances", embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
+        "all-instances", embedding_function=None, configuration=COLLECTION
     )
     log(f"filtered comparison: copying {sizes.memories:,} vectors into one collection")
     batch = client.get_max_batch_size()

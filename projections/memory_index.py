@@ -14,6 +14,7 @@ serving, then switches the pointer and drops N.
 
 from __future__ import annotations
 
+import heapq
 import json
 import re
 from collections import Counter
@@ -650,24 +651,21 @@ class MemoryIndex:
             read += int(n)
         if not weights:
             return []
-        cases = " ".join(["WHEN %s THEN CAST(%s AS DOUBLE PRECISION)"] * len(weights))
+        # The sum is done here, not in SQL: with a GROUP BY, SQLite's planner preferred walking
+        # the postings index by document (every posting of the generation) to the word lookups.
         marks = ", ".join(["%s"] * len(weights))
         rows = self.store.query(
-            f"SELECT p.doc_id, SUM((CASE p.term {cases} END) * p.tf * {_K1 + 1} / (p.tf + "
-            f"{_K1} * (1 - {_B} + {_B} * d.length / CAST(%s AS DOUBLE PRECISION)))) AS score "
-            "FROM memory_postings p JOIN memory_docs d "
+            "SELECT p.doc_id, p.term, p.tf, d.length FROM memory_postings p JOIN memory_docs d "
             "ON d.generation = p.generation AND d.doc_id = p.doc_id "
-            f"WHERE p.generation = %s AND p.instance_id = %s AND p.term IN ({marks}) "
-            "GROUP BY p.doc_id ORDER BY score DESC LIMIT %s",
-            (
-                *[x for pair in weights.items() for x in pair],
-                average,
-                *scope,
-                *weights,
-                CANDIDATES,
-            ),
+            f"WHERE p.generation = %s AND p.instance_id = %s AND p.term IN ({marks})",
+            (*scope, *weights),
         )
-        return [(str(doc_id), float(score)) for doc_id, score in rows]
+        scores: dict[str, float] = {}
+        for doc_id, term, tf, length in rows:
+            norm = _K1 * (1 - _B + _B * int(length) / average)
+            score = weights[term] * tf * (_K1 + 1) / (tf + norm)
+            scores[doc_id] = scores.get(doc_id, 0.0) + score
+        return heapq.nlargest(CANDIDATES, scores.items(), key=lambda pair: pair[1])
 
     # Rebuilding
 

@@ -10,12 +10,21 @@ from uuid import UUID
 
 import chromadb
 from chromadb.api import ClientAPI
+from chromadb.api.collection_configuration import CreateCollectionConfiguration
 from chromadb.config import Settings as ChromaSettings
 from chromadb.errors import NotFoundError
 
 from settings import Settings
 
 PREFIX = "alma-g"
+# Chroma keeps every write in a log it reads from each collection's last persisted point, and
+# purges only what every collection has persisted; by default a collection persists each 1,000
+# vectors, which one instance's collection may take months to reach. Measured with 100
+# collections (10 vectors a write, 16 rounds): by default a write went from 10 to 17 ms and a
+# query took 14.6 ms p50; persisting every 10 vectors kept writes at 8 ms and queries at 2.8 ms.
+COLLECTION: CreateCollectionConfiguration = {
+    "hnsw": {"space": "cosine", "sync_threshold": 10, "batch_size": 10}
+}
 T = TypeVar("T")
 
 
@@ -53,7 +62,7 @@ class VectorIndex:
             return self._handles[name]
         if create:
             collection = self.client.get_or_create_collection(
-                name, embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
+                name, embedding_function=None, configuration=COLLECTION
             )
         else:
             try:
