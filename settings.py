@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     embedding_backend: Literal["onnx-int8", "onnx", "torch"] = Field(
         default="onnx", description="how the embedding model runs (see embeddings.py)"
     )
+    # Each memory-index batch writes once to every instance's collection it touches, and a Chroma
+    # write costs 10-20 ms however small (bench/memory.py): big batches keep indexing fast when
+    # writes spread over many instances; a quiet log still gives small ones.
+    index_batch_size: int = Field(default=5000, ge=1, le=100_000, description="events per batch")
     embedding_threads: int = Field(default=1, ge=1, le=64, description="CPU threads per query")
     embedding_batch_threads: int | None = Field(
         default=None, ge=1, le=64, description="CPU threads per indexing batch; unset = all cores"

@@ -154,7 +154,7 @@ def build_services(settings: Settings) -> Services:
         settings=settings,
         app=app,
         listings=Follower(app, _listings(settings)),
-        memory=Follower(app, build_memory_index(settings), batch_size=INDEX_BATCH),
+        memory=Follower(app, build_memory_index(settings), batch_size=settings.index_batch_size),
     )
     env = settings.event_store_env("events")
     if "POSTGRES_HOST" in env:
@@ -171,12 +171,6 @@ def build_services(settings: Settings) -> Services:
         )
         services.formation = Follower(app, formation)
     return services
-
-
-# Events per memory-index batch. Each batch writes once to every instance's collection it touches,
-# and a Chroma write costs ~10 ms however small (measured: bench/memory.py), so big batches keep
-# indexing fast when writes spread over many instances; a quiet log still gives small batches.
-INDEX_BATCH = 1000
 
 
 def build_memory_index(settings: Settings, generation: int | None = None) -> MemoryIndex:
@@ -201,7 +195,7 @@ def rebuild_memory_index(services: Services) -> int:
     generation = max([serving.generation, *serving.generations()]) + 1
     builder = build_memory_index(services.settings, generation)
     try:
-        Follower(services.app, builder, batch_size=INDEX_BATCH).catch_up()
+        Follower(services.app, builder, batch_size=services.settings.index_batch_size).catch_up()
         previous = serving.switch_to(generation)
     finally:
         builder.close()

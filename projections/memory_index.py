@@ -48,7 +48,8 @@ CANDIDATES = 50
 _K1, _B = 1.2, 0.75
 # BM25 reads the postings of the query's rarest words up to this many rows: the common words
 # left out weigh little (low IDF), and a search stays fast in an instance of 100,000 sources.
-POSTINGS_BUDGET = 5_000
+POSTINGS_BUDGET = 2_000
+_IN_LIST = 500  # ids per DELETE ... IN (...)
 _ADD_STATS = (
     "INSERT INTO memory_stats (generation, instance_id, documents, length) "
     "VALUES (%s, %s, %s, %s) ON CONFLICT (generation, instance_id) DO UPDATE SET "
@@ -155,6 +156,7 @@ class _Batch:
     docs: dict[str, Doc] = field(default_factory=dict)
     gone: dict[str, UUID] = field(default_factory=dict)  # doc id -> its instance
     texts: dict[UUID, str | None] = field(default_factory=dict)
+    stored_texts: dict[UUID, str | None] = field(default_factory=dict)  # read from SQL
     dropped: set[UUID] = field(default_factory=set)
     erased: set[UUID] = field(default_factory=set)  # dropped, and their audit too
     audit: list[AuditEntry] = field(default_factory=list)
@@ -306,7 +308,8 @@ class MemoryIndex:
                 plan.remove(doc.doc_id, instance_id)
         elif kind in (Memory.Added, Memory.Revised):
             doc_id = str(event.originator_id)
-            old_doc = self._doc(generation, plan, doc_id)
+            # An added memory is new: a batch is redelivered only if its SQL was not committed.
+            old_doc = None if kind is Memory.Added else self._doc(generation, plan, doc_id)
             if kind is Memory.Added:
                 instance_id, created = event.instance_id, event.timestamp
             elif old_doc is not None:
@@ -385,11 +388,13 @@ class MemoryIndex:
         """The instance's memory text; None once deleted, and before it exists."""
         if instance_id in plan.texts:
             return plan.texts[instance_id]
-        rows = self.store.query(
-            "SELECT text FROM memory_texts WHERE generation = %s AND instance_id = %s",
-            (generation, str(instance_id)),
-        )
-        return str(rows[0][0]) if rows else None
+        if instance_id not in plan.stored_texts:
+            rows = self.store.query(
+                "SELECT text FROM memory_texts WHERE generation = %s AND instance_id = %s",
+                (generation, str(instance_id)),
+            )
+            plan.stored_texts[instance_id] = str(rows[0][0]) if rows else None
+        return plan.stored_texts[instance_id]
 
     def _doc(self, generation: int, plan: _Batch, doc_id: str) -> Doc | None:
         if doc_id in plan.docs or doc_id in plan.gone:
@@ -455,23 +460,26 @@ class MemoryIndex:
         documents: Counter[str] = Counter()  # instance -> change in documents
         lengths: Counter[str] = Counter()  # instance -> change in total length
         holding: Counter[tuple[str, str]] = Counter()  # (instance, word) -> change in documents
-        for doc_id in [*plan.gone, *plan.docs]:
-            scope = (generation, doc_id)
+        replaced = [*plan.gone, *plan.docs]
+        for start in range(0, len(replaced), _IN_LIST):
+            ids = replaced[start : start + _IN_LIST]
+            marks = ", ".join(["%s"] * len(ids))
             cursor.execute(
-                "DELETE FROM memory_docs WHERE generation = %s AND doc_id = %s "
+                f"DELETE FROM memory_docs WHERE generation = %s AND doc_id IN ({marks}) "
                 "RETURNING instance_id, length",
-                scope,
+                (generation, *ids),
             )
             for instance_id, length in cursor.fetchall():
                 documents[instance_id] -= 1
                 lengths[instance_id] -= int(length)
             cursor.execute(
-                "DELETE FROM memory_postings WHERE generation = %s AND doc_id = %s "
+                f"DELETE FROM memory_postings WHERE generation = %s AND doc_id IN ({marks}) "
                 "RETURNING instance_id, term",
-                scope,
+                (generation, *ids),
             )
             for instance_id, term in cursor.fetchall():
                 holding[instance_id, term] -= 1
+        rows, postings = [], []
         for doc_id, doc in plan.docs.items():
             if doc.instance_id in plan.dropped:
                 continue
@@ -480,15 +488,12 @@ class MemoryIndex:
             documents[instance] += 1
             lengths[instance] += sum(counts.values())
             holding.update({(instance, term): 1 for term in counts})
-            cursor.execute(
-                "INSERT INTO memory_docs (generation, doc_id, tenant, instance_id, kind, text, "
-                "metadata, importance, occurred_at, position, length) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            rows.append(
                 (
                     generation,
                     doc_id,
                     doc.tenant,
-                    str(doc.instance_id),
+                    instance,
                     doc.kind,
                     doc.text,
                     json.dumps(doc.metadata, ensure_ascii=False),
@@ -496,13 +501,20 @@ class MemoryIndex:
                     doc.occurred_at.isoformat(),
                     doc.position,
                     sum(counts.values()),
-                ),
+                )
             )
-            cursor.executemany(
-                "INSERT INTO memory_postings (generation, instance_id, term, doc_id, tf) "
-                "VALUES (%s, %s, %s, %s, %s)",
-                [(generation, str(doc.instance_id), t, doc_id, n) for t, n in counts.items()],
-            )
+            postings += [(generation, instance, t, doc_id, n) for t, n in counts.items()]
+        cursor.executemany(
+            "INSERT INTO memory_docs (generation, doc_id, tenant, instance_id, kind, text, "
+            "metadata, importance, occurred_at, position, length) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            rows,
+        )
+        cursor.executemany(
+            "INSERT INTO memory_postings (generation, instance_id, term, doc_id, tf) "
+            "VALUES (%s, %s, %s, %s, %s)",
+            postings,
+        )
         for instance_id, text in plan.texts.items():
             if text is not None:
                 cursor.execute(

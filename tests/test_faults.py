@@ -295,7 +295,7 @@ def test_a_worker_killed_mid_batch_leaves_an_index_equal_to_the_live_memories(
         written = app.recorder.max_notification_id()
 
         log = tmp_path / "worker.log"
-        with running(settings, ["worker"], log) as worker:
+        with running(settings, ["worker"], log, {"ALMA_INDEX_BATCH_SIZE": "1000"}) as worker:
             # The first batch of 1,000 events committed: the worker is into the second.
             _until(lambda: services.memory.position() > 0, "the worker's first batch", 120)
             worker.send_signal(signal.SIGKILL)
