@@ -237,9 +237,10 @@ def _runner(name: str, backend: Backend, threads: int, cache_dir: Path) -> _Runn
 class Embedder:
     """Turns texts into unit vectors; cosine similarity is then a dot product. Thread-safe.
 
-    One text (a query) runs on `threads` CPU threads, several (the index's batches) on
-    `batch_threads`: a query is too small to share out, a batch is not. On torch, whose threads
-    are one setting per process, both use `threads`."""
+    A few texts (a query, one chat turn's messages) run on `threads` CPU threads, a full batch
+    (the index catching up) on `batch_threads`: a few texts gain nothing from sharing out and
+    would take a core from the requests beside them. On torch, whose threads are one setting
+    per process, both use `threads`."""
 
     def __init__(
         self,
@@ -265,7 +266,7 @@ class Embedder:
     def encode(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:
             return []
-        runner = self.load(batch=len(texts) > 1)
+        runner = self.load(batch=len(texts) >= self.batch_size)
         return [vector.tolist() for vector in runner.encode(texts, self.batch_size)]
 
     def encode_query(self, text: str) -> list[float]:

@@ -179,7 +179,7 @@ def main() -> None:
     load = os.getloadavg()
     print(
         f"alma speech benchmark: {os.cpu_count()} CPUs, load average {load[0]:.2f} at start; "
-        f"STT workers {settings.stt_workers}, threads {settings.stt_threads}, "
+        f"STT workers {settings.transcription_workers()}, threads {settings.stt_threads}, "
         f"beam {settings.stt_beam_size}"
     )
     cache = settings.model_cache() / "speech"

@@ -29,7 +29,7 @@ class Speech:
             transcriber=Transcriber(
                 settings.stt_model,
                 settings.model_cache() / "speech",
-                workers=settings.stt_workers,
+                workers=settings.transcription_workers(),
                 threads=settings.stt_threads,
                 beam_size=settings.stt_beam_size,
                 max_pending=settings.stt_max_pending,
