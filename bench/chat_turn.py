@@ -18,8 +18,9 @@ it all (several minutes at the full size).
    wrapped in a timing proxy, so the model call (the SDK, HTTP to the stub, the stub) is timed
    from inside and subtracted. Two passes: with the projections stopped (alma's own work
    alone); with them running in their threads as in `alma serve` (each turn's messages are
-   embedded while the turn goes on; between turns the bench waits until the index has caught
-   up, as a user reads the reply before writing again). Breakdown per step, p50/p95: load
+   embedded while the turn goes on; between turns the bench waits until the index and the
+   memory formation (on, as with any remote model) have caught up, as a user reads the reply
+   before writing again). Breakdown per step, p50/p95: load
    (instance and character), retrieval (recent messages and the hybrid search) and, inside it,
    the query embedding; assembly (the rest of `prepare`: persona, tiktoken counting, the
    budget); recording (the message and the reply events); and the model call for reference.
@@ -483,8 +484,11 @@ def run_turns(
                 for step in STEPS:
                     times.steps[step].append(steps[step])
                 times.memories.append(len(result.memories_used))
-            if wait:  # the user reads the reply: the index catches up before the next message
-                services.memory.wait(services.app.recorder.max_notification_id() or 0, 30.0)
+            if wait:  # the user reads the reply: the projections catch up before the next message
+                written = services.app.recorder.max_notification_id() or 0
+                for follower in (services.memory, services.formation):
+                    if follower is not None:
+                        follower.wait(written, 30.0)
     finally:
         index.embedder = embedder
     return times
