@@ -479,7 +479,7 @@ def embedding_rows(services: Services, rounds: int = 4) -> list[Row]:
     latencies: dict[str, list[float]] = {label: [] for label in embedders}
     log(f"embedding: {rounds} rounds of {len(texts)} texts and {len(asked)} queries per setting")
     for embedder in embedders.values():
-        embedder.encode(texts[:8])
+        embedder.encode(texts[: embedder.batch_size])  # a full batch: both thread pools
     for _ in range(rounds):
         for label, embedder in embedders.items():
             start = time.perf_counter()
