@@ -103,7 +103,11 @@ class Services:
         The embedding model is loaded first, so the index does not start out lagging."""
         self.memory_index.embedder.load()
         for follower in self.followers:
-            self.app.listeners.append(follower.wake)
+            # Writes wake the other projections at once. The memory index waits for its next
+            # poll (<= 0.2 s) or a reader that waits for it: woken at once, it embedded a chat
+            # turn's messages while the turn was still recording (bench/chat_turn.py).
+            if follower is not self.memory:
+                self.app.listeners.append(follower.wake)
             follower.start()
 
     def close(self) -> None:
