@@ -4,8 +4,8 @@ A model is named as sentence-transformers names it (the packaged MiniLM by defau
 or folder). Three backends run it:
 
 - "onnx" (default): the model exported once to ONNX and run with onnxruntime. The same vectors as
-  torch (cosine 0.9999), about twice as fast, and later loads need neither torch nor
-  sentence-transformers (faster start, less memory).
+  torch (cosine 0.9999), ~2.5x its speed on one thread (bench/memory.py), and later loads
+  need neither torch nor sentence-transformers (faster start, less memory).
 - "onnx-int8": that export with its weights quantized to int8 per channel: about twice as fast
   again, but vectors drift (cosine 0.97-0.99 of torch's, worst on one-word texts) and recall@5 on
   our data set fell from 0.647 to 0.618 (bench/recall.py). A choice for throughput over quality.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -34,12 +35,11 @@ def serve(settings: Settings, host: str, port: int) -> None:
 
     app = open_app(settings)
     try:
-        if app.has_keys():
-            pass
-        elif not is_loopback(host):
+        keyless = not app.has_keys()
+        if keyless and not is_loopback(host):
             # Scaled-out replicas would each make one, and their logs are no place for secrets.
             print("No API keys yet: create one with `alma keys create --tenant NAME`.", flush=True)
-        else:
+        elif keyless:
             _, secret = app.issue_key("default", _cli_actor("default"))
             print(
                 "No API keys yet: created one for tenant 'default'. It is shown only now:\n"
@@ -63,9 +63,8 @@ def worker(settings: Settings) -> None:
     names = ", ".join(f.name for f in services.followers)
     print(f"following the event log: {names}", flush=True)
     try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
     finally:
         services.close()
 

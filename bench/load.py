@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import socket
@@ -239,11 +240,9 @@ def _wait_until_up(base: str, server: subprocess.Popen[bytes]) -> None:
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise SystemExit(f"alma serve exited with {server.returncode}")
-        try:
+        with contextlib.suppress(httpx.TransportError):
             if httpx.get(f"{base}/health", timeout=2).status_code == 200:
                 return
-        except httpx.TransportError:
-            pass
         time.sleep(0.2)
     raise SystemExit("alma serve did not come up within 120 s")
 

@@ -101,7 +101,7 @@ class MemoryKeys(KeyStore):
         return [scope for scope, (p, _) in self._rows.items() if p == parent]
 
     def close(self) -> None:
-        pass
+        """Nothing to release: the keys live in this object."""
 
     def _select(self, scope: UUID) -> object:
         row = self._rows.get(scope)
@@ -114,7 +114,7 @@ class MemoryKeys(KeyStore):
         self._rows[scope] = (self._rows.get(scope, (None, None))[0], None)
 
     def _wipe(self) -> None:
-        pass
+        """Nothing to wipe: a tombstone replaced the key in memory, and no file holds it."""
 
 
 class SQLiteKeys(KeyStore):
