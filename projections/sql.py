@@ -27,7 +27,10 @@ class Cursor(Protocol):
 
 
 class SqlStore(Protocol):
+    dialect: str  # "sqlite" or "postgresql", for the few statements that differ
+
     def transaction(self) -> Any: ...
+    def has_table(self, name: str) -> bool: ...
     def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
     def wipe(self) -> None: ...
     def close(self) -> None: ...
@@ -52,6 +55,8 @@ class _SQLiteCursor:
 
 class SQLiteStore:
     """One connection per thread on one file, in WAL mode so readers never wait for writers."""
+
+    dialect = "sqlite"
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -89,6 +94,10 @@ class SQLiteStore:
     def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._connection().execute(statement.replace("%s", "?"), params).fetchall()
 
+    def has_table(self, name: str) -> bool:
+        rows = self.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+        return bool(rows)
+
     def wipe(self) -> None:
         """Empties the write-ahead log, which still holds pages from before a deletion."""
         truncate_wal(self.path)
@@ -101,6 +110,8 @@ class SQLiteStore:
 
 
 class PostgresStore:
+    dialect = "postgresql"
+
     def __init__(self, conninfo: str, schema: str, max_size: int = 5) -> None:
         self.pool = ConnectionPool(
             conninfo,
@@ -119,6 +130,9 @@ class PostgresStore:
     def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self.pool.connection() as connection:
             return connection.execute(statement, params).fetchall()
+
+    def has_table(self, name: str) -> bool:
+        return self.query("SELECT to_regclass(%s) IS NOT NULL", (name,))[0][0] is True
 
     def wipe(self) -> None:
         """Deleted rows stay in their pages until autovacuum reuses them (see README)."""

@@ -124,7 +124,7 @@ def assert_bm25_statistics_are_exact(index: MemoryIndex) -> None:
         (generation,),
     )
     counted = index.store.query(
-        "SELECT instance_id, term, COUNT(*) FROM memory_postings WHERE generation = %s "
+        "SELECT instance_id, term, COUNT(*) FROM memory_words WHERE generation = %s "
         "GROUP BY instance_id, term",
         (generation,),
     )
@@ -243,6 +243,35 @@ def test_an_index_from_before_the_bm25_statistics_gets_them_counted_when_opened(
     try:
         assert_bm25_statistics_are_exact(reopened)
         assert [h.doc.text for h in reopened.search(world.instances[0], "perro")] == hits
+    finally:
+        reopened.close()
+
+
+def test_an_index_from_before_memory_words_gets_its_postings_moved_when_opened(
+    services: Services, world: Model
+) -> None:
+    apply(services, world, [("add", 0, "gato negro y perro"), ("message", 0, "el perro ladra")])
+    services.memory.catch_up()
+    hits = [
+        (h.doc.text, h.score) for h in services.memory_index.search(world.instances[0], "perro")
+    ]
+    with services.memory_index.store.transaction() as cursor:  # the layout before this version
+        cursor.execute(
+            "CREATE TABLE memory_postings (generation INTEGER NOT NULL, instance_id TEXT NOT NULL, "
+            "term TEXT NOT NULL, doc_id TEXT NOT NULL, tf INTEGER NOT NULL, "
+            "PRIMARY KEY (generation, instance_id, term, doc_id))"
+        )
+        cursor.execute(
+            "INSERT INTO memory_postings SELECT generation, instance_id, term, doc_id, tf "
+            "FROM memory_words"
+        )
+        cursor.execute("DROP TABLE memory_words")
+
+    reopened = build_memory_index(services.settings)
+    try:
+        assert not reopened.store.has_table("memory_postings")
+        assert_bm25_statistics_are_exact(reopened)
+        assert [(h.doc.text, h.score) for h in reopened.search(world.instances[0], "perro")] == hits
     finally:
         reopened.close()
 
