@@ -73,6 +73,7 @@ from chromadb.api.shared_system_client import SharedSystemClient
 from pydantic import SecretStr
 
 from api.services import Services, build_services
+from chat.extraction import FACTS_INSTRUCTION
 from chat.model import Completion, Messages, ModelClient
 from chat.turns import Chat
 from domain import Actor, Alma, Character, Instance, Memory
@@ -558,6 +559,15 @@ def user_message(body: dict[str, Any]) -> str:
     return str(messages[-1].get("content", "")) if messages else ""
 
 
+def system_message(body: dict[str, Any]) -> str:
+    messages = body.get("messages") or []
+    return str(messages[0].get("content", "")) if messages else ""
+
+
+FACTS_ASKED = FACTS_INSTRUCTION.split("{name}", 1)[0]
+NOTHING_TO_REMEMBER = Reply("[]")
+
+
 class TimingStub(OpenAIStub):
     """The stub, noting (by the user message) when a request arrived and when the first word
     of a streamed reply was written and flushed."""
@@ -580,6 +590,8 @@ class TimingStub(OpenAIStub):
 
     def _next(self, body: dict[str, Any], headers: dict[str, str]) -> Any:
         self.arrived[user_message(body)] = time.perf_counter()
+        if system_message(body).startswith(FACTS_ASKED):
+            return NOTHING_TO_REMEMBER  # memory formation: a valid answer, so it runs to the end
         return self.default  # nothing is kept: the benchmark sends tens of thousands
 
 
