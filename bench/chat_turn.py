@@ -50,7 +50,6 @@ import contextlib
 import os
 import platform
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -73,6 +72,7 @@ from chromadb.api.shared_system_client import SharedSystemClient
 from pydantic import SecretStr
 
 from api.services import Services, build_services
+from bench.report import Row, checked, free_port, log, machine_load, percentiles_ms, print_table
 from chat.extraction import FACTS_INSTRUCTION
 from chat.model import Completion, Messages, ModelClient
 from chat.turns import Chat
@@ -135,28 +135,6 @@ QUICK = Sizes(
     probes=50,
     seconds=10.0,
 )
-
-
-@dataclass(frozen=True)
-class Row:
-    measure: str
-    value: str
-    target: str = ""
-    verdict: str = ""
-
-
-def log(message: str) -> None:
-    print(f"  .. {message}", file=sys.stderr, flush=True)
-
-
-def checked(ok: bool) -> str:
-    return "ok" if ok else "MISSED"
-
-
-def percentiles_ms(seconds: Sequence[float]) -> tuple[float, float, float]:
-    """p50, p95, p99 in milliseconds."""
-    cuts = statistics.quantiles(seconds, n=100, method="inclusive")
-    return cuts[49] * 1000, cuts[94] * 1000, cuts[98] * 1000
 
 
 def spread(seconds: Sequence[float]) -> str:
@@ -538,19 +516,6 @@ def overhead_rows(services: Services, world: World, sizes: Sizes) -> list[Row]:
     return rows
 
 
-def machine_load() -> str:
-    """Load average and CPU pressure: read every figure against the load the machine was
-    under (the benchmark's own threads included)."""
-    one, five, _ = os.getloadavg()
-    pressure = "n/a"
-    with contextlib.suppress(OSError, KeyError, ValueError):
-        for line in Path("/proc/pressure/cpu").read_text().splitlines():
-            if line.startswith("some"):
-                fields = dict(field.split("=") for field in line.split()[1:])
-                pressure = f"{float(fields['avg60']):.2f} % over 60 s"
-    return f"load average {one:.2f} (1 min), {five:.2f} (5 min); CPU pressure {pressure}"
-
-
 # The model server: the stub, noting when each request came and when its first token left
 
 
@@ -616,13 +581,6 @@ class _TimingHandler(_Handler):
 
 
 # Through HTTP: `alma serve` in a subprocess
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager
@@ -797,20 +755,7 @@ def concurrency_rows(base_url: str, world: World, sizes: Sizes) -> list[Row]:
     ]
 
 
-# Report
-
-
-def print_table(title: str, rows: list[Row]) -> None:
-    widths = [max(len(getattr(row, field)) for row in rows) for field in ("measure", "value")]
-    target_width = max(len(row.target) for row in rows)
-    print(f"\n== {title} ==")
-    for row in rows:
-        line = (
-            f"{row.measure:<{widths[0]}}  {row.value:<{widths[1]}}  "
-            f"{row.target:<{target_width}}  {row.verdict}"
-        )
-        print(line.rstrip())
-    sys.stdout.flush()
+# Command line
 
 
 def parse_args() -> argparse.Namespace:

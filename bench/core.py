@@ -50,6 +50,9 @@ import psycopg
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.report import Row, checked, free_port, log, percentiles_ms, print_table
 from domain import Actor, Alma, Instance
 from settings import Settings
 
@@ -83,24 +86,8 @@ QUICK = Sizes(
 )
 
 
-@dataclass(frozen=True)
-class Row:
-    measure: str
-    value: str
-    target: str = ""
-    verdict: str = ""
-
-
-def log(message: str) -> None:
-    print(f"  .. {message}", file=sys.stderr, flush=True)
-
-
 def memory_text(i: int) -> str:
     return f"#{i} {FILLER}"
-
-
-def checked(ok: bool) -> str:
-    return "ok" if ok else "MISSED"
 
 
 # Stores
@@ -258,13 +245,6 @@ def api_unavailable() -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def wait_until_listening(server: subprocess.Popen[bytes], port: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -344,7 +324,7 @@ def drive_http(base_url: str, secret: str, targets: list[UUID], requests: int) -
     elapsed = time.perf_counter() - start
     if failures:
         log(f"HTTP: {len(failures)} failed requests, first: {failures[0]}")
-    p50, p95 = percentiles_ms(latencies)
+    p50, p95, _ = percentiles_ms(latencies)
     return HttpResult(len(latencies) / elapsed, p50, p95, len(failures))
 
 
@@ -373,11 +353,6 @@ def http_rows(settings: Settings, sizes: Sizes, raw: float) -> list[Row]:
 # 4. Load latency
 
 
-def percentiles_ms(seconds: list[float]) -> tuple[float, float]:
-    cuts = statistics.quantiles(seconds, n=100, method="inclusive")
-    return cuts[49] * 1000, cuts[94] * 1000
-
-
 def grow(app: Alma, instance_id: UUID, history: int) -> None:
     """Append memory edits until the instance has `history` events, saving in batches (the
     application still snapshots every event whose version is a multiple of the interval)."""
@@ -397,7 +372,8 @@ def latency_ms(load: Callable[[], Any], samples: int) -> tuple[float, float]:
         start = time.perf_counter()
         load()
         timings.append(time.perf_counter() - start)
-    return percentiles_ms(timings)
+    p50, p95, _ = percentiles_ms(timings)
+    return p50, p95
 
 
 def latency_row(label: str, load: Callable[[], Any], target_ms: float, samples: int) -> Row:
@@ -447,19 +423,6 @@ def load_rows(app: Alma, sizes: Sizes) -> list[Row]:
 
 
 # Report
-
-
-def print_table(title: str, rows: list[Row]) -> None:
-    widths = [max(len(getattr(row, field)) for row in rows) for field in ("measure", "value")]
-    target_width = max(len(row.target) for row in rows)
-    print(f"\n== {title} ==")
-    for row in rows:
-        line = (
-            f"{row.measure:<{widths[0]}}  {row.value:<{widths[1]}}  "
-            f"{row.target:<{target_width}}  {row.verdict}"
-        )
-        print(line.rstrip())
-    sys.stdout.flush()
 
 
 def run_store(title: str, settings: Settings, sizes: Sizes) -> None:

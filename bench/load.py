@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.report import free_port
 from tests.openai_stub import OpenAIStub
 
 ALMA = str(Path(sys.executable).parent / "alma")
@@ -56,12 +56,6 @@ WORDS = [
     "faro",
     "viento",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _sentence() -> str:
@@ -213,7 +207,7 @@ def main() -> int:
                 check=True,
             )
             key = made.stdout.strip()
-            port = _free_port()
+            port = free_port()
             base = f"http://127.0.0.1:{port}"
             with (folder / "serve.log").open("w") as log:
                 server = subprocess.Popen(

@@ -46,8 +46,6 @@ import os
 import platform
 import random
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -74,6 +72,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench")]
 
 from api.services import Services, build_services, rebuild_memory_index  # noqa: E402
+from bench.report import (  # noqa: E402
+    Row,
+    checked,
+    free_port,
+    log,
+    machine_load,
+    p50_ms,
+    percentiles_ms,
+    print_table,
+)
 from domain import Actor, Memory, NewMessage  # noqa: E402
 from embeddings import Backend, Embedder  # noqa: E402
 from projections import Follower, MemoryIndex  # noqa: E402
@@ -112,32 +120,6 @@ FULL = Sizes(
     memories=100_000, instances=100, queries=200, lag_seconds=30, rate=50, http_queries=100
 )
 QUICK = Sizes(memories=10_000, instances=100, queries=200, lag_seconds=10, rate=50, http_queries=50)
-
-
-@dataclass(frozen=True)
-class Row:
-    measure: str
-    value: str
-    target: str = ""
-    verdict: str = ""
-
-
-def log(message: str) -> None:
-    print(f"  .. {message}", file=sys.stderr, flush=True)
-
-
-def checked(ok: bool) -> str:
-    return "ok" if ok else "MISSED"
-
-
-def percentiles_ms(seconds: list[float]) -> tuple[float, float, float]:
-    """p50, p95, p99 in milliseconds."""
-    cuts = statistics.quantiles(seconds, n=100, method="inclusive")
-    return cuts[49] * 1000, cuts[94] * 1000, cuts[98] * 1000
-
-
-def p50_ms(seconds: list[float]) -> float:
-    return statistics.median(seconds) * 1000
 
 
 # Realistic texts: templates and word lists in Spanish and English
@@ -509,20 +491,6 @@ def threads(embedder: Embedder) -> str:
     return f"{batch}/{embedder.threads}"
 
 
-def machine_load() -> str:
-    """Load average and CPU pressure (the share of time some task waited for a CPU, this
-    benchmark's own threads included): the embedding is CPU-bound, so read every figure
-    against the load the machine was under."""
-    one, five, _ = os.getloadavg()
-    pressure = "n/a"
-    with contextlib.suppress(OSError, KeyError, ValueError):
-        for line in Path("/proc/pressure/cpu").read_text().splitlines():
-            if line.startswith("some"):
-                fields = dict(field.split("=") for field in line.split()[1:])
-                pressure = f"{float(fields['avg60']):.2f} % over 60 s"
-    return f"load average {one:.2f} (1 min), {five:.2f} (5 min); CPU pressure {pressure}"
-
-
 # 2. Search latency
 
 
@@ -813,13 +781,6 @@ def rebuild_rows(services: Services, instance_ids: list[UUID], sizes: Sizes) -> 
 # 5. A real `alma serve`
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def alma_env(folder: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALMA_")}
     env["ALMA_DATA_DIR"] = str(folder)
@@ -919,20 +880,7 @@ def serve_rows(folder: Path, instance_ids: list[UUID], sizes: Sizes) -> list[Row
     ]
 
 
-# Report
-
-
-def print_table(title: str, rows: list[Row]) -> None:
-    widths = [max(len(getattr(row, field)) for row in rows) for field in ("measure", "value")]
-    target_width = max(len(row.target) for row in rows)
-    print(f"\n== {title} ==")
-    for row in rows:
-        line = (
-            f"{row.measure:<{widths[0]}}  {row.value:<{widths[1]}}  "
-            f"{row.target:<{target_width}}  {row.verdict}"
-        )
-        print(line.rstrip())
-    sys.stdout.flush()
+# Command line
 
 
 def parse_args() -> argparse.Namespace:
