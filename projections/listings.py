@@ -79,9 +79,13 @@ class ListingView(TrackingRecorder, ABC):
         self._write(tracking, statement, {"id": str(aggregate_id), "value": value})
 
     def remove(self, tracking: Tracking, aggregate_id: UUID) -> None:
-        """Forgets an erased character or instance, leaving nothing of it in the store."""
-        self._write(tracking, "DELETE FROM {table} WHERE id = %(id)s", {"id": str(aggregate_id)})
+        """Forgets an erased character or instance, leaving nothing of it in the store. The
+        store's log is wiped before the tracking record says the event is done, so whoever
+        waits for the erasure finds no trace; a crash in between replays the event harmlessly."""
+        delete, params = "DELETE FROM {table} WHERE id = %(id)s", {"id": str(aggregate_id)}
+        self._write(None, delete, params)
         self._wipe()
+        self._write(tracking, delete, params)
 
     def select(
         self,
@@ -119,7 +123,8 @@ class ListingView(TrackingRecorder, ABC):
     def close(self) -> None: ...
 
     @abstractmethod
-    def _write(self, tracking: Tracking, statement: str, params: dict[str, Any]) -> None: ...
+    def _write(self, tracking: Tracking | None, statement: str, params: dict[str, Any]) -> None:
+        """Runs `statement` and records `tracking` (when given) in one transaction."""
 
     @abstractmethod
     def _read(self, statement: str, params: dict[str, Any]) -> Sequence[Any]: ...
@@ -154,12 +159,13 @@ class SQLiteListingView(SQLiteTrackingRecorder, ListingView):
         statement = statement.replace("{table}", self.table).replace("{tracking}", "tracking")
         return re.sub(r"%\((\w+)\)s", r":\1", statement)
 
-    def _write(self, tracking: Tracking, statement: str, params: dict[str, Any]) -> None:
+    def _write(self, tracking: Tracking | None, statement: str, params: dict[str, Any]) -> None:
         with self.datastore.transaction(commit=True) as c:
             # Renamed and erased text is overwritten, not left in free pages.
             c.execute("PRAGMA secure_delete=ON")
             c.execute(self._sql(statement), params)
-            self._insert_tracking(c, tracking)
+            if tracking is not None:
+                self._insert_tracking(c, tracking)
 
     def _wipe(self) -> None:
         truncate_wal(Path(self.datastore.pool.db_name))
@@ -194,10 +200,11 @@ class PostgresListingView(PostgresTrackingRecorder, ListingView):
             "{tracking}", f'{schema}."{self.tracking_table_name}"'
         )
 
-    def _write(self, tracking: Tracking, statement: str, params: dict[str, Any]) -> None:
+    def _write(self, tracking: Tracking | None, statement: str, params: dict[str, Any]) -> None:
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(self._sql(statement), params)
-            self._insert_tracking(curs, tracking)
+            if tracking is not None:
+                self._insert_tracking(curs, tracking)
 
     def _read(self, statement: str, params: dict[str, Any]) -> Sequence[Any]:
         with self.datastore.transaction(commit=False) as curs:

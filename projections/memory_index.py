@@ -270,15 +270,18 @@ class MemoryIndex:
         for domain_event, position in batch:
             self._plan(generation, plan, domain_event, position)
         self._apply_vectors(generation, plan)
+        position = batch[-1][1]
         with self.store.transaction() as cursor:
             self._apply_sql(cursor, generation, plan)
-            cursor.execute(
-                "INSERT INTO memory_positions (generation, position) VALUES (%s, %s) "
-                "ON CONFLICT (generation) DO UPDATE SET position = excluded.position",
-                (generation, batch[-1][1]),
-            )
+            if not plan.erased:
+                _advance(cursor, generation, position)
         if plan.erased:
+            # The store's log loses the erased text before the position says the batch is done,
+            # so whoever waits for the erasure finds no trace. A crash in between redelivers the
+            # batch, which then changes nothing.
             self.store.wipe()
+            with self.store.transaction() as cursor:
+                _advance(cursor, generation, position)
 
     def _plan(self, generation: int, plan: _Batch, event: Any, position: int) -> None:
         kind = type(event)
@@ -736,6 +739,14 @@ class MemoryIndex:
                 "memory_positions",
             ):
                 cursor.execute(f"DELETE FROM {table} WHERE generation = %s", (generation,))
+
+
+def _advance(cursor: Cursor, generation: int, position: int) -> None:
+    cursor.execute(
+        "INSERT INTO memory_positions (generation, position) VALUES (%s, %s) "
+        "ON CONFLICT (generation) DO UPDATE SET position = excluded.position",
+        (generation, position),
+    )
 
 
 def _complete_prefix(docs: list[Doc], embedded: int) -> int:

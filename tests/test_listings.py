@@ -498,3 +498,28 @@ def test_archiving_a_character_leaves_its_instances_listed(services: Services) -
     assert set(orphans) <= set(listed(view_of(services), "instance", tenants[0]))
     for orphan in orphans:
         assert services.app.instance(tenants[0], orphan).id == orphan
+
+
+def test_an_erasure_is_reported_done_only_once_the_store_s_log_is_wiped(
+    services: Services,
+) -> None:
+    """Whoever waits for the listings to reach an erasure finds none of the erased name in the
+    store's files, its write-ahead log included."""
+    tenant = fresh_tenants()[0]
+    actor = actor_for(tenant)
+    character = services.app.create_character(tenant, {"name": "Rosa Secreta"}, actor)
+    services.listings.catch_up()
+    services.app.erase_character(tenant, character.id, actor)
+    erased_at = services.app.recorder.max_notification_id()
+    view = view_of(services)
+    positions_at_wipe: list[int] = []
+    wipe = view._wipe
+
+    def watched_wipe() -> None:
+        positions_at_wipe.append(services.listings.position())
+        wipe()
+
+    view._wipe = watched_wipe  # type: ignore[method-assign]
+    services.listings.catch_up()
+    assert positions_at_wipe and all(p < erased_at for p in positions_at_wipe)
+    assert services.listings.position() == erased_at

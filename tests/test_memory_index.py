@@ -276,6 +276,32 @@ def test_an_index_from_before_memory_words_gets_its_postings_moved_when_opened(
         reopened.close()
 
 
+def test_an_erasure_is_reported_done_only_once_the_store_s_log_is_wiped(
+    services: Services, world: Model
+) -> None:
+    """Whoever waits for the index to reach an erasure (tests, `consistent=true`) must find
+    none of the erased text in the store's files, its write-ahead log included."""
+    apply(services, world, [("add", 0, "gato secreto"), ("message", 0, "mi perro secreto")])
+    services.memory.catch_up()
+    services.app.erase_instance("acme", world.instances[0], Actor("acme", "t", "r"))
+    erased_at = services.app.recorder.max_notification_id() or 0
+    index = build_memory_index(services.settings)
+    positions_at_wipe: list[int] = []
+    wipe = index.store.wipe
+
+    def watched_wipe() -> None:
+        positions_at_wipe.append(index.position())
+        wipe()
+
+    index.store.wipe = watched_wipe  # type: ignore[method-assign]
+    try:
+        Follower(services.app, index).catch_up()
+        assert positions_at_wipe and all(p < erased_at for p in positions_at_wipe)
+        assert index.position() == erased_at
+    finally:
+        index.close()
+
+
 def test_a_forgotten_memory_stays_out_of_search_and_of_a_rebuild(
     services: Services, world: Model
 ) -> None:
