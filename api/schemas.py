@@ -178,6 +178,11 @@ class MemoryChangeOut(BaseModel):
     before: str
     after: str
     diff: str
+    source: dict[str, Any] | None = Field(
+        default=None,
+        description='what the change was derived from, e.g. {"messages": [ids]} for the '
+        "memory process; null for changes made by hand",
+    )
 
     @classmethod
     def of(cls, entry: AuditEntry) -> MemoryChangeOut:
@@ -190,6 +195,7 @@ class MemoryChangeOut(BaseModel):
             before=entry.before,
             after=entry.after,
             diff=unified_diff(entry.before, entry.after, entry.version),
+            source=entry.source,
         )
 
 

@@ -114,7 +114,7 @@ _SCHEMA = [
         generation INTEGER NOT NULL, instance_id TEXT NOT NULL, position BIGINT NOT NULL,
         version INTEGER NOT NULL, timestamp TEXT NOT NULL, actor TEXT NOT NULL,
         kind TEXT NOT NULL, memory_id TEXT, before TEXT NOT NULL, after TEXT NOT NULL,
-        PRIMARY KEY (generation, instance_id, position))""",
+        source TEXT, PRIMARY KEY (generation, instance_id, position))""",
 ]
 _COVERING = {"sqlite": ") WITHOUT ROWID", "postgresql": " INCLUDE (tf, length))"}
 # Indexes written before memory_words kept their postings without the length.
@@ -162,6 +162,7 @@ class AuditEntry:
     memory_id: UUID | None
     before: str
     after: str
+    source: dict[str, Any] | None  # the memory's provenance, as its event recorded it
 
 
 @dataclass(frozen=True)
@@ -231,12 +232,20 @@ class MemoryIndex:
         # onnxruntime and Chroma all work outside Python's GIL, so a search takes about the longer
         # of the two: p95 13.7 -> 10.0 ms in one instance of 100,000 memories.
         self._lexical = ThreadPoolExecutor(thread_name_prefix="bm25")
+        # What an index written by an earlier version lacks, seen before the schema is made.
+        move_postings = store.has_table("memory_postings")
+        add_source = store.has_table("memory_audit") and not store.has_column(
+            "memory_audit", "source"
+        )
         with store.transaction() as cursor:
             for statement in schema(store.dialect):
                 cursor.execute(statement)
-            if store.has_table("memory_postings"):
+            if move_postings:
                 for statement in _MOVE_POSTINGS:
                     cursor.execute(statement)
+            if add_source:
+                # Entries from before keep no source; a rebuild reads it from their events.
+                cursor.execute("ALTER TABLE memory_audit ADD COLUMN source TEXT")
             cursor.execute(
                 "INSERT INTO memory_generation (id, generation) VALUES (1, 1) "
                 "ON CONFLICT (id) DO NOTHING"
@@ -413,6 +422,7 @@ class MemoryIndex:
                 memory_id,
                 before,
                 after,
+                getattr(event, "source", None),
             )
         )
 
@@ -564,8 +574,8 @@ class MemoryIndex:
         for entry in plan.audit:
             cursor.execute(
                 "INSERT INTO memory_audit (generation, instance_id, position, version, timestamp, "
-                "actor, kind, memory_id, before, after) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "actor, kind, memory_id, before, after, source) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT (generation, instance_id, position) DO NOTHING",
                 (
                     generation,
@@ -578,6 +588,7 @@ class MemoryIndex:
                     str(entry.memory_id) if entry.memory_id else None,
                     entry.before,
                     entry.after,
+                    None if entry.source is None else json.dumps(entry.source),
                 ),
             )
 
@@ -620,7 +631,7 @@ class MemoryIndex:
 
     def audit(self, instance_id: UUID, after: int, limit: int) -> list[AuditEntry]:
         rows = self.store.query(
-            "SELECT position, version, timestamp, actor, kind, memory_id, before, after "
+            "SELECT position, version, timestamp, actor, kind, memory_id, before, after, source "
             "FROM memory_audit WHERE generation = %s AND instance_id = %s AND position > %s "
             "ORDER BY position LIMIT %s",
             (self.generation, str(instance_id), after, limit),
@@ -636,6 +647,7 @@ class MemoryIndex:
                 UUID(r[5]) if r[5] else None,
                 r[6],
                 r[7],
+                json.loads(r[8]) if r[8] else None,
             )
             for r in rows
         ]

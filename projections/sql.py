@@ -31,6 +31,7 @@ class SqlStore(Protocol):
 
     def transaction(self) -> Any: ...
     def has_table(self, name: str) -> bool: ...
+    def has_column(self, table: str, column: str) -> bool: ...
     def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
     def wipe(self) -> None: ...
     def close(self) -> None: ...
@@ -98,6 +99,11 @@ class SQLiteStore:
         rows = self.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
         return bool(rows)
 
+    def has_column(self, table: str, column: str) -> bool:
+        return bool(
+            self.query("SELECT 1 FROM pragma_table_info(?) WHERE name = ?", (table, column))
+        )
+
     def wipe(self) -> None:
         """Empties the write-ahead log, which still holds pages from before a deletion."""
         truncate_wal(self.path)
@@ -133,6 +139,14 @@ class PostgresStore:
 
     def has_table(self, name: str) -> bool:
         return self.query("SELECT to_regclass(%s) IS NOT NULL", (name,))[0][0] is True
+
+    def has_column(self, table: str, column: str) -> bool:
+        rows = self.query(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = %s AND column_name = %s",
+            (table, column),
+        )
+        return bool(rows)
 
     def wipe(self) -> None:
         """Deleted rows stay in their pages until autovacuum reuses them (see README)."""

@@ -157,11 +157,13 @@ def test_a_stated_fact_becomes_a_memory_of_the_memory_process(
     assert formed["source"] == {"messages": _ids(turn)}
     found = {hit["id"]: hit["source"] for hit in _search(forming, instance, "¿Qué hace Lucía?")}
     assert found[formed["id"]] == "memory"
-    [_, added] = _audit(forming, instance)
-    assert (added["kind"], added["memory_id"], added["after"]) == (
+    [typed, added] = _audit(forming, instance)
+    assert typed["source"] is None  # written through the API by hand
+    assert (added["kind"], added["memory_id"], added["after"], added["source"]) == (
         "memory_added",
         formed["id"],
         fact,
+        {"messages": _ids(turn)},
     )
     assert added["actor"] == {
         "tenant": "acme",
@@ -180,7 +182,7 @@ def test_a_contradiction_revises_the_memory_and_forget_that_forgets_it(
     forming: Api, openai_stub: OpenAIStub
 ) -> None:
     instance = _instance(forming)
-    _turn(
+    lived = _turn(
         forming,
         openai_stub,
         instance,
@@ -202,7 +204,7 @@ def test_a_contradiction_revises_the_memory_and_forget_that_forgets_it(
     assert revised["source"] == {"messages": _ids(moved)}
     assert f"{memory['id']}: El usuario vive en Sevilla" in _asked(openai_stub, FACTS)[1]
 
-    _turn(
+    forgot = _turn(
         forming,
         openai_stub,
         instance,
@@ -212,14 +214,15 @@ def test_a_contradiction_revises_the_memory_and_forget_that_forgets_it(
     )
     assert _memories(forming, instance) == []
     assert memory["id"] not in [hit["id"] for hit in _search(forming, instance, "Madrid")]
+    # The audit says who changed the memory, in which request, and which messages led to it.
     kinds = [
-        (e["kind"], e["actor"]["key_id"], e["actor"]["request_id"])
+        (e["kind"], e["actor"]["key_id"], e["actor"]["request_id"], e["source"])
         for e in _audit(forming, instance)
     ]
     assert kinds == [
-        ("memory_added", "memory-process", "turn-1"),
-        ("memory_revised", "memory-process", "req-moved"),
-        ("memory_forgotten", "memory-process", "req-forget"),
+        ("memory_added", "memory-process", "turn-1", {"messages": _ids(lived)}),
+        ("memory_revised", "memory-process", "req-moved", {"messages": _ids(moved)}),
+        ("memory_forgotten", "memory-process", "req-forget", {"messages": _ids(forgot)}),
     ]
 
 

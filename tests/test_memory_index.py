@@ -247,7 +247,7 @@ def test_an_index_from_before_the_bm25_statistics_gets_them_counted_when_opened(
         reopened.close()
 
 
-def test_an_index_from_before_memory_words_gets_its_postings_moved_when_opened(
+def test_an_index_from_an_earlier_version_is_brought_up_to_date_when_opened(
     services: Services, world: Model
 ) -> None:
     apply(services, world, [("add", 0, "gato negro y perro"), ("message", 0, "el perro ladra")])
@@ -266,10 +266,14 @@ def test_an_index_from_before_memory_words_gets_its_postings_moved_when_opened(
             "FROM memory_words"
         )
         cursor.execute("DROP TABLE memory_words")
+        cursor.execute("ALTER TABLE memory_audit DROP COLUMN source")
 
     reopened = build_memory_index(services.settings)
     try:
         assert not reopened.store.has_table("memory_postings")
+        audit = reopened.audit(world.instances[0], 0, 10)
+        assert [e.kind for e in audit] == ["memory_text", "memory_added"]
+        assert [e.source for e in audit] == [None, None]
         assert_bm25_statistics_are_exact(reopened)
         assert [(h.doc.text, h.score) for h in reopened.search(world.instances[0], "perro")] == hits
     finally:
