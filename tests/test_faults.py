@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import shutil
 import signal
@@ -227,6 +228,17 @@ def _search(http: httpx.Client, instance: str, q: str) -> httpx.Response:
     )
 
 
+_USER_PERRO = {"role": "user", "content": "¿Y mi perro?"}
+
+
+def _alma_part(response: httpx.Response) -> Any:
+    """The `alma` object of an OpenAI-compatible reply, streamed (in the last chunk) or not."""
+    if not response.headers["content-type"].startswith("text/event-stream"):
+        return response.json()["alma"]
+    events = [json.loads(line[6:]) for line in response.text.splitlines() if line[6:7] == "{"]
+    return next(event["alma"] for event in events if "alma" in event)
+
+
 @pytest.mark.slow
 def test_with_chroma_down_chat_answers_without_memories_and_the_index_catches_up(
     tmp_path: Path, openai_stub: OpenAIStub
@@ -258,6 +270,14 @@ def test_with_chroma_down_chat_answers_without_memories_and_the_index_catches_up
         assert chat.json()["memories_unavailable"] is True
         assert chat.json()["memories_used"] == []
         assert "Canelo" not in str(openai_stub.requests[-1]["messages"])
+        for stream in (False, True):  # OpenAI's shape says so in a header, and in `alma`
+            compatible = http.post(
+                "/v1/chat/completions",
+                json={"model": instance, "stream": stream, "messages": [_USER_PERRO]},
+            )
+            assert compatible.status_code == 200, compatible.text
+            assert compatible.headers["X-Alma-Memories-Unavailable"] == "true"
+            assert _alma_part(compatible)["memories_unavailable"] is True
         searched = http.get(f"{memories}/search", params={"q": "perro"})
         assert searched.status_code == 503, searched.text
         assert searched.json()["error"]["code"] == "vector_store_unavailable"
@@ -272,6 +292,11 @@ def test_with_chroma_down_chat_answers_without_memories_and_the_index_catches_up
             assert "Vive cerca del río Guadalquivir" in [r["text"] for r in found.json()["results"]]
             again = http.post(f"/v1/instances/{instance}/chat", json={"message": "¿Y mi perro?"})
             assert again.json()["memories_unavailable"] is False
+            compatible = http.post(
+                "/v1/chat/completions", json={"model": instance, "messages": [_USER_PERRO]}
+            )
+            assert "X-Alma-Memories-Unavailable" not in compatible.headers
+            assert compatible.json()["alma"]["memories_unavailable"] is False
             assert "Su perro se llama Canelo" in [m["text"] for m in again.json()["memories_used"]]
 
 

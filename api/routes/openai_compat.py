@@ -15,7 +15,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Caller, CurrentCaller, Svc
@@ -27,6 +27,7 @@ from chat.turns import TurnResult
 from domain import NotFound
 
 router = APIRouter(tags=["openai-compatible"])
+MEMORIES_UNAVAILABLE = "X-Alma-Memories-Unavailable"
 
 
 class OpenAIMessage(BaseModel):
@@ -52,7 +53,7 @@ class ChatCompletionRequest(BaseModel):
 @router.post("/v1/chat/completions", response_model=None)
 def chat_completions(
     body: ChatCompletionRequest, caller: CurrentCaller, svc: Svc
-) -> dict[str, Any] | StreamingResponse:
+) -> JSONResponse | StreamingResponse:
     instance_id = _instance_of(svc, caller, body.model)
     last = body.messages[-1]
     if last.role != "user" or not last.content:
@@ -76,9 +77,12 @@ def chat_completions(
         history=history or None,
     )
     created = int(time.time())
+    # OpenAI's shape has no room for it: a client that reads headers learns that the vector
+    # store was down and the reply was made without long-term memory.
+    headers = {MEMORIES_UNAVAILABLE: "true"} if turn.memories_unavailable else None
     if not body.stream:
         result = svc.chat.complete(turn, caller.actor)
-        return {
+        reply = {
             "id": f"chatcmpl-{result.reply_id.hex}",
             "object": "chat.completion",
             "created": created,
@@ -93,8 +97,9 @@ def chat_completions(
             "usage": _usage(result),
             "alma": _alma(result),
         }
+        return JSONResponse(reply, headers=headers)
     chunks = _chunks(svc.chat.stream(turn, caller.actor), body.model, created)
-    return StreamingResponse(chunks, media_type="text/event-stream")
+    return StreamingResponse(chunks, media_type="text/event-stream", headers=headers)
 
 
 @router.get("/v1/models")
@@ -152,6 +157,7 @@ def _alma(result: TurnResult) -> dict[str, Any]:
     return {
         "turn": {"version": result.version, "reply_id": str(result.reply_id)},
         "answered_by": result.model,
+        "memories_unavailable": result.memories_unavailable,
         "memories_used": [
             {"id": h.doc.doc_id, "text": h.doc.text, "score": round(h.score, 6)}
             for h in result.memories_used
