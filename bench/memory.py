@@ -933,11 +933,6 @@ def main() -> None:
             rows += lag_rows(services, instance_ids, sizes)
             rows += rebuild_rows(services, instance_ids, sizes)
             rows.append(Row("machine at the end of this part", machine_load()))
-            # The store was written with no follower running: without this, `alma serve`
-            # would spend its first minute replaying the log into the listings, beside the
-            # searches it is timed on.
-            log("listings: catching up before alma serve")
-            services.listings.catch_up()
         finally:
             services.close()
         print_table(f"Store A: {sizes.memories:,} memories over {spread}", rows)

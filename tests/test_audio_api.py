@@ -12,9 +12,9 @@ import openai
 import pytest
 
 from settings import Settings
+from tests.cli import create_key, free_port, running, wait_for_health
 from tests.conftest import Api, make_character, make_instance
 from tests.speech_samples import ENGLISH, SPANISH, say, word_error_rate
-from tests.test_cli import _free_port, _wait_for_health, create_key, running
 from voice import decode
 
 
@@ -107,10 +107,10 @@ def test_the_openai_sdk_speaks_and_transcribes_against_alma_serve(
     settings: Settings, tmp_path: Path
 ) -> None:
     _, key = create_key(settings, "acme")
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     with running(settings, ["serve", "--port", str(port)], tmp_path / "serve.log") as process:
-        _wait_for_health(base, process, tmp_path / "serve.log")
+        wait_for_health(base, process, tmp_path / "serve.log")
         sdk = openai.OpenAI(api_key=key, base_url=f"{base}/v1", max_retries=0, timeout=120)
         spoken = sdk.audio.speech.create(
             model="tts-1", voice="alloy", input=ENGLISH[1], response_format="wav"

@@ -13,9 +13,9 @@ import openai
 import pytest
 
 from settings import Settings
+from tests.cli import create_key, free_port, running, wait_for_health
 from tests.conftest import Api, make_character, make_instance
 from tests.openai_stub import Fail, OpenAIStub, Reply
-from tests.test_cli import _free_port, _wait_for_health, create_key, running
 
 
 def _world(api: Api) -> tuple[str, str]:
@@ -327,7 +327,7 @@ def test_the_openai_sdk_chats_against_alma_serve_streaming_and_not(
     settings: Settings, openai_stub: OpenAIStub, tmp_path: Path
 ) -> None:
     _, key = create_key(settings, "acme")
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     model_env = {
         "OPENAI_API_KEY": "sk-test-alma-0123456789",
@@ -336,7 +336,7 @@ def test_the_openai_sdk_chats_against_alma_serve_streaming_and_not(
     }
     log = tmp_path / "serve.log"
     with running(settings, ["serve", "--port", str(port)], log, model_env) as process:
-        _wait_for_health(base, process, log)
+        wait_for_health(base, process, log)
         http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30)
         character = http.post(
             "/v1/characters", json={"name": "Doña Rosa", "description": "Curandera de la sierra"}

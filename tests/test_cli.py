@@ -8,16 +8,11 @@ through the application or the HTTP API built on the very same settings.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import socket
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,57 +22,20 @@ import pytest
 from api.services import Services, build_services
 from domain import Actor
 from settings import Settings
+from tests.cli import (
+    ALMA,
+    KEY_RE,
+    alma,
+    assert_clean_failure,
+    bearer,
+    create_key,
+    free_port,
+    running,
+    wait_for_health,
+)
 from tests.conftest import Api, make_character, make_instance
 
-_BESIDE_PYTHON = Path(sys.executable).parent / "alma"
-ALMA = str(_BESIDE_PYTHON) if _BESIDE_PYTHON.exists() else shutil.which("alma") or "alma"
-UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-KEY_RE = re.compile(r"alma_[A-Za-z0-9_-]+")
 STATUS_RE = re.compile(r"^listings\s+position (\d+)\s+lag (\d+)$")
-
-
-def cli_env(settings: Settings) -> dict[str, str]:
-    """The environment a user would give `alma` for this store, and nothing else of ours."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("ALMA_")}
-    env["ALMA_DATA_DIR"] = str(settings.data_dir)
-    if settings.database_url is not None:
-        env["ALMA_DATABASE_URL"] = settings.database_url
-    return env
-
-
-def alma(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    """Runs `alma ARGS` to completion; cwd is outside the repository so no `.env` is read."""
-    return subprocess.run(
-        [ALMA, *args],
-        env=cli_env(settings),
-        cwd=settings.data_dir.parent,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=60,
-        check=False,
-    )
-
-
-def assert_clean_failure(result: subprocess.CompletedProcess[str]) -> None:
-    """A refused command: non-zero exit, nothing on stdout, a reason on stderr, no traceback."""
-    assert result.returncode != 0, result
-    assert result.stdout == "", result
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.strip(), result
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def create_key(settings: Settings, tenant: str) -> tuple[str, str]:
-    result = alma(settings, "keys", "create", "--tenant", tenant)
-    assert result.returncode == 0, result.stderr
-    (key,) = result.stdout.splitlines()
-    key_ids = UUID_RE.findall(result.stderr)
-    assert len(key_ids) == 1, result.stderr
-    return key_ids[0], key
 
 
 def test_the_installed_script_runs() -> None:
@@ -319,63 +277,15 @@ def test_projections_rebuild_gives_the_same_listing(services: Services) -> None:
 # serve and worker
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextmanager
-def running(
-    settings: Settings, args: Sequence[str], log: Path, env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen[str]]:
-    """`alma ARGS` in the background, with `env` added to the store's environment."""
-    with log.open("w", encoding="utf-8") as out:
-        process = subprocess.Popen(
-            [ALMA, *args],
-            env={**cli_env(settings), **(env or {})},
-            cwd=settings.data_dir.parent,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        try:
-            yield process
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-                pytest.fail(f"`alma {' '.join(args)}` did not stop on SIGTERM")
-
-
-def _wait_for_health(base: str, process: subprocess.Popen[str], log: Path) -> httpx.Response:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"alma serve exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            response = httpx.get(f"{base}/health", timeout=2)
-            if response.status_code == 200:
-                return response
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"alma serve did not answer /health within 20 s:\n{log.read_text()}")
-
-
 @pytest.mark.slow
 def test_serve_on_an_empty_store_prints_a_default_key_once(
     settings: Settings, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     first_log = tmp_path / "first.log"
     with running(settings, ["serve", "--port", str(port)], first_log) as process:
-        health = _wait_for_health(base, process, first_log)
+        health = wait_for_health(base, process, first_log)
         assert health.json()["status"] == "ok"
         assert health.json()["event_store"] == "ok"
         docs = httpx.get(f"{base}/docs", timeout=5)
@@ -407,7 +317,7 @@ def test_serve_on_an_empty_store_prints_a_default_key_once(
 
     second_log = tmp_path / "second.log"
     with running(settings, ["serve", "--port", str(port)], second_log) as process:
-        _wait_for_health(base, process, second_log)
+        wait_for_health(base, process, second_log)
         assert "alma_" not in second_log.read_text()
         again = httpx.get(f"{base}/v1/characters", headers=bearer(key), timeout=5)
         assert again.status_code == 200, again.text

@@ -14,7 +14,7 @@ import yaml
 from pydantic import AliasChoices
 
 from settings import Settings
-from tests.test_cli import ALMA
+from tests.cli import ALMA
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = {"postgres", "chroma", "api", "worker"}

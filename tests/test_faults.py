@@ -37,9 +37,9 @@ from schemathesis.specs.openapi.checks import (
 from api.services import build_services
 from domain import Actor, Memory
 from settings import Settings
+from tests.cli import bearer, create_key, free_port, running, wait_for_health
 from tests.openai_stub import Fail, OpenAIStub, Reply
 from tests.test_chroma_server import chroma_server
-from tests.test_cli import _free_port, _wait_for_health, bearer, create_key, running
 
 _BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 
@@ -51,7 +51,7 @@ class ThrowawayPostgres:
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="alma-pg-"))
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         # initdb and postgres refuse to run as root: run them as the postgres user then.
         self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if self._as:
@@ -104,11 +104,11 @@ def serving(
 ) -> Iterator[tuple[httpx.Client, subprocess.Popen[str]]]:
     """A real `alma serve` on a free port and an HTTP client with a key for tenant 'acme'."""
     _, key = create_key(settings, "acme")
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / f"serve-{port}.log"
     with running(settings, ["serve", "--port", str(port)], log, env) as process:
-        _wait_for_health(base, process, log)
+        wait_for_health(base, process, log)
         with httpx.Client(base_url=base, headers=bearer(key), timeout=30) as http:
             yield http, process
 
@@ -243,7 +243,7 @@ def _alma_part(response: httpx.Response) -> Any:
 def test_with_chroma_down_chat_answers_without_memories_and_the_index_catches_up(
     tmp_path: Path, openai_stub: OpenAIStub
 ) -> None:
-    port = _free_port()
+    port = free_port()
     settings = _settings(tmp_path)
     model = {"OPENAI_API_KEY": "sk-test-alma-0123456789", "OPENAI_BASE_URL": openai_stub.base_url}
     env = {"ALMA_CHROMA_URL": f"http://127.0.0.1:{port}", "ALMA_MEMORY_FORMATION": "false", **model}
@@ -385,7 +385,7 @@ def test_a_down_or_slow_model_answers_502_or_504_in_time_and_keeps_the_message(
         assert failures == [504, 502]
         assert _health(http)["model"] == "failing"
 
-    unreachable = {**env, "OPENAI_BASE_URL": f"http://127.0.0.1:{_free_port()}/v1"}
+    unreachable = {**env, "OPENAI_BASE_URL": f"http://127.0.0.1:{free_port()}/v1"}
     other = tmp_path / "other"
     other.mkdir()
     with serving(_settings(other), other, unreachable) as (http, _):

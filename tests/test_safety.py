@@ -11,14 +11,14 @@ import pytest
 
 from api.services import build_services
 from settings import Settings
-from tests.test_cli import (
+from tests.cli import (
     ALMA,
     KEY_RE,
-    _free_port,
-    _wait_for_health,
     assert_clean_failure,
     cli_env,
+    free_port,
     running,
+    wait_for_health,
 )
 
 
@@ -30,7 +30,7 @@ def store(tmp_path: Path) -> Settings:
 def test_serve_refuses_projections_elsewhere_without_a_chroma_server(store: Settings) -> None:
     env = {**cli_env(store), "ALMA_RUN_PROJECTIONS": "false"}
     result = subprocess.run(
-        [ALMA, "serve", "--port", str(_free_port())],
+        [ALMA, "serve", "--port", str(free_port())],
         env=env,
         cwd=store.data_dir.parent,
         capture_output=True,
@@ -46,10 +46,10 @@ def test_serve_refuses_projections_elsewhere_without_a_chroma_server(store: Sett
 
 @pytest.mark.slow
 def test_serve_beyond_loopback_makes_no_default_key(store: Settings, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "serve.log"
     with running(store, ["serve", "--host", "0.0.0.0", "--port", str(port)], log) as process:
-        _wait_for_health(f"http://127.0.0.1:{port}", process, log)
+        wait_for_health(f"http://127.0.0.1:{port}", process, log)
         refused = httpx.get(f"http://127.0.0.1:{port}/v1/characters", timeout=5)
         assert refused.status_code == 401
     assert not KEY_RE.findall(log.read_text()), log.read_text()

@@ -17,8 +17,8 @@ import pytest
 from api.services import open_app
 from domain import Actor
 from settings import Settings
+from tests.cli import free_port, running, wait_for_health
 from tests.test_chroma_server import chroma_url
-from tests.test_cli import _free_port, _wait_for_health, running
 
 __all__ = ["chroma_url"]  # a fixture: pytest finds it here
 
@@ -54,10 +54,10 @@ def apis(settings: Settings, chroma_url: str, tmp_path: Path) -> Iterator[list[h
         stack.enter_context(running(settings, ["worker"], tmp_path / "worker.log"))
         clients = []
         for n in range(2):
-            port, log = _free_port(), tmp_path / f"api{n}.log"
+            port, log = free_port(), tmp_path / f"api{n}.log"
             process = stack.enter_context(running(settings, ["serve", "--port", str(port)], log))
             base = f"http://127.0.0.1:{port}"
-            _wait_for_health(base, process, log)
+            wait_for_health(base, process, log)
             bearer = {"Authorization": f"Bearer {key}"}
             client = httpx.Client(base_url=base, headers=bearer, timeout=90)
             clients.append(stack.enter_context(client))

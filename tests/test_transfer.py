@@ -13,7 +13,7 @@ from uuid import UUID
 from api.services import Services, build_services
 from domain import Actor, NewMessage
 from settings import Settings
-from tests.test_cli import alma, assert_clean_failure
+from tests.cli import alma, assert_clean_failure
 
 QUERIES = ["¿cómo se llama el perro?", "river", "what does she drink in the morning"]
 
