@@ -16,7 +16,12 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 from uuid import UUID, uuid4
 
-from eventsourcing.application import AggregateNotFoundError, Application, Repository
+from eventsourcing.application import (
+    AggregateNotFoundError,
+    Application,
+    ProcessingEvent,
+    Repository,
+)
 from eventsourcing.domain import Aggregate, DomainEvent
 from eventsourcing.persistence import IntegrityError, JSONTranscoder, Mapper, Recording
 from eventsourcing.postgres import PostgresDatastore
@@ -168,6 +173,21 @@ class Alma(Application[UUID]):
         for listener in self.listeners:
             listener()
         return recordings
+
+    def _take_snapshots(self, processing_event: ProcessingEvent[UUID]) -> None:
+        """As the library does, but from the aggregate just saved when it stands at the
+        snapshot's version. The library reads it back from the store instead (the last snapshot
+        and up to 49 events, each decrypted): a fifth of a command's time on SQLite."""
+        for event in processing_event.events:
+            aggregate = processing_event.aggregates.get(event.originator_id)
+            if not isinstance(aggregate, Character | Instance):
+                continue
+            if event.originator_version % self.snapshotting_intervals[type(aggregate)]:
+                continue
+            if aggregate.version == event.originator_version and self.snapshots is not None:
+                self.snapshots.put([type(aggregate).Snapshot.take(aggregate)])
+            else:
+                self.take_snapshot(event.originator_id, event.originator_version, replay)
 
     # Characters
 
