@@ -183,7 +183,19 @@ class Alma(Application[UUID]):
         transcoder.register(ActorAsDict())
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
-        recordings = super().save(*objs, **kwargs)
+        """The library's `save`, but an aggregate's events are collected without its two runtime
+        Protocol checks (~12 µs each on Python 3.11, as in `replay`)."""
+        processing_event = ProcessingEvent[UUID]()
+        for obj in objs:
+            if isinstance(obj, Aggregate):
+                processing_event.events += obj.collect_events()
+                processing_event.aggregates[obj.id] = obj
+            else:
+                processing_event.collect_events(obj)
+        processing_event.saved_kwargs.update(kwargs)
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
         for saved in objs:
             if isinstance(saved, Aggregate):
                 self.repository.remember(saved)
