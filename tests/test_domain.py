@@ -13,7 +13,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from api.services import Services
-from domain import Actor, Alma, Instance, NameTaken, NotFound, VersionConflict
+from domain import Actor, Alma, Instance, Memory, NameTaken, NotFound, VersionConflict
 
 texts = st.text(
     st.characters(codec="utf-8", exclude_categories=["Cs"], exclude_characters="\x00"), max_size=40
@@ -196,3 +196,24 @@ def test_two_processes_writing_one_instance_lose_nothing_and_honour_if_match(
             first.edit_instance("acme", instance.id, actor, memory="after delete")
     finally:
         second.close()
+
+
+def test_the_cached_copy_of_a_memory_shares_nothing_a_command_could_change(
+    services: Services, actor: Actor
+) -> None:
+    """A command works on a copy of this process's cached aggregate: changing the copy's nested
+    state must leave the cache as the store has it."""
+    app = services.app
+    instance = app.create_instance(
+        "acme", app.create_character("acme", {"name": "Rosa"}, actor).id, "rosa", "", actor
+    )
+    memory = Memory.add("acme", instance.id, "Vive en Sevilla", actor, source={"messages": ["m1"]})
+    app.save(memory)
+
+    copied = app.repository.last_seen(memory.id)
+    assert vars(copied) == vars(memory)
+    copied.source["messages"].append("m2")
+    copied.metadata["topic"] = "casa"
+
+    again = app.repository.last_seen(memory.id)
+    assert (again.source, again.metadata) == ({"messages": ["m1"]}, {})
