@@ -51,8 +51,8 @@ _K1, _B = 1.2, 0.75
 POSTINGS_BUDGET = 2_000
 _IN_LIST = 500  # ids per DELETE ... IN (...)
 # Texts go to the embedder this many at a time. It sorts them by length into batches that pad
-# little: sent one batch (64) at a time, indexing ran at 484 memories/s; in groups of 4,096, at
-# 667 (bench/memory.py's texts, 20,000 memories in one instance).
+# little: sent one batch (64) at a time, bench/memory.py indexed 433.28 memories/s in one
+# instance; in groups of 4,096, 656.92 (README, memory index).
 EMBED_GROUP = 4_096
 _ADD_STATS = (
     "INSERT INTO memory_stats (generation, instance_id, documents, length) "
@@ -92,7 +92,8 @@ _SCHEMA = [
     # BM25's postings: per instance and word, each source holding it, how often, and the
     # source's length. A search reads a word's rows in key order and nothing else: on SQLite the
     # table is its key (WITHOUT ROWID), on PostgreSQL the key's index carries tf and length.
-    # (Joining memory_docs for the length instead took p95 15 ms at 100,000 sources.)
+    # (Joining memory_docs for the length instead, bench/memory.py's bm25 step took 7.83 ms p50
+    # in one instance of 100,000 sources; this way, 1.41-2.13.)
     """CREATE TABLE IF NOT EXISTS memory_words (
         generation INTEGER NOT NULL, instance_id TEXT NOT NULL, term TEXT NOT NULL,
         doc_id TEXT NOT NULL, tf INTEGER NOT NULL, length INTEGER NOT NULL,
@@ -230,7 +231,7 @@ class MemoryIndex:
         self.pinned_generation = pinned_generation
         # A search scores BM25 in this pool while it embeds the query and asks Chroma. SQLite,
         # onnxruntime and Chroma all work outside Python's GIL, so a search takes about the longer
-        # of the two: p95 13.7 -> 10.0 ms in one instance of 100,000 memories.
+        # of the two rather than their sum.
         self._lexical = ThreadPoolExecutor(thread_name_prefix="bm25")
         # What an index written by an earlier version lacks, seen before the schema is made.
         move_postings = store.has_table("memory_postings")

@@ -3,6 +3,7 @@ the keys and headers to talk to them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -107,11 +108,9 @@ def wait_for_health(base: str, process: subprocess.Popen[str], log: Path) -> htt
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"alma serve exited with {process.returncode}:\n{log.read_text()}")
-        try:
+        with contextlib.suppress(httpx.TransportError):  # not listening yet: ask again
             response = httpx.get(f"{base}/health", timeout=2)
             if response.status_code == 200:
                 return response
-        except httpx.TransportError:
-            pass
         time.sleep(0.1)
     pytest.fail(f"alma serve did not answer /health within 20 s:\n{log.read_text()}")
