@@ -9,10 +9,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.breaker import BreakerGate
-from api.errors import error_response, install_error_handlers
-from api.observe import Observe
-from api.routes import (
+from alma.api.breaker import BreakerGate
+from alma.api.errors import error_response, install_error_handlers
+from alma.api.observe import Observe
+from alma.api.routes import (
     audio,
     characters,
     chat,
@@ -22,10 +22,10 @@ from api.routes import (
     memories,
     openai_compat,
 )
-from api.schemas import ERROR_RESPONSES
-from api.security import install_security
-from api.services import build_services
-from settings import Settings
+from alma.api.schemas import ERROR_RESPONSES
+from alma.api.security import install_security
+from alma.api.services import build_services
+from alma.settings import Settings
 
 DESCRIPTION = """\
 alma gives role-play characters a long-term memory.

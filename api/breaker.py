@@ -18,7 +18,7 @@ import psycopg
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.errors import database_unavailable
+from alma.api.errors import database_unavailable
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,13 @@ from pathlib import Path
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
 
-from api import logs
-from api.safety import is_loopback, refusals
-from api.schemas import EventOut, InstanceOut
-from api.services import Services, build_services, open_app, rebuild_memory_index
-from domain import Actor, Alma, DomainError, Instance, NotFound
-from domain.transfer import export_tenant, import_events, read_events
-from settings import Settings
+from alma.api import logs
+from alma.api.safety import is_loopback, refusals
+from alma.api.schemas import EventOut, InstanceOut
+from alma.api.services import Services, build_services, open_app, rebuild_memory_index
+from alma.domain import Actor, Alma, DomainError, Instance, NotFound
+from alma.domain.transfer import export_tenant, import_events, read_events
+from alma.settings import Settings
 
 
 def _cli_actor(tenant: str = "") -> Actor:
@@ -31,7 +31,7 @@ def _cli_actor(tenant: str = "") -> Actor:
 def serve(settings: Settings, host: str, port: int) -> None:
     import uvicorn
 
-    from api.app import create_app
+    from alma.api.app import create_app
 
     app = open_app(settings)
     try:
@@ -73,9 +73,9 @@ def models(settings: Settings) -> None:
     """Puts every model alma loads into its caches, so a process (a container built with
     `RUN alma models`) starts with no network: the embedding model's ONNX export, the speech
     model assembled from its packages, and the tokenizer file."""
-    from chat import tokens
-    from embeddings import Embedder
-    from voice.stt import model_location
+    from alma.chat import tokens
+    from alma.embeddings import Embedder
+    from alma.voice.stt import model_location
 
     cache = settings.model_cache()
     Embedder(

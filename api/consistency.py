@@ -3,9 +3,9 @@ event written before the request; answer 503 rather than serve a stale view."""
 
 from __future__ import annotations
 
-from api.errors import ApiError
-from api.services import Services
-from projections import Follower
+from alma.api.errors import ApiError
+from alma.api.services import Services
+from alma.projections import Follower
 
 
 def caught_up(services: Services, follower: Follower, timeout: float) -> None:

@@ -10,10 +10,10 @@ from fastapi import Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from api.errors import ApiError
-from api.security import RateLimiter
-from api.services import Services
-from domain import Actor
+from alma.api.errors import ApiError
+from alma.api.security import RateLimiter
+from alma.api.services import Services
+from alma.domain import Actor
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `alma keys create`")
 

@@ -18,11 +18,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-import metrics
-from chat.model import ModelError
-from chat.prompt import PromptTooLarge
-from domain import DomainError, InvalidInput, NameTaken, NotFound, VersionConflict
-from voice import (
+from alma import metrics
+from alma.chat.model import ModelError
+from alma.chat.prompt import PromptTooLarge
+from alma.domain import DomainError, InvalidInput, NameTaken, NotFound, VersionConflict
+from alma.voice import (
     AudioError,
     AudioTooLarge,
     AudioTooLong,

@@ -9,8 +9,8 @@ import time
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-import metrics
-from api import logs
+from alma import metrics
+from alma.api import logs
 
 log = logging.getLogger("alma.access")
 

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from typing import TypeVar
 from uuid import UUID
 
-from api.consistency import caught_up
-from api.errors import ApiError
-from api.services import Services
-from domain import NotFound
+from alma.api.consistency import caught_up
+from alma.api.errors import ApiError
+from alma.api.services import Services
+from alma.domain import NotFound
 
 T = TypeVar("T")
 MAX_POSITION = 2**63 - 1

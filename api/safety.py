@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from settings import Settings
+from alma.settings import Settings
 
 
 def is_loopback(host: str) -> bool:

@@ -9,12 +9,12 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from api.present import actor_of, event_data, unified_diff
-from chat.turns import TurnResult
-from domain import Character, Instance, Memory
-from projections import AuditEntry, Doc, Hit
-from voice import AudioError, VoiceSettings
-from voice.tts import check as check_voice
+from alma.api.present import actor_of, event_data, unified_diff
+from alma.chat.turns import TurnResult
+from alma.domain import Character, Instance, Memory
+from alma.projections import AuditEntry, Doc, Hit
+from alma.voice import AudioError, VoiceSettings
+from alma.voice.tts import check as check_voice
 
 T = TypeVar("T")
 

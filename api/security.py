@@ -14,7 +14,7 @@ import time
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from settings import Settings
+from alma.settings import Settings
 
 
 class RateLimiter:

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 from eventsourcing.persistence import InfrastructureFactory
 from eventsourcing.utils import Environment
 
-from api.breaker import DatabaseBreaker
-from chat.local_model import local_model_client
-from chat.model import ModelClient, OpenAIModel
-from chat.turns import Chat
-from domain import Alma
-from embeddings import Embedder
-from projections import (
+from alma.api.breaker import DatabaseBreaker
+from alma.chat.local_model import local_model_client
+from alma.chat.model import ModelClient, OpenAIModel
+from alma.chat.turns import Chat
+from alma.domain import Alma
+from alma.embeddings import Embedder
+from alma.projections import (
     Follower,
     Listings,
     ListingView,
@@ -27,8 +27,8 @@ from projections import (
     open_chroma,
     open_store,
 )
-from settings import Settings
-from voice import Speech
+from alma.settings import Settings
+from alma.voice import Speech
 
 
 @dataclass

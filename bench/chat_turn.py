@@ -71,16 +71,16 @@ import httpx
 from chromadb.api.shared_system_client import SharedSystemClient
 from pydantic import SecretStr
 
-from api.services import Services, build_services
+from alma.api.services import Services, build_services
+from alma.chat.extraction import FACTS_INSTRUCTION
+from alma.chat.model import Completion, Messages, ModelClient
+from alma.chat.turns import Chat
+from alma.domain import Actor, Alma, Character, Instance, Memory
+from alma.embeddings import Embedder
+from alma.projections import Follower, Hit, MemoryIndex
+from alma.projections.memory_index import Doc
+from alma.settings import Settings
 from bench.report import Row, checked, free_port, log, machine_load, percentiles_ms, print_table
-from chat.extraction import FACTS_INSTRUCTION
-from chat.model import Completion, Messages, ModelClient
-from chat.turns import Chat
-from domain import Actor, Alma, Character, Instance, Memory
-from embeddings import Embedder
-from projections import Follower, Hit, MemoryIndex
-from projections.memory_index import Doc
-from settings import Settings
 from tests.openai_stub import OpenAIStub, Reply, _Handler, _Server
 
 ROOT = Path(__file__).resolve().parents[1]

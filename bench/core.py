@@ -52,9 +52,9 @@ from eventsourcing.domain import Aggregate, event
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from alma.domain import Actor, Alma, Instance
+from alma.settings import Settings
 from bench.report import Row, checked, free_port, log, percentiles_ms, print_table
-from domain import Actor, Alma, Instance
-from settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -228,8 +228,8 @@ def app_layer_rows(settings: Settings, app: Alma, sizes: Sizes) -> tuple[list[Ro
 SERVER_CODE = """
 import sys
 import uvicorn
-from api.app import create_app
-from settings import Settings
+from alma.api.app import create_app
+from alma.settings import Settings
 
 settings = Settings.model_validate_json(sys.argv[1])
 uvicorn.run(create_app(settings), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
@@ -239,7 +239,7 @@ uvicorn.run(create_app(settings), host="127.0.0.1", port=int(sys.argv[2]), log_l
 def api_unavailable() -> str | None:
     """Why `api.app.create_app` cannot be used, or None when it can."""
     try:
-        from api.app import create_app  # noqa: F401
+        from alma.api.app import create_app  # noqa: F401
     except Exception as error:
         return f"{type(error).__name__}: {error}"
     return None

@@ -71,7 +71,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # application package (bench/chat.py hides the `chat` package): import from the root instead.
 sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench")]
 
-from api.services import Services, build_services, rebuild_memory_index  # noqa: E402
+from alma.api.services import Services, build_services, rebuild_memory_index  # noqa: E402
+from alma.domain import Actor, Memory, NewMessage  # noqa: E402
+from alma.embeddings import Backend, Embedder  # noqa: E402
+from alma.projections import Follower, MemoryIndex  # noqa: E402
+from alma.projections.vectors import COLLECTION  # noqa: E402
+from alma.settings import Settings  # noqa: E402
 from bench.report import (  # noqa: E402
     Row,
     checked,
@@ -82,11 +87,6 @@ from bench.report import (  # noqa: E402
     percentiles_ms,
     print_table,
 )
-from domain import Actor, Memory, NewMessage  # noqa: E402
-from embeddings import Backend, Embedder  # noqa: E402
-from projections import Follower, MemoryIndex  # noqa: E402
-from projections.vectors import COLLECTION  # noqa: E402
-from settings import Settings  # noqa: E402
 
 ALMA = ROOT / ".venv" / "bin" / "alma"
 TENANT = "bench"

@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from api.services import build_services
-from projections.ranking import Weights
-from settings import Settings
+from alma.api.services import build_services
+from alma.projections.ranking import Weights
+from alma.settings import Settings
 from tests.recall import DENSE_ONLY, load, recall_at
 
 RANKINGS = {

@@ -25,9 +25,9 @@ sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != R
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from settings import Settings  # noqa: E402
-from voice import Clip, Speaker, Transcriber, VoiceSettings, decode  # noqa: E402
-from voice.audio import encode  # noqa: E402
+from alma.settings import Settings  # noqa: E402
+from alma.voice import Clip, Speaker, Transcriber, VoiceSettings, decode  # noqa: E402
+from alma.voice.audio import encode  # noqa: E402
 
 TWENTY_WORDS = (
     "The old captain sailed to Lisbon every summer and told us stories about the sea "

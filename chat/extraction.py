@@ -9,10 +9,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from chat import tokens
-from chat.model import Messages
-from domain import InvalidInput
-from domain.rules import valid_importance, valid_snippet
+from alma.chat import tokens
+from alma.chat.model import Messages
+from alma.domain import InvalidInput
+from alma.domain.rules import valid_importance, valid_snippet
 
 MAX_OPERATIONS = 50
 FACTS_MAX_TOKENS = 800

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from domain.errors import DomainError
+from alma.domain.errors import DomainError
 
 CountText = Callable[[str], int]
 CountMessages = Callable[[list[dict[str, str]]], int]

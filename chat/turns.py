@@ -18,13 +18,13 @@ from uuid import UUID
 
 import httpx
 
-import metrics
-from chat import tokens
-from chat.model import Completion, ModelClient, ModelError
-from chat.prompt import Persona, Prompt, Recollection, Turn, build_prompt
-from domain import Actor, Alma, InvalidInput, NewMessage, Reply
-from domain.rules import valid_message
-from projections import Hit, MemoryIndex
+from alma import metrics
+from alma.chat import tokens
+from alma.chat.model import Completion, ModelClient, ModelError
+from alma.chat.prompt import Persona, Prompt, Recollection, Turn, build_prompt
+from alma.domain import Actor, Alma, InvalidInput, NewMessage, Reply
+from alma.domain.rules import valid_message
+from alma.projections import Hit, MemoryIndex
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,15 @@
 """The event-sourced domain: characters, instances, API keys and the application service."""
 
-from domain.actor import Actor
-from domain.application import Alma, Keep, NewMessage, Reply
-from domain.character import Character
-from domain.errors import DomainError, InvalidInput, NameTaken, NotFound, VersionConflict
-from domain.instance import Instance, InstanceName
-from domain.keys import ApiKey
-from domain.memory import Memory
+from alma.domain.actor import Actor
+from alma.domain.application import Alma, Keep, NewMessage, Reply
+from alma.domain.character import Character
+from alma.domain.errors import DomainError, InvalidInput, NameTaken, NotFound, VersionConflict
+from alma.domain.instance import Instance, InstanceName
+from alma.domain.keys import ApiKey
+from alma.domain.memory import Memory
+from alma.domain.topics import register_legacy_topics
+
+register_legacy_topics()
 
 __all__ = [
     "Actor",

@@ -26,17 +26,16 @@ from eventsourcing.domain import Aggregate, DomainEvent
 from eventsourcing.persistence import IntegrityError, JSONTranscoder, Mapper, Recording
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
-from eventsourcing.utils import get_topic
 
-from domain.actor import Actor, ActorAsDict
-from domain.character import Character
-from domain.erasure import Erased, ShreddingMapper
-from domain.errors import InvalidInput, NameTaken, NotFound, VersionConflict
-from domain.instance import Instance, InstanceName
-from domain.keys import ApiKey, hash_secret, new_secret
-from domain.keystore import KeyStore, MemoryKeys, PostgresKeys, SQLiteKeys
-from domain.memory import Memory
-from domain.rules import (
+from alma.domain.actor import Actor, ActorAsDict
+from alma.domain.character import Character
+from alma.domain.erasure import Erased, ShreddingMapper
+from alma.domain.errors import InvalidInput, NameTaken, NotFound, VersionConflict
+from alma.domain.instance import Instance, InstanceName
+from alma.domain.keys import ApiKey, hash_secret, new_secret
+from alma.domain.keystore import KeyStore, MemoryKeys, PostgresKeys, SQLiteKeys
+from alma.domain.memory import Memory
+from alma.domain.rules import (
     name_key,
     valid_message,
     valid_metadata,
@@ -44,6 +43,7 @@ from domain.rules import (
     valid_tenant,
     valid_text,
 )
+from alma.domain.topics import topics_of
 
 A = TypeVar("A", bound=Aggregate)
 T = TypeVar("T")
@@ -566,8 +566,8 @@ class Alma(Application[UUID]):
         return key
 
     def has_keys(self) -> bool:
-        issued = get_topic(ApiKey.Issued)
-        return bool(self.recorder.select_notifications(start=None, limit=1, topics=[issued]))
+        issued = topics_of(ApiKey.Issued)
+        return bool(self.recorder.select_notifications(start=None, limit=1, topics=issued))
 
     # Internals
 

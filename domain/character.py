@@ -6,8 +6,8 @@ from typing import Any, ClassVar
 
 from eventsourcing.domain import Aggregate, DomainEvent, event
 
-from domain.actor import Actor
-from domain.rules import valid_name, valid_text
+from alma.domain.actor import Actor
+from alma.domain.rules import valid_name, valid_text
 
 PERSONA_FIELDS = (
     "description",

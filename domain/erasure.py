@@ -10,15 +10,15 @@ from uuid import UUID
 
 from eventsourcing.domain import DomainEventProtocol, Snapshot
 from eventsourcing.persistence import AggregateRecorder, Mapper, StoredEvent, Transcoder
-from eventsourcing.utils import get_topic
 
-from domain.character import Character
-from domain.errors import NotFound
-from domain.instance import Instance
-from domain.memory import Memory
+from alma.domain.character import Character
+from alma.domain.errors import NotFound
+from alma.domain.instance import Instance
+from alma.domain.memory import Memory
+from alma.domain.topics import topics_of
 
 if TYPE_CHECKING:
-    from domain.keystore import KeyStore
+    from alma.domain.keystore import KeyStore
 
 
 class Erased(NotFound):
@@ -111,7 +111,7 @@ def _bound(stored: StoredEvent) -> bytes:
     return f"{stored.originator_id}/{stored.originator_version}/{stored.topic}".encode()
 
 
-_SNAPSHOTTED = {get_topic(Instance), get_topic(Character)}
+_SNAPSHOTTED = {*topics_of(Instance), *topics_of(Character)}
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, DomainEvent, event
 
-from domain.actor import Actor
-from domain.rules import name_key, valid_name, valid_text
+from alma.domain.actor import Actor
+from alma.domain.rules import name_key, valid_name, valid_text
 
 _NAMES = uuid5(NAMESPACE_URL, "https://alma.dev/instance-names")
 

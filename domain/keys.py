@@ -9,7 +9,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, DomainEvent, event
 
-from domain.actor import Actor
+from alma.domain.actor import Actor
 
 _KEYS = uuid5(NAMESPACE_URL, "https://alma.dev/api-keys")
 KEY_PREFIX = "alma_"

@@ -18,7 +18,7 @@ from uuid import UUID
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.postgres import PostgresDatastore
 
-from domain.erasure import Erased
+from alma.domain.erasure import Erased
 
 CACHE_SIZE = 10_000
 _CREATE = (

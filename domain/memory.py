@@ -11,8 +11,8 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, DomainEvent, event
 
-from domain.actor import Actor
-from domain.rules import valid_importance, valid_metadata, valid_snippet
+from alma.domain.actor import Actor
+from alma.domain.rules import valid_importance, valid_metadata, valid_snippet
 
 
 class Memory(Aggregate):

@@ -7,7 +7,7 @@ import math
 import re
 import unicodedata
 
-from domain.errors import InvalidInput
+from alma.domain.errors import InvalidInput
 
 MAX_NAME = 200
 MAX_TEXT = 100_000

@@ -22,13 +22,14 @@ from uuid import UUID
 from eventsourcing.domain import DomainEvent
 from eventsourcing.utils import get_topic, resolve_topic
 
-from domain.application import Alma
-from domain.character import Character
-from domain.erasure import Erased
-from domain.errors import InvalidInput
-from domain.instance import Instance, InstanceName
-from domain.memory import Memory
-from domain.rules import valid_tenant
+from alma.domain.application import Alma
+from alma.domain.character import Character
+from alma.domain.erasure import Erased
+from alma.domain.errors import InvalidInput
+from alma.domain.instance import Instance, InstanceName
+from alma.domain.memory import Memory
+from alma.domain.rules import valid_tenant
+from alma.domain.topics import is_domain_topic
 
 EXPORTED = (Character.Event, Instance.Event, InstanceName.Event, Memory.Event)
 _PAGE = 500
@@ -41,8 +42,8 @@ class Summary:
 
 
 def _exported_class(topic: str) -> type[DomainEvent] | None:
-    """The event class of a topic, if its events travel (topics outside `domain` never load)."""
-    if not topic.startswith("domain."):
+    """The event class of a topic, if its events travel (topics outside the domain never load)."""
+    if not is_domain_topic(topic):
         return None
     try:
         cls = resolve_topic(topic)

@@ -1,17 +1,17 @@
 """Processes that follow the event log: the listings, the memory index and memory formation."""
 
-from projections.follower import Follower, ReadModel
-from projections.formation import MemoryFormation
-from projections.listings import (
+from alma.projections.follower import Follower, ReadModel
+from alma.projections.formation import MemoryFormation
+from alma.projections.listings import (
     Listed,
     Listings,
     ListingView,
     PostgresListingView,
     SQLiteListingView,
 )
-from projections.memory_index import AuditEntry, Doc, Hit, MemoryIndex
-from projections.sql import open_store
-from projections.vectors import VectorIndex, open_chroma
+from alma.projections.memory_index import AuditEntry, Doc, Hit, MemoryIndex
+from alma.projections.sql import open_store
+from alma.projections.vectors import VectorIndex, open_chroma
 
 __all__ = [
     "AuditEntry",

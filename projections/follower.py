@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from eventsourcing.application import Application
 from eventsourcing.persistence import Notification
 
-from domain.erasure import Erased, Unreadable
+from alma.domain.erasure import Erased, Unreadable
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.persistence import IntegrityError
 
-from chat.extraction import (
+from alma.chat.extraction import (
     FACTS_MAX_TOKENS,
     SUMMARY_MAX_TOKENS,
     Line,
@@ -37,10 +37,10 @@ from chat.extraction import (
     read_summary,
     summary_prompt,
 )
-from chat.model import Messages, ModelClient, ModelError
-from domain import Actor, Alma, DomainError, Instance, NotFound
-from projections.memory_index import MemoryIndex
-from projections.sql import SqlStore
+from alma.chat.model import Messages, ModelClient, ModelError
+from alma.domain import Actor, Alma, DomainError, Instance, NotFound
+from alma.projections.memory_index import MemoryIndex
+from alma.projections.sql import SqlStore
 
 log = logging.getLogger(__name__)
 

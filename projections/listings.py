@@ -21,9 +21,9 @@ from eventsourcing.projection import Projection
 from eventsourcing.sqlite import SQLiteTrackingRecorder
 from psycopg.sql import SQL
 
-from domain import Character, Instance
-from domain.keystore import truncate_wal
-from projections.ranking import fold
+from alma.domain import Character, Instance
+from alma.domain.keystore import truncate_wal
+from alma.projections.ranking import fold
 
 _COLUMNS = "kind, id, tenant, parent_id, position, name, description, archived"
 _UPSERT = (

@@ -27,11 +27,11 @@ from uuid import UUID, uuid5
 
 import numpy as np
 
-from domain import Instance, Memory
-from embeddings import Embedder
-from projections.ranking import Candidate, Weights, bm25_idf, fuse, term_counts, terms
-from projections.sql import Cursor, SqlStore
-from projections.vectors import VectorIndex
+from alma.domain import Instance, Memory
+from alma.embeddings import Embedder
+from alma.projections.ranking import Candidate, Weights, bm25_idf, fuse, term_counts, terms
+from alma.projections.sql import Cursor, SqlStore
+from alma.projections.vectors import VectorIndex
 
 NAME = "memory-index"
 _PER_INSTANCE = (

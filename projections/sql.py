@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from domain.keystore import truncate_wal
+from alma.domain.keystore import truncate_wal
 
 
 class Cursor(Protocol):

@@ -14,7 +14,7 @@ from chromadb.api.collection_configuration import CreateCollectionConfiguration
 from chromadb.config import Settings as ChromaSettings
 from chromadb.errors import NotFoundError
 
-from settings import Settings
+from alma.settings import Settings
 
 PREFIX = "alma-g"
 # Chroma keeps every write in a log it reads from each collection's last persisted point, and

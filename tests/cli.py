@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from settings import Settings
+from alma.settings import Settings
 
 _BESIDE_PYTHON = Path(sys.executable).parent / "alma"
 ALMA = str(_BESIDE_PYTHON) if _BESIDE_PYTHON.exists() else shutil.which("alma") or "alma"

@@ -17,10 +17,10 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from pytest_postgresql import factories
 
-from api.app import create_app
-from api.services import Services, build_services
-from domain import Actor
-from settings import Settings
+from alma.api.app import create_app
+from alma.api.services import Services, build_services
+from alma.domain import Actor
+from alma.settings import Settings
 from tests.openai_stub import OpenAIStub, openai_stub
 
 __all__ = ["openai_stub"]  # a fixture: pytest finds it here

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from chat import tokens
+from alma.chat import tokens
 
 
 @dataclass(frozen=True)

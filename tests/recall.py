@@ -8,10 +8,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
-from api.services import Services
-from domain import Actor, NewMessage
-from projections import MemoryIndex
-from projections.ranking import Weights
+from alma.api.services import Services
+from alma.domain import Actor, NewMessage
+from alma.projections import MemoryIndex
+from alma.projections.ranking import Weights
 
 DATA = Path(__file__).parent / "data" / "recall" / "conversations.json"
 DENSE_ONLY = Weights(dense=1.0, lexical=0.0, recency=0.0, importance=0.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from voice import Speaker, VoiceSettings
+from alma.voice import Speaker, VoiceSettings
 
 ENGLISH = [
     "My sister works as a nurse at the hospital in town.",

@@ -11,11 +11,11 @@ from typing import Any
 import openai
 import pytest
 
-from settings import Settings
+from alma.settings import Settings
+from alma.voice import decode
 from tests.cli import create_key, free_port, running, wait_for_health
 from tests.conftest import Api, make_character, make_instance
 from tests.speech_samples import ENGLISH, SPANISH, say, word_error_rate
-from voice import decode
 
 
 def _events(api: Api, instance_id: object, kind: str) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from settings import Settings
+from alma.settings import Settings
 from tests.cli import create_key, free_port, running, wait_for_health
 from tests.conftest import Api, make_character, make_instance
 from tests.openai_stub import Fail, OpenAIStub, Reply

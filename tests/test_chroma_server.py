@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.services import build_services
-from domain import Actor
-from settings import Settings
+from alma.api.services import build_services
+from alma.domain import Actor
+from alma.settings import Settings
 
 
 def _free_port() -> int:

@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
-from api.services import Services, build_services
-from domain import Actor
-from settings import Settings
+from alma.api.services import Services, build_services
+from alma.domain import Actor
+from alma.settings import Settings
 from tests.cli import (
     ALMA,
     KEY_RE,

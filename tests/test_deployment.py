@@ -13,7 +13,7 @@ import pytest
 import yaml
 from pydantic import AliasChoices
 
-from settings import Settings
+from alma.settings import Settings
 from tests.cli import ALMA
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from api.services import Services
-from domain import Actor, Alma, Instance, Memory, NameTaken, NotFound, VersionConflict
+from alma.api.services import Services
+from alma.domain import Actor, Alma, Instance, Memory, NameTaken, NotFound, VersionConflict
 
 texts = st.text(
     st.characters(codec="utf-8", exclude_categories=["Cs"], exclude_characters="\x00"), max_size=40

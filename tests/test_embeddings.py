@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embeddings import Embedder, export_folder
+from alma.embeddings import Embedder, export_folder
 
 TEXTS = [
     "Su hermana Lucía trabaja de enfermera en Sevilla.",

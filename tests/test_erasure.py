@@ -11,11 +11,11 @@ import psycopg
 import pytest
 from eventsourcing.persistence import Mapper
 
-from api.cli import replay
-from api.services import open_app, rebuild_memory_index
-from domain import Actor, Character, NotFound
-from domain.erasure import MAGIC
-from settings import Settings
+from alma.api.cli import replay
+from alma.api.services import open_app, rebuild_memory_index
+from alma.domain import Actor, Character, NotFound
+from alma.domain.erasure import MAGIC
+from alma.settings import Settings
 from tests.conftest import Api, make_character, make_instance
 from tests.openai_stub import OpenAIStub, Reply
 

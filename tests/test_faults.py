@@ -34,9 +34,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from api.services import build_services
-from domain import Actor, Memory
-from settings import Settings
+from alma.api.services import build_services
+from alma.domain import Actor, Memory
+from alma.settings import Settings
 from tests.cli import bearer, create_key, free_port, running, wait_for_health
 from tests.openai_stub import Fail, OpenAIStub, Reply
 from tests.test_chroma_server import chroma_server

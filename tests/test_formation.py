@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from eventsourcing.persistence import Mapper
 
-from api.cli import projections_status
-from api.services import build_services
-from chat.extraction import Malformed, read_operations
-from domain import Actor, Alma, Memory, NewMessage
-from projections import MemoryFormation
-from settings import Settings
+from alma.api.cli import projections_status
+from alma.api.services import build_services
+from alma.chat.extraction import Malformed, read_operations
+from alma.domain import Actor, Alma, Memory, NewMessage
+from alma.projections import MemoryFormation
+from alma.settings import Settings
 from tests.conftest import Api, make_character, make_instance, running_api
 from tests.openai_stub import Fail, OpenAIStub, Reply
 

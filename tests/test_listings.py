@@ -21,11 +21,11 @@ from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from api.services import Services, build_services
-from domain import Actor, NameTaken
-from domain.rules import name_key
-from projections import Follower, ListingView
-from projections.listings import fold
+from alma.api.services import Services, build_services
+from alma.domain import Actor, NameTaken
+from alma.domain.rules import name_key
+from alma.projections import Follower, ListingView
+from alma.projections.listings import fold
 
 KINDS = ("character", "instance")
 

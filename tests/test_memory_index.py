@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from api.services import Services, build_memory_index, rebuild_memory_index
-from domain import Actor, NewMessage
-from projections import Follower, MemoryIndex, VectorIndex
-from projections.memory_index import chunks
+from alma.api.services import Services, build_memory_index, rebuild_memory_index
+from alma.domain import Actor, NewMessage
+from alma.projections import Follower, MemoryIndex, VectorIndex
+from alma.projections.memory_index import chunks
 
 WORDS = ["gato", "perro", "Lisboa", "mole", "abuela", "río", "canción", "viaje", "jardín"]
 texts = st.lists(st.sampled_from(WORDS), min_size=1, max_size=5).map(" ".join)

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from settings import Settings
+from alma.settings import Settings
 from tests.openai_stub import OpenAIStub
 from tests.test_faults import serving
 

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from chat import tokens
-from chat.prompt import (
+from alma.chat import tokens
+from alma.chat.prompt import (
     ELLIPSIS,
     Persona,
     Prompt,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from api.services import Services
-from projections.ranking import Weights
+from alma.api.services import Services
+from alma.projections.ranking import Weights
 from tests.recall import DENSE_ONLY, load, recall_at
 
 # A random ranking of ~220 messages puts an answer in the first five about 3% of the time, and

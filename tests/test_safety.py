@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.services import build_services
-from settings import Settings
+from alma.api.services import build_services
+from alma.settings import Settings
 from tests.cli import (
     ALMA,
     KEY_RE,

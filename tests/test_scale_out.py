@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from api.services import open_app
-from domain import Actor
-from settings import Settings
+from alma.api.services import open_app
+from alma.domain import Actor
+from alma.settings import Settings
 from tests.cli import free_port, running, wait_for_health
 from tests.test_chroma_server import chroma_url
 

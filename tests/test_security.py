@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from settings import Settings
+from alma.settings import Settings
 from tests.conftest import Api, make_character, make_instance, running_api
 from tests.openai_stub import OpenAIStub, Reply
 from tests.test_faults import serving

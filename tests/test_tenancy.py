@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from domain import Actor
+from alma.domain import Actor
 from tests.conftest import Api, make_character, make_instance
 from tests.speech_samples import say
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chat import tokens
+from alma.chat import tokens
 
 SPANISH = "¡Hola, señora Muñoz! ¿Qué tal? El niño comió piñata y cigüeña 🧙‍♀️🔥👍🏽 «adiós»"
 
@@ -89,7 +89,7 @@ def test_loads_with_no_network_into_an_empty_cache(tmp_path: Path) -> None:
         socket.create_connection = refuse
 
         from concurrent.futures import ThreadPoolExecutor
-        from chat import tokens
+        from alma.chat import tokens
         with ThreadPoolExecutor(8) as pool:
             counts = list(pool.map(lambda _: tokens.count("hello world"), range(16)))
         assert counts == [2] * 16, counts

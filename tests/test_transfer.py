@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from api.services import Services, build_services
-from domain import Actor, NewMessage
-from settings import Settings
+from alma.api.services import Services, build_services
+from alma.domain import Actor, NewMessage
+from alma.settings import Settings
 from tests.cli import alma, assert_clean_failure
 
 QUERIES = ["¿cómo se llama el perro?", "river", "what does she drink in the morning"]

@@ -13,8 +13,7 @@ import av
 import numpy as np
 import pytest
 
-from tests.speech_samples import ENGLISH, SPANISH, say, word_error_rate
-from voice import (
+from alma.voice import (
     AudioTooLong,
     BadAudio,
     Clip,
@@ -25,9 +24,10 @@ from voice import (
     VoiceSettings,
     decode,
 )
-from voice.audio import encode
-from voice.stt import assemble_base
-from voice.tts import guess_language
+from alma.voice.audio import encode
+from alma.voice.stt import assemble_base
+from alma.voice.tts import guess_language
+from tests.speech_samples import ENGLISH, SPANISH, say, word_error_rate
 
 
 @pytest.fixture(scope="module")

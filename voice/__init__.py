@@ -1,6 +1,6 @@
 """Speech: text to speech (gTTS, espeak-ng offline) and speech to text (faster-whisper)."""
 
-from voice.audio import (
+from alma.voice.audio import (
     AudioError,
     AudioTooLarge,
     AudioTooLong,
@@ -11,9 +11,9 @@ from voice.audio import (
     check_size,
     decode,
 )
-from voice.speech import Speech
-from voice.stt import Busy, Transcriber, Transcript, UnknownLanguage
-from voice.tts import Speaker, Spoken, UnknownVoice, VoiceSettings
+from alma.voice.speech import Speech
+from alma.voice.stt import Busy, Transcriber, Transcript, UnknownLanguage
+from alma.voice.tts import Speaker, Spoken, UnknownVoice, VoiceSettings
 
 __all__ = [
     "AudioError",

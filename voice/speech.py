@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from settings import Settings
-from voice.audio import Clip, check_size, decode
-from voice.stt import Transcriber
-from voice.tts import Speaker
+from alma.settings import Settings
+from alma.voice.audio import Clip, check_size, decode
+from alma.voice.stt import Transcriber
+from alma.voice.tts import Speaker
 
 
 @dataclass

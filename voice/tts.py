@@ -18,8 +18,8 @@ import numpy as np
 from gtts import gTTS
 from gtts.lang import tts_langs
 
-from voice import espeak
-from voice.audio import AudioError, Clip, decode, encode, media_type
+from alma.voice import espeak
+from alma.voice.audio import AudioError, Clip, decode, encode, media_type
 
 ENGINES = ("gtts", "espeak")
 MAX_INPUT = 4096

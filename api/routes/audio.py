@@ -18,13 +18,13 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import Caller, CurrentCaller, Svc
-from api.errors import ApiError
-from api.schemas import ChatResponse, MemoryUsed, TurnOut, Usage
-from api.services import Services
-from domain import Instance, NotFound
-from voice import Clip, NoSpeech, Speech, Spoken, VoiceSettings
-from voice.stt import whisper_language
+from alma.api.deps import Caller, CurrentCaller, Svc
+from alma.api.errors import ApiError
+from alma.api.schemas import ChatResponse, MemoryUsed, TurnOut, Usage
+from alma.api.services import Services
+from alma.domain import Instance, NotFound
+from alma.voice import Clip, NoSpeech, Speech, Spoken, VoiceSettings
+from alma.voice.stt import whisper_language
 
 router = APIRouter(tags=["audio"])
 

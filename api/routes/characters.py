@@ -7,9 +7,9 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query, Response
 
-from api.deps import AsOf, CurrentCaller, Erase, ExpectedVersion, Limit, Svc
-from api.pagination import page_of
-from api.schemas import CharacterCreate, CharacterEdit, CharacterOut, Page
+from alma.api.deps import AsOf, CurrentCaller, Erase, ExpectedVersion, Limit, Svc
+from alma.api.pagination import page_of
+from alma.api.schemas import CharacterCreate, CharacterEdit, CharacterOut, Page
 
 router = APIRouter(prefix="/v1/characters", tags=["characters"])
 

@@ -9,10 +9,10 @@ from uuid import UUID
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from api.deps import CurrentCaller, Svc
-from api.schemas import ChatRequest, ChatResponse
-from chat.model import ModelError
-from chat.turns import TurnResult
+from alma.api.deps import CurrentCaller, Svc
+from alma.api.schemas import ChatRequest, ChatResponse
+from alma.chat.model import ModelError
+from alma.chat.turns import TurnResult
 
 router = APIRouter(tags=["chat"])
 

@@ -8,11 +8,11 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate
 from fastapi import APIRouter, Query
 
-from api.consistency import caught_up
-from api.deps import CurrentCaller, Limit, Svc
-from api.pagination import MAX_POSITION, decode_cursor, encode_cursor
-from api.schemas import EventOut, MemoryChangeOut, Page
-from domain import Character, Instance
+from alma.api.consistency import caught_up
+from alma.api.deps import CurrentCaller, Limit, Svc
+from alma.api.pagination import MAX_POSITION, decode_cursor, encode_cursor
+from alma.api.schemas import EventOut, MemoryChangeOut, Page
+from alma.domain import Character, Instance
 
 router = APIRouter(tags=["events"])
 

@@ -6,11 +6,11 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-import metrics
-from api.deps import Svc
-from api.errors import ApiError
-from api.schemas import Health
-from api.services import Services
+from alma import metrics
+from alma.api.deps import Svc
+from alma.api.errors import ApiError
+from alma.api.schemas import Health
+from alma.api.services import Services
 
 router = APIRouter(tags=["operations"])
 

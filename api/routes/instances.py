@@ -8,10 +8,10 @@ from uuid import UUID
 
 from fastapi import APIRouter, Response
 
-from api.deps import AsOf, CurrentCaller, Erase, ExpectedVersion, Limit, Svc
-from api.pagination import page_of
-from api.schemas import InstanceCreate, InstanceEdit, InstanceFork, InstanceOut, Page
-from domain import Keep
+from alma.api.deps import AsOf, CurrentCaller, Erase, ExpectedVersion, Limit, Svc
+from alma.api.pagination import page_of
+from alma.api.schemas import InstanceCreate, InstanceEdit, InstanceFork, InstanceOut, Page
+from alma.domain import Keep
 
 router = APIRouter(tags=["instances"])
 

@@ -8,10 +8,10 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query, Response
 
-from api.consistency import caught_up
-from api.deps import CurrentCaller, Limit, Svc
-from api.pagination import decode_cursor, encode_cursor
-from api.schemas import (
+from alma.api.consistency import caught_up
+from alma.api.deps import CurrentCaller, Limit, Svc
+from alma.api.pagination import decode_cursor, encode_cursor
+from alma.api.schemas import (
     MemoryCreate,
     MemoryEdit,
     MemoryOut,
@@ -22,7 +22,7 @@ from api.schemas import (
     SearchResult,
     SearchResults,
 )
-from domain import Instance, NewMessage, NotFound
+from alma.domain import Instance, NewMessage, NotFound
 
 router = APIRouter(tags=["memories"])
 

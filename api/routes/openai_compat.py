@@ -18,13 +18,13 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import Caller, CurrentCaller, Svc
-from api.errors import ApiError
-from api.services import Services
-from chat.model import ModelError
-from chat.prompt import Turn
-from chat.turns import TurnResult
-from domain import NotFound
+from alma.api.deps import Caller, CurrentCaller, Svc
+from alma.api.errors import ApiError
+from alma.api.services import Services
+from alma.chat.model import ModelError
+from alma.chat.prompt import Turn
+from alma.chat.turns import TurnResult
+from alma.domain import NotFound
 
 router = APIRouter(tags=["openai-compatible"])
 MEMORIES_UNAVAILABLE = "X-Alma-Memories-Unavailable"
