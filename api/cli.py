@@ -73,8 +73,8 @@ def models(settings: Settings) -> None:
     """Puts every model alma loads into its caches, so a process (a container built with
     `RUN alma models`) starts with no network: the embedding model's ONNX export, the speech
     model assembled from its packages, and the tokenizer file."""
-    from alma.chat import tokens
     from alma.embeddings import Embedder
+    from alma.llm import tokens
     from alma.voice.stt import model_location
 
     cache = settings.model_cache()

@@ -19,9 +19,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from alma import metrics
-from alma.chat.model import ModelError
 from alma.chat.prompt import PromptTooLarge
 from alma.domain import DomainError, InvalidInput, NameTaken, NotFound, VersionConflict
+from alma.llm.client import ModelError
 from alma.voice import (
     AudioError,
     AudioTooLarge,

@@ -10,24 +10,24 @@ from eventsourcing.persistence import InfrastructureFactory
 from eventsourcing.utils import Environment
 
 from alma.api.breaker import DatabaseBreaker
-from alma.chat.local_model import local_model_client
-from alma.chat.model import ModelClient, OpenAIModel
+from alma.chat.formation import MemoryFormation
 from alma.chat.turns import Chat
 from alma.domain import Alma
 from alma.embeddings import Embedder
+from alma.llm.client import ModelClient, OpenAIModel
+from alma.llm.local import local_model_client
 from alma.projections import (
     Follower,
     Listings,
     ListingView,
-    MemoryFormation,
     MemoryIndex,
     PostgresListingView,
     SQLiteListingView,
     VectorIndex,
     open_chroma,
-    open_store,
 )
 from alma.settings import Settings
+from alma.stores.sql import open_store
 from alma.voice import Speech
 
 

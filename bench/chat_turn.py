@@ -73,10 +73,10 @@ from pydantic import SecretStr
 
 from alma.api.services import Services, build_services
 from alma.chat.extraction import FACTS_INSTRUCTION
-from alma.chat.model import Completion, Messages, ModelClient
 from alma.chat.turns import Chat
 from alma.domain import Actor, Alma, Character, Instance, Memory
 from alma.embeddings import Embedder
+from alma.llm.client import Completion, Messages, ModelClient
 from alma.projections import Follower, Hit, MemoryIndex
 from alma.projections.memory_index import Doc
 from alma.settings import Settings

@@ -1,1 +1,1 @@
-"""Chat with a character: token counting, the model client and the offline local model."""
+"""A conversation with a character: the chat turn, its prompt, and memory formation."""

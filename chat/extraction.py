@@ -9,10 +9,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from alma.chat import tokens
-from alma.chat.model import Messages
 from alma.domain import InvalidInput
 from alma.domain.rules import valid_importance, valid_snippet
+from alma.llm import tokens
+from alma.llm.client import Messages
 
 MAX_OPERATIONS = 50
 FACTS_MAX_TOKENS = 800

@@ -19,11 +19,11 @@ from uuid import UUID
 import httpx
 
 from alma import metrics
-from alma.chat import tokens
-from alma.chat.model import Completion, ModelClient, ModelError
 from alma.chat.prompt import Persona, Prompt, Recollection, Turn, build_prompt
 from alma.domain import Actor, Alma, InvalidInput, NewMessage, Reply
 from alma.domain.rules import valid_message
+from alma.llm import tokens
+from alma.llm.client import Completion, ModelClient, ModelError
 from alma.projections import Hit, MemoryIndex
 
 log = logging.getLogger(__name__)

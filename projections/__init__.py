@@ -1,7 +1,6 @@
-"""Processes that follow the event log: the listings, the memory index and memory formation."""
+"""Read models that follow the event log: the listings and the memory index."""
 
 from alma.projections.follower import Follower, ReadModel
-from alma.projections.formation import MemoryFormation
 from alma.projections.listings import (
     Listed,
     Listings,
@@ -10,7 +9,6 @@ from alma.projections.listings import (
     SQLiteListingView,
 )
 from alma.projections.memory_index import AuditEntry, Doc, Hit, MemoryIndex
-from alma.projections.sql import open_store
 from alma.projections.vectors import VectorIndex, open_chroma
 
 __all__ = [
@@ -21,12 +19,10 @@ __all__ = [
     "Listed",
     "ListingView",
     "Listings",
-    "MemoryFormation",
     "MemoryIndex",
     "PostgresListingView",
     "ReadModel",
     "SQLiteListingView",
     "VectorIndex",
     "open_chroma",
-    "open_store",
 ]

@@ -30,8 +30,8 @@ import numpy as np
 from alma.domain import Instance, Memory
 from alma.embeddings import Embedder
 from alma.projections.ranking import Candidate, Weights, bm25_idf, fuse, term_counts, terms
-from alma.projections.sql import Cursor, SqlStore
 from alma.projections.vectors import VectorIndex
+from alma.stores.sql import Cursor, SqlStore
 
 NAME = "memory-index"
 _PER_INSTANCE = (

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from alma.chat import tokens
+from alma.llm import tokens
 
 
 @dataclass(frozen=True)

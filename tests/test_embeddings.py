@@ -60,7 +60,7 @@ def test_a_cached_export_loads_without_torch(cache_dir: Path) -> None:
     Embedder(cache_dir=cache_dir).encode(["warm the cache"])
     assert (export_folder("all-MiniLM-L6-v2", cache_dir) / "model-int8.onnx").exists()
     script = (
-        "import sys; from pathlib import Path; from embeddings import Embedder; "
+        "import sys; from pathlib import Path; from alma.embeddings import Embedder; "
         f"v = Embedder(cache_dir=Path({str(cache_dir)!r})).encode_query('hola'); "
         "print(len(v), 'torch' in sys.modules)"
     )

@@ -15,8 +15,8 @@ from eventsourcing.persistence import Mapper
 from alma.api.cli import projections_status
 from alma.api.services import build_services
 from alma.chat.extraction import Malformed, read_operations
+from alma.chat.formation import MemoryFormation
 from alma.domain import Actor, Alma, Memory, NewMessage
-from alma.projections import MemoryFormation
 from alma.settings import Settings
 from tests.conftest import Api, make_character, make_instance, running_api
 from tests.openai_stub import Fail, OpenAIStub, Reply

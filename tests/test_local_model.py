@@ -9,15 +9,15 @@ from pathlib import Path
 import openai
 import pytest
 
-from alma.chat import tokens
-from alma.chat.local_model import (
+from alma.llm import tokens
+from alma.llm.client import Completion, ModelClient, OpenAIModel
+from alma.llm.local import (
     TOKENIZER_MARGIN,
     LocalModelServer,
     local_model_client,
     local_model_name,
     packaged_model_path,
 )
-from alma.chat.model import Completion, ModelClient, OpenAIModel
 
 MESSAGES = [
     {"role": "system", "content": "You are Aria, a cheerful pirate captain. Answer briefly."},

@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from alma.chat import tokens
-from alma.chat.model import Completion, ModelClient, ModelError, OpenAIModel
+from alma.llm import tokens
+from alma.llm.client import Completion, ModelClient, ModelError, OpenAIModel
 from tests.openai_stub import Fail, OpenAIStub, Raw, Reply
 
 KEY = "sk-test-S3CRET-do-not-leak-0123456789"

@@ -16,7 +16,6 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from alma.chat import tokens
 from alma.chat.prompt import (
     ELLIPSIS,
     Persona,
@@ -27,6 +26,7 @@ from alma.chat.prompt import (
     build_prompt,
     default_instruction,
 )
+from alma.llm import tokens
 
 NOW = datetime(2024, 3, 10, 18, 30, tzinfo=UTC)
 SCIENTIST = "👩\u200d🔬"

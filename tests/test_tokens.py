@@ -12,7 +12,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alma.chat import tokens
+from alma.llm import tokens
 
 SPANISH = "¡Hola, señora Muñoz! ¿Qué tal? El niño comió piñata y cigüeña 🧙‍♀️🔥👍🏽 «adiós»"
 
@@ -89,7 +89,7 @@ def test_loads_with_no_network_into_an_empty_cache(tmp_path: Path) -> None:
         socket.create_connection = refuse
 
         from concurrent.futures import ThreadPoolExecutor
-        from alma.chat import tokens
+        from alma.llm import tokens
         with ThreadPoolExecutor(8) as pool:
             counts = list(pool.map(lambda _: tokens.count("hello world"), range(16)))
         assert counts == [2] * 16, counts
@@ -114,7 +114,7 @@ def test_loads_with_no_network_into_an_empty_cache(tmp_path: Path) -> None:
 
 
 def test_default_cache_is_under_the_user_cache(tmp_path: Path) -> None:
-    script = "from chat import tokens; print(tokens.count('hola mundo'), tokens.cache_dir())"
+    script = "from alma.llm import tokens; print(tokens.count('hola mundo'), tokens.cache_dir())"
     env = {k: v for k, v in os.environ.items() if k != "TIKTOKEN_CACHE_DIR"}
     env["XDG_CACHE_HOME"] = str(tmp_path)
     done = subprocess.run(
@@ -136,7 +136,7 @@ def test_an_unwritable_cache_still_counts(tmp_path: Path) -> None:
     not_a_folder = tmp_path / "a-file"
     not_a_folder.write_text("")
     script = (
-        "import sys; from chat import tokens; "
+        "import sys; from alma.llm import tokens; "
         "print(tokens.count('hello world'), tokens.encode(sys.argv[1]))"
     )
     done = subprocess.run(

@@ -11,8 +11,8 @@ from fastapi.responses import StreamingResponse
 
 from alma.api.deps import CurrentCaller, Svc
 from alma.api.schemas import ChatRequest, ChatResponse
-from alma.chat.model import ModelError
 from alma.chat.turns import TurnResult
+from alma.llm.client import ModelError
 
 router = APIRouter(tags=["chat"])
 

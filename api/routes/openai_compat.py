@@ -21,10 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from alma.api.deps import Caller, CurrentCaller, Svc
 from alma.api.errors import ApiError
 from alma.api.services import Services
-from alma.chat.model import ModelError
 from alma.chat.prompt import Turn
 from alma.chat.turns import TurnResult
 from alma.domain import NotFound
+from alma.llm.client import ModelError
 
 router = APIRouter(tags=["openai-compatible"])
 MEMORIES_UNAVAILABLE = "X-Alma-Memories-Unavailable"

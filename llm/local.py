@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from alma.chat.model import OpenAIModel
+from alma.llm.client import OpenAIModel
 
 PACKAGED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # alma budgets prompts with tiktoken (cl100k_base); SmolLM2's own tokenizer spends more tokens on

@@ -37,10 +37,10 @@ from alma.chat.extraction import (
     read_summary,
     summary_prompt,
 )
-from alma.chat.model import Messages, ModelClient, ModelError
 from alma.domain import Actor, Alma, DomainError, Instance, NotFound
+from alma.llm.client import Messages, ModelClient, ModelError
 from alma.projections.memory_index import MemoryIndex
-from alma.projections.sql import SqlStore
+from alma.stores.sql import SqlStore
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.completion_usage import CompletionUsage
 
-from alma.chat import tokens
+from alma.llm import tokens
 
 DEFAULT_MODEL = "gpt-3.5-turbo"
 GPT35_CONTEXT_WINDOW = 16385

@@ -1,0 +1,1 @@
+"""The SQL stores: SQLite and PostgreSQL adapters for the read models and the key store."""
