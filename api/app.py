@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from alma.api.breaker import BreakerGate
@@ -54,7 +55,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             services.close()
 
-    app = FastAPI(title="alma", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # Swagger UI and ReDoc come from an installed package (fastapi-offline), not a CDN, so /docs
+    # works with no internet; the validator badge would fetch from swagger.io, so it is off.
+    app = FastAPIOffline(
+        title="alma",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        static_url="/docs/static",
+        swagger_ui_parameters={"validatorUrl": None},
+    )
     install_error_handlers(app)
     install_security(app, settings)
     for module in (characters, instances, events, memories, chat, openai_compat, audio, health):
