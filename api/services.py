@@ -27,6 +27,7 @@ from alma.projections import (
     open_chroma,
 )
 from alma.settings import Settings
+from alma.stores.keys import open_keys
 from alma.stores.sql import open_store
 from alma.voice import Speech
 
@@ -149,7 +150,7 @@ def build_model(settings: Settings) -> ModelClient:
 
 
 def open_app(settings: Settings) -> Alma:
-    return Alma(settings.event_store_env("events"))
+    return Alma(settings.event_store_env("events"), keys=open_keys)
 
 
 def build_services(settings: Settings) -> Services:

@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from alma.domain import Actor, Alma, Instance
 from alma.settings import Settings
+from alma.stores.keys import open_keys
 from bench.report import Row, checked, free_port, log, percentiles_ms, print_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +115,7 @@ def postgres_store(url: str) -> Iterator[Settings]:
 
 @contextlib.contextmanager
 def alma(settings: Settings) -> Iterator[Alma]:
-    app = Alma(settings.event_store_env("events"))
+    app = Alma(settings.event_store_env("events"), keys=open_keys)
     try:
         yield app
     finally:

@@ -6,34 +6,27 @@ import hmac
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import suppress
-from copy import deepcopy
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
-from pathlib import Path
 from typing import Any, TypeVar, cast
 from uuid import UUID, uuid4
 
-from eventsourcing.application import (
-    AggregateNotFoundError,
-    Application,
-    ProcessingEvent,
-    Repository,
-)
+from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate, DomainEvent
 from eventsourcing.persistence import IntegrityError, JSONTranscoder, Mapper, Recording
-from eventsourcing.postgres import PostgresDatastore
-from eventsourcing.sqlite import SQLiteDatastore
+from eventsourcing.popo import POPOApplicationRecorder
 
 from alma.domain.actor import Actor, ActorAsDict
 from alma.domain.character import Character
-from alma.domain.erasure import Erased, ShreddingMapper
-from alma.domain.errors import InvalidInput, NameTaken, NotFound, VersionConflict
+from alma.domain.erasure import ShreddingMapper
+from alma.domain.errors import Erased, InvalidInput, NameTaken, NotFound, VersionConflict
 from alma.domain.instance import Instance, InstanceName
 from alma.domain.keys import ApiKey, hash_secret, new_secret
-from alma.domain.keystore import KeyStore, MemoryKeys, PostgresKeys, SQLiteKeys
+from alma.domain.keystore import KeyStore, KeyStoreFactory, MemoryKeys
+from alma.domain.library import CachingApplication
 from alma.domain.memory import Memory
 from alma.domain.rules import (
     name_key,
@@ -82,141 +75,47 @@ class NewMessage:
     metadata: dict[str, Any] | None = None
 
 
-def replay(aggregate: Any, domain_events: Iterable[Any]) -> Any:
-    """The library's projector without its per-event Protocol isinstance check, which costs
-    ~12 µs an event on Python 3.11 and was most of the time spent loading an instance."""
-    for domain_event in domain_events:
-        aggregate = domain_event.mutate(aggregate)
-    return aggregate
-
-
-_IMMUTABLE = (str, int, float, bool, type(None), UUID, datetime, Enum)
-
-
-def copy_of(aggregate: Any) -> Any:
-    """`deepcopy` of an aggregate, sharing its immutable attributes instead of walking them
-    (for a command's two copies; README, core benchmark, shows what it did to commands/s)."""
-    kind: Any = type(aggregate)
-    copied = kind.__new__(kind)
-    copied.__dict__.update(
-        {
-            name: value if isinstance(value, _IMMUTABLE) else deepcopy(value)
-            for name, value in vars(aggregate).items()
-        }
-    )
-    return copied
-
-
-class _Repository(Repository[UUID]):
-    def get(self, aggregate_id: UUID, **kwargs: Any) -> Any:
-        kwargs.setdefault("projector_func", replay)
-        return super().get(aggregate_id, **kwargs)
-
-    def last_seen(self, aggregate_id: UUID) -> Any:
-        """This process's latest copy, without asking the store whether another process has
-        moved on: only for commands, whose save fails on a stale version and is then retried
-        on fresh state. Falls back to `get` when nothing is cached."""
-        if self.cache is None:
-            return self.get(aggregate_id)
-        lock = self._use_fastforward_lock(aggregate_id)
-        try:
-            with lock:
-                cached = self.cache.get(aggregate_id)
-            return copy_of(cached)
-        except KeyError:
-            return self.get(aggregate_id)
-        finally:
-            self._disuse_fastforward_lock(aggregate_id)
-
-    def remember(self, aggregate: Aggregate) -> None:
-        if self.cache is not None:
-            self.cache.put(aggregate.id, copy_of(aggregate))
-
-    def forget(self, aggregate_id: UUID) -> None:
-        if self.cache is not None:
-            with suppress(KeyError):
-                self.cache.get(aggregate_id, evict=True)
-
-
-class Alma(Application[UUID]):
+class Alma(CachingApplication):
     name = "alma"
     snapshotting_intervals = {Character: 50, Instance: 50}  # noqa: RUF012 (library's API)
-    snapshotting_projectors = {Character: replay, Instance: replay}  # noqa: RUF012
 
-    def __init__(self, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str] | None = None, keys: KeyStoreFactory | None = None
+    ) -> None:
+        """`keys` opens the erasure keys beside the event store that `env` configures (see
+        `alma.stores.keys.open_keys`); without it the events must be kept in memory too."""
         super().__init__(env)
         self.listeners: list[Callable[[], None]] = []
         self._command = threading.local()
-        self.keys = self._open_keys()
+        if keys is None and not isinstance(self.recorder, POPOApplicationRecorder):
+            # Keys kept in memory would be gone at the next start, and every event they
+            # encrypted unreadable with them.
+            super().close()
+            raise ValueError(
+                "events kept in a database need their erasure keys there: pass "
+                "keys=alma.stores.keys.open_keys"
+            )
+        self.keys: KeyStore = MemoryKeys() if keys is None else keys(self.recorder)
         assert isinstance(self.mapper, ShreddingMapper)
         self.mapper.keys = self.keys
         self.mapper.recorder = self.recorder
 
-    repository: _Repository
-
     def construct_mapper(self) -> Mapper[UUID]:
         return ShreddingMapper(self.construct_transcoder())
-
-    def _open_keys(self) -> KeyStore:
-        """The erasure keys, in the events' own database."""
-        datastore = getattr(self.recorder, "datastore", None)
-        if isinstance(datastore, PostgresDatastore):
-            return PostgresKeys(datastore)
-        if isinstance(datastore, SQLiteDatastore) and not datastore.pool.is_sqlite_memory_mode:
-            return SQLiteKeys(Path(datastore.pool.db_name))
-        return MemoryKeys()
 
     def close(self) -> None:
         self.keys.close()
         super().close()
-
-    def construct_repository(self) -> Repository[UUID]:
-        cache_size = self.env.get(self.AGGREGATE_CACHE_MAXSIZE)
-        return _Repository(
-            event_store=self.events,
-            snapshot_store=self.snapshots,
-            cache_maxsize=int(cache_size) if cache_size else None,
-        )
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
         transcoder.register(ActorAsDict())
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
-        """The library's `save`, but an aggregate's events are collected without its two runtime
-        Protocol checks (~12 µs each on Python 3.11, as in `replay`)."""
-        processing_event = ProcessingEvent[UUID]()
-        for obj in objs:
-            if isinstance(obj, Aggregate):
-                processing_event.events += obj.collect_events()
-                processing_event.aggregates[obj.id] = obj
-            else:
-                processing_event.collect_events(obj)
-        processing_event.saved_kwargs.update(kwargs)
-        recordings = self._record(processing_event)
-        self._take_snapshots(processing_event)
-        self._notify(recordings)
-        for saved in objs:
-            if isinstance(saved, Aggregate):
-                self.repository.remember(saved)
+        recordings = super().save(*objs, **kwargs)
         for listener in self.listeners:
             listener()
         return recordings
-
-    def _take_snapshots(self, processing_event: ProcessingEvent[UUID]) -> None:
-        """As the library does, but from the aggregate just saved when it stands at the
-        snapshot's version. The library reads it back from the store instead (the last snapshot
-        and up to 49 events, each decrypted) every 50th command."""
-        for event in processing_event.events:
-            aggregate = processing_event.aggregates.get(event.originator_id)
-            if not isinstance(aggregate, Character | Instance):
-                continue
-            if event.originator_version % self.snapshotting_intervals[type(aggregate)]:
-                continue
-            if aggregate.version == event.originator_version and self.snapshots is not None:
-                self.snapshots.put([type(aggregate).Snapshot.take(aggregate)])
-            else:
-                self.take_snapshot(event.originator_id, event.originator_version, replay)
 
     # Characters
 

@@ -5,29 +5,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, cast
+from typing import cast
 from uuid import UUID
 
 from eventsourcing.domain import DomainEventProtocol, Snapshot
 from eventsourcing.persistence import AggregateRecorder, Mapper, StoredEvent, Transcoder
 
 from alma.domain.character import Character
-from alma.domain.errors import NotFound
 from alma.domain.instance import Instance
+from alma.domain.keystore import KeyStore
 from alma.domain.memory import Memory
 from alma.domain.topics import topics_of
-
-if TYPE_CHECKING:
-    from alma.domain.keystore import KeyStore
-
-
-class Erased(NotFound):
-    """The key of this scope was destroyed: its events can never be read again."""
-
-    def __init__(self, scope_id: UUID) -> None:
-        super().__init__(f"{scope_id} was erased")
-        self.scope_id = scope_id
-
 
 MAGIC = (
     b"\x00alma-k1"  # JSON states start with "{": states written before encryption are told apart

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from uuid import UUID
+
 
 class DomainError(Exception):
     """Base of every error a command or query can raise on purpose."""
@@ -29,3 +31,11 @@ class VersionConflict(DomainError):
     def __init__(self, current_version: int) -> None:
         super().__init__(f"the current version is {current_version}")
         self.current_version = current_version
+
+
+class Erased(NotFound):
+    """The key of this scope was destroyed: its events can never be read again."""
+
+    def __init__(self, scope_id: UUID) -> None:
+        super().__init__(f"{scope_id} was erased")
+        self.scope_id = scope_id

@@ -1,30 +1,24 @@
-"""Erasure keys: one random AES-256-GCM key per scope (a character, or an instance with its
-memories and messages), in a table `erasure_keys` beside the events. Erasing a scope replaces its
-key with a tombstone (NULL), so no later write can give the scope a new key.
-
-On SQLite the key is overwritten in place (`secure_delete`) and the write-ahead log is truncated,
-so the key's bytes are in no file; on PostgreSQL the table is rewritten (`VACUUM FULL`).
+"""The erasure keys' port: one random AES-256-GCM key per scope (a character, or an instance
+with its memories and messages). Erasing a scope replaces its key with a tombstone, so no later
+write can give the scope a new key. The SQL adapters, beside the events in their own database,
+are in `alma.stores.keys`; `MemoryKeys` serves the in-memory event store.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from pathlib import Path
+from collections.abc import Callable
 from uuid import UUID
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from eventsourcing.postgres import PostgresDatastore
+from eventsourcing.persistence import ApplicationRecorder
 
-from alma.domain.erasure import Erased
+from alma.domain.errors import Erased
 
 CACHE_SIZE = 10_000
-_CREATE = (
-    "CREATE TABLE IF NOT EXISTS {table} (scope_id TEXT PRIMARY KEY, parent_id TEXT, key {blob})"
-)
-_NO_ROW = object()
+NO_ROW = object()  # what `_select` returns for a scope that never had a key
 
 
 class KeyStore(ABC):
@@ -46,7 +40,7 @@ class KeyStore(ABC):
                 self._cache.move_to_end(scope)
                 return cached
         key = self._select(scope)
-        if key is _NO_ROW and create:
+        if key is NO_ROW and create:
             self._insert(scope, parent, AESGCM.generate_key(bit_length=256))
             key = self._select(scope)
         if not isinstance(key, bytes):
@@ -77,7 +71,7 @@ class KeyStore(ABC):
 
     @abstractmethod
     def _select(self, scope: UUID) -> object:
-        """The key's bytes, None for a tombstone, or _NO_ROW."""
+        """The key's bytes, None for a tombstone, or NO_ROW."""
 
     @abstractmethod
     def _insert(self, scope: UUID, parent: UUID | None, key: bytes) -> None:
@@ -105,7 +99,7 @@ class MemoryKeys(KeyStore):
 
     def _select(self, scope: UUID) -> object:
         row = self._rows.get(scope)
-        return _NO_ROW if row is None else row[1]
+        return NO_ROW if row is None else row[1]
 
     def _insert(self, scope: UUID, parent: UUID | None, key: bytes) -> None:
         self._rows.setdefault(scope, (parent, key))
@@ -117,115 +111,5 @@ class MemoryKeys(KeyStore):
         """Nothing to wipe: a tombstone replaced the key in memory, and no file holds it."""
 
 
-class SQLiteKeys(KeyStore):
-    def __init__(self, path: Path) -> None:
-        super().__init__()
-        self.path = path
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._connection().execute(_CREATE.format(table="erasure_keys", blob="BLOB"))
-
-    def _connection(self) -> sqlite3.Connection:
-        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = sqlite3.connect(
-                self.path, timeout=30, isolation_level=None, check_same_thread=False
-            )
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA secure_delete=ON")
-            self._local.connection = connection
-            with self._lock:
-                self._all.append(connection)
-        return connection
-
-    def children(self, parent: UUID) -> list[UUID]:
-        rows = self._connection().execute(
-            "SELECT scope_id FROM erasure_keys WHERE parent_id = ?", (str(parent),)
-        )
-        return [UUID(row[0]) for row in rows]
-
-    def close(self) -> None:
-        with self._lock:
-            for connection in self._all:
-                connection.close()
-            self._all.clear()
-
-    def _select(self, scope: UUID) -> object:
-        row = (
-            self._connection()
-            .execute("SELECT key FROM erasure_keys WHERE scope_id = ?", (str(scope),))
-            .fetchone()
-        )
-        return _NO_ROW if row is None else row[0]
-
-    def _insert(self, scope: UUID, parent: UUID | None, key: bytes) -> None:
-        self._connection().execute(
-            "INSERT INTO erasure_keys (scope_id, parent_id, key) VALUES (?, ?, ?) "
-            "ON CONFLICT (scope_id) DO NOTHING",
-            (str(scope), str(parent) if parent else None, key),
-        )
-
-    def _tombstone(self, scope: UUID) -> None:
-        self._connection().execute(
-            "INSERT INTO erasure_keys (scope_id, key) VALUES (?, NULL) "
-            "ON CONFLICT (scope_id) DO UPDATE SET key = NULL",
-            (str(scope),),
-        )
-
-    def _wipe(self) -> None:
-        truncate_wal(self.path)
-
-
-class PostgresKeys(KeyStore):
-    def __init__(self, datastore: PostgresDatastore) -> None:
-        super().__init__()
-        self.datastore = datastore
-        self.table = f'"{datastore.schema}".erasure_keys'
-        with datastore.transaction(commit=True) as cursor:
-            cursor.execute(_CREATE.format(table=self.table, blob="BYTEA"))
-
-    def children(self, parent: UUID) -> list[UUID]:
-        with self.datastore.transaction(commit=False) as cursor:
-            cursor.execute(
-                f"SELECT scope_id FROM {self.table} WHERE parent_id = %s",
-                (str(parent),),
-            )
-            return [UUID(row["scope_id"]) for row in cursor.fetchall()]
-
-    def close(self) -> None:
-        pass  # the pool is the event store's
-
-    def _select(self, scope: UUID) -> object:
-        with self.datastore.transaction(commit=False) as cursor:
-            cursor.execute(f"SELECT key FROM {self.table} WHERE scope_id = %s", (str(scope),))
-            row = cursor.fetchone()
-        return _NO_ROW if row is None else (None if row["key"] is None else bytes(row["key"]))
-
-    def _insert(self, scope: UUID, parent: UUID | None, key: bytes) -> None:
-        with self.datastore.transaction(commit=True) as cursor:
-            cursor.execute(
-                f"INSERT INTO {self.table} (scope_id, parent_id, key) VALUES (%s, %s, %s) "
-                "ON CONFLICT (scope_id) DO NOTHING",
-                (str(scope), str(parent) if parent else None, key),
-            )
-
-    def _tombstone(self, scope: UUID) -> None:
-        with self.datastore.transaction(commit=True) as cursor:
-            cursor.execute(
-                f"INSERT INTO {self.table} (scope_id, key) VALUES (%s, NULL) "
-                "ON CONFLICT (scope_id) DO UPDATE SET key = NULL",
-                (str(scope),),
-            )
-
-    def _wipe(self) -> None:
-        # A deleted or updated row stays in its page until the table is rewritten.
-        with self.datastore.get_connection() as connection:
-            connection.execute(f"VACUUM FULL {self.table}")
-
-
-def truncate_wal(path: Path) -> None:
-    """Copies the write-ahead log into the database file and empties it, so pages written
-    before a deletion are not left in the log."""
-    with sqlite3.connect(path, timeout=30, isolation_level=None) as connection:
-        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    connection.close()
+KeyStoreFactory = Callable[[ApplicationRecorder], KeyStore]
+"""Opens the key store beside the application's event store, given the event store's recorder."""

@@ -24,8 +24,7 @@ from eventsourcing.utils import get_topic, resolve_topic
 
 from alma.domain.application import Alma
 from alma.domain.character import Character
-from alma.domain.erasure import Erased
-from alma.domain.errors import InvalidInput
+from alma.domain.errors import Erased, InvalidInput
 from alma.domain.instance import Instance, InstanceName
 from alma.domain.memory import Memory
 from alma.domain.rules import valid_tenant

@@ -16,7 +16,8 @@ from typing import Any, Protocol
 from eventsourcing.application import Application
 from eventsourcing.persistence import Notification
 
-from alma.domain.erasure import Erased, Unreadable
+from alma.domain.erasure import Unreadable
+from alma.domain.errors import Erased
 
 log = logging.getLogger(__name__)
 

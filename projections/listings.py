@@ -22,8 +22,8 @@ from eventsourcing.sqlite import SQLiteTrackingRecorder
 from psycopg.sql import SQL
 
 from alma.domain import Character, Instance
-from alma.domain.keystore import truncate_wal
 from alma.projections.ranking import fold
+from alma.stores.sqlite import truncate_wal
 
 _COLUMNS = "kind, id, tenant, parent_id, position, name, description, archived"
 _UPSERT = (

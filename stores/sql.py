@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from alma.domain.keystore import truncate_wal
+from alma.stores.sqlite import Synchronous, connect, truncate_wal
 
 
 class Cursor(Protocol):
@@ -59,8 +59,9 @@ class SQLiteStore:
 
     dialect = "sqlite"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, synchronous: Synchronous) -> None:
         self.path = path
+        self.synchronous = synchronous
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -68,13 +69,7 @@ class SQLiteStore:
     def _connection(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
-            connection = sqlite3.connect(
-                self.path, timeout=30, isolation_level=None, check_same_thread=False
-            )
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-            # Deleted text (forgotten, revised, erased) is overwritten, not left in free pages.
-            connection.execute("PRAGMA secure_delete=ON")
+            connection = connect(self.path, self.synchronous)
             self._local.connection = connection
             with self._lock:
                 self._all.append(connection)
@@ -158,7 +153,9 @@ class PostgresStore:
 def open_store(env: dict[str, str]) -> SQLiteStore | PostgresStore:
     """The read-model store beside an event store configured by eventsourcing settings `env`."""
     if env["PERSISTENCE_MODULE"] == "eventsourcing.sqlite":
-        return SQLiteStore(Path(env["SQLITE_DBNAME"]))
+        # A read model is rebuilt from the events: a power loss that takes its last commits takes
+        # the position they advanced with them, and those events are read again.
+        return SQLiteStore(Path(env["SQLITE_DBNAME"]), synchronous="NORMAL")
     conninfo = psycopg.conninfo.make_conninfo(
         dbname=env["POSTGRES_DBNAME"],
         host=env["POSTGRES_HOST"],

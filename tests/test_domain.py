@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from alma.api.services import Services
 from alma.domain import Actor, Alma, Instance, Memory, NameTaken, NotFound, VersionConflict
+from alma.stores.keys import open_keys
 
 texts = st.text(
     st.characters(codec="utf-8", exclude_categories=["Cs"], exclude_characters="\x00"), max_size=40
@@ -171,7 +172,7 @@ def test_two_processes_writing_one_instance_lose_nothing_and_honour_if_match(
 ) -> None:
     """Each process keeps its own cached copies; a copy behind the store must never win."""
     first = services.app
-    second = Alma(services.settings.event_store_env("events"))
+    second = Alma(services.settings.event_store_env("events"), keys=open_keys)
     try:
         character = first.create_character("acme", {"name": "Lola", "description": ""}, actor)
         instance = first.create_instance("acme", character.id, "Lolita", "", actor)

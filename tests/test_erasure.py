@@ -13,9 +13,11 @@ from eventsourcing.persistence import Mapper
 
 from alma.api.cli import replay
 from alma.api.services import open_app, rebuild_memory_index
-from alma.domain import Actor, Character, NotFound
+from alma.domain import Actor, Alma, Character, NotFound
 from alma.domain.erasure import MAGIC
+from alma.domain.keystore import MemoryKeys
 from alma.settings import Settings
+from alma.stores.keys import SQLiteKeys
 from tests.conftest import Api, make_character, make_instance
 from tests.openai_stub import OpenAIStub, Reply
 
@@ -230,6 +232,33 @@ def test_events_written_before_encryption_are_still_read(api: Api) -> None:
     (_, second) = app.recorder.select_events(character.id)
     assert second.state.startswith(MAGIC)
     assert app.character("acme", character.id).description == "cifrada"
+
+
+def test_events_in_a_database_never_get_keys_that_live_only_in_memory(settings: Settings) -> None:
+    """Keys kept in memory would be gone at the next start, and every event they encrypted
+    unreadable with them."""
+    with pytest.raises(ValueError, match="open_keys"):
+        Alma(settings.event_store_env("events"))
+    app = open_app(settings)
+    try:
+        assert not isinstance(app.keys, MemoryKeys)
+    finally:
+        app.close()
+
+
+def test_a_key_is_committed_as_durably_as_the_events_it_encrypts(tmp_path: Path) -> None:
+    """A key must survive any power loss its events survive, and a tombstone any its `Erased`
+    event survives, or erased text could be read again."""
+    app = open_app(Settings(data_dir=tmp_path / "data", _env_file=None))  # type: ignore[call-arg]
+    try:
+        assert isinstance(app.keys, SQLiteKeys)
+        with app.recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
+            cursor.execute("PRAGMA synchronous")
+            (events,) = cursor.fetchone()
+        ((keys,),) = app.keys.store.query("PRAGMA synchronous")
+        assert keys >= events
+    finally:
+        app.close()
 
 
 def _key_bytes(path: Path, scope: str) -> bytes:
