@@ -4,11 +4,11 @@ A model is named as sentence-transformers names it (the packaged MiniLM by defau
 or folder). Three backends run it:
 
 - "onnx" (default): the model exported once to ONNX and run with onnxruntime. The same vectors as
-  torch (cosine 0.9999), ~2.5x its speed on one thread (bench/memory.py), and later loads
-  need neither torch nor sentence-transformers (faster start, less memory).
-- "onnx-int8": that export with its weights quantized to int8 per channel: about twice as fast
-  again, but vectors drift (cosine 0.97-0.99 of torch's, worst on one-word texts) and recall@5 on
-  our data set fell from 0.647 to 0.618 (bench/recall.py). A choice for throughput over quality.
+  torch, faster on one thread (bench/memory.py), and later loads need neither torch nor
+  sentence-transformers (faster start, less memory).
+- "onnx-int8": that export with its weights quantized to int8 per channel: faster again, but
+  vectors drift (worst on one-word texts) and recall@5 on our data set fell (bench/recall.py).
+  A choice for throughput over quality.
 - "torch": sentence-transformers itself.
 
 Exports are cached under the model cache folder, keyed by the model and its files, and written
@@ -58,7 +58,7 @@ def _sentence_transformer(name: str, threads: int) -> Any:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    # Measured here: under CPU contention two threads fell to half the throughput of one.
+    # Torch takes every core by default; under CPU contention that gave less throughput, not more.
     torch.set_num_threads(threads)
     location = _model_location(name)
     return SentenceTransformer(location, device="cpu", local_files_only=Path(location).is_dir())
@@ -203,7 +203,7 @@ def _export(name: str, folder: Path) -> bool:
                 opset_version=17,
                 dynamo=False,
             )
-        # Per channel: whole-tensor int8 moved vectors to cosine 0.94 of torch's; this, 0.98.
+        # Per channel: whole-tensor int8 moved the vectors much further from torch's.
         quantize_dynamic(
             building / "model.onnx",
             building / "model-int8.onnx",

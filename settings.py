@@ -33,7 +33,7 @@ class Settings(BaseSettings):
         default="onnx", description="how the embedding model runs (see embeddings.py)"
     )
     # Each memory-index batch writes once to every instance's collection it touches, and a Chroma
-    # write costs 10-20 ms however small (bench/memory.py): big batches keep indexing fast when
+    # write has a fixed cost however small (bench/memory.py): big batches keep indexing fast when
     # writes spread over many instances; a quiet log still gives small ones.
     index_batch_size: int = Field(default=5000, ge=1, le=100_000, description="events per batch")
     embedding_threads: int = Field(default=1, ge=1, le=64, description="CPU threads per query")
@@ -136,7 +136,7 @@ class Settings(BaseSettings):
 
     def transcription_workers(self) -> int:
         """All cores but one (at least one): the API keeps a core while speech is transcribed
-        (measured with 2 workers on 2 cores: /health p95 73 ms under 4 transcriptions)."""
+        (with a worker on every core, /health slowed down under transcriptions: bench/speech.py)."""
         return self.stt_workers or max(1, (os.cpu_count() or 1) - 1)
 
     def model_cache(self) -> Path:

@@ -1,4 +1,5 @@
-"""Typed dependencies shared by the routes: services, the caller, the actor, If-Match, paging."""
+"""Typed dependencies shared by the routes: the services each route uses (taken from the one
+composition root), the caller, the actor, If-Match, paging."""
 
 from __future__ import annotations
 
@@ -10,20 +11,61 @@ from fastapi import Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
+from alma.api.consistency import CaughtUp
 from alma.api.errors import ApiError
+from alma.api.pagination import ListingPages
+from alma.api.probes import StoreProbes
 from alma.api.security import RateLimiter
 from alma.api.services import Services
-from alma.domain import Actor
+from alma.domain import Actor, Alma
+from alma.projections import MemoryIndex
+from alma.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `alma keys create`")
 
 
-def _services(request: Request) -> Services:
+# The services below are taken from the composition root the lifespan keeps on app.state. Each
+# is a plain attribute read, so it runs on the event loop (`async`) rather than in a thread.
+async def _services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
 
+# The whole root: for the audio, OpenAI-compatible and chat routes until they are handed theirs.
 Svc = Annotated[Services, Depends(_services)]
+
+
+async def _alma(services: Svc) -> Alma:
+    return services.app
+
+
+async def _settings(services: Svc) -> Settings:
+    return services.settings
+
+
+async def _listing(services: Svc) -> ListingPages:
+    caught_up = CaughtUp(services.listings, services.settings.read_model_wait_s)
+    return ListingPages(services.listings_view, caught_up)
+
+
+async def _memory_index(services: Svc) -> MemoryIndex:
+    return services.memory_index
+
+
+async def _index_caught_up(services: Svc) -> CaughtUp:
+    return CaughtUp(services.memory, services.settings.consistency_wait_s)
+
+
+async def _store_probes(services: Svc) -> StoreProbes:
+    return StoreProbes(services.followers, services.memory_index.vectors, services.breaker)
+
+
+AlmaApp = Annotated[Alma, Depends(_alma)]  # commands, and state now or back then
+AppSettings = Annotated[Settings, Depends(_settings)]
+Listing = Annotated[ListingPages, Depends(_listing)]  # characters and instances, by page
+Index = Annotated[MemoryIndex, Depends(_memory_index)]  # memories, search, messages, audit
+IndexCaughtUp = Annotated[CaughtUp, Depends(_index_caught_up)]  # read-your-writes for Index
+Probes = Annotated[StoreProbes, Depends(_store_probes)]
 
 
 @dataclass(frozen=True)
@@ -39,12 +81,12 @@ class Caller:
 
 async def _caller(
     request: Request,
-    services: Svc,
+    app: AlmaApp,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise ApiError(401, "unauthorized", "send an API key as 'Authorization: Bearer <key>'")
-    key = await run_in_threadpool(services.app.authenticate, credentials.credentials)
+    key = await run_in_threadpool(app.authenticate, credentials.credentials)
     if key is None:
         raise ApiError(401, "unauthorized", "the API key is unknown or revoked")
     limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)

@@ -1,17 +1,19 @@
-"""Opaque cursors: a position in some ordered sequence, encoded so clients don't build them."""
+"""Paging: opaque cursors (a position in some ordered sequence, encoded so clients don't build
+them), and pages of the listings read model."""
 
 from __future__ import annotations
 
 import base64
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 from uuid import UUID
 
-from alma.api.consistency import caught_up
+from alma.api.consistency import CaughtUp
 from alma.api.errors import ApiError
-from alma.api.services import Services
 from alma.domain import NotFound
+from alma.projections import ListingView
 
 T = TypeVar("T")
 MAX_POSITION = 2**63 - 1
@@ -33,27 +35,35 @@ def decode_cursor(cursor: str | None) -> int:
     return position
 
 
-def page_of(
-    services: Services,
-    kind: str,
-    tenant: str,
-    cursor: str | None,
-    limit: int,
-    load: Callable[[UUID], T],
-    parent_id: UUID | None = None,
-    query: str | None = None,
-) -> tuple[list[T], str | None]:
-    """One page of a listing, read-your-writes: waits (bounded) until the listings read model
-    has seen every event written before this call, then renders each item from its events."""
-    caught_up(services, services.listings, services.settings.read_model_wait_s)
-    listed = services.listings_view.select(
-        kind, tenant, decode_cursor(cursor), limit, parent_id=parent_id, query=query
-    )
-    items = []
-    for entry in listed:
-        try:
-            items.append(load(entry.id))
-        except NotFound:
-            continue  # deleted after the listing caught up
-    next_cursor = encode_cursor(listed[-1].position) if len(listed) == limit else None
-    return items, next_cursor
+@dataclass(frozen=True)
+class ListingPages:
+    """The listings read model, read a page at a time."""
+
+    view: ListingView
+    caught_up: CaughtUp
+
+    def page(
+        self,
+        kind: str,
+        tenant: str,
+        cursor: str | None,
+        limit: int,
+        load: Callable[[UUID], T],
+        parent_id: UUID | None = None,
+        query: str | None = None,
+    ) -> tuple[list[T], str | None]:
+        """One page of a listing, read-your-writes: waits (bounded) until the listings read
+        model has seen every event written before this call, then renders each item from its
+        events."""
+        self.caught_up()
+        listed = self.view.select(
+            kind, tenant, decode_cursor(cursor), limit, parent_id=parent_id, query=query
+        )
+        items = []
+        for entry in listed:
+            try:
+                items.append(load(entry.id))
+            except NotFound:
+                continue  # deleted after the listing caught up
+        next_cursor = encode_cursor(listed[-1].position) if len(listed) == limit else None
+        return items, next_cursor

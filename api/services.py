@@ -45,7 +45,7 @@ class Services:
     _model_lock: threading.Lock = field(default_factory=threading.Lock)
     _speech: Speech | None = None
 
-    def model(self) -> ModelClient:
+    def _model_client(self) -> ModelClient:
         """The chat model, made on first use: OpenAI when a key is set (or any server at
         OPENAI_BASE_URL), otherwise the local model, started in this process."""
         with self._model_lock:
@@ -53,12 +53,12 @@ class Services:
                 self._model = build_model(self.settings)
             return self._model
 
-    def memory_model(self) -> ModelClient:
+    def _memory_model_client(self) -> ModelClient:
         """The model that forms memories: the chat model unless ALMA_MEMORY_MODEL names
         another one on the same server (the local backend has only its own)."""
         name = self.settings.memory_model
         if name is None or name == self.settings.chat_model or not _remote(self.settings):
-            return self.model()
+            return self._model_client()
         with self._model_lock:
             if self._memory_model is None:
                 self._memory_model = build_model(
@@ -78,7 +78,7 @@ class Services:
         return Chat(
             self.app,
             self.memory_index,
-            self.model,
+            self._model_client,
             self.settings.chat_memories,
             self.settings.chat_history_turns,
         )
@@ -171,7 +171,7 @@ def build_services(settings: Settings) -> Services:
             open_store(settings.event_store_env("formation")),
             services.memory_index,
             services.memory.wait,
-            services.memory_model,
+            services._memory_model_client,
             settings.summary_every,
         )
         services.formation = Follower(app, formation)

@@ -71,7 +71,7 @@ import httpx
 from chromadb.api.shared_system_client import SharedSystemClient
 from pydantic import SecretStr
 
-from alma.api.services import Services, build_services
+from alma.api.services import Services, build_model, build_services
 from alma.chat.extraction import FACTS_INSTRUCTION
 from alma.chat.turns import Chat
 from alma.domain import Actor, Alma, Character, Instance, Memory
@@ -81,7 +81,7 @@ from alma.projections import Follower, Hit, MemoryIndex
 from alma.projections.memory_index import Doc
 from alma.settings import Settings
 from bench.report import Row, checked, free_port, log, machine_load, percentiles_ms, print_table
-from tests.openai_stub import OpenAIStub, Reply, _Handler, _Server
+from tests.openai_stub import Behaviour, OpenAIStub, Reply
 
 ROOT = Path(__file__).resolve().parents[1]
 TENANT = "bench"
@@ -416,7 +416,7 @@ STEP_NAMES = {
 
 def timed_chat(services: Services, clock: Clock) -> Chat:
     """`Services.chat`, with timing proxies around the app, the index and the model."""
-    model = TimedModel(services.model(), clock)
+    model = TimedModel(build_model(services.settings), clock)
     return Chat(
         cast(Alma, TimedApp(services.app, clock)),
         cast(MemoryIndex, TimedIndex(services.memory_index, clock)),
@@ -542,42 +542,14 @@ class TimingStub(OpenAIStub):
         self.arrived: dict[str, float] = {}
         self.first_token: dict[str, float] = {}
 
-    def start(self) -> TimingStub:
-        server = _BackloggedServer(("127.0.0.1", 0), _TimingHandler)
-        server.stub = self
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.02}, name="openai-stub"
-        )
-        self._thread.daemon = True
-        self._thread.start()
-        return self
-
-    def _next(self, body: dict[str, Any], headers: dict[str, str]) -> Any:
+    def answer(self, body: dict[str, Any], headers: dict[str, str]) -> Behaviour:
         self.arrived[user_message(body)] = time.perf_counter()
         if system_message(body).startswith(FACTS_ASKED):
             return NOTHING_TO_REMEMBER  # memory formation: a valid answer, so it runs to the end
         return self.default  # nothing is kept: the benchmark sends tens of thousands
 
-
-class _BackloggedServer(_Server):
-    request_queue_size = 256  # 50 clients open connections at once
-
-
-class _TimingHandler(_Handler):
-    _sent = 0
-    _key = ""
-
-    def _stream(self, reply: Reply, body: dict[str, Any]) -> None:
-        self._sent, self._key = 0, user_message(body)
-        super()._stream(reply, body)
-
-    def _chunk(self, data: bytes) -> None:
-        super()._chunk(data)
-        self._sent += 1
-        if self._sent == 2:  # the first carries the role, the second the first word
-            stub = cast(TimingStub, self.server.stub)
-            stub.first_token[self._key] = time.perf_counter()
+    def first_word_sent(self, body: dict[str, Any]) -> None:
+        self.first_token[user_message(body)] = time.perf_counter()
 
 
 # Through HTTP: `alma serve` in a subprocess

@@ -34,7 +34,7 @@ Targets:
 - rebuild of the index < 5 minutes.
 
 `--quick` uses 10,000 memories (100 per instance in store A) and 10 s of lag test, and finishes
-in a few minutes; the full run (100,000 memories per store) takes 15-20 minutes on 2 cores.
+in a few minutes; the full run (100,000 memories per store) takes several times as long.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from alma.llm.client import OpenAIModel
 
 PACKAGED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # alma budgets prompts with tiktoken (cl100k_base); SmolLM2's own tokenizer spends more tokens on
-# the same text (measured: English 1.12x, Spanish 1.27-1.49x, emoji 1.24-1.4x, Russian 1.8x).
+# the same text, and more still outside English.
 # The context window the client reports is shrunk by this factor so a budgeted prompt fits.
 TOKENIZER_MARGIN = 1.5
 _QUANTIZATION = re.compile(r"[.\-_](?:I?Q\d\w*|F16|F32|BF16)$", re.IGNORECASE)

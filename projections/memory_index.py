@@ -51,8 +51,8 @@ _K1, _B = 1.2, 0.75
 POSTINGS_BUDGET = 2_000
 _IN_LIST = 500  # ids per DELETE ... IN (...)
 # Texts go to the embedder this many at a time. It sorts them by length into batches that pad
-# little: sent one batch (64) at a time, bench/memory.py indexed 433.28 memories/s in one
-# instance; in groups of 4,096, 656.92 (README, memory index).
+# little, so big groups index faster than one batch at a time (bench/memory.py; README, memory
+# index).
 EMBED_GROUP = 4_096
 _ADD_STATS = (
     "INSERT INTO memory_stats (generation, instance_id, documents, length) "
@@ -92,8 +92,8 @@ _SCHEMA = [
     # BM25's postings: per instance and word, each source holding it, how often, and the
     # source's length. A search reads a word's rows in key order and nothing else: on SQLite the
     # table is its key (WITHOUT ROWID), on PostgreSQL the key's index carries tf and length.
-    # (Joining memory_docs for the length instead, bench/memory.py's bm25 step took 7.83 ms p50
-    # in one instance of 100,000 sources; this way, 1.41-2.13.)
+    # (Joining memory_docs for the length instead made bench/memory.py's bm25 step several times
+    # slower in one instance of 100,000 sources.)
     """CREATE TABLE IF NOT EXISTS memory_words (
         generation INTEGER NOT NULL, instance_id TEXT NOT NULL, term TEXT NOT NULL,
         doc_id TEXT NOT NULL, tf INTEGER NOT NULL, length INTEGER NOT NULL,
@@ -147,7 +147,7 @@ class Doc:
     position: int
 
     def indexed_text(self) -> str:
-        """What is embedded and counted. Prefixing the date cost 3-4 points of recall@5 on
+        """What is embedded and counted. Prefixing the date cost recall@5 on
         our data set (tests/data/recall), so the text goes in alone."""
         return self.text
 

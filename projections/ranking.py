@@ -230,7 +230,7 @@ def bm25_idf(documents: int, frequency: int) -> float:
 
 @dataclass(frozen=True)
 class Weights:
-    """Measured on tests/data/recall (bench/recall.py): dense 0.7-0.8 with BM25 0.2-0.3 is best;
+    """Measured on tests/data/recall (bench/recall.py): mostly dense with some BM25 is best;
     any weight on recency cost recall there, since questions ask about old facts as often as
     new ones, so it is off by default and kept for deployments whose users ask "lately"."""
 

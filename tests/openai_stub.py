@@ -3,7 +3,9 @@
 Tests point the official `openai` SDK (or alma's model client) at `stub.base_url`, queue what the
 next requests meet with `stub.script(...)` (a reply, an error status with `Retry-After`, a delay,
 malformed JSON, a stream that breaks) and assert on `stub.requests`, the JSON bodies received.
-A request that finds the queue empty gets `stub.default` (a plain reply).
+A request that finds the queue empty gets `stub.default` (a plain reply). A subclass may answer
+by content (`answer`) and note when a streamed reply's first word went out (`first_word_sent`),
+as bench/chat_turn.py does.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -83,7 +85,7 @@ class OpenAIStub:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}/v1"
 
-    def script(self, *behaviours: Behaviour) -> OpenAIStub:
+    def script(self, *behaviours: Behaviour) -> Self:
         """Queue what the next requests meet, one behaviour per request, in order."""
         with self._lock:
             self._queue.extend(behaviours)
@@ -95,7 +97,7 @@ class OpenAIStub:
         with self._lock:
             return len(self._queue)
 
-    def start(self) -> OpenAIStub:
+    def start(self) -> Self:
         server = _Server(("127.0.0.1", 0), _Handler)
         server.stub = self
         self._server = server
@@ -114,17 +116,22 @@ class OpenAIStub:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> OpenAIStub:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _next(self, body: dict[str, Any], headers: dict[str, str]) -> Behaviour:
+    def answer(self, body: dict[str, Any], headers: dict[str, str]) -> Behaviour:
+        """What a request meets: it is noted in `requests`, then the next scripted behaviour or
+        the default answers it."""
         with self._lock:
             self.requests.append(body)
             self.headers.append(headers)
             return self._queue.popleft() if self._queue else self.default
+
+    def first_word_sent(self, body: dict[str, Any]) -> None:
+        """Called once a streamed reply's first word has been written and flushed."""
 
 
 @pytest.fixture
@@ -136,6 +143,7 @@ def openai_stub() -> Iterator[OpenAIStub]:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256  # clients that connect at once (bench/chat_turn.py has 50)
     stub: OpenAIStub
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -145,7 +153,7 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # As a real server does: without it, a small write after another waits for the peer's
-    # delayed ACK (~40 ms), which showed up as the model's time in bench/chat_turn.py.
+    # delayed ACK, which showed up as the model's time in bench/chat_turn.py.
     disable_nagle_algorithm = True
     server: _Server
 
@@ -162,7 +170,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = {"_unparsed": raw.decode("utf-8", errors="replace")}
         stub = self.server.stub
-        behaviour = stub._next(body, {k.lower(): v for k, v in self.headers.items()})
+        behaviour = stub.answer(body, {k.lower(): v for k, v in self.headers.items()})
         if behaviour.delay_s and stub._stopping.wait(behaviour.delay_s):
             return
         if isinstance(behaviour, Fail):
@@ -224,6 +232,8 @@ class _Handler(BaseHTTPRequestHandler):
             if reply.chunk_delay_s:
                 time.sleep(reply.chunk_delay_s)
             event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
+            if sent == 0:
+                self.server.stub.first_word_sent(body)
         if reply.break_after is not None:
             self.close_connection = True
             return

@@ -125,7 +125,7 @@ class Transcriber:
         """The model, loaded on first use (one load however many requests arrive at once)."""
         with self._lock:
             if self._model is None:
-                from faster_whisper import WhisperModel  # ~0.2 s: only when speech is used
+                from faster_whisper import WhisperModel  # slow to import: only when speech is used
 
                 self._model = WhisperModel(
                     model_location(self.model_name, self.cache_dir),
@@ -160,7 +160,7 @@ class Transcriber:
             if not model.model.is_multilingual:
                 language = "en"
             # One decoding pass (no temperature fallback): the fallback re-decodes unclear audio
-            # up to five times, which multiplied the time by 5-10 for little gain.
+            # up to five times, which made transcription several times slower for little gain.
             pieces, info = model.transcribe(
                 clip.samples,
                 language=language,

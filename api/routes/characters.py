@@ -7,38 +7,37 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query, Response
 
-from alma.api.deps import AsOf, CurrentCaller, Erase, ExpectedVersion, Limit, Svc
-from alma.api.pagination import page_of
+from alma.api.deps import AlmaApp, AsOf, CurrentCaller, Erase, ExpectedVersion, Limit, Listing
 from alma.api.schemas import CharacterCreate, CharacterEdit, CharacterOut, Page
 
 router = APIRouter(prefix="/v1/characters", tags=["characters"])
 
 
 @router.post("", status_code=201)
-def create_character(body: CharacterCreate, caller: CurrentCaller, svc: Svc) -> CharacterOut:
+def create_character(body: CharacterCreate, caller: CurrentCaller, app: AlmaApp) -> CharacterOut:
     fields = body.model_dump(exclude_none=True)
-    character = svc.app.create_character(caller.tenant, fields, caller.actor)
+    character = app.create_character(caller.tenant, fields, caller.actor)
     return CharacterOut.of(character)
 
 
 @router.get("")
 def list_characters(
     caller: CurrentCaller,
-    svc: Svc,
+    app: AlmaApp,
+    listing: Listing,
     limit: Limit = 50,
     cursor: str | None = None,
     q: Annotated[
         str | None, Query(max_length=200, pattern=r"^[^\x00]*$", description="Name or description")
     ] = None,
 ) -> Page[CharacterOut]:
-    items, next_cursor = page_of(
-        svc,
+    items, next_cursor = listing.page(
         "character",
         caller.tenant,
         cursor,
         limit,
         query=q,
-        load=lambda id_: CharacterOut.of(svc.app.character(caller.tenant, id_)),
+        load=lambda id_: CharacterOut.of(app.character(caller.tenant, id_)),
     )
     return Page[CharacterOut](items=items, next_cursor=next_cursor)
 
@@ -47,10 +46,10 @@ def list_characters(
 def get_character(
     character_id: UUID,
     caller: CurrentCaller,
-    svc: Svc,
+    app: AlmaApp,
     as_of: AsOf,
 ) -> CharacterOut:
-    character = svc.app.character(caller.tenant, character_id, as_of.version, as_of.at)
+    character = app.character(caller.tenant, character_id, as_of.version, as_of.at)
     return CharacterOut.of(character)
 
 
@@ -59,11 +58,11 @@ def edit_character(
     character_id: UUID,
     body: CharacterEdit,
     caller: CurrentCaller,
-    svc: Svc,
+    app: AlmaApp,
     expected_version: ExpectedVersion,
 ) -> CharacterOut:
     changes = body.model_dump(exclude_unset=True)
-    character = svc.app.edit_character(
+    character = app.edit_character(
         caller.tenant, character_id, changes, caller.actor, expected_version
     )
     return CharacterOut.of(character)
@@ -73,13 +72,13 @@ def edit_character(
 def delete_character(
     character_id: UUID,
     caller: CurrentCaller,
-    svc: Svc,
+    app: AlmaApp,
     expected_version: ExpectedVersion,
     erase: Erase = False,
 ) -> Response:
     """Archives it; with `erase=true` erases it and every instance made from it for good."""
     if erase:
-        svc.app.erase_character(caller.tenant, character_id, caller.actor)
+        app.erase_character(caller.tenant, character_id, caller.actor)
     else:
-        svc.app.archive_character(caller.tenant, character_id, caller.actor, expected_version)
+        app.archive_character(caller.tenant, character_id, caller.actor, expected_version)
     return Response(status_code=204)

@@ -8,11 +8,10 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate
 from fastapi import APIRouter, Query
 
-from alma.api.consistency import caught_up
-from alma.api.deps import CurrentCaller, Limit, Svc
+from alma.api.deps import AlmaApp, CurrentCaller, Index, IndexCaughtUp, Limit
 from alma.api.pagination import MAX_POSITION, decode_cursor, encode_cursor
 from alma.api.schemas import EventOut, MemoryChangeOut, Page
-from alma.domain import Character, Instance
+from alma.domain import Alma, Character, Instance
 
 router = APIRouter(tags=["events"])
 
@@ -25,7 +24,7 @@ EventType = Annotated[
 
 
 def _events_page(
-    svc: Svc,
+    app: Alma,
     caller: CurrentCaller,
     aggregate_type: type[Aggregate],
     aggregate_id: UUID,
@@ -35,9 +34,7 @@ def _events_page(
     event_type: str | None,
 ) -> Page[EventOut]:
     after = decode_cursor(cursor) if cursor else (after_version or 0)
-    events = list(
-        svc.app.stream(caller.tenant, aggregate_type, aggregate_id, after, limit, event_type)
-    )
+    events = list(app.stream(caller.tenant, aggregate_type, aggregate_id, after, limit, event_type))
     next_cursor = encode_cursor(events[-1].originator_version) if len(events) == limit else None
     return Page[EventOut](items=[EventOut.of(e) for e in events], next_cursor=next_cursor)
 
@@ -46,40 +43,42 @@ def _events_page(
 def instance_events(
     instance_id: UUID,
     caller: CurrentCaller,
-    svc: Svc,
+    app: AlmaApp,
     after_version: AfterVersion = None,
     cursor: str | None = None,
     limit: Limit = 50,
     type: EventType = None,
 ) -> Page[EventOut]:
-    return _events_page(svc, caller, Instance, instance_id, after_version, cursor, limit, type)
+    return _events_page(app, caller, Instance, instance_id, after_version, cursor, limit, type)
 
 
 @router.get("/v1/characters/{character_id}/events")
 def character_events(
     character_id: UUID,
     caller: CurrentCaller,
-    svc: Svc,
+    app: AlmaApp,
     after_version: AfterVersion = None,
     cursor: str | None = None,
     limit: Limit = 50,
     type: EventType = None,
 ) -> Page[EventOut]:
-    return _events_page(svc, caller, Character, character_id, after_version, cursor, limit, type)
+    return _events_page(app, caller, Character, character_id, after_version, cursor, limit, type)
 
 
 @router.get("/v1/instances/{instance_id}/memory/audit")
 def memory_audit(
     instance_id: UUID,
     caller: CurrentCaller,
-    svc: Svc,
+    app: AlmaApp,
+    index: Index,
+    caught_up: IndexCaughtUp,
     cursor: str | None = None,
     limit: Limit = 50,
 ) -> Page[MemoryChangeOut]:
     """Every change of the instance's memory text and of its memory snippets, oldest first."""
-    svc.app.owned(Instance, caller.tenant, instance_id, None)
-    caught_up(svc, svc.memory, svc.settings.consistency_wait_s)
-    entries = svc.memory_index.audit(instance_id, decode_cursor(cursor), limit)
+    app.owned(Instance, caller.tenant, instance_id, None)
+    caught_up()
+    entries = index.audit(instance_id, decode_cursor(cursor), limit)
     next_cursor = encode_cursor(entries[-1].position) if len(entries) == limit else None
     return Page[MemoryChangeOut](
         items=[MemoryChangeOut.of(e) for e in entries], next_cursor=next_cursor

@@ -7,26 +7,21 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from alma import metrics
-from alma.api.deps import Svc
+from alma.api.deps import AppSettings, Probes
 from alma.api.errors import ApiError
 from alma.api.schemas import Health
-from alma.api.services import Services
 
 router = APIRouter(tags=["operations"])
 
 
 @router.get("/health", response_model=Health, responses={503: {"model": Health}})
-def health(svc: Svc) -> JSONResponse:
+def health(probes: Probes) -> JSONResponse:
     """200 while serving; 503 when the database or the vector store is down. `model` says
     how the last call to the chat model went, and does not change the status: every replica
     shares the model, so taking this one out of rotation would not help."""
-    lags = _lags(svc)
+    lags = probes.lags()
     event_store = "down" if lags is None else "ok"
-    try:
-        svc.memory_index.vectors.client.heartbeat()
-        vector_store = "ok"
-    except Exception:
-        vector_store = "down"
+    vector_store = "ok" if probes.vector_store_up() else "down"
     up = event_store == vector_store == "ok"
     body = Health(
         status="ok" if up else "degraded",
@@ -44,22 +39,11 @@ def health(svc: Svc) -> JSONResponse:
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
 )
-def prometheus_metrics(svc: Svc) -> Response:
+def prometheus_metrics(settings: AppSettings, probes: Probes) -> Response:
     """Prometheus text format; off with ALMA_METRICS=false. Unauthenticated, like /health:
     it holds route templates, counts and error codes, nothing of any tenant's."""
-    if not svc.settings.metrics:
+    if not settings.metrics:
         raise ApiError(404, "not_found", "metrics are off (ALMA_METRICS=false)")
-    for name, lag in (_lags(svc) or {}).items():
+    for name, lag in (probes.lags() or {}).items():
         metrics.PROJECTION_LAG.labels(name).set(lag)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
-
-
-def _lags(svc: Services) -> dict[str, int] | None:
-    """Each projection's lag, or None when the database cannot be reached (the breaker asks
-    first, with a timeout of its own, so a down database answers at once)."""
-    if svc.breaker is not None and not svc.breaker.probe():
-        return None
-    try:
-        return {follower.name: follower.lag() for follower in svc.followers}
-    except Exception:
-        return None

@@ -8,8 +8,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Response
 
-from alma.api.deps import AsOf, CurrentCaller, Erase, ExpectedVersion, Limit, Svc
-from alma.api.pagination import page_of
+from alma.api.deps import AlmaApp, AsOf, CurrentCaller, Erase, ExpectedVersion, Limit, Listing
 from alma.api.schemas import InstanceCreate, InstanceEdit, InstanceFork, InstanceOut, Page
 from alma.domain import Keep
 
@@ -18,10 +17,10 @@ router = APIRouter(tags=["instances"])
 
 @router.post("/v1/characters/{character_id}/instances", status_code=201)
 def create_instance(
-    character_id: UUID, body: InstanceCreate, caller: CurrentCaller, svc: Svc
+    character_id: UUID, body: InstanceCreate, caller: CurrentCaller, app: AlmaApp
 ) -> InstanceOut:
     voice = body.voice.model_dump(exclude_none=True) if body.voice else None
-    instance = svc.app.create_instance(
+    instance = app.create_instance(
         caller.tenant, character_id, body.name, body.memory, caller.actor, voice=voice
     )
     return InstanceOut.of(instance)
@@ -31,26 +30,28 @@ def create_instance(
 def list_instances(
     character_id: UUID,
     caller: CurrentCaller,
-    svc: Svc,
+    app: AlmaApp,
+    listing: Listing,
     limit: Limit = 50,
     cursor: str | None = None,
 ) -> Page[InstanceOut]:
-    svc.app.character(caller.tenant, character_id)
-    items, next_cursor = page_of(
-        svc,
+    app.character(caller.tenant, character_id)
+    items, next_cursor = listing.page(
         "instance",
         caller.tenant,
         cursor,
         limit,
         parent_id=character_id,
-        load=lambda id_: InstanceOut.of(svc.app.instance(caller.tenant, id_)),
+        load=lambda id_: InstanceOut.of(app.instance(caller.tenant, id_)),
     )
     return Page[InstanceOut](items=items, next_cursor=next_cursor)
 
 
 @router.get("/v1/instances/{instance_id}")
-def get_instance(instance_id: UUID, caller: CurrentCaller, svc: Svc, as_of: AsOf) -> InstanceOut:
-    instance = svc.app.instance(caller.tenant, instance_id, as_of.version, as_of.at)
+def get_instance(
+    instance_id: UUID, caller: CurrentCaller, app: AlmaApp, as_of: AsOf
+) -> InstanceOut:
+    instance = app.instance(caller.tenant, instance_id, as_of.version, as_of.at)
     return InstanceOut.of(instance)
 
 
@@ -59,10 +60,10 @@ def edit_instance(
     instance_id: UUID,
     body: InstanceEdit,
     caller: CurrentCaller,
-    svc: Svc,
+    app: AlmaApp,
     expected_version: ExpectedVersion,
 ) -> InstanceOut:
-    instance = svc.app.edit_instance(
+    instance = app.edit_instance(
         caller.tenant,
         instance_id,
         caller.actor,
@@ -84,23 +85,23 @@ def _voice_change(body: InstanceEdit) -> dict[str, Any] | Keep | None:
 def delete_instance(
     instance_id: UUID,
     caller: CurrentCaller,
-    svc: Svc,
+    app: AlmaApp,
     expected_version: ExpectedVersion,
     erase: Erase = False,
 ) -> Response:
     """Archives it; with `erase=true` erases it, its memories and messages for good."""
     if erase:
-        svc.app.erase_instance(caller.tenant, instance_id, caller.actor)
+        app.erase_instance(caller.tenant, instance_id, caller.actor)
     else:
-        svc.app.archive_instance(caller.tenant, instance_id, caller.actor, expected_version)
+        app.archive_instance(caller.tenant, instance_id, caller.actor, expected_version)
     return Response(status_code=204)
 
 
 @router.post("/v1/instances/{instance_id}/fork", status_code=201)
 def fork_instance(
-    instance_id: UUID, body: InstanceFork, caller: CurrentCaller, svc: Svc
+    instance_id: UUID, body: InstanceFork, caller: CurrentCaller, app: AlmaApp
 ) -> InstanceOut:
-    instance = svc.app.fork_instance(
+    instance = app.fork_instance(
         caller.tenant, instance_id, body.name, caller.actor, body.at_version
     )
     return InstanceOut.of(instance)

@@ -8,8 +8,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query, Response
 
-from alma.api.consistency import caught_up
-from alma.api.deps import CurrentCaller, Limit, Svc
+from alma.api.deps import AlmaApp, CurrentCaller, Index, IndexCaughtUp, Limit
 from alma.api.pagination import decode_cursor, encode_cursor
 from alma.api.schemas import (
     MemoryCreate,
@@ -28,8 +27,10 @@ router = APIRouter(tags=["memories"])
 
 
 @router.post("/v1/instances/{instance_id}/memories", status_code=201)
-def add_memory(instance_id: UUID, body: MemoryCreate, caller: CurrentCaller, svc: Svc) -> MemoryOut:
-    memory = svc.app.add_memory(
+def add_memory(
+    instance_id: UUID, body: MemoryCreate, caller: CurrentCaller, app: AlmaApp
+) -> MemoryOut:
+    memory = app.add_memory(
         caller.tenant, instance_id, body.text, caller.actor, body.metadata, body.importance
     )
     return MemoryOut.of(memory)
@@ -39,17 +40,19 @@ def add_memory(instance_id: UUID, body: MemoryCreate, caller: CurrentCaller, svc
 def list_memories(
     instance_id: UUID,
     caller: CurrentCaller,
-    svc: Svc,
+    app: AlmaApp,
+    index: Index,
+    caught_up: IndexCaughtUp,
     limit: Limit = 50,
     cursor: str | None = None,
 ) -> Page[MemoryOut]:
-    svc.app.instance(caller.tenant, instance_id)
-    caught_up(svc, svc.memory, svc.settings.consistency_wait_s)
-    docs = svc.memory_index.memories(instance_id, decode_cursor(cursor), limit)
+    app.instance(caller.tenant, instance_id)
+    caught_up()
+    docs = index.memories(instance_id, decode_cursor(cursor), limit)
     items = []
     for doc in docs:
         try:
-            items.append(MemoryOut.of(svc.app.memory(caller.tenant, instance_id, UUID(doc.doc_id))))
+            items.append(MemoryOut.of(app.memory(caller.tenant, instance_id, UUID(doc.doc_id))))
         except NotFound:
             continue  # forgotten after the index caught up
     next_cursor = encode_cursor(docs[-1].position) if len(docs) == limit else None
@@ -60,7 +63,9 @@ def list_memories(
 def search_memories(
     instance_id: UUID,
     caller: CurrentCaller,
-    svc: Svc,
+    app: AlmaApp,
+    index: Index,
+    caught_up: IndexCaughtUp,
     q: Annotated[str, Query(min_length=1, max_length=2000, pattern=r"\S")],
     k: Annotated[int, Query(ge=1, le=100)] = 10,
     min_score: Annotated[float, Query(ge=0, le=1)] = 0.0,
@@ -68,23 +73,25 @@ def search_memories(
         bool, Query(description="wait until the index has every event written before the call")
     ] = False,
 ) -> SearchResults:
-    svc.app.instance(caller.tenant, instance_id)
+    app.instance(caller.tenant, instance_id)
     if consistent:
-        caught_up(svc, svc.memory, svc.settings.consistency_wait_s)
-    hits = svc.memory_index.search(instance_id, q, k, min_score)
+        caught_up()
+    hits = index.search(instance_id, q, k, min_score)
     return SearchResults(results=[SearchResult.of(hit) for hit in hits])
 
 
 @router.get("/v1/instances/{instance_id}/memories/{memory_id}")
-def get_memory(instance_id: UUID, memory_id: UUID, caller: CurrentCaller, svc: Svc) -> MemoryOut:
-    return MemoryOut.of(svc.app.memory(caller.tenant, instance_id, memory_id))
+def get_memory(
+    instance_id: UUID, memory_id: UUID, caller: CurrentCaller, app: AlmaApp
+) -> MemoryOut:
+    return MemoryOut.of(app.memory(caller.tenant, instance_id, memory_id))
 
 
 @router.patch("/v1/instances/{instance_id}/memories/{memory_id}")
 def edit_memory(
-    instance_id: UUID, memory_id: UUID, body: MemoryEdit, caller: CurrentCaller, svc: Svc
+    instance_id: UUID, memory_id: UUID, body: MemoryEdit, caller: CurrentCaller, app: AlmaApp
 ) -> MemoryOut:
-    memory = svc.app.revise_memory(
+    memory = app.revise_memory(
         caller.tenant,
         instance_id,
         memory_id,
@@ -97,8 +104,10 @@ def edit_memory(
 
 
 @router.delete("/v1/instances/{instance_id}/memories/{memory_id}", status_code=204)
-def forget_memory(instance_id: UUID, memory_id: UUID, caller: CurrentCaller, svc: Svc) -> Response:
-    svc.app.forget_memory(caller.tenant, instance_id, memory_id, caller.actor)
+def forget_memory(
+    instance_id: UUID, memory_id: UUID, caller: CurrentCaller, app: AlmaApp
+) -> Response:
+    app.forget_memory(caller.tenant, instance_id, memory_id, caller.actor)
     return Response(status_code=204)
 
 
@@ -106,22 +115,24 @@ def forget_memory(instance_id: UUID, memory_id: UUID, caller: CurrentCaller, svc
 def list_messages(
     instance_id: UUID,
     caller: CurrentCaller,
-    svc: Svc,
+    app: AlmaApp,
+    index: Index,
+    caught_up: IndexCaughtUp,
     limit: Limit = 50,
     cursor: str | None = None,
 ) -> Page[MessageOut]:
     """The conversation, oldest first: imported turns, the user's messages and the replies."""
-    svc.app.owned(Instance, caller.tenant, instance_id, None)
-    caught_up(svc, svc.memory, svc.settings.consistency_wait_s)
-    docs = svc.memory_index.messages(instance_id, decode_cursor(cursor), limit)
+    app.owned(Instance, caller.tenant, instance_id, None)
+    caught_up()
+    docs = index.messages(instance_id, decode_cursor(cursor), limit)
     next_cursor = encode_cursor(docs[-1].position) if len(docs) == limit else None
     return Page[MessageOut](items=[MessageOut.of(d) for d in docs], next_cursor=next_cursor)
 
 
 @router.post("/v1/instances/{instance_id}/messages", status_code=201)
 def import_messages(
-    instance_id: UUID, body: MessagesImport, caller: CurrentCaller, svc: Svc
+    instance_id: UUID, body: MessagesImport, caller: CurrentCaller, app: AlmaApp
 ) -> MessagesImported:
     messages = [NewMessage(m.role, m.content, m.timestamp, m.metadata) for m in body.messages]
-    ids = svc.app.import_messages(caller.tenant, instance_id, messages, caller.actor)
+    ids = app.import_messages(caller.tenant, instance_id, messages, caller.actor)
     return MessagesImported(ids=ids)

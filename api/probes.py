@@ -1,0 +1,33 @@
+"""What /health and /metrics ask of the stores: how far behind each projection is, and whether
+the vector store answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from alma.api.breaker import DatabaseBreaker
+from alma.projections import Follower, VectorIndex
+
+
+@dataclass(frozen=True)
+class StoreProbes:
+    followers: list[Follower]
+    vectors: VectorIndex
+    breaker: DatabaseBreaker | None  # on PostgreSQL
+
+    def lags(self) -> dict[str, int] | None:
+        """Each projection's lag, or None when the database cannot be reached (the breaker asks
+        first, with a timeout of its own, so a down database answers at once)."""
+        if self.breaker is not None and not self.breaker.probe():
+            return None
+        try:
+            return {follower.name: follower.lag() for follower in self.followers}
+        except Exception:
+            return None
+
+    def vector_store_up(self) -> bool:
+        try:
+            self.vectors.client.heartbeat()
+        except Exception:
+            return False
+        return True
