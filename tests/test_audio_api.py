@@ -146,7 +146,20 @@ def test_a_voice_conversation_records_transcript_and_reply_and_speaks_back(api: 
     assert decode(base64.b64decode(turn["audio_base64"]), 600).seconds > 0.1
     (message,) = _events(api, instance["id"], "MessageRecorded")
     assert message["data"]["content"] == turn["transcript"]
-    assert message["data"]["metadata"]["source"] == "voice"
+    metadata = message["data"]["metadata"]
+    assert (metadata["source"], metadata["language"]) == ("voice", "en")
+    assert 1 < metadata["seconds"] < 10
+    assert response.headers["x-alma-tts-engine"] == "espeak"
     (reply,) = _events(api, instance["id"], "ReplyRecorded")
     assert reply["data"]["content"] == turn["reply"]
     assert reply["data"]["in_reply_to"] == str(turn["turn"]["message_id"])
+
+
+def test_a_voice_turn_with_an_unknown_instance_answers_404_before_hearing_it(api: Api) -> None:
+    response = api.client.post(
+        "/v1/instances/00000000-0000-4000-8000-000000000000/voice",
+        files={"file": ("silence.wav", say("", "en", "wav"), "audio/wav")},
+        headers=api.acme,
+    )
+    assert response.status_code == 404, response.text
+    assert response.json()["error"]["code"] == "not_found"
