@@ -129,9 +129,9 @@ def model_failure(error: ModelError) -> ApiError:
 
 
 def stream_error(error: ModelError) -> dict[str, Any]:
-    """The event that ends a stream the model broke off. Its status line went out with the first
-    piece, so the event carries the answer's code and message; the details stay with
-    `model_failure`'s HTTP answer."""
+    """The event that ends a stream the model broke off: its 200 went out when the stream began,
+    so the event carries the code and message of `model_failure` (the details stay with the HTTP
+    answer)."""
     failure = model_failure(error)
     return {"error": {"code": failure.code, "message": failure.message, "details": None}}
 

@@ -54,6 +54,7 @@ def answer(
     stream: bool,
     actor: Actor,
 ) -> Answer:
+    """The instance named by `model` answers the last of `messages`, streaming or not."""
     instance_id = _instance_of(chat.app, tenant, model)
     last = messages[-1] if messages else None
     if last is None or last.role != "user" or not last.content:

@@ -68,6 +68,8 @@ class NothingSaid(DomainError):
 
 @dataclass(frozen=True)
 class VoiceReply:
+    """What was heard, the chat turn it made, and the reply as speech."""
+
     heard: Heard
     result: TurnResult
     spoken: Spoken
