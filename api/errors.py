@@ -19,7 +19,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from alma import metrics
+from alma.chat.openai_compat import NoUserTurn
 from alma.chat.prompt import PromptTooLarge
+from alma.chat.voice_turn import NothingSaid
 from alma.domain import DomainError, InvalidInput, NameTaken, NotFound, VersionConflict
 from alma.llm.client import ModelError
 from alma.voice import (
@@ -119,9 +121,34 @@ def database_unavailable(request: Request) -> JSONResponse:
     )
 
 
+def model_failure(error: ModelError) -> ApiError:
+    """A model that did not answer: 504 when it was too slow, 502 otherwise."""
+    code = "model_timeout" if error.status == 504 else "model_unavailable"
+    details = {"upstream_status": error.upstream_status, "attempts": error.attempts}
+    return ApiError(error.status, code, error.message, details)
+
+
+def stream_error(error: ModelError) -> dict[str, Any]:
+    """The event that ends a stream the model broke off: its 200 went out when the stream began,
+    so the event carries the code and message of `model_failure` (the details stay with the HTTP
+    answer)."""
+    failure = model_failure(error)
+    return {"error": {"code": failure.code, "message": failure.message, "details": None}}
+
+
+def openai_stream_error(error: ModelError) -> dict[str, Any]:
+    """The same in the shape OpenAI's SDKs read from a stream (which has no room for alma's
+    code)."""
+    failure = model_failure(error)
+    kind = _OPENAI_TYPES.get(failure.status, "api_error")
+    return {"error": {"message": failure.message, "type": kind, "code": None}}
+
+
 def _from_domain(error: DomainError) -> ApiError:
     if isinstance(error, NotFound):
         return ApiError(404, "not_found", str(error))
+    if isinstance(error, NoUserTurn):  # the request's shape, as for any malformed body
+        return ApiError(422, "invalid_request", str(error), {"field": error.field})
     if isinstance(error, InvalidInput):
         return ApiError(422, "invalid_input", str(error), {"field": error.field})
     if isinstance(error, NameTaken):
@@ -133,6 +160,8 @@ def _from_domain(error: DomainError) -> ApiError:
             str(error),
             {"limit_tokens": error.limit, "message_tokens": error.tokens},
         )
+    if isinstance(error, NothingSaid):
+        return ApiError(422, "no_speech", str(error))
     if isinstance(error, VersionConflict):
         return ApiError(
             409, "version_conflict", str(error), {"current_version": error.current_version}
@@ -191,9 +220,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ModelError)
     async def model_failed(request: Request, error: ModelError) -> JSONResponse:
-        code = "model_timeout" if error.status == 504 else "model_unavailable"
-        details = {"upstream_status": error.upstream_status, "attempts": error.attempts}
-        return error_response(error.status, code, error.message, details, request=request)
+        return await api_error(request, model_failure(error))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:

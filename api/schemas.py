@@ -1,8 +1,10 @@
-"""Request and response bodies. Requests reject unknown fields and wrong JSON types; the
-domain checks content rules (lengths, blank names), so each rule lives in one place."""
+"""Request and response bodies. Requests reject unknown fields and wrong JSON types (OpenAI's
+shapes accept the fields alma does not use, as OpenAI clients send them); the domain checks
+content rules (lengths, blank names), so each rule lives in one place."""
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 from uuid import UUID
@@ -11,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from alma.api.present import actor_of, event_data, unified_diff
 from alma.chat.turns import TurnResult
+from alma.chat.voice_turn import VoiceReply
 from alma.domain import Character, Instance, Memory
 from alma.projections import AuditEntry, Doc, Hit
 from alma.voice import AudioError, VoiceSettings
@@ -388,3 +391,87 @@ class ChatResponse(BaseModel):
                 prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens
             ),
         )
+
+
+# Audio, in OpenAI's shapes, and the voice turn.
+
+AudioFormat = Literal["mp3", "wav", "opus"]
+
+
+class SpeechRequest(BaseModel):
+    """OpenAI's request, with alma's `language` and `engine`; other OpenAI fields are accepted."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(default="tts-1", max_length=100, description="accepted, not used")
+    input: str = Field(min_length=1, max_length=4096, pattern=r"\S", examples=["¡Hola, corazón!"])
+    voice: str = Field(
+        default="alloy",
+        max_length=100,
+        description="OpenAI's voice names, an espeak-ng variant (f1-f5, m1-m8), or the id of an "
+        "instance or character to speak with its voice settings",
+    )
+    response_format: AudioFormat = "mp3"
+    speed: float = Field(default=1.0, ge=0.25, le=4.0)
+    language: str | None = Field(default=None, min_length=2, max_length=35, examples=["es"])
+    engine: Literal["gtts", "espeak"] | None = None
+
+
+class TranscriptionOut(BaseModel):
+    text: str
+    language: str
+    duration: float
+
+
+class VoiceTurnOut(BaseModel):
+    transcript: str = Field(description="what the user said, as recorded")
+    language: str = Field(description="of the user's speech: given, or detected")
+    reply: str
+    audio_base64: str = Field(description="the reply spoken in the character's voice")
+    audio_format: AudioFormat
+    tts_engine: str
+    tts_fallback: str | None
+    turn: TurnOut
+    model: str
+    memories_used: list[MemoryUsed]
+    usage: Usage
+
+    @classmethod
+    def of(cls, voice: VoiceReply, audio_format: AudioFormat) -> VoiceTurnOut:
+        chat = ChatResponse.of(voice.result)
+        return cls(
+            transcript=voice.heard.text,
+            language=voice.heard.language,
+            reply=voice.result.reply,
+            audio_base64=base64.b64encode(voice.spoken.audio).decode(),
+            audio_format=audio_format,
+            tts_engine=voice.spoken.engine,
+            tts_fallback=voice.spoken.fallback,
+            turn=chat.turn,
+            model=chat.model,
+            memories_used=chat.memories_used,
+            usage=chat.usage,
+        )
+
+
+# OpenAI-compatible chat.
+
+
+class OpenAIMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's request; fields alma does not use (top_p, n, user, ...) are accepted."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(description="an instance id, or '<character>/<instance>' by name")
+    messages: list[OpenAIMessage] = Field(min_length=1)
+    stream: bool = False
+    max_tokens: int | None = Field(default=None, ge=1, le=4096)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=4096)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)

@@ -365,8 +365,8 @@ class TimedApp:
     def character(self, *args: Any, **kwargs: Any) -> Character:
         return self.clock.timed("load", self.app.character, *args, **kwargs)
 
-    def import_messages(self, *args: Any, **kwargs: Any) -> list[UUID]:
-        return self.clock.timed("record", self.app.import_messages, *args, **kwargs)
+    def record_message(self, *args: Any, **kwargs: Any) -> UUID:
+        return self.clock.timed("record", self.app.record_message, *args, **kwargs)
 
     def record_reply(self, *args: Any, **kwargs: Any) -> tuple[UUID, int]:
         return self.clock.timed("record", self.app.record_reply, *args, **kwargs)

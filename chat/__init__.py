@@ -1,1 +1,2 @@
-"""A conversation with a character: the chat turn, its prompt, and memory formation."""
+"""A conversation with a character: the chat turn (typed, by voice, OpenAI-compatible), its
+prompt, and memory formation."""

@@ -6,7 +6,9 @@ instance's most similar memories and asks for operations (add, revise, forget); 
 `summary_every` messages it also asks for a summary of them. It carries them out as ordinary
 memory commands whose actor is the memory process (`key_id` "memory-process", the turn's
 request id) and whose `source` names the messages, so they show in the audit and a person can
-undo them with an ordinary edit. It runs in a follower thread, never inside a request.
+undo them with an ordinary edit. It runs in a follower thread, never inside a request. It
+follows the log with the projections' `Follower` but is no read model: it asks the model and
+issues commands, so it lives beside the chat turn.
 
 Crash safety: the model's validated answer for a window is stored before any command runs, and
 the ids of added memories derive from the window, so a window processed again after a crash
@@ -39,7 +41,7 @@ from alma.chat.extraction import (
 )
 from alma.domain import Actor, Alma, DomainError, Instance, NotFound
 from alma.llm.client import Messages, ModelClient, ModelError
-from alma.projections.memory_index import MemoryIndex
+from alma.projections import MemoryIndex
 from alma.stores.sql import SqlStore
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ import httpx
 
 from alma import metrics
 from alma.chat.prompt import Persona, Prompt, Recollection, Turn, build_prompt
-from alma.domain import Actor, Alma, InvalidInput, NewMessage, Reply
+from alma.domain import Actor, Alma, InvalidInput, Reply
 from alma.domain.rules import valid_message
 from alma.llm import tokens
 from alma.llm.client import Completion, ModelClient, ModelError
@@ -185,13 +185,9 @@ class Chat:
                 self._record_interrupted(turn, message_id, "".join(parts), started, actor)
 
     def _record_message(self, turn: PreparedTurn, actor: Actor) -> UUID:
-        (message_id,) = self.app.import_messages(
-            turn.tenant,
-            turn.instance_id,
-            [NewMessage("user", turn.message, metadata=turn.metadata)],
-            actor,
+        return self.app.record_message(
+            turn.tenant, turn.instance_id, turn.message, actor, turn.metadata
         )
-        return message_id
 
     def _record_reply(
         self, turn: PreparedTurn, message_id: UUID, completion: Completion, actor: Actor

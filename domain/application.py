@@ -294,6 +294,28 @@ class Alma(CachingApplication):
 
         return self._retrying(attempt)
 
+    def record_message(
+        self,
+        tenant: str,
+        instance_id: UUID,
+        content: str,
+        actor: Actor,
+        metadata: dict[str, Any] | None = None,
+    ) -> UUID:
+        """Records what the user says in a chat turn, now, before the model is asked; returns
+        its id. It is the event an imported message makes, so every reader takes both alike."""
+        role, text = valid_message("user", content)
+        checked = valid_metadata(metadata or {})
+        message_id = uuid4()
+
+        def attempt() -> UUID:
+            instance = self._current(Instance, tenant, instance_id)
+            instance.record_message(message_id, role, text, datetime.now(UTC), checked, actor)
+            self.save(instance)
+            return message_id
+
+        return self._retrying(attempt)
+
     def record_reply(
         self, tenant: str, instance_id: UUID, reply: Reply, actor: Actor
     ) -> tuple[UUID, int]:

@@ -3,14 +3,20 @@ character and instance as events, and a spoken conversation recorded like any ch
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
+from alma.api.services import Services
+from alma.chat.voice_turn import NothingSaid, Spoken, reply_by_voice
+from alma.domain import Actor
 from alma.settings import Settings
 from alma.voice import decode
 from tests.cli import create_key, free_port, running, wait_for_health
@@ -146,7 +152,52 @@ def test_a_voice_conversation_records_transcript_and_reply_and_speaks_back(api: 
     assert decode(base64.b64decode(turn["audio_base64"]), 600).seconds > 0.1
     (message,) = _events(api, instance["id"], "MessageRecorded")
     assert message["data"]["content"] == turn["transcript"]
-    assert message["data"]["metadata"]["source"] == "voice"
+    metadata = message["data"]["metadata"]
+    assert (metadata["source"], metadata["language"]) == ("voice", "en")
+    assert 1 < metadata["seconds"] < 10
+    assert response.headers["x-alma-tts-engine"] == "espeak"
     (reply,) = _events(api, instance["id"], "ReplyRecorded")
     assert reply["data"]["content"] == turn["reply"]
     assert reply["data"]["in_reply_to"] == str(turn["turn"]["message_id"])
+
+
+def test_a_voice_turn_with_an_unknown_instance_answers_404_before_hearing_it(api: Api) -> None:
+    response = api.client.post(
+        "/v1/instances/00000000-0000-4000-8000-000000000000/voice",
+        files={"file": ("silence.wav", say("", "en", "wav"), "audio/wav")},
+        headers=api.acme,
+    )
+    assert response.status_code == 404, response.text
+    assert response.json()["error"]["code"] == "not_found"
+
+
+@dataclass(frozen=True)
+class _Heard:
+    text: str
+    language: str = "en"
+    seconds: float = 1.5
+
+
+class _HearsNoWords:
+    """Speech engines that find no words in any audio, as Whisper may in a cough."""
+
+    async def hear(self, data: bytes, language: str | None) -> _Heard:
+        return _Heard("")
+
+    def speak(
+        self, text: str, voice: Sequence[Mapping[str, Any] | None], response_format: str
+    ) -> Spoken:
+        raise AssertionError("there is nothing to say")
+
+
+def test_a_voice_turn_that_hears_no_words_records_nothing(services: Services, actor: Actor) -> None:
+    app = services.app
+    character = app.create_character("acme", {"name": "Hale", "description": "captain"}, actor)
+    instance = app.create_instance("acme", character.id, "Hale", "", actor)
+    written = app.recorder.max_notification_id()
+    turn = reply_by_voice(
+        services.chat, _HearsNoWords(), "acme", instance.id, b"...", None, "mp3", 64, 0.8, actor
+    )
+    with pytest.raises(NothingSaid, match="nothing was recorded"):
+        asyncio.run(turn)
+    assert app.recorder.max_notification_id() == written

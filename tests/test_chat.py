@@ -193,6 +193,30 @@ def test_streaming_sends_tokens_then_the_turn_and_records_the_whole_reply(
     assert (reply["data"]["content"], reply["data"]["interrupted"]) == ("".join(tokens), False)
 
 
+def test_a_stream_the_model_fails_ends_with_an_error_event_and_records_the_failure(
+    chat_api: Api, openai_stub: OpenAIStub
+) -> None:
+    _, instance = _world(chat_api)
+    openai_stub.script(Fail(500), Fail(500))
+    with chat_api.client.stream(
+        "POST",
+        f"/v1/instances/{instance}/chat",
+        json={"message": "¿Estás ahí?", "stream": True},
+        headers=chat_api.acme,
+    ) as response:
+        assert response.status_code == 200  # the status line went out before the model failed
+        frames = [f for f in response.read().decode().split("\n\n") if f]
+    event, data = frames[-1].split("\n", 1)
+    assert event == "event: error"
+    error = json.loads(data.removeprefix("data: "))["error"]
+    assert (error["code"], error["details"]) == ("model_unavailable", None)
+    assert error["message"] and "sk-test" not in error["message"]
+    [user] = _events(chat_api, instance, "MessageRecorded")
+    [failure] = _events(chat_api, instance, "ReplyFailed")
+    assert failure["data"]["in_reply_to"] == user["data"]["message_id"]
+    assert failure["data"]["status"] == 502
+
+
 @pytest.mark.parametrize(
     ("body", "status"),
     [
@@ -303,6 +327,74 @@ def test_openai_clients_get_openai_shaped_errors(chat_api: Api, openai_stub: Ope
     assert (error["type"], error["param"]) == ("invalid_request_error", "messages")
     assert openai_stub.requests == []
     assert _sdk(chat_api, chat_api.rival).models.list().data == []
+
+
+def test_the_openai_turn_checks_the_model_before_the_messages(
+    chat_api: Api, openai_stub: OpenAIStub
+) -> None:
+    _, instance = _world(chat_api)
+    answered = {"role": "assistant", "content": "¡Hola, corazón!"}
+    unknown = chat_api.client.post(
+        "/v1/chat/completions",
+        json={"model": "nadie", "messages": [answered]},
+        headers=chat_api.acme,
+    )
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["type"] == "not_found_error"
+    refused = chat_api.client.post(
+        "/v1/chat/completions",
+        json={"model": instance, "messages": [answered]},
+        headers=chat_api.acme,
+    )
+    assert refused.status_code == 422
+    assert refused.json()["error"] == {
+        "code": "invalid_request",
+        "message": "the last message must be the user's, with text content",
+        "details": {"field": "messages"},
+        "type": "invalid_request_error",
+        "param": "messages",
+    }
+    assert openai_stub.requests == []
+    assert _events(chat_api, instance, "MessageRecorded") == []
+
+
+def test_openai_clients_learn_that_the_model_failed_streaming_and_not(
+    chat_api: Api, openai_stub: OpenAIStub
+) -> None:
+    _, instance = _world(chat_api)
+    sdk = _sdk(chat_api, chat_api.acme)
+    hello = [{"role": "user", "content": "¿Estás ahí?"}]
+    openai_stub.script(Fail(500), Fail(500))
+    with pytest.raises(openai.InternalServerError) as failed:
+        sdk.chat.completions.create(model=instance, messages=hello)  # type: ignore[arg-type]
+    assert failed.value.status_code == 502
+    error = failed.value.body
+    assert isinstance(error, dict)
+    assert (error["code"], error["type"], error["param"]) == (
+        "model_unavailable",
+        "api_error",
+        None,
+    )
+    assert error["details"]["attempts"] == 2
+
+    openai_stub.script(Fail(500), Fail(500))
+    response = chat_api.client.post(
+        "/v1/chat/completions",
+        json={"model": instance, "messages": hello, "stream": True},
+        headers=chat_api.acme,
+    )
+    assert response.status_code == 200
+    frames = [f.removeprefix("data: ") for f in response.text.split("\n\n") if f]
+    assert json.loads(frames[0])["choices"][0]["delta"] == {"role": "assistant"}
+    assert frames[-1] == "[DONE]"
+    streamed = json.loads(frames[-2])["error"]
+    assert (streamed["type"], streamed["code"]) == ("api_error", None)
+    assert streamed["message"] == error["message"]
+
+    openai_stub.script(Fail(500), Fail(500))
+    with pytest.raises(openai.APIError):
+        list(sdk.chat.completions.create(model=instance, messages=hello, stream=True))  # type: ignore[arg-type]
+    assert [f["data"]["status"] for f in _events(chat_api, instance, "ReplyFailed")] == [502] * 3
 
 
 @pytest.mark.slow

@@ -13,7 +13,17 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from alma.api.services import Services
-from alma.domain import Actor, Alma, Instance, Memory, NameTaken, NotFound, VersionConflict
+from alma.domain import (
+    Actor,
+    Alma,
+    Instance,
+    InvalidInput,
+    Memory,
+    NameTaken,
+    NewMessage,
+    NotFound,
+    VersionConflict,
+)
 from alma.stores.keys import open_keys
 
 texts = st.text(
@@ -218,3 +228,27 @@ def test_the_cached_copy_of_a_memory_shares_nothing_a_command_could_change(
 
     again = app.repository.last_seen(memory.id)
     assert (again.source, again.metadata) == ({"messages": ["m1"]}, {})
+
+
+def test_a_chat_message_is_recorded_as_the_users_now_like_an_imported_one(
+    services: Services, actor: Actor
+) -> None:
+    app = services.app
+    character = app.create_character("acme", {"name": "Rosa", "description": ""}, actor)
+    instance = app.create_instance("acme", character.id, "rosa", "", actor)
+    before = datetime.now(UTC)
+    said = app.record_message("acme", instance.id, "¿Te acuerdas?", actor, {"source": "voice"})
+    (imported,) = app.import_messages("acme", instance.id, [NewMessage("user", "Sí.")], actor)
+    chat, transcript = list(app.events.get(instance.id))[1:]
+    assert type(chat) is type(transcript) is Instance.MessageRecorded
+    assert (chat.message_id, chat.role, chat.content) == (said, "user", "¿Te acuerdas?")
+    assert (chat.metadata, chat.actor) == ({"source": "voice"}, actor)
+    assert before <= chat.sent_at <= transcript.sent_at and transcript.message_id == imported
+    assert app.instance("acme", instance.id).message_count == 2
+    for content, metadata in (("   ", None), ("hola", {"nested": {}})):
+        with pytest.raises(InvalidInput):
+            app.record_message("acme", instance.id, content, actor, metadata)
+    app.archive_instance("acme", instance.id, actor)
+    with pytest.raises(NotFound):
+        app.record_message("acme", instance.id, "¿Sigues ahí?", actor)
+    assert len(list(app.events.get(instance.id))) == 4  # created, two messages, archived

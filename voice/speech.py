@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from anyio import to_thread
 
 from alma.settings import Settings
-from alma.voice.audio import Clip, check_size, decode
-from alma.voice.stt import Transcriber
-from alma.voice.tts import Speaker
+from alma.voice.audio import Clip, NoSpeech, check_size, decode
+from alma.voice.stt import Transcriber, Transcript, whisper_language
+from alma.voice.tts import Speaker, Spoken, VoiceSettings
 
 
 @dataclass
@@ -38,13 +43,30 @@ class Speech:
             max_seconds=settings.audio_max_seconds,
         )
 
-    def check_size(self, size: int) -> None:
-        check_size(size, self.max_bytes)
-
     def clip(self, data: bytes) -> Clip:
         """An upload checked and decoded for transcription (size, format, duration)."""
-        self.check_size(len(data))
+        check_size(len(data), self.max_bytes)
         return decode(data, self.max_seconds)
+
+    async def hear(self, data: bytes, language: str | None = None) -> Transcript:
+        """What an upload says, in `language` or the one detected. Every check that can refuse
+        it (language, size, format and duration, silence) runs before a transcription worker is
+        asked; decoding runs off the event loop and outside those workers."""
+        code = whisper_language(language) if language else None
+        clip = await to_thread.run_sync(self.clip, data)
+        if clip.silent:
+            raise NoSpeech("the audio is silent")
+        return await asyncio.wrap_future(self.transcriber.submit(clip, code))
+
+    def speak(
+        self, text: str, voice: Sequence[Mapping[str, Any] | None], response_format: str
+    ) -> Spoken:
+        """The text spoken in a voice given as layers (a character's, an instance's, a
+        request's), each over the ones before it."""
+        settings = VoiceSettings()
+        for layer in voice:
+            settings = settings.over(layer)
+        return self.speaker.speak(text, settings, response_format)
 
     def close(self) -> None:
         self.speaker.close()

@@ -41,8 +41,13 @@ class Transcript:
     text: str
     language: str
     language_probability: float
-    duration: float
+    seconds: float  # the length of the audio, as decoded
     segments: list[Segment]
+
+    @property
+    def duration(self) -> float:
+        """The length to the millisecond, as OpenAI's transcriptions give it."""
+        return round(self.seconds, 3)
 
 
 def whisper_language(language: str) -> str:
@@ -173,7 +178,7 @@ class Transcriber:
                 text=" ".join(s.text for s in segments if s.text),
                 language=info.language,
                 language_probability=round(info.language_probability, 4),
-                duration=round(clip.seconds, 3),
+                seconds=clip.seconds,
                 segments=segments,
             )
         finally:

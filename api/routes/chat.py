@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from alma.api.deps import CurrentCaller, Svc
+from alma.api.errors import stream_error
 from alma.api.schemas import ChatRequest, ChatResponse
 from alma.chat.turns import TurnResult
 from alma.llm.client import ModelError
@@ -45,6 +46,5 @@ def _events(pieces: Iterator[str | TurnResult]) -> Iterator[str]:
             else:
                 yield f"data: {json.dumps({'token': piece}, ensure_ascii=False)}\n\n"
     except ModelError as error:
-        code = "model_timeout" if error.status == 504 else "model_unavailable"
-        body = {"error": {"code": code, "message": error.message, "details": None}}
-        yield f"event: error\ndata: {json.dumps(body, ensure_ascii=False)}\n\n"
+        body = json.dumps(stream_error(error), ensure_ascii=False)
+        yield f"event: error\ndata: {body}\n\n"
