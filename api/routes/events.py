@@ -78,8 +78,8 @@ def memory_audit(
 ) -> Page[MemoryChangeOut]:
     """Every change of the instance's memory text and of its memory snippets, oldest first."""
     svc.app.owned(Instance, caller.tenant, instance_id, None)
-    caught_up(svc, svc.memory, svc.settings.consistency_wait_s)
-    entries = svc.memory_index.audit(instance_id, decode_cursor(cursor), limit)
+    caught_up(svc, svc.memory_audit, svc.settings.consistency_wait_s)
+    entries = svc.audit_view.audit(instance_id, decode_cursor(cursor), limit)
     next_cursor = encode_cursor(entries[-1].position) if len(entries) == limit else None
     return Page[MemoryChangeOut](
         items=[MemoryChangeOut.of(e) for e in entries], next_cursor=next_cursor

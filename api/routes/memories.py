@@ -112,10 +112,10 @@ def list_messages(
 ) -> Page[MessageOut]:
     """The conversation, oldest first: imported turns, the user's messages and the replies."""
     svc.app.owned(Instance, caller.tenant, instance_id, None)
-    caught_up(svc, svc.memory, svc.settings.consistency_wait_s)
-    docs = svc.memory_index.messages(instance_id, decode_cursor(cursor), limit)
-    next_cursor = encode_cursor(docs[-1].position) if len(docs) == limit else None
-    return Page[MessageOut](items=[MessageOut.of(d) for d in docs], next_cursor=next_cursor)
+    caught_up(svc, svc.conversation, svc.settings.consistency_wait_s)
+    messages = svc.conversation_view.messages(instance_id, decode_cursor(cursor), limit)
+    next_cursor = encode_cursor(messages[-1].position) if len(messages) == limit else None
+    return Page[MessageOut](items=[MessageOut.of(m) for m in messages], next_cursor=next_cursor)
 
 
 @router.post("/v1/instances/{instance_id}/messages", status_code=201)
