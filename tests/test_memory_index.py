@@ -178,8 +178,9 @@ class CrashingVectors(VectorIndex):
 def test_a_crash_between_the_vector_write_and_the_commit_loses_and_duplicates_nothing(
     services: Services, world: Model, ops: list[tuple[str, int, Any]], batch: int
 ) -> None:
-    # Whatever the operations, a memory first: a batch that writes vectors, so the crash comes.
-    apply(services, world, [("add", 0, "gato"), *ops])
+    # Whatever the operations, a memory last (none can forget it): a batch that writes vectors,
+    # so the crash comes.
+    apply(services, world, [*ops, ("add", 0, "gato")])
     dying = build_memory_index(services.settings)
     dying.vectors = CrashingVectors(dying.vectors, writes_before_crash=1)
     crashed = False
