@@ -38,6 +38,9 @@ EMBED_GROUP = 4_096
 
 
 class MemoryIndex(MemorySearch):
+    """Keeps the index up to date: plans each batch, embeds it into Chroma, writes it to SQL,
+    and fills new generations for a rebuild. Reading it is `MemorySearch`'s."""
+
     name = NAME
 
     def __init__(
