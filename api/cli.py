@@ -21,6 +21,7 @@ from alma.api.schemas import EventOut, InstanceOut
 from alma.api.services import Services, build_services, open_app, rebuild_memory_index
 from alma.domain import Actor, Alma, DomainError, Instance, NotFound
 from alma.domain.transfer import export_tenant, import_events, read_events
+from alma.projections import SqlReadModel
 from alma.settings import Settings
 
 
@@ -153,6 +154,12 @@ def projections_rebuild(services: Services, name: str) -> None:
     elif name == services.memory.name:
         generation = rebuild_memory_index(services)
         print(f"rebuilt {name} as generation {generation}", file=sys.stderr)
+    elif name in (services.conversation.name, services.memory_audit.name):
+        follower = {f.name: f for f in services.followers}[name]
+        assert isinstance(follower.model, SqlReadModel)
+        follower.model.clear()
+        follower.catch_up()
+        print(f"rebuilt {name} up to position {follower.position()}", file=sys.stderr)
     elif services.formation is not None and name == services.formation.name:
         print(f"{name} writes events, which stay: nothing to rebuild", file=sys.stderr)
     else:
@@ -187,7 +194,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     projections.add_parser("status", help="positions and lag")
     projections.add_parser("rebuild", help="rebuild read models from the events").add_argument(
-        "name", nargs="?", choices=["listings", "memory-index"], help="default: all of them"
+        "name",
+        nargs="?",
+        choices=["listings", "memory-index", "conversation", "memory-audit"],
+        help="default: all of them",
     )
     return parser
 

@@ -18,7 +18,7 @@ from alma.api.probes import StoreProbes
 from alma.api.security import RateLimiter
 from alma.api.services import Services
 from alma.domain import Actor, Alma
-from alma.projections import MemoryIndex
+from alma.projections import Conversation, MemoryAudit, MemoryIndex
 from alma.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `alma keys create`")
@@ -56,6 +56,22 @@ async def _index_caught_up(services: Svc) -> CaughtUp:
     return CaughtUp(services.memory, services.settings.consistency_wait_s)
 
 
+async def _conversation(services: Svc) -> Conversation:
+    return services.conversation_view
+
+
+async def _conversation_caught_up(services: Svc) -> CaughtUp:
+    return CaughtUp(services.conversation, services.settings.consistency_wait_s)
+
+
+async def _audit(services: Svc) -> MemoryAudit:
+    return services.audit_view
+
+
+async def _audit_caught_up(services: Svc) -> CaughtUp:
+    return CaughtUp(services.memory_audit, services.settings.consistency_wait_s)
+
+
 async def _store_probes(services: Svc) -> StoreProbes:
     return StoreProbes(services.followers, services.memory_index.vectors, services.breaker)
 
@@ -65,6 +81,10 @@ AppSettings = Annotated[Settings, Depends(_settings)]
 Listing = Annotated[ListingPages, Depends(_listing)]  # characters and instances, by page
 Index = Annotated[MemoryIndex, Depends(_memory_index)]  # memories, search, messages, audit
 IndexCaughtUp = Annotated[CaughtUp, Depends(_index_caught_up)]  # read-your-writes for Index
+ConversationLog = Annotated[Conversation, Depends(_conversation)]  # an instance's messages
+ConversationCaughtUp = Annotated[CaughtUp, Depends(_conversation_caught_up)]
+Audit = Annotated[MemoryAudit, Depends(_audit)]  # how an instance's memory changed
+AuditCaughtUp = Annotated[CaughtUp, Depends(_audit_caught_up)]
 Probes = Annotated[StoreProbes, Depends(_store_probes)]
 
 

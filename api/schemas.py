@@ -15,7 +15,7 @@ from alma.api.present import actor_of, event_data, unified_diff
 from alma.chat.turns import TurnResult
 from alma.chat.voice_turn import VoiceReply
 from alma.domain import Character, Instance, Memory
-from alma.projections import AuditEntry, Doc, Hit
+from alma.projections import AuditEntry, Hit, Message
 from alma.voice import AudioError, VoiceSettings
 from alma.voice.tts import check as check_voice
 
@@ -323,13 +323,13 @@ class MessageOut(BaseModel):
     metadata: dict[str, Any]
 
     @classmethod
-    def of(cls, doc: Doc) -> MessageOut:
+    def of(cls, message: Message) -> MessageOut:
         return cls(
-            id=doc.doc_id,
-            role=str(doc.metadata.get("role", "user")),
-            content=doc.text,
-            timestamp=doc.occurred_at,
-            metadata={k: v for k, v in doc.metadata.items() if k != "role"},
+            id=str(message.id),
+            role=message.role,
+            content=message.content,
+            timestamp=message.sent_at,
+            metadata={k: v for k, v in message.metadata.items() if k != "role"},
         )
 
 

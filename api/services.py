@@ -17,9 +17,11 @@ from alma.embeddings import Embedder
 from alma.llm.client import ModelClient, OpenAIModel
 from alma.llm.local import local_model_client
 from alma.projections import (
+    Conversation,
     Follower,
     Listings,
     ListingView,
+    MemoryAudit,
     MemoryIndex,
     PostgresListingView,
     SQLiteListingView,
@@ -38,6 +40,8 @@ class Services:
     app: Alma
     listings: Follower
     memory: Follower
+    conversation: Follower
+    memory_audit: Follower
     formation: Follower | None = None  # the memory process, when ALMA_MEMORY_FORMATION is on
     breaker: DatabaseBreaker | None = None  # on PostgreSQL: 503 at once while it is down
     _model: ModelClient | None = None
@@ -78,6 +82,7 @@ class Services:
         return Chat(
             self.app,
             self.memory_index,
+            self.conversation_view,
             self._model_client,
             self.settings.chat_memories,
             self.settings.chat_history_turns,
@@ -85,7 +90,13 @@ class Services:
 
     @property
     def followers(self) -> list[Follower]:
-        return [self.listings, self.memory, *([self.formation] if self.formation else [])]
+        return [
+            self.listings,
+            self.memory,
+            self.conversation,
+            self.memory_audit,
+            *([self.formation] if self.formation else []),
+        ]
 
     @property
     def listings_view(self) -> ListingView:
@@ -98,6 +109,18 @@ class Services:
         index = self.memory.model
         assert isinstance(index, MemoryIndex)
         return index
+
+    @property
+    def conversation_view(self) -> Conversation:
+        conversation = self.conversation.model
+        assert isinstance(conversation, Conversation)
+        return conversation
+
+    @property
+    def audit_view(self) -> MemoryAudit:
+        audit = self.memory_audit.model
+        assert isinstance(audit, MemoryAudit)
+        return audit
 
     def start_projections(self) -> None:
         """Follow the log in this process (the embedded default; `alma worker` otherwise).
@@ -118,6 +141,8 @@ class Services:
             follower.stop()
         self.listings_view.close()
         self.memory_index.close()
+        self.conversation_view.close()
+        self.audit_view.close()
         if self.formation is not None:
             assert isinstance(self.formation.model, MemoryFormation)
             self.formation.model.close()
@@ -160,6 +185,12 @@ def build_services(settings: Settings) -> Services:
         app=app,
         listings=Follower(app, _listings(settings)),
         memory=Follower(app, build_memory_index(settings), batch_size=settings.index_batch_size),
+        conversation=Follower(
+            app, Conversation(open_store(settings.event_store_env(Conversation.name)))
+        ),
+        memory_audit=Follower(
+            app, MemoryAudit(open_store(settings.event_store_env(MemoryAudit.name)))
+        ),
     )
     env = settings.event_store_env("events")
     if "POSTGRES_HOST" in env:

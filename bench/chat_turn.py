@@ -77,8 +77,7 @@ from alma.chat.turns import Chat
 from alma.domain import Actor, Alma, Character, Instance, Memory
 from alma.embeddings import Embedder
 from alma.llm.client import Completion, Messages, ModelClient
-from alma.projections import Follower, Hit, MemoryIndex
-from alma.projections.memory_index import Doc
+from alma.projections import Conversation, Follower, Hit, MemoryIndex, Message
 from alma.settings import Settings
 from bench.report import Row, checked, free_port, log, machine_load, percentiles_ms, print_table
 from tests.openai_stub import Behaviour, OpenAIStub, Reply
@@ -289,9 +288,10 @@ def build_world(services: Services, sizes: Sizes) -> World:
     start = time.perf_counter()
     events = catch_up(services.memory)
     log(f"memory index: {events:,} events in {time.perf_counter() - start:.2f} s")
-    start = time.perf_counter()
-    services.listings.catch_up()
-    log(f"listings: caught up in {time.perf_counter() - start:.2f} s")
+    for follower in (services.listings, services.conversation, services.memory_audit):
+        start = time.perf_counter()
+        follower.catch_up()
+        log(f"{follower.name}: caught up in {time.perf_counter() - start:.2f} s")
     _, secret = app.issue_key(TENANT, ACTOR)
     return World(main, others, secret)
 
@@ -385,8 +385,19 @@ class TimedIndex:
     def search(self, *args: Any, **kwargs: Any) -> list[Hit]:
         return self.clock.timed("retrieval", self.index.search, *args, **kwargs)
 
-    def recent_messages(self, *args: Any, **kwargs: Any) -> list[Doc]:
-        return self.clock.timed("retrieval", self.index.recent_messages, *args, **kwargs)
+
+class TimedConversation:
+    """The conversation with the recent turns' read timed."""
+
+    def __init__(self, conversation: Conversation, clock: Clock) -> None:
+        self.conversation = conversation
+        self.clock = clock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conversation, name)
+
+    def recent_messages(self, *args: Any, **kwargs: Any) -> list[Message]:
+        return self.clock.timed("retrieval", self.conversation.recent_messages, *args, **kwargs)
 
 
 class TimedEmbedder:
@@ -415,11 +426,12 @@ STEP_NAMES = {
 
 
 def timed_chat(services: Services, clock: Clock) -> Chat:
-    """`Services.chat`, with timing proxies around the app, the index and the model."""
+    """`Services.chat`, with timing proxies around the app, the read models and the model."""
     model = TimedModel(build_model(services.settings), clock)
     return Chat(
         cast(Alma, TimedApp(services.app, clock)),
         cast(MemoryIndex, TimedIndex(services.memory_index, clock)),
+        cast(Conversation, TimedConversation(services.conversation_view, clock)),
         lambda: model,
         services.settings.chat_memories,
         services.settings.chat_history_turns,
@@ -465,7 +477,7 @@ def run_turns(
                 times.memories.append(len(result.memories_used))
             if wait:  # the user reads the reply: the projections catch up before the next message
                 written = services.app.recorder.max_notification_id() or 0
-                for follower in (services.memory, services.formation):
+                for follower in (services.memory, services.conversation, services.formation):
                     if follower is not None:
                         follower.wait(written, 30.0)
     finally:

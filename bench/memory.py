@@ -75,6 +75,7 @@ from alma.api.services import Services, build_services, rebuild_memory_index  # 
 from alma.domain import Actor, Memory, NewMessage  # noqa: E402
 from alma.embeddings import Backend, Embedder  # noqa: E402
 from alma.projections import Follower, MemoryIndex  # noqa: E402
+from alma.projections.memory_docs import documents  # noqa: E402
 from alma.projections.vectors import COLLECTION  # noqa: E402
 from alma.settings import Settings  # noqa: E402
 from bench.report import (  # noqa: E402
@@ -556,7 +557,7 @@ def search_steps(
         scored = time.perf_counter()
         index.vectors.vectors(generation, instance_id, [d for d in lexical if d not in dense])
         fetched = time.perf_counter()
-        index.documents(generation, list(dense.keys() | lexical.keys()))
+        documents(index.store, generation, list(dense.keys() | lexical.keys()))
         loaded = time.perf_counter()
         marks = [start, embedded, nearest, scored, fetched, loaded]
         for name, (before, after) in zip(names, itertools.pairwise(marks), strict=True):
@@ -640,8 +641,9 @@ class LagResult:
 
 def lag_test(services: Services, instance_ids: list[UUID], sizes: Sizes) -> LagResult:
     app, memory = services.app, services.memory
-    log("lag: catching up the listings projection before starting")
-    services.listings.catch_up()
+    log("lag: catching up the other read models before starting")
+    for follower in (services.listings, services.conversation, services.memory_audit):
+        follower.catch_up()
     memory.catch_up()
     services.start_projections()
     pending: deque[tuple[int, float]] = deque()

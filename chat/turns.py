@@ -24,7 +24,7 @@ from alma.domain import Actor, Alma, InvalidInput, Reply
 from alma.domain.rules import valid_message
 from alma.llm import tokens
 from alma.llm.client import Completion, ModelClient, ModelError
-from alma.projections import Hit, MemoryIndex
+from alma.projections import Conversation, Hit, MemoryIndex
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,14 @@ class Chat:
         self,
         app: Alma,
         index: MemoryIndex,
+        conversation: Conversation,
         model: Callable[[], ModelClient],
         memories: int = 8,
         history_turns: int = 20,
     ) -> None:
         self.app = app
         self.index = index
+        self.conversation = conversation
         self.model = model
         self.memories = memories
         self.history_turns = history_turns
@@ -93,13 +95,13 @@ class Chat:
         instance = self.app.instance(tenant, instance_id)
         character = self.app.character(tenant, instance.character_id)
         if history is None:
-            recent = self.index.recent_messages(instance_id, self.history_turns)
+            recent = self.conversation.recent_messages(instance_id, self.history_turns)
             history = [
-                Turn(d.metadata["role"], d.text, d.occurred_at)
-                for d in recent
-                if d.metadata.get("role") in ("user", "assistant")
+                Turn(m.role, m.content, m.sent_at)
+                for m in recent
+                if m.role in ("user", "assistant")
             ]
-            in_history = {d.doc_id for d in recent}
+            in_history = {str(m.id) for m in recent}
         else:
             in_history = set()
         try:

@@ -1,5 +1,8 @@
-"""Read models that follow the event log: the listings and the memory index."""
+"""Read models that follow the event log: the listings, the memory index, the conversation and
+the memory audit."""
 
+from alma.projections.audit import AuditEntry, MemoryAudit
+from alma.projections.conversation import Conversation, Message
 from alma.projections.follower import Follower, ReadModel
 from alma.projections.listings import (
     Listed,
@@ -8,21 +11,28 @@ from alma.projections.listings import (
     PostgresListingView,
     SQLiteListingView,
 )
-from alma.projections.memory_index import AuditEntry, Doc, Hit, MemoryIndex
+from alma.projections.memory_docs import Doc
+from alma.projections.memory_index import MemoryIndex
+from alma.projections.memory_search import Hit
+from alma.projections.sql_model import SqlReadModel
 from alma.projections.vectors import VectorIndex, open_chroma
 
 __all__ = [
     "AuditEntry",
+    "Conversation",
     "Doc",
     "Follower",
     "Hit",
     "Listed",
     "ListingView",
     "Listings",
+    "MemoryAudit",
     "MemoryIndex",
+    "Message",
     "PostgresListingView",
     "ReadModel",
     "SQLiteListingView",
+    "SqlReadModel",
     "VectorIndex",
     "open_chroma",
 ]

@@ -119,7 +119,7 @@ def test_the_conversation_so_far_is_in_the_next_prompt(
     _, instance = _world(chat_api)
     openai_stub.script(Reply("Me llamo Rosa."), Reply("Ya te lo dije: Rosa."))
     _chat(chat_api, instance, "¿Cómo te llamas?")
-    chat_api.services.memory.wait(chat_api.written(), 30)
+    chat_api.services.conversation.wait(chat_api.written(), 30)
     _chat(chat_api, instance, "¿Y otra vez?")
     second = openai_stub.requests[1]["messages"]
     assert second[-3:] == [

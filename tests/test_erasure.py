@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from eventsourcing.persistence import Mapper
 
-from alma.api.cli import replay
+from alma.api.cli import projections_rebuild, replay
 from alma.api.services import open_app, rebuild_memory_index
 from alma.domain import Actor, Alma, Character, NotFound
 from alma.domain.erasure import MAGIC
@@ -183,13 +183,16 @@ def test_rebuilding_the_index_and_replay_do_not_bring_it_back(
     erase(api, "instances", world.instance_id)
 
     rebuild_memory_index(api.services)
+    for follower in (api.services.conversation, api.services.memory_audit):
+        projections_rebuild(api.services, follower.name)
 
     index = api.services.memory_index
     instance_id = UUID(world.instance_id)
     assert index.memories(instance_id, 0, 50) == []
-    assert index.messages(instance_id, 0, 50) == []
-    assert index.audit(instance_id, 0, 50) == []
+    assert api.services.conversation_view.messages(instance_id, 0, 50) == []
+    assert api.services.audit_view.audit(instance_id, 0, 50) == []
     assert index.search(instance_id, world.markers["revised"]) == []
+    assert index.search(instance_id, world.markers["said"]) == []
     with pytest.raises(NotFound):
         replay(api.services.app, world.instance_id, None)
 

@@ -408,9 +408,15 @@ def test_formation_runs_by_default_only_with_a_model_server(tmp_path: Any) -> No
         finally:
             services.close()
     assert running == {
-        "local model": ["listings", "memory-index"],
-        "model server": ["listings", "memory-index", "memory-formation"],
-        "switched off": ["listings", "memory-index"],
+        "local model": ["listings", "memory-index", "conversation", "memory-audit"],
+        "model server": [
+            "listings",
+            "memory-index",
+            "conversation",
+            "memory-audit",
+            "memory-formation",
+        ],
+        "switched off": ["listings", "memory-index", "conversation", "memory-audit"],
     }
 
 

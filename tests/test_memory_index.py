@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from alma.api.services import Services, build_memory_index, rebuild_memory_index
 from alma.domain import Actor, NewMessage
 from alma.projections import Follower, MemoryIndex, VectorIndex
-from alma.projections.memory_index import chunks
+from alma.projections.memory_plan import chunks
 
 WORDS = ["gato", "perro", "Lisboa", "mole", "abuela", "río", "canción", "viaje", "jardín"]
 texts = st.lists(st.sampled_from(WORDS), min_size=1, max_size=5).map(" ".join)
@@ -178,8 +178,9 @@ class CrashingVectors(VectorIndex):
 def test_a_crash_between_the_vector_write_and_the_commit_loses_and_duplicates_nothing(
     services: Services, world: Model, ops: list[tuple[str, int, Any]], batch: int
 ) -> None:
-    # Whatever the operations, a memory first: a batch that writes vectors, so the crash comes.
-    apply(services, world, [("add", 0, "gato"), *ops])
+    # Whatever the operations, a memory last (none can forget it): a batch that writes vectors,
+    # so the crash comes.
+    apply(services, world, [*ops, ("add", 0, "gato")])
     dying = build_memory_index(services.settings)
     dying.vectors = CrashingVectors(dying.vectors, writes_before_crash=1)
     crashed = False
@@ -266,12 +267,19 @@ def test_an_index_from_an_earlier_version_is_brought_up_to_date_when_opened(
             "FROM memory_words"
         )
         cursor.execute("DROP TABLE memory_words")
-        cursor.execute("ALTER TABLE memory_audit DROP COLUMN source")
+        cursor.execute(  # the audit, kept in the index (without its source at first)
+            "CREATE TABLE memory_audit (generation INTEGER NOT NULL, instance_id TEXT NOT NULL, "
+            "position BIGINT NOT NULL, version INTEGER NOT NULL, timestamp TEXT NOT NULL, "
+            "actor TEXT NOT NULL, kind TEXT NOT NULL, memory_id TEXT, before TEXT NOT NULL, "
+            "after TEXT NOT NULL, PRIMARY KEY (generation, instance_id, position))"
+        )
 
     reopened = build_memory_index(services.settings)
     try:
         assert not reopened.store.has_table("memory_postings")
-        audit = reopened.audit(world.instances[0], 0, 10)
+        assert not reopened.store.has_table("memory_audit")  # a read model of its own now
+        services.memory_audit.catch_up()
+        audit = services.audit_view.audit(world.instances[0], 0, 10)
         assert [e.kind for e in audit] == ["memory_text", "memory_added"]
         assert [e.source for e in audit] == [None, None]
         assert_bm25_statistics_are_exact(reopened)

@@ -64,7 +64,7 @@ def test_metrics_and_json_logs_of_a_running_server(tmp_path: Path, openai_stub: 
         completion = usage["completion_tokens"]
         assert _metric(text, "alma_model_tokens_total", kind="completion") == completion
         assert _metric(text, "alma_errors_total", code="not_found", status="404") == 1
-        for projection in ("listings", "memory-index"):
+        for projection in ("listings", "memory-index", "conversation", "memory-audit"):
             assert _metric(text, "alma_projection_lag_events", projection=projection) >= 0
         assert instance not in text and character not in text  # templates, never ids
 

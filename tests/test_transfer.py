@@ -56,9 +56,11 @@ def _state(services: Services, aggregate_id: UUID) -> dict[str, Any]:
 
 def _index(services: Services, instance_id: UUID) -> dict[str, Any]:
     index = services.memory_index
-    docs = [*index.memories(instance_id, 0, 500), *index.messages(instance_id, 0, 500)]
+    docs = index.memories(instance_id, 0, 500)
+    messages = services.conversation_view.messages(instance_id, 0, 500)
     return {
         "docs": sorted((d.doc_id, d.kind, d.text, d.metadata, d.importance) for d in docs),
+        "messages": [(m.id, m.role, m.content, m.metadata, m.sent_at) for m in messages],
         "search": [
             [(hit.doc.doc_id, round(hit.score, 4)) for hit in index.search(instance_id, query)]
             for query in QUERIES
@@ -79,6 +81,7 @@ def test_export_import_round_trip(settings: Settings, tmp_path: Path) -> None:
     try:
         instances = _fill(source)
         source.memory.catch_up()
+        source.conversation.catch_up()
         assert alma(source_settings, "keys", "create", "--tenant", "acme").returncode == 0
         exported = tmp_path / "acme.jsonl"
 
@@ -111,6 +114,7 @@ def test_export_import_round_trip(settings: Settings, tmp_path: Path) -> None:
         assert again.read_text(encoding="utf-8") == exported.read_text(encoding="utf-8")
 
         target.memory.catch_up()
+        target.conversation.catch_up()
         for instance_id in instances:
             assert _index(target, instance_id) == _index(source, instance_id)
         assert _index(target, instances[0])["docs"]

@@ -8,7 +8,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate
 from fastapi import APIRouter, Query
 
-from alma.api.deps import AlmaApp, CurrentCaller, Index, IndexCaughtUp, Limit
+from alma.api.deps import AlmaApp, Audit, AuditCaughtUp, CurrentCaller, Limit
 from alma.api.pagination import MAX_POSITION, decode_cursor, encode_cursor
 from alma.api.schemas import EventOut, MemoryChangeOut, Page
 from alma.domain import Alma, Character, Instance
@@ -70,15 +70,15 @@ def memory_audit(
     instance_id: UUID,
     caller: CurrentCaller,
     app: AlmaApp,
-    index: Index,
-    caught_up: IndexCaughtUp,
+    audit: Audit,
+    caught_up: AuditCaughtUp,
     cursor: str | None = None,
     limit: Limit = 50,
 ) -> Page[MemoryChangeOut]:
     """Every change of the instance's memory text and of its memory snippets, oldest first."""
     app.owned(Instance, caller.tenant, instance_id, None)
     caught_up()
-    entries = index.audit(instance_id, decode_cursor(cursor), limit)
+    entries = audit.audit(instance_id, decode_cursor(cursor), limit)
     next_cursor = encode_cursor(entries[-1].position) if len(entries) == limit else None
     return Page[MemoryChangeOut](
         items=[MemoryChangeOut.of(e) for e in entries], next_cursor=next_cursor

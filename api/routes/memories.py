@@ -8,7 +8,15 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query, Response
 
-from alma.api.deps import AlmaApp, CurrentCaller, Index, IndexCaughtUp, Limit
+from alma.api.deps import (
+    AlmaApp,
+    ConversationCaughtUp,
+    ConversationLog,
+    CurrentCaller,
+    Index,
+    IndexCaughtUp,
+    Limit,
+)
 from alma.api.pagination import decode_cursor, encode_cursor
 from alma.api.schemas import (
     MemoryCreate,
@@ -116,17 +124,17 @@ def list_messages(
     instance_id: UUID,
     caller: CurrentCaller,
     app: AlmaApp,
-    index: Index,
-    caught_up: IndexCaughtUp,
+    conversation: ConversationLog,
+    caught_up: ConversationCaughtUp,
     limit: Limit = 50,
     cursor: str | None = None,
 ) -> Page[MessageOut]:
     """The conversation, oldest first: imported turns, the user's messages and the replies."""
     app.owned(Instance, caller.tenant, instance_id, None)
     caught_up()
-    docs = index.messages(instance_id, decode_cursor(cursor), limit)
-    next_cursor = encode_cursor(docs[-1].position) if len(docs) == limit else None
-    return Page[MessageOut](items=[MessageOut.of(d) for d in docs], next_cursor=next_cursor)
+    messages = conversation.messages(instance_id, decode_cursor(cursor), limit)
+    next_cursor = encode_cursor(messages[-1].position) if len(messages) == limit else None
+    return Page[MessageOut](items=[MessageOut.of(m) for m in messages], next_cursor=next_cursor)
 
 
 @router.post("/v1/instances/{instance_id}/messages", status_code=201)

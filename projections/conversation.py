@@ -1,0 +1,120 @@
+"""The conversation read model: each instance's messages in order, imported turns and chat turns
+alike. It embeds nothing, so it keeps up with the log however far the memory index lags."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from alma.domain import Instance
+from alma.projections.sql_model import SqlReadModel
+from alma.stores.sql import Cursor
+
+_COLUMNS = "message_id, instance_id, role, content, metadata, sent_at, position"
+_INSERT = (
+    "INSERT INTO conversation_messages (message_id, instance_id, role, content, metadata, "
+    "sent_at, position, tenant) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (instance_id, position) DO NOTHING"
+)
+_Row = tuple[str, str, str, str, str, str, int, str]
+
+
+@dataclass(frozen=True)
+class Message:
+    id: UUID
+    instance_id: UUID
+    role: str  # "user", "assistant" or "system"
+    content: str
+    metadata: dict[str, Any]  # as recorded; a reply's holds its model
+    sent_at: datetime  # when it was said (a reply: when it was recorded)
+    position: int  # its event's in the log
+
+
+class Conversation(SqlReadModel):
+    name = "conversation"
+    tables = ("conversation_messages",)
+    schema = (
+        """CREATE TABLE IF NOT EXISTS conversation_messages (
+            instance_id TEXT NOT NULL, position BIGINT NOT NULL, message_id TEXT NOT NULL,
+            tenant TEXT NOT NULL, role TEXT NOT NULL, content TEXT NOT NULL,
+            metadata TEXT NOT NULL, sent_at TEXT NOT NULL, PRIMARY KEY (instance_id, position))""",
+    )
+
+    def write(self, cursor: Cursor, batch: Sequence[tuple[Any, int]]) -> bool:
+        rows: list[_Row] = []
+        erased = False
+        for event, position in batch:
+            kind = type(event)
+            if kind in _MESSAGES:
+                rows.append(_MESSAGES[kind](event, position))
+            elif kind is Instance.Archived or kind is Instance.Erased:
+                # A deleted instance's conversation goes with it, as it goes from the index.
+                instance = str(event.originator_id)
+                rows = [row for row in rows if row[1] != instance]
+                cursor.execute(
+                    "DELETE FROM conversation_messages WHERE instance_id = %s", (instance,)
+                )
+                erased = erased or kind is Instance.Erased
+        cursor.executemany(_INSERT, rows)
+        return erased
+
+    def messages(self, instance_id: UUID, after: int, limit: int) -> list[Message]:
+        """The instance's conversation after position `after`, oldest first."""
+        rows = self.store.query(
+            f"SELECT {_COLUMNS} FROM conversation_messages WHERE instance_id = %s "
+            "AND position > %s ORDER BY position LIMIT %s",
+            (str(instance_id), after, limit),
+        )
+        return [_message_of(row) for row in rows]
+
+    def recent_messages(self, instance_id: UUID, limit: int) -> list[Message]:
+        """The last `limit` messages of the conversation, oldest first."""
+        rows = self.store.query(
+            f"SELECT {_COLUMNS} FROM conversation_messages WHERE instance_id = %s "
+            "ORDER BY position DESC LIMIT %s",
+            (str(instance_id), limit),
+        )
+        return [_message_of(row) for row in reversed(rows)]
+
+
+def _said(event: Any, position: int) -> _Row:
+    return _row(event, event.role, event.metadata, event.sent_at, position)
+
+
+def _replied(event: Any, position: int) -> _Row:
+    return _row(event, "assistant", {"model": event.model}, event.timestamp, position)
+
+
+def _row(event: Any, role: str, metadata: dict[str, Any], sent_at: datetime, position: int) -> _Row:
+    return (
+        str(event.message_id),
+        str(event.originator_id),
+        role,
+        event.content,
+        json.dumps(metadata, ensure_ascii=False),
+        sent_at.isoformat(),
+        position,
+        event.actor.tenant,
+    )
+
+
+_MESSAGES: dict[type, Callable[[Any, int], _Row]] = {
+    Instance.MessageRecorded: _said,
+    Instance.ReplyRecorded: _replied,
+}
+
+
+def _message_of(row: Sequence[Any]) -> Message:
+    return Message(
+        UUID(str(row[0])),
+        UUID(str(row[1])),
+        str(row[2]),
+        str(row[3]),
+        json.loads(row[4]),
+        datetime.fromisoformat(str(row[5])),
+        int(row[6]),
+    )

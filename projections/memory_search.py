@@ -1,0 +1,143 @@
+"""Reading the memory index: hybrid search (BM25 over postings in SQL beside the nearest vectors
+in Chroma, fused into one ranking) and the listing of an instance's memory snippets."""
+
+from __future__ import annotations
+
+import heapq
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from uuid import UUID
+
+import numpy as np
+
+from alma.embeddings import Embedder
+from alma.projections.memory_docs import DOC_COLUMNS, Doc, doc_of, documents
+from alma.projections.ranking import Candidate, Weights, bm25_idf, fuse, terms
+from alma.projections.vectors import VectorIndex
+from alma.stores.sql import SqlStore
+
+CANDIDATES = 50
+_K1, _B = 1.2, 0.75
+# BM25 reads the postings of the query's rarest words up to this many rows: the common words
+# left out weigh little (low IDF), and a search stays fast in an instance of 100,000 sources.
+POSTINGS_BUDGET = 2_000
+
+
+@dataclass(frozen=True)
+class Hit:
+    doc: Doc
+    score: float
+
+
+class MemorySearch:
+    """The index as its readers see it: the generation its pointer names, or a pinned one while
+    a rebuild fills it. `MemoryIndex` adds following the log."""
+
+    def __init__(
+        self,
+        store: SqlStore,
+        vectors: VectorIndex,
+        embedder: Embedder,
+        weights: Weights | None = None,
+        pinned_generation: int | None = None,
+    ) -> None:
+        self.store = store
+        self.vectors = vectors
+        self.embedder = embedder
+        self.weights = weights or Weights()
+        self.pinned_generation = pinned_generation
+        # A search scores BM25 in this pool while it embeds the query and asks Chroma. SQLite,
+        # onnxruntime and Chroma all work outside Python's GIL, so a search takes about the longer
+        # of the two rather than their sum.
+        self._lexical = ThreadPoolExecutor(thread_name_prefix="bm25")
+
+    @property
+    def generation(self) -> int:
+        if self.pinned_generation is not None:
+            return self.pinned_generation
+        return int(self.store.query("SELECT generation FROM memory_generation WHERE id = 1")[0][0])
+
+    def close(self) -> None:
+        self._lexical.shutdown()
+        self.store.close()
+
+    def memories(self, instance_id: UUID, after: int, limit: int) -> list[Doc]:
+        """The instance's live memory snippets, oldest first."""
+        rows = self.store.query(
+            f"SELECT {DOC_COLUMNS} FROM memory_docs WHERE generation = %s AND instance_id = %s "
+            "AND kind = 'memory' AND position > %s ORDER BY position LIMIT %s",
+            (self.generation, str(instance_id), after, limit),
+        )
+        return [doc_of(row) for row in rows]
+
+    def search(
+        self,
+        instance_id: UUID,
+        query: str,
+        k: int = 10,
+        min_score: float = 0.0,
+        now: datetime | None = None,
+    ) -> list[Hit]:
+        generation = self.generation
+        scoring = self._lexical.submit(self._bm25, generation, instance_id, query)
+        vector = self.embedder.encode_query(query)
+        dense = dict(self.vectors.nearest(generation, instance_id, vector, CANDIDATES))
+        lexical = dict(scoring.result())
+        missing = [doc_id for doc_id in lexical if doc_id not in dense]
+        if missing:
+            stored = self.vectors.vectors(generation, instance_id, missing)
+            query_vector = np.asarray(vector)
+            for doc_id, other in stored.items():
+                dense[doc_id] = float(np.dot(query_vector, np.asarray(other)))
+        docs = documents(self.store, generation, list(dense.keys() | lexical.keys()))
+        candidates = [
+            Candidate(d, dense.get(d, 0.0), lexical.get(d, 0.0), doc.occurred_at, doc.importance)
+            for d, doc in docs.items()
+        ]
+        ranked = fuse(candidates, now or datetime.now(UTC), self.weights)
+        return [Hit(docs[c.doc_id], score) for c, score in ranked[:k] if score >= min_score]
+
+    def _bm25(self, generation: int, instance_id: UUID, query: str) -> list[tuple[str, float]]:
+        words = sorted(set(terms(query)))
+        if not words:
+            return []
+        scope = (generation, str(instance_id))
+        stats = self.store.query(
+            "SELECT documents, length FROM memory_stats WHERE generation = %s AND instance_id = %s",
+            scope,
+        )
+        if not stats or not stats[0][0]:
+            return []
+        total = int(stats[0][0])
+        average = int(stats[0][1]) / total or 1.0
+        marks = ", ".join(["%s"] * len(words))
+        frequencies = self.store.query(
+            "SELECT term, documents FROM memory_terms WHERE generation = %s "
+            f"AND instance_id = %s AND documents > 0 AND term IN ({marks})",
+            (*scope, *words),
+        )
+        # Words in over half the documents say little; the rest, rarest first, within budget.
+        weights: dict[str, float] = {}
+        read = 0
+        for term, n in sorted(frequencies, key=lambda row: int(row[1])):
+            if int(n) > max(1, total // 2) or (weights and read + int(n) > POSTINGS_BUDGET):
+                break
+            weights[str(term)] = bm25_idf(total, int(n))
+            read += int(n)
+        if not weights:
+            return []
+        # The sum is done here, not in SQL: with a GROUP BY, SQLite's planner preferred walking
+        # the postings index by document (every posting of the generation) to the word lookups.
+        marks = ", ".join(["%s"] * len(weights))
+        rows = self.store.query(
+            "SELECT doc_id, term, tf, length FROM memory_words "
+            f"WHERE generation = %s AND instance_id = %s AND term IN ({marks})",
+            (*scope, *weights),
+        )
+        scores: dict[str, float] = {}
+        for doc_id, term, tf, length in rows:
+            norm = _K1 * (1 - _B + _B * int(length) / average)
+            score = weights[term] * tf * (_K1 + 1) / (tf + norm)
+            scores[doc_id] = scores.get(doc_id, 0.0) + score
+        return heapq.nlargest(CANDIDATES, scores.items(), key=lambda pair: pair[1])
