@@ -17,9 +17,11 @@ from alma.api.pagination import ListingPages
 from alma.api.probes import StoreProbes
 from alma.api.security import RateLimiter
 from alma.api.services import Services
+from alma.chat.turns import Chat
 from alma.domain import Actor, Alma
 from alma.projections import Conversation, MemoryAudit, MemoryIndex
 from alma.settings import Settings
+from alma.voice import Speech
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `alma keys create`")
 
@@ -31,48 +33,56 @@ async def _services(request: Request) -> Services:
     return services
 
 
-# The whole root: for the audio, OpenAI-compatible and chat routes until they are handed theirs.
-Svc = Annotated[Services, Depends(_services)]
+_Root = Annotated[Services, Depends(_services)]
 
 
-async def _alma(services: Svc) -> Alma:
+async def _alma(services: _Root) -> Alma:
     return services.app
 
 
-async def _settings(services: Svc) -> Settings:
+async def _settings(services: _Root) -> Settings:
     return services.settings
 
 
-async def _listing(services: Svc) -> ListingPages:
+async def _listing(services: _Root) -> ListingPages:
     caught_up = CaughtUp(services.listings, services.settings.read_model_wait_s)
     return ListingPages(services.listings_view, caught_up)
 
 
-async def _memory_index(services: Svc) -> MemoryIndex:
+async def _memory_index(services: _Root) -> MemoryIndex:
     return services.memory_index
 
 
-async def _index_caught_up(services: Svc) -> CaughtUp:
+async def _index_caught_up(services: _Root) -> CaughtUp:
     return CaughtUp(services.memory, services.settings.consistency_wait_s)
 
 
-async def _conversation(services: Svc) -> Conversation:
+async def _conversation(services: _Root) -> Conversation:
     return services.conversation_view
 
 
-async def _conversation_caught_up(services: Svc) -> CaughtUp:
+async def _conversation_caught_up(services: _Root) -> CaughtUp:
     return CaughtUp(services.conversation, services.settings.consistency_wait_s)
 
 
-async def _audit(services: Svc) -> MemoryAudit:
+async def _audit(services: _Root) -> MemoryAudit:
     return services.audit_view
 
 
-async def _audit_caught_up(services: Svc) -> CaughtUp:
+async def _audit_caught_up(services: _Root) -> CaughtUp:
     return CaughtUp(services.memory_audit, services.settings.consistency_wait_s)
 
 
-async def _store_probes(services: Svc) -> StoreProbes:
+async def _chat(services: _Root) -> Chat:
+    return services.chat
+
+
+def _speech(services: _Root) -> Speech:
+    # Made on first use (a lock, and the engines' settings): a thread, not the event loop.
+    return services.speech()
+
+
+async def _store_probes(services: _Root) -> StoreProbes:
     return StoreProbes(services.followers, services.memory_index.vectors, services.breaker)
 
 
@@ -85,6 +95,8 @@ ConversationLog = Annotated[Conversation, Depends(_conversation)]  # an instance
 ConversationCaughtUp = Annotated[CaughtUp, Depends(_conversation_caught_up)]
 Audit = Annotated[MemoryAudit, Depends(_audit)]  # how an instance's memory changed
 AuditCaughtUp = Annotated[CaughtUp, Depends(_audit_caught_up)]
+ChatTurns = Annotated[Chat, Depends(_chat)]  # a turn: recall, prompt, model, record
+SpeechEngines = Annotated[Speech, Depends(_speech)]  # text to speech, speech to text
 Probes = Annotated[StoreProbes, Depends(_store_probes)]
 
 

@@ -15,12 +15,11 @@ from uuid import UUID
 from fastapi import APIRouter, File, Form, Response, UploadFile
 from fastapi.responses import PlainTextResponse
 
-from alma.api.deps import Caller, CurrentCaller, Svc
+from alma.api.deps import AlmaApp, Caller, ChatTurns, CurrentCaller, SpeechEngines
 from alma.api.errors import ApiError
 from alma.api.schemas import AudioFormat, SpeechRequest, TranscriptionOut, VoiceTurnOut
-from alma.api.services import Services
 from alma.chat.voice_turn import Spoken, reply_by_voice
-from alma.domain import NotFound
+from alma.domain import Alma, NotFound
 from alma.voice import NoSpeech
 
 router = APIRouter(tags=["audio"])
@@ -33,14 +32,16 @@ _AUDIO_TYPES: dict[str, Any] = {"audio/mpeg": {}, "audio/wav": {}, "audio/ogg": 
     response_class=Response,
     responses={200: {"content": _AUDIO_TYPES}},
 )
-def speech(body: SpeechRequest, caller: CurrentCaller, svc: Svc) -> Response:
+def speech(
+    body: SpeechRequest, caller: CurrentCaller, app: AlmaApp, engines: SpeechEngines
+) -> Response:
     """The text spoken. `X-Alma-TTS-Engine` names the engine that spoke; `X-Alma-TTS-Fallback`
     says why the preferred one did not, when it did not."""
     if "\x00" in body.input:
         raise ApiError(422, "invalid_request", "input must not contain NUL", {"field": "input"})
-    voice = _named_voice(svc, caller, body.voice)
+    voice = _named_voice(app, caller, body.voice)
     request = body.model_dump(include={"language", "engine"} | (body.model_fields_set & {"speed"}))
-    spoken = svc.speech().speak(body.input, [*voice, request], body.response_format)
+    spoken = engines.speak(body.input, [*voice, request], body.response_format)
     return Response(spoken.audio, media_type=spoken.media_type, headers=_tts_headers(spoken))
 
 
@@ -51,7 +52,7 @@ def speech(body: SpeechRequest, caller: CurrentCaller, svc: Svc) -> Response:
 )
 async def transcriptions(
     caller: CurrentCaller,
-    svc: Svc,
+    engines: SpeechEngines,
     file: Annotated[UploadFile, File(description="mp3, wav, ogg/opus, webm, m4a or flac")],
     language: Annotated[
         str | None, Form(min_length=2, max_length=35, description="unset: detected")
@@ -59,7 +60,7 @@ async def transcriptions(
     response_format: Annotated[Literal["json", "text", "verbose_json"], Form()] = "json",
 ) -> Any:
     """OpenAI's shape; `verbose_json` adds the segments with their times."""
-    transcript = await svc.speech().hear(await file.read(), language)
+    transcript = await engines.hear(await file.read(), language)
     if not transcript.text:
         raise NoSpeech("no speech was recognized in the audio")
     if response_format == "text":
@@ -80,7 +81,8 @@ async def transcriptions(
 async def voice_turn(
     instance_id: UUID,
     caller: CurrentCaller,
-    svc: Svc,
+    chat: ChatTurns,
+    engines: SpeechEngines,
     response: Response,
     file: Annotated[UploadFile, File(description="the user's speech")],
     response_format: Annotated[AudioFormat, Form()] = "mp3",
@@ -93,8 +95,8 @@ async def voice_turn(
     """A chat turn by voice: the transcript is the user's message (recorded with
     `source: voice`), the reply is recorded like any other, and comes back spoken."""
     reply = await reply_by_voice(
-        svc.chat,
-        svc.speech(),
+        chat,
+        engines,
         caller.tenant,
         instance_id,
         await file.read(),
@@ -108,7 +110,7 @@ async def voice_turn(
     return VoiceTurnOut.of(reply, response_format)
 
 
-def _named_voice(svc: Services, caller: Caller, voice: str) -> list[Mapping[str, Any] | None]:
+def _named_voice(app: Alma, caller: Caller, voice: str) -> list[Mapping[str, Any] | None]:
     """A voice by name, or the voice settings of an instance (over its character's) or of a
     character, by id."""
     try:
@@ -116,10 +118,10 @@ def _named_voice(svc: Services, caller: Caller, voice: str) -> list[Mapping[str,
     except ValueError:
         return [{"voice": voice}]
     try:
-        instance = svc.app.instance(caller.tenant, given)
-        return [svc.app.character(caller.tenant, instance.character_id).voice, instance.voice]
+        instance = app.instance(caller.tenant, given)
+        return [app.character(caller.tenant, instance.character_id).voice, instance.voice]
     except NotFound:
-        return [svc.app.character(caller.tenant, given).voice]
+        return [app.character(caller.tenant, given).voice]
 
 
 def _tts_headers(spoken: Spoken) -> dict[str, str]:

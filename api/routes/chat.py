@@ -9,7 +9,7 @@ from uuid import UUID
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from alma.api.deps import CurrentCaller, Svc
+from alma.api.deps import ChatTurns, CurrentCaller
 from alma.api.errors import stream_error
 from alma.api.schemas import ChatRequest, ChatResponse
 from alma.chat.turns import TurnResult
@@ -24,17 +24,15 @@ router = APIRouter(tags=["chat"])
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 def chat(
-    instance_id: UUID, body: ChatRequest, caller: CurrentCaller, svc: Svc
+    instance_id: UUID, body: ChatRequest, caller: CurrentCaller, chat: ChatTurns
 ) -> ChatResponse | StreamingResponse:
     """With `stream: true`: Server-Sent Events, `data: {"token": "..."}` for each piece of
     the reply, then `event: turn` with the same fields as the plain answer (or `event: error`)."""
-    turn = svc.chat.prepare(
-        caller.tenant, instance_id, body.message, body.max_tokens, body.temperature
-    )
+    turn = chat.prepare(caller.tenant, instance_id, body.message, body.max_tokens, body.temperature)
     if not body.stream:
-        return ChatResponse.of(svc.chat.complete(turn, caller.actor))
+        return ChatResponse.of(chat.complete(turn, caller.actor))
     return StreamingResponse(
-        _events(svc.chat.stream(turn, caller.actor)), media_type="text/event-stream"
+        _events(chat.stream(turn, caller.actor)), media_type="text/event-stream"
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from alma.api.deps import CurrentCaller, Svc
+from alma.api.deps import AlmaApp, ChatTurns, CurrentCaller, Listing
 from alma.api.errors import openai_stream_error
 from alma.api.schemas import ChatCompletionRequest
 from alma.chat import openai_compat
@@ -22,10 +22,10 @@ MEMORIES_UNAVAILABLE = "X-Alma-Memories-Unavailable"
 
 @router.post("/v1/chat/completions", response_model=None)
 def chat_completions(
-    body: ChatCompletionRequest, caller: CurrentCaller, svc: Svc
+    body: ChatCompletionRequest, caller: CurrentCaller, chat: ChatTurns
 ) -> JSONResponse | StreamingResponse:
     answer = openai_compat.answer(
-        svc.chat,
+        chat,
         caller.tenant,
         body.model,
         body.messages,
@@ -43,9 +43,9 @@ def chat_completions(
 
 
 @router.get("/v1/models")
-def models(caller: CurrentCaller, svc: Svc) -> dict[str, Any]:
+def models(caller: CurrentCaller, app: AlmaApp, listing: Listing) -> dict[str, Any]:
     """Every instance this key can talk to; its id is the `model` to send."""
-    return openai_compat.models(svc.app, svc.listings_view, caller.tenant)
+    return openai_compat.models(app, listing.view, caller.tenant)
 
 
 def _events(chunks: Iterator[dict[str, Any]]) -> Iterator[str]:
