@@ -111,26 +111,20 @@ def _memory_text(plan: Plan, event: Any, position: int) -> None:
 
 
 def _message(plan: Plan, event: Any, position: int) -> None:
-    if plan.text(event.originator_id) is None:
-        return  # the instance was deleted
-    plan.put(
-        Doc(
-            str(event.message_id),
-            event.actor.tenant,
-            event.originator_id,
-            "message",
-            event.content,
-            {**event.metadata, "role": event.role},
-            0.5,
-            event.sent_at,
-            position,
-        )
-    )
+    _put_message(plan, event, {**event.metadata, "role": event.role}, event.sent_at, position)
 
 
 def _reply(plan: Plan, event: Any, position: int) -> None:
+    metadata = {"role": "assistant", "model": event.model}
+    _put_message(plan, event, metadata, event.timestamp, position)
+
+
+def _put_message(
+    plan: Plan, event: Any, metadata: dict[str, Any], occurred_at: Any, position: int
+) -> None:
+    """A turn of the conversation as a searchable source, unless its instance was deleted."""
     if plan.text(event.originator_id) is None:
-        return  # the instance was deleted
+        return
     plan.put(
         Doc(
             str(event.message_id),
@@ -138,9 +132,9 @@ def _reply(plan: Plan, event: Any, position: int) -> None:
             event.originator_id,
             "message",
             event.content,
-            {"role": "assistant", "model": event.model},
+            metadata,
             0.5,
-            event.timestamp,
+            occurred_at,
             position,
         )
     )
