@@ -22,7 +22,10 @@ again against the new library before the pin moves.
   without the two Protocol checks of `ProcessingEvent.collect_events`, calls the library's
   private `_record` and `_notify` as `save` does, then puts a copy of each saved aggregate in the
   cache (the library's `_record` does so only when fast-forwarding is off), so the next command
-  starts from it. It does not call the deprecated `notify`.
+  starts from it. It does not call the deprecated `notify`. When the store refuses the events as
+  already there (`IntegrityError`) and they are there exactly as we sent them, the write is done:
+  the recorder retries an insert whose commit reached the database but whose answer a dropped
+  connection lost, and the retry finds the first attempt's rows.
 - `CachingApplication._take_snapshots` replaces the library's: a snapshot is taken from the
   aggregate just saved when it stands at the snapshot's version, instead of being read back from
   the store (the last snapshot and every event since, each decrypted); otherwise it is taken as
@@ -41,7 +44,7 @@ from uuid import UUID
 
 from eventsourcing.application import Application, ProcessingEvent, Repository
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import Recording
+from eventsourcing.persistence import IntegrityError, Recording
 
 
 def replay(aggregate: Any, domain_events: Iterable[Any]) -> Any:
@@ -121,13 +124,28 @@ class CachingApplication(Application[UUID]):
             else:
                 processing_event.collect_events(obj)
         processing_event.saved_kwargs.update(kwargs)
-        recordings = self._record(processing_event)
+        try:
+            recordings = self._record(processing_event)
+        except IntegrityError:
+            if not self._already_recorded(processing_event.events):
+                raise
+            recordings = []  # their notification ids went with the lost answer
         self._take_snapshots(processing_event)
         self._notify(recordings)
         for saved in objs:
             if isinstance(saved, Aggregate):
                 self.repository.remember(saved)
         return recordings
+
+    def _already_recorded(self, events: list[Any]) -> bool:
+        """Whether the store holds these very events (same fields, down to the timestamp and
+        the request that made them) at their versions."""
+        for event in events:
+            version = event.originator_version
+            stored = list(self.events.get(event.originator_id, gt=version - 1, lte=version))
+            if stored != [event]:
+                return False
+        return True
 
     def _take_snapshots(self, processing_event: ProcessingEvent[UUID]) -> None:
         if self.snapshots is None:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from uuid import uuid4
 
 import pytest
+from eventsourcing.persistence import IntegrityError
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -252,3 +253,23 @@ def test_a_chat_message_is_recorded_as_the_users_now_like_an_imported_one(
     with pytest.raises(NotFound):
         app.record_message("acme", instance.id, "¿Sigues ahí?", actor)
     assert len(list(app.events.get(instance.id))) == 4  # created, two messages, archived
+
+
+def test_a_write_whose_answer_was_lost_is_not_refused_when_retried(
+    services: Services, actor: Actor
+) -> None:
+    """The PostgreSQL recorder retries an insert after a dropped connection; when the first
+    attempt had committed, the retry meets its own rows. That is a write done, not a conflict
+    (a client used to get 409 for a character that was created)."""
+    app = services.app
+    character = app.create_character("acme", {"name": "Lola", "description": "bruja"}, actor)
+    sent = list(app.events.get(character.id))
+    app.save(*sent)  # the same events again, as the retry sends them
+    assert list(app.events.get(character.id)) == sent
+
+    other = app.create_character("acme", {"name": "Pepa", "description": "hada"}, actor)
+    someone_elses = [
+        type(e)(**{**vars(e), "originator_id": character.id}) for e in app.events.get(other.id)
+    ]
+    with pytest.raises(IntegrityError):
+        app.save(*someone_elses)  # different events at the same version still conflict
