@@ -30,7 +30,7 @@ from alma.projections import (
 )
 from alma.settings import Settings
 from alma.stores.keys import open_keys
-from alma.stores.sql import open_store
+from alma.stores.sql import creating_tables, open_store
 from alma.voice import Speech
 
 
@@ -175,11 +175,21 @@ def build_model(settings: Settings) -> ModelClient:
 
 
 def open_app(settings: Settings) -> Alma:
+    with creating_tables(settings.event_store_env("events")):
+        return _app(settings)
+
+
+def _app(settings: Settings) -> Alma:
     return Alma(settings.event_store_env("events"), keys=open_keys)
 
 
 def build_services(settings: Settings) -> Services:
-    app = open_app(settings)
+    with creating_tables(settings.event_store_env("events")):
+        return _services(settings)
+
+
+def _services(settings: Settings) -> Services:
+    app = _app(settings)
     services = Services(
         settings=settings,
         app=app,

@@ -156,7 +156,27 @@ def open_store(env: dict[str, str]) -> SQLiteStore | PostgresStore:
         # A read model is rebuilt from the events: a power loss that takes its last commits takes
         # the position they advanced with them, and those events are read again.
         return SQLiteStore(Path(env["SQLITE_DBNAME"]), synchronous="NORMAL")
-    conninfo = psycopg.conninfo.make_conninfo(
+    return PostgresStore(_conninfo(env), env.get("POSTGRES_SCHEMA", "public"))
+
+
+@contextmanager
+def creating_tables(env: dict[str, str]) -> Iterator[None]:
+    """Holds, on PostgreSQL, a lock that processes opening one schema take in turn while they
+    create its tables: two `CREATE TABLE IF NOT EXISTS` of one table at once collide in the
+    catalogue (a worker and API processes started together on a new database crashed).
+    SQLite serializes them itself."""
+    if env["PERSISTENCE_MODULE"] != "eventsourcing.postgres":
+        yield
+        return
+    name = f"alma tables {env.get('POSTGRES_SCHEMA', 'public')}"
+    with psycopg.connect(_conninfo(env), autocommit=True) as connection:
+        # A session lock: closing the connection releases it, whatever happens in between.
+        connection.execute("SELECT pg_advisory_lock(hashtext(%s))", (name,))
+        yield
+
+
+def _conninfo(env: dict[str, str]) -> str:
+    return psycopg.conninfo.make_conninfo(
         dbname=env["POSTGRES_DBNAME"],
         host=env["POSTGRES_HOST"],
         port=env["POSTGRES_PORT"],
@@ -164,4 +184,3 @@ def open_store(env: dict[str, str]) -> SQLiteStore | PostgresStore:
         password=env["POSTGRES_PASSWORD"],
         connect_timeout=env.get("POSTGRES_CONNECT_TIMEOUT", "5"),
     )
-    return PostgresStore(conninfo, env.get("POSTGRES_SCHEMA", "public"))

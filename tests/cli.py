@@ -103,6 +103,17 @@ def running(
                 pytest.fail(f"`alma {' '.join(args)}` did not stop on SIGTERM")
 
 
+def wait_for_line(process: subprocess.Popen[str], log: Path, line: str) -> None:
+    """Until the background `alma` command has printed `line` (e.g. a worker following)."""
+    deadline = time.monotonic() + 60
+    while line not in log.read_text(encoding="utf-8"):
+        if process.poll() is not None:
+            pytest.fail(f"alma exited with {process.returncode}:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"alma did not print {line!r} within 60 s:\n{log.read_text()}")
+        time.sleep(0.1)
+
+
 def wait_for_health(base: str, process: subprocess.Popen[str], log: Path) -> httpx.Response:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

@@ -5,6 +5,7 @@ holds exactly the events the acknowledged writes made."""
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -14,10 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from alma.api.services import open_app
+from alma.api.services import build_services, open_app
 from alma.domain import Actor
 from alma.settings import Settings
-from tests.cli import free_port, running, wait_for_health
+from tests.cli import free_port, running, wait_for_health, wait_for_line
 from tests.test_chroma_server import chroma_url
 
 __all__ = ["chroma_url"]  # a fixture: pytest finds it here
@@ -51,7 +52,9 @@ def apis(settings: Settings, chroma_url: str, tmp_path: Path) -> Iterator[list[h
     )
     assert settings.data_dir.parent == tmp_path
     with ExitStack() as stack:
-        stack.enter_context(running(settings, ["worker"], tmp_path / "worker.log"))
+        worker_log = tmp_path / "worker.log"
+        worker = stack.enter_context(running(settings, ["worker"], worker_log))
+        wait_for_line(worker, worker_log, "following the event log")
         clients = []
         for n in range(2):
             port, log = free_port(), tmp_path / f"api{n}.log"
@@ -201,3 +204,28 @@ def test_two_api_processes_and_a_worker_share_one_store(
     finally:
         pool.shutdown()
         app.close()
+
+
+def _open_services(settings: Settings, ready: Any, outcome: Any) -> None:
+    ready.wait()
+    try:
+        build_services(settings).close()
+        outcome.put("opened")
+    except Exception as error:
+        outcome.put(repr(error))
+
+
+@pytest.mark.parametrize("settings", ["postgres"], indirect=True)
+def test_processes_started_together_on_a_new_database_all_open(settings: Settings) -> None:
+    """docker compose starts the API and the worker at once on an empty database: each creates
+    the tables it needs, and none may crash on the others doing the same."""
+    spawn = multiprocessing.get_context("spawn")
+    ready, outcome = spawn.Barrier(3), spawn.Queue()
+    processes = [
+        spawn.Process(target=_open_services, args=(settings, ready, outcome)) for _ in range(3)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=300)
+    assert [outcome.get(timeout=5) for _ in processes] == ["opened"] * 3
