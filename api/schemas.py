@@ -93,7 +93,14 @@ class InstanceEdit(Request):
 
 class InstanceFork(Request):
     name: str
-    at_version: int | None = Field(default=None, ge=1)
+    at_version: int | None = Field(
+        default=None, ge=1, description="fork the instance as it was at this version"
+    )
+    at: datetime | None = Field(
+        default=None,
+        strict=False,
+        description="or as it was at this time (ISO 8601; UTC if no offset)",
+    )
 
 
 class CharacterOut(BaseModel):

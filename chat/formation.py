@@ -133,7 +133,9 @@ class MemoryFormation:
             kind = type(event)
             if kind in (Instance.Archived, Instance.Erased):
                 archived.add(event.originator_id)
-            elif kind in (Instance.MessageRecorded, Instance.ReplyRecorded):
+            elif kind in (Instance.MessageRecorded, Instance.ReplyRecorded) and not getattr(
+                event, "forked_from", None
+            ):  # a fork's copy of a turn: what it taught is in the copied memories already
                 message = _message(event, position)
                 held.append(message)
                 instance_id = message.instance_id

@@ -6,7 +6,7 @@ import hmac
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +23,7 @@ from alma.domain.actor import Actor, ActorAsDict
 from alma.domain.character import Character
 from alma.domain.erasure import ShreddingMapper
 from alma.domain.errors import Erased, InvalidInput, NameTaken, NotFound, VersionConflict
+from alma.domain.fork import ForkPoint, copy_conversation, copy_memories
 from alma.domain.instance import Instance, InstanceName
 from alma.domain.keys import ApiKey, hash_secret, new_secret
 from alma.domain.keystore import KeyStore, KeyStoreFactory, MemoryKeys
@@ -178,15 +179,18 @@ class Alma(CachingApplication):
         actor: Actor,
         forked_from: dict[str, Any] | None = None,
         voice: dict[str, Any] | None = None,
+        copy: Callable[[Instance], list[Aggregate]] | None = None,
     ) -> Instance:
+        """`copy` gives what a fork brings with it, saved in the same transaction."""
         self._current(Character, tenant, character_id)
 
         def attempt() -> Instance:
             instance = Instance.create(tenant, character_id, name, memory, actor, forked_from)
             if voice is not None:
                 instance.change_voice(voice, actor)
+            brought = copy(instance) if copy is not None else []
             index = self._claim_name(tenant, instance.name, instance.id, actor)
-            self.save(instance, index)
+            self.save(instance, index, *brought)
             return instance
 
         return self._retrying(attempt)
@@ -239,15 +243,50 @@ class Alma(CachingApplication):
         key, after which none of its events, memories or messages can be read by anyone."""
         self._erase(Instance, tenant, instance_id, actor)
 
+    def fork_point(
+        self,
+        tenant: str,
+        instance_id: UUID,
+        at_version: int | None = None,
+        at: datetime | None = None,
+    ) -> ForkPoint:
+        """Where a fork of the instance at `at_version` or at time `at` (default: now) starts."""
+        source = self._state(Instance, tenant, instance_id, at_version, at)
+        if at is None and at_version is None:
+            return ForkPoint(source.version, None)
+        if at is None:
+            (recorded,) = self.events.get(instance_id, gt=source.version - 1, lte=source.version)
+            at = cast(DomainEvent, recorded).timestamp
+        return ForkPoint(source.version, at)
+
     def fork_instance(
         self,
         tenant: str,
         instance_id: UUID,
         name: str,
         actor: Actor,
-        at_version: int | None = None,
+        point: ForkPoint,
+        memories: Sequence[tuple[UUID, int]] = (),
     ) -> Instance:
-        source = self._state(Instance, tenant, instance_id, at_version, None)
+        """A new instance of the same character with what this one remembered at `point`: its
+        memory text and voice, its conversation up to that version, and the `memories`
+        (snippet ids, each at its version then), all saved at once."""
+        source = self.owned(Instance, tenant, instance_id, point.version)
+        originals = [self.owned(Memory, tenant, m, version) for m, version in memories]
+        if any(m.instance_id != instance_id or m.forgotten for m in originals):
+            raise InvalidInput("only the instance's own live memories can be copied", "memories")
+        said = [
+            e
+            for e in self.events.get(instance_id, lte=point.version)
+            if type(e) in (Instance.MessageRecorded, Instance.ReplyRecorded)
+        ]
+
+        def copy(fork: Instance) -> list[Aggregate]:
+            copies = copy_memories(originals, fork, actor)
+            ids = {str(o.id): str(c.id) for o, c in zip(originals, copies, strict=True)}
+            copy_conversation(said, fork, ids, actor)
+            return list(copies)
+
         return self.create_instance(
             tenant,
             source.character_id,
@@ -256,6 +295,7 @@ class Alma(CachingApplication):
             actor,
             forked_from={"instance_id": str(source.id), "version": source.version},
             voice=source.voice,
+            copy=copy,
         )
 
     def instance(

@@ -96,9 +96,11 @@ class Instance(Aggregate):
         sent_at: datetime,
         metadata: dict[str, Any],
         actor: Actor,
+        forked_from: dict[str, str] | None = None,
     ) -> None:
         """One turn of the conversation; the conversation itself lives in the event stream and
-        the read models, never in this aggregate's state."""
+        the read models, never in this aggregate's state. A fork's copy of its original's turn
+        says which one in `forked_from` (events before forks carried conversations: None)."""
         self.message_count += 1
 
     @event("ReplyRecorded")
@@ -115,6 +117,7 @@ class Instance(Aggregate):
         prompt_sha256: str,
         interrupted: bool,
         actor: Actor,
+        forked_from: dict[str, str] | None = None,
     ) -> None:
         """The character's reply, with what the audit needs to say why it said it: the model,
         its usage and latency, the memories in the prompt and a hash of the exact prompt."""

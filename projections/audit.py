@@ -85,6 +85,24 @@ class MemoryAudit(SqlReadModel):
             for r in rows
         ]
 
+    def memories_at(self, instance_id: UUID, until: datetime | None) -> list[tuple[UUID, int]]:
+        """The instance's live snippets as they stood at `until` (None: now): each id
+        with its version then, in the order they were added."""
+        rows = self.store.query(
+            "SELECT memory_id, version, kind, timestamp FROM audit_entries "
+            "WHERE instance_id = %s AND memory_id IS NOT NULL ORDER BY position",
+            (str(instance_id),),
+        )
+        standing: dict[str, tuple[int, str]] = {}
+        for memory_id, version, kind, timestamp in rows:
+            if until is None or datetime.fromisoformat(timestamp) <= until:
+                standing[memory_id] = (int(version), kind)
+        return [
+            (UUID(memory_id), version)
+            for memory_id, (version, kind) in standing.items()
+            if kind != "memory_forgotten"
+        ]
+
 
 def _memory_text(cursor: Cursor, event: Any, position: int) -> None:
     instance_id = event.originator_id

@@ -115,7 +115,8 @@ def wait_for_line(process: subprocess.Popen[str], log: Path, line: str) -> None:
 
 
 def wait_for_health(base: str, process: subprocess.Popen[str], log: Path) -> httpx.Response:
-    deadline = time.monotonic() + 20
+    # Start-up loads the embedding model: on a busy machine that takes a while.
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"alma serve exited with {process.returncode}:\n{log.read_text()}")
@@ -124,4 +125,4 @@ def wait_for_health(base: str, process: subprocess.Popen[str], log: Path) -> htt
             if response.status_code == 200:
                 return response
         time.sleep(0.1)
-    pytest.fail(f"alma serve did not answer /health within 20 s:\n{log.read_text()}")
+    pytest.fail(f"alma serve did not answer /health within 60 s:\n{log.read_text()}")

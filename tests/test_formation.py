@@ -522,3 +522,21 @@ def test_memory_model_names_another_model_for_formation(
         [chat, formation] = openai_stub.requests
         assert (chat["model"], formation["model"]) == ("gpt-3.5-turbo", "gpt-4o-mini")
         assert [m["text"] for m in _memories(api, instance)] == ["Lives in Lima"]
+
+
+def test_a_fork_brings_what_was_formed_and_does_not_form_it_again(
+    forming: Api, openai_stub: OpenAIStub
+) -> None:
+    instance = _instance(forming)
+    fact = "El usuario tiene un loro llamado Perico"
+    _turn(forming, openai_stub, instance, "Mi loro se llama Perico", [{"op": "add", "text": fact}])
+    asked = len(openai_stub.requests)
+
+    fork = forming.client.post(
+        f"/v1/instances/{instance}/fork", json={"name": "Rosa bis"}, headers=forming.acme
+    )
+    assert fork.status_code == 201, fork.text
+    _settle(forming)
+
+    assert [m["text"] for m in _memories(forming, fork.json()["id"])] == [fact]
+    assert len(openai_stub.requests) == asked  # the copied turn is not sent to be formed again

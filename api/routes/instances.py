@@ -8,9 +8,20 @@ from uuid import UUID
 
 from fastapi import APIRouter, Response
 
-from alma.api.deps import AlmaApp, AsOf, CurrentCaller, Erase, ExpectedVersion, Limit, Listing
+from alma.api.deps import (
+    AlmaApp,
+    AsOf,
+    Audit,
+    AuditCaughtUp,
+    CurrentCaller,
+    Erase,
+    ExpectedVersion,
+    Limit,
+    Listing,
+    as_utc,
+)
 from alma.api.schemas import InstanceCreate, InstanceEdit, InstanceFork, InstanceOut, Page
-from alma.domain import Keep
+from alma.domain import InvalidInput, Keep
 
 router = APIRouter(tags=["instances"])
 
@@ -99,9 +110,21 @@ def delete_instance(
 
 @router.post("/v1/instances/{instance_id}/fork", status_code=201)
 def fork_instance(
-    instance_id: UUID, body: InstanceFork, caller: CurrentCaller, app: AlmaApp
+    instance_id: UUID,
+    body: InstanceFork,
+    caller: CurrentCaller,
+    app: AlmaApp,
+    audit: Audit,
+    audit_caught_up: AuditCaughtUp,
 ) -> InstanceOut:
+    """A new instance with everything this one remembered at `at_version` or `at` (default:
+    now): memory text, voice, memory snippets and conversation, as the fork's own events."""
+    if body.at_version is not None and body.at is not None:
+        raise InvalidInput("give either at_version or at, not both", "at")
+    point = app.fork_point(caller.tenant, instance_id, body.at_version, as_utc(body.at))
+    audit_caught_up()  # the audit knows which snippets the instance had, and when
+    memories = audit.memories_at(instance_id, point.until)
     instance = app.fork_instance(
-        caller.tenant, instance_id, body.name, caller.actor, body.at_version
+        caller.tenant, instance_id, body.name, caller.actor, point, memories
     )
     return InstanceOut.of(instance)

@@ -1,0 +1,88 @@
+"""Forking an instance: the fork starts with everything the original remembered at the fork
+point (its memory text, voice, memory snippets and conversation), recorded as the fork's own
+events that each point at the original they copy; from there the two diverge."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+from alma.domain.actor import Actor
+from alma.domain.instance import Instance
+from alma.domain.memory import Memory
+
+
+@dataclass(frozen=True)
+class ForkPoint:
+    """Where a fork starts: the original's `version`, and the time up to which changes of its
+    memory snippets count (None: every change so far). Snippets are aggregates of their own,
+    so they are placed in time: as they stood when the original recorded `version`, or at the
+    time the fork asked for."""
+
+    version: int
+    until: datetime | None
+
+
+def copy_memories(originals: Iterable[Memory], fork: Instance, actor: Actor) -> list[Memory]:
+    """One snippet of the fork's per original, as the original stood, with its provenance."""
+    return [
+        Memory.add(
+            fork.tenant,
+            fork.id,
+            original.text,
+            actor,
+            original.metadata,
+            original.importance,
+            source={
+                "forked_from": {
+                    **_origin(original.instance_id, "memory_id", original.id),
+                    "version": original.version,
+                }
+            },
+        )
+        for original in originals
+    ]
+
+
+def copy_conversation(
+    said: Sequence[Any], fork: Instance, memory_ids: dict[str, str], actor: Actor
+) -> None:
+    """Records the original's messages and replies (`said`, in order) as the fork's own; a
+    reply's memories become the fork's copies of them."""
+    message_ids: dict[UUID, UUID] = {}
+    for event in said:
+        origin = _origin(event.originator_id, "message_id", event.message_id)
+        message_ids[event.message_id] = uuid4()
+        kind = type(event)
+        if kind is Instance.MessageRecorded:
+            fork.record_message(
+                message_ids[event.message_id],
+                event.role,
+                event.content,
+                event.sent_at,
+                event.metadata,
+                actor,
+                forked_from=origin,
+            )
+        else:
+            fork.record_reply(
+                message_ids[event.message_id],
+                message_ids.get(event.in_reply_to, event.in_reply_to),
+                event.content,
+                event.model,
+                event.prompt_tokens,
+                event.completion_tokens,
+                event.latency_ms,
+                [memory_ids.get(m, m) for m in event.memory_ids],
+                event.prompt_sha256,
+                event.interrupted,
+                actor,
+                forked_from=origin,
+            )
+
+
+def _origin(instance_id: UUID, kind: str, original_id: UUID) -> dict[str, str]:
+    return {"instance_id": str(instance_id), kind: str(original_id)}
