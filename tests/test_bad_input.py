@@ -161,7 +161,7 @@ REFUSED: dict[tuple[str, str, str, str], dict[str, dict[str, Any]]] = {
         "at_version beyond the current": {"name": "Rama", "at_version": 3},
     },
     ("fork", "POST", FORK, SCHEMA): {
-        "unknown field": {"name": "Rama", "at": 1},
+        "unknown field": {"name": "Rama", "when": 1},
         "number for name": {"name": 1},
         "string for at_version": {"name": "Rama", "at_version": "1"},
         "fraction for at_version": {"name": "Rama", "at_version": 1.5},

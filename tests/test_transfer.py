@@ -29,7 +29,7 @@ def _fill(services: Services) -> list[UUID]:
         )
         app.edit_character(tenant, rosa.id, {"personality": "Terca ☕", "voice": {"v": 1}}, actor)
         one = app.create_instance(tenant, rosa.id, "Rosa", "Vive en Oaxaca", actor)
-        two = app.fork_instance(tenant, one.id, "Rosa bis", actor)
+        two = app.fork_instance(tenant, one.id, "Rosa bis", actor, app.fork_point(tenant, one.id))
         app.edit_instance(tenant, one.id, actor, name="Rosita", memory="Vive junto al río\n\nY más")
         dog = app.add_memory(tenant, one.id, "Su perro se llama Canelo", actor, {"k": "v"}, 0.9)
         app.add_memory(tenant, one.id, "Drinks café de olla every morning", actor)
