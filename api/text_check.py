@@ -67,8 +67,8 @@ def check_url(scope: Scope) -> None:
 
 
 def check_body(body: bytes) -> None:
-    """Every string of a JSON body, in document order; a body that is not JSON is the route's to
-    refuse (as broken JSON or as the wrong media type)."""
+    """Every string of a JSON body, an object's keys before its values; a body that is not JSON
+    is the route's to refuse (as broken JSON or as the wrong media type)."""
     if not body:
         return
     text = _decoded(body, "body")
