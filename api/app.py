@@ -11,7 +11,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from alma.api.breaker import BreakerGate
-from alma.api.errors import error_response, install_error_handlers
+from alma.api.errors import InternalErrors, error_response, install_error_handlers
 from alma.api.observe import Observe
 from alma.api.routes import (
     audio,
@@ -26,6 +26,7 @@ from alma.api.routes import (
 from alma.api.schemas import ERROR_RESPONSES
 from alma.api.security import install_security
 from alma.api.services import build_services
+from alma.api.text_check import TextCheck
 from alma.settings import Settings
 
 DESCRIPTION = """\
@@ -72,7 +73,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Uploads may carry audio up to its own limit (checked exactly by the route), plus the form.
     upload_bytes = max(settings.max_body_bytes, settings.audio_max_bytes + 64 * 1024)
     app.add_middleware(BreakerGate)
+    app.add_middleware(TextCheck)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, upload_bytes=upload_bytes)
+    app.add_middleware(InternalErrors)
     app.add_middleware(Observe)
     app.add_middleware(RequestId)
     return app

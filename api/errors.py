@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -17,6 +18,7 @@ from fastapi import FastAPI, Request, params
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from alma import metrics
 from alma.chat.openai_compat import NoUserTurn
@@ -198,6 +200,11 @@ _HTTP_CODES = {
 }
 
 
+def broken_json(error: json.JSONDecodeError) -> str:
+    """What is wrong with a body that is not JSON, and where, in words."""
+    return f"the body is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
@@ -244,9 +251,13 @@ def install_error_handlers(app: FastAPI) -> None:
         ]
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(part) for part in first["loc"])
-        return error_response(
-            422, "invalid_request", f"{where}: {first['msg']}", details, request=request
-        )
+        message = f"{where}: {first['msg']}"
+        if first.get("type") == "json_invalid" and isinstance(error.body, str):
+            raw = error.errors()[0]
+            message = broken_json(
+                json.JSONDecodeError(raw["ctx"]["error"], error.body, raw["loc"][1])
+            )
+        return error_response(422, "invalid_request", message, details, request=request)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
@@ -294,3 +305,37 @@ def install_error_handlers(app: FastAPI) -> None:
             "the event store is unavailable; try again",
             headers={"Retry-After": "1"},
         )
+
+
+class InternalErrors:
+    """ASGI middleware: an exception no handler answered becomes 500 `internal_error` in the error
+    shape with the request id (set by `RequestId`, which wraps this), and its traceback goes to
+    the log. It is not raised on, so the server keeps the connection open for the next request.
+    A response already under way cannot change its status: that one is raised on as before."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception:
+            if started:
+                raise
+            log.exception("unexpected error")
+            request_id = scope.get("state", {}).get("request_id")
+            message = f"an unexpected error; the log has it under request id {request_id}"
+            response = error_response(
+                500, "internal_error", message, {"request_id": request_id}, request=Request(scope)
+            )
+            await response(scope, receive, send)

@@ -19,19 +19,48 @@ def valid_name(name: object, field: str = "name") -> str:
         raise InvalidInput(f"{field} must not be empty or only whitespace", field)
     if len(name) > MAX_NAME:
         raise InvalidInput(f"{field} is longer than {MAX_NAME} characters", field)
-    return no_nul(name, field)
+    return storable(name, field)
 
 
 def valid_text(text: str, field: str) -> str:
     if len(text) > MAX_TEXT:
         raise InvalidInput(f"{field} is longer than {MAX_TEXT} characters", field)
-    return no_nul(text, field)
+    return storable(text, field)
 
 
-def no_nul(text: str, field: str) -> str:
-    """NUL is no character a person writes, and PostgreSQL cannot store it in text."""
-    if "\x00" in text:
-        raise InvalidInput(f"{field} must not contain the NUL character", field)
+# What no store can hold or no person writes: UTF-16 surrogates (JSON's "\ud800" is valid JSON
+# but no character: UTF-8 cannot encode it), NUL (PostgreSQL text cannot hold it) and Unicode's
+# noncharacters (U+FDD0-U+FDEF and the last two code points of every plane).
+_BAD = re.compile(
+    "[\x00\ud800-\udfff\ufdd0-\ufdef"
+    + "".join(
+        f"{chr(plane + 0xFFFE)}{chr(plane + 0xFFFF)}" for plane in range(0, 0x110000, 0x10000)
+    )
+    + "]"
+)
+
+
+def bad_character(text: str) -> str | None:
+    """The first character of `text` we refuse, described for people with its place
+    ("a lone surrogate (U+D800) at character 1"), or None when there is none."""
+    found = _BAD.search(text)
+    if found is None:
+        return None
+    code = ord(found.group())
+    if 0xD800 <= code <= 0xDFFF:
+        what = "a lone surrogate"
+    elif code == 0:
+        what = "the NUL character"
+    else:
+        what = "a noncharacter"
+    return f"{what} (U+{code:04X}) at character {found.start() + 1}"
+
+
+def storable(text: str, field: str) -> str:
+    """`text`, when every store can hold it; InvalidInput naming `field` otherwise."""
+    bad = bad_character(text)
+    if bad is not None:
+        raise InvalidInput(f"{field} must not contain {bad}", field)
     return text
 
 
@@ -55,7 +84,7 @@ def valid_snippet(text: object, field: str = "text") -> str:
         raise InvalidInput(f"{field} must not be empty or only whitespace", field)
     if len(text) > MAX_SNIPPET:
         raise InvalidInput(f"{field} is longer than {MAX_SNIPPET} characters", field)
-    return no_nul(text, field)
+    return storable(text, field)
 
 
 def valid_metadata(metadata: object) -> dict[str, str | int | float | bool]:
@@ -63,8 +92,9 @@ def valid_metadata(metadata: object) -> dict[str, str | int | float | bool]:
     if not isinstance(metadata, dict):
         raise InvalidInput("metadata must be a JSON object", "metadata")
     for key, value in metadata.items():
-        if not isinstance(key, str) or not key or "\x00" in key:
+        if not isinstance(key, str) or not key:
             raise InvalidInput("metadata keys must be non-empty strings", "metadata")
+        storable(key, "metadata")
         if not isinstance(value, str | int | float | bool) or (
             isinstance(value, float) and not math.isfinite(value)
         ):
@@ -72,7 +102,7 @@ def valid_metadata(metadata: object) -> dict[str, str | int | float | bool]:
                 f"metadata[{key!r}] must be a string, a number or a boolean", "metadata"
             )
         if isinstance(value, str):
-            no_nul(value, "metadata")
+            storable(value, "metadata")
     if len(json.dumps(metadata, ensure_ascii=False).encode()) > MAX_METADATA_BYTES:
         raise InvalidInput(f"metadata is larger than {MAX_METADATA_BYTES} bytes", "metadata")
     return metadata

@@ -25,10 +25,11 @@ from alma.domain import (
     NotFound,
     VersionConflict,
 )
+from alma.domain.rules import bad_character
 from alma.stores.keys import open_keys
 
-texts = st.text(
-    st.characters(codec="utf-8", exclude_categories=["Cs"], exclude_characters="\x00"), max_size=40
+texts = st.text(st.characters(codec="utf-8"), max_size=40).filter(
+    lambda text: bad_character(text) is None
 )
 names = texts.filter(lambda s: s.strip() != "")
 commands = st.lists(

@@ -16,7 +16,6 @@ from fastapi import APIRouter, File, Form, Response, UploadFile
 from fastapi.responses import PlainTextResponse
 
 from alma.api.deps import AlmaApp, Caller, ChatTurns, CurrentCaller, SpeechEngines
-from alma.api.errors import ApiError
 from alma.api.schemas import AudioFormat, SpeechRequest, TranscriptionOut, VoiceTurnOut
 from alma.chat.voice_turn import Spoken, reply_by_voice
 from alma.domain import Alma, NotFound
@@ -37,8 +36,6 @@ def speech(
 ) -> Response:
     """The text spoken. `X-Alma-TTS-Engine` names the engine that spoke; `X-Alma-TTS-Fallback`
     says why the preferred one did not, when it did not."""
-    if "\x00" in body.input:
-        raise ApiError(422, "invalid_request", "input must not contain NUL", {"field": "input"})
     voice = _named_voice(app, caller, body.voice)
     request = body.model_dump(include={"language", "engine"} | (body.model_fields_set & {"speed"}))
     spoken = engines.speak(body.input, [*voice, request], body.response_format)
