@@ -151,24 +151,24 @@ def example(schema: dict[str, Any], spec: dict[str, Any]) -> Any:
 
 
 def with_bad(
-    schema: dict[str, Any], spec: dict[str, Any], bad: str
+    schema: dict[str, Any], spec: dict[str, Any], text: str
 ) -> Iterator[tuple[list[str], bool, Any]]:
-    """Every value of the schema with exactly one bad string in it: (where, whether it is an
-    object key, the value)."""
+    """Every value of the schema with `text` as exactly one of its strings: (where, whether it is
+    an object key, the value)."""
     for option in _alternatives(schema, spec):
         kind = option.get("type")
         if kind == "string" and option.get("contentMediaType") is None:
-            yield [], False, f"Ro{bad}sa"
+            yield [], False, text
         elif kind == "array":
-            for where, is_key, item in with_bad(option["items"], spec, bad):
+            for where, is_key, item in with_bad(option["items"], spec, text):
                 yield ["0", *where], is_key, [item]
         elif kind == "object":
             filled = example(option, spec)
             for name, child in option.get("properties", {}).items():
-                for where, is_key, value in with_bad(child, spec, bad):
+                for where, is_key, value in with_bad(child, spec, text):
                     yield [name, *where], is_key, {**filled, name: value}
             if option.get("additionalProperties"):
-                yield [], True, {**filled, f"Ro{bad}sa": "x"}
+                yield [], True, {**filled, text: "x"}
 
 
 def encoded(text: str) -> str:
@@ -177,6 +177,7 @@ def encoded(text: str) -> str:
 
 
 def cases(spec: dict[str, Any], bad: str, named: str) -> Iterator[Case]:
+    text = f"Ro{bad}sa"
     refused = f"must not contain {named} at character 3"
     for template, operations in spec["paths"].items():
         for method, operation in operations.items():
@@ -185,7 +186,7 @@ def cases(spec: dict[str, Any], bad: str, named: str) -> Iterator[Case]:
             yield Case(
                 method,
                 template,
-                f"note={encoded(f'Ro{bad}sa')}",
+                f"note={encoded(text)}",
                 field="query.note",
                 message=f"query.note {refused}",
             )
@@ -195,17 +196,17 @@ def cases(spec: dict[str, Any], bad: str, named: str) -> Iterator[Case]:
                     yield Case(
                         method,
                         template,
-                        f"{name}={encoded(f'Ro{bad}sa')}",
+                        f"{name}={encoded(text)}",
                         field=f"query.{name}",
                         message=f"query.{name} {refused}",
                     )
                 elif parameter["in"] == "path":
-                    path = template.replace(f"{{{name}}}", encoded(f"Ro{bad}sa"))
+                    path = template.replace(f"{{{name}}}", encoded(text))
                     yield Case(method, path, field="path", message=f"path must not contain {named}")
             content = operation.get("requestBody", {}).get("content", {})
             if "application/json" in content:
                 schema = content["application/json"]["schema"]
-                for where, is_key, body in with_bad(schema, spec, bad):
+                for where, is_key, body in with_bad(schema, spec, text):
                     field = ".".join(["body", *where])
                     what = f"a key of {field}" if is_key else field
                     raw = json.dumps(body).encode()  # "\ud800" as JSON writes it: an escape
@@ -213,17 +214,16 @@ def cases(spec: dict[str, Any], bad: str, named: str) -> Iterator[Case]:
             if "multipart/form-data" in content:
                 form = _resolve(content["multipart/form-data"]["schema"], spec)
                 for name, child in form["properties"].items():
-                    if any(o.get("type") == "string" for o in _alternatives(child, spec)):
-                        value = f"Ro{bad}sa".encode("utf-8", "surrogatepass")
+                    if any(where == [] for where, _, _ in with_bad(child, spec, text)):
+                        value = text.encode("utf-8", "surrogatepass")
                         yield Case(method, template, form={name: value})
 
 
 def send(server: Server, case: Case) -> httpx.Response:
     url = server.ids(case.path) + (f"?{case.query}" if case.query else "")
     if case.form is not None:
-        form_fields = {k: v for k, v in case.form.items() if k != "file"}
-        files = {"file": ("voz.wav", case.form.get("file", b"RIFF....WAVE"), "audio/wav")}
-        return server.http.request(case.method, url, data=form_fields, files=files)
+        files = {"file": ("voz.wav", b"RIFF....WAVE", "audio/wav")}
+        return server.http.request(case.method, url, data=case.form, files=files)
     headers = {"Content-Type": "application/json"} if case.body is not None else {}
     return server.http.request(case.method, url, content=case.body, headers=headers)
 
