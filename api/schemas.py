@@ -271,9 +271,9 @@ class Health(BaseModel):
     )
 
 
-# What the domain checks (`valid_importance`), declared: a finite number from 0 to 1, which
-# every store holds as it was given.
-Importance = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+# A finite number from 0 to 1, which every store holds as it was given: declared here, checked
+# by the domain (`valid_importance`, 422 invalid_input naming the field).
+Importance = Annotated[float, Field(json_schema_extra={"minimum": 0, "maximum": 1})]
 
 
 class MemoryCreate(Request):
