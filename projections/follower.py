@@ -121,7 +121,8 @@ class Follower:
                     if attempt == ATTEMPTS:
                         self._skip(notification, error)
                         return handled
-                    self._stopping.wait(0.25 * 2**attempt)
+                    if self._stopping.wait(0.25 * 2**attempt):
+                        raise  # stopping: the next start tries it again, nothing is skipped
         return len(notifications)
 
     def _skip(self, notification: Notification, error: Exception) -> None:

@@ -65,6 +65,22 @@ def test_a_message_imported_without_a_time_zone_is_utc_and_its_instance_stays_se
     assert [m["timestamp"] for m in messages["items"]] == ["2023-05-08T13:56:00Z"] * 2
 
 
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"])
+def test_a_time_outside_the_years_1_to_9999_in_utc_is_refused(api: Api, moment: str) -> None:
+    instance = _instance(api)
+    before = api.written()
+    imported = api.client.post(
+        f"/v1/instances/{instance}/messages",
+        json={"messages": [{"role": "user", "content": "hola", "timestamp": moment}]},
+        headers=api.acme,
+    )
+    assert imported.status_code == 422, imported.text
+    assert imported.json()["error"]["code"] == "invalid_request"
+    state = api.client.get(f"/v1/instances/{instance}", params={"at": moment}, headers=api.acme)
+    assert state.status_code == 422, state.text
+    assert api.written() == before
+
+
 def test_an_importance_the_api_accepts_is_stored_and_searchable_on_every_store(api: Api) -> None:
     instance = _instance(api)
     base = f"/v1/instances/{instance}/memories"
