@@ -219,7 +219,9 @@ def build_services(settings: Settings) -> Services:
             services._memory_model_client,
             settings.summary_every,
         )
-        services.formation = Follower(app, formation, skips=skips)
+        # No skips: it waits out a model that is down (its errors are no store's), and it
+        # writes events, so no rebuild could clear one.
+        services.formation = Follower(app, formation)
     return services
 
 
