@@ -43,6 +43,11 @@ TOKENS = Counter("alma_model_tokens_total", "Tokens sent to and received from th
 PROJECTION_LAG = Gauge(
     "alma_projection_lag_events", "Events not yet processed, by projection", ["projection"]
 )
+SKIPPED_EVENTS = Gauge(
+    "alma_projection_skipped_events",
+    "Events a projection could not apply and went on without, until it is rebuilt",
+    ["projection"],
+)
 MEMORIES_UNAVAILABLE = Counter(
     "alma_chat_memories_unavailable_total",
     "Chat turns answered without retrieved memories because the vector store was down",

@@ -144,10 +144,17 @@ def import_file(app: Alma, path: Path) -> None:
 def projections_status(services: Services) -> None:
     for follower in services.followers:
         print(f"{follower.name}\tposition {follower.position()}\tlag {follower.lag()}")
+    for skipped in services.skips.all():
+        print(
+            f"{skipped.projection}\tskipped position {skipped.position}\t"
+            f"{skipped.originator_id}\t{skipped.error_type}: {skipped.error}"
+        )
 
 
 def projections_rebuild(services: Services, name: str) -> None:
+    """Builds a read model again from the first event; the events it skipped are tried again."""
     if name == services.listings.name:
+        services.skips.clear(name)
         services.listings_view.clear(services.app.name)
         services.listings.catch_up()
         print(f"rebuilt {name} up to position {services.listings.position()}", file=sys.stderr)
@@ -157,6 +164,7 @@ def projections_rebuild(services: Services, name: str) -> None:
     elif name in (services.conversation.name, services.memory_audit.name):
         follower = {f.name: f for f in services.followers}[name]
         assert isinstance(follower.model, SqlReadModel)
+        services.skips.clear(name)
         follower.model.clear()
         follower.catch_up()
         print(f"rebuilt {name} up to position {follower.position()}", file=sys.stderr)

@@ -4,7 +4,7 @@ composition root), the caller, the actor, If-Match, paging."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
@@ -15,6 +15,7 @@ from alma.api.consistency import CaughtUp
 from alma.api.errors import ApiError
 from alma.api.pagination import ListingPages
 from alma.api.probes import StoreProbes
+from alma.api.schemas import UtcTime
 from alma.api.security import RateLimiter
 from alma.api.services import Services
 from alma.chat.turns import Chat
@@ -83,7 +84,9 @@ def _speech(services: _Root) -> Speech:
 
 
 async def _store_probes(services: _Root) -> StoreProbes:
-    return StoreProbes(services.followers, services.memory_index.vectors, services.breaker)
+    return StoreProbes(
+        services.followers, services.memory_index.vectors, services.breaker, services.skips
+    )
 
 
 AlmaApp = Annotated[Alma, Depends(_alma)]  # commands, and state now or back then
@@ -170,17 +173,12 @@ class PointInTime:
 def _point_in_time(
     version: Annotated[int | None, Query(ge=1, description="State at this version")] = None,
     at: Annotated[
-        datetime | None, Query(description="State at this time (ISO 8601; UTC if no offset)")
+        UtcTime | None, Query(description="State at this time (ISO 8601; UTC if no offset)")
     ] = None,
 ) -> PointInTime:
     if version is not None and at is not None:
         raise ApiError(400, "bad_request", "give either version or at, not both")
-    return PointInTime(version, as_utc(at))
-
-
-def as_utc(moment: datetime | None) -> datetime | None:
-    """Times without an offset are taken as UTC."""
-    return moment.replace(tzinfo=UTC) if moment and moment.tzinfo is None else moment
+    return PointInTime(version, at)
 
 
 AsOf = Annotated[PointInTime, Depends(_point_in_time)]

@@ -1,12 +1,12 @@
-"""What /health and /metrics ask of the stores: how far behind each projection is, and whether
-the vector store answers."""
+"""What /health and /metrics ask of the stores: how far behind each projection is, which events
+they skipped, and whether the vector store answers."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from alma.api.breaker import DatabaseBreaker
-from alma.projections import Follower, VectorIndex
+from alma.projections import Follower, Skipped, Skips, VectorIndex
 
 
 @dataclass(frozen=True)
@@ -14,6 +14,7 @@ class StoreProbes:
     followers: list[Follower]
     vectors: VectorIndex
     breaker: DatabaseBreaker | None  # on PostgreSQL
+    skips: Skips
 
     def lags(self) -> dict[str, int] | None:
         """Each projection's lag, or None when the database cannot be reached (the breaker asks
@@ -22,6 +23,15 @@ class StoreProbes:
             return None
         try:
             return {follower.name: follower.lag() for follower in self.followers}
+        except Exception:
+            return None
+
+    def skipped(self) -> list[Skipped] | None:
+        """The events the projections could not apply, or None when the store cannot say."""
+        if self.breaker is not None and not self.breaker.probe():
+            return None
+        try:
+            return self.skips.all()
         except Exception:
             return None
 

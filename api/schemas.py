@@ -6,20 +6,32 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from alma.api.present import actor_of, event_data, unified_diff
 from alma.chat.turns import TurnResult
 from alma.chat.voice_turn import VoiceReply
-from alma.domain import Character, Instance, Memory
-from alma.projections import AuditEntry, Hit, Message
+from alma.domain import Character, Instance, InvalidInput, Memory
+from alma.domain.rules import as_utc
+from alma.projections import AuditEntry, Hit, Message, Skipped
 from alma.voice import AudioError, VoiceSettings
 from alma.voice.tts import check as check_voice
 
 T = TypeVar("T")
+
+
+def _utc(moment: datetime) -> datetime:
+    try:
+        return as_utc(moment, "the time")
+    except InvalidInput as error:
+        raise ValueError(str(error)) from None
+
+
+# Every time a request or a query gives: without an offset it is UTC, and it is kept in UTC.
+UtcTime = Annotated[datetime, AfterValidator(_utc)]
 
 
 class Page(BaseModel, Generic[T]):
@@ -96,7 +108,7 @@ class InstanceFork(Request):
     at_version: int | None = Field(
         default=None, ge=1, description="fork the instance as it was at this version"
     )
-    at: datetime | None = Field(
+    at: UtcTime | None = Field(
         default=None,
         strict=False,
         description="or as it was at this time (ISO 8601; UTC if no offset)",
@@ -229,8 +241,27 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+class SkippedEvent(BaseModel):
+    projection: str
+    position: int = Field(description="the event's position in the log")
+    originator_id: str = Field(description="the instance, character or memory it belongs to")
+    error: str = Field(description="the kind of error (its text: `alma projections status`)")
+
+    @classmethod
+    def of(cls, skipped: Skipped) -> SkippedEvent:
+        return cls(
+            projection=skipped.projection,
+            position=skipped.position,
+            originator_id=skipped.originator_id,
+            error=skipped.error_type,
+        )
+
+
 class Health(BaseModel):
-    status: str = Field(description="ok, or degraded when a store is down")
+    status: str = Field(
+        description="ok; degraded when a store is down (503) or a projection skipped events "
+        "it could not apply (200: this replica serves, and every replica would skip them)"
+    )
     event_store: str = Field(description="the database: ok or down")
     vector_store: str = Field(description="Chroma: ok or down")
     projection_lag_events: int | None = Field(description="the largest lag; null when unknown")
@@ -240,18 +271,28 @@ class Health(BaseModel):
     model: str = Field(
         default="unknown", description="the last chat model call: ok, failing or unknown"
     )
+    skipped_events: list[SkippedEvent] | None = Field(
+        default=None,
+        description="events a projection could not apply and went on without, until a rebuild "
+        "of that projection; null when the database is down",
+    )
+
+
+# A finite number from 0 to 1, which every store holds as it was given: declared here, checked
+# by the domain (`valid_importance`, 422 invalid_input naming the field).
+Importance = Annotated[float, Field(json_schema_extra={"minimum": 0, "maximum": 1})]
 
 
 class MemoryCreate(Request):
     text: str = Field(examples=["Su hermana Lucía es enfermera en el hospital de Triana."])
     metadata: dict[str, Any] | None = Field(default=None, examples=[{"topic": "familia"}])
-    importance: float | None = Field(default=None, examples=[0.8])
+    importance: Importance | None = Field(default=None, examples=[0.8])
 
 
 class MemoryEdit(Request):
     text: str | None = None
     metadata: dict[str, Any] | None = None
-    importance: float | None = None
+    importance: Importance | None = None
 
 
 class MemoryOut(BaseModel):
@@ -308,7 +349,7 @@ class SearchResults(BaseModel):
 class MessageIn(Request):
     role: str = Field(examples=["user"])
     content: str = Field(examples=["¿Te acuerdas del viaje a Lisboa?"])
-    timestamp: datetime | None = Field(
+    timestamp: UtcTime | None = Field(
         default=None, strict=False, description="when it was said (ISO 8601; UTC if no offset)"
     )
     metadata: dict[str, Any] | None = None

@@ -24,6 +24,7 @@ from alma.projections import (
     MemoryAudit,
     MemoryIndex,
     PostgresListingView,
+    Skips,
     SQLiteListingView,
     VectorIndex,
     open_chroma,
@@ -42,6 +43,7 @@ class Services:
     memory: Follower
     conversation: Follower
     memory_audit: Follower
+    skips: Skips  # events the projections could not apply and went on without
     formation: Follower | None = None  # the memory process, when ALMA_MEMORY_FORMATION is on
     breaker: DatabaseBreaker | None = None  # on PostgreSQL: 503 at once while it is down
     _model: ModelClient | None = None
@@ -143,6 +145,7 @@ class Services:
         self.memory_index.close()
         self.conversation_view.close()
         self.audit_view.close()
+        self.skips.close()
         if self.formation is not None:
             assert isinstance(self.formation.model, MemoryFormation)
             self.formation.model.close()
@@ -190,17 +193,28 @@ def build_services(settings: Settings) -> Services:
 
 def _services(settings: Settings) -> Services:
     app = _app(settings)
+    skips = Skips(open_store(settings.event_store_env("skips")))
     services = Services(
         settings=settings,
         app=app,
-        listings=Follower(app, _listings(settings)),
-        memory=Follower(app, build_memory_index(settings), batch_size=settings.index_batch_size),
+        listings=Follower(app, _listings(settings), skips=skips),
+        memory=Follower(
+            app,
+            build_memory_index(settings),
+            batch_size=settings.index_batch_size,
+            skips=skips,
+        ),
         conversation=Follower(
-            app, Conversation(open_store(settings.event_store_env(Conversation.name)))
+            app,
+            Conversation(open_store(settings.event_store_env(Conversation.name))),
+            skips=skips,
         ),
         memory_audit=Follower(
-            app, MemoryAudit(open_store(settings.event_store_env(MemoryAudit.name)))
+            app,
+            MemoryAudit(open_store(settings.event_store_env(MemoryAudit.name))),
+            skips=skips,
         ),
+        skips=skips,
     )
     env = settings.event_store_env("events")
     if "POSTGRES_HOST" in env:
@@ -215,6 +229,8 @@ def _services(settings: Settings) -> Services:
             services._memory_model_client,
             settings.summary_every,
         )
+        # No skips: it waits out a model that is down (its errors are no store's), and it
+        # writes events, so no rebuild could clear one.
         services.formation = Follower(app, formation)
     return services
 
@@ -236,12 +252,19 @@ def build_memory_index(settings: Settings, generation: int | None = None) -> Mem
 
 def rebuild_memory_index(services: Services) -> int:
     """Builds a new generation of the index beside the serving one, switches readers and
-    followers to it, then drops the old one. Returns the new generation."""
+    followers to it, then drops the old one. Returns the new generation. The events the serving
+    one skipped are tried again: those that still fail are skipped and recorded again."""
     serving = services.memory_index
     generation = max([serving.generation, *serving.generations()]) + 1
     builder = build_memory_index(services.settings, generation)
+    services.skips.clear(serving.name)
     try:
-        Follower(services.app, builder, batch_size=services.settings.index_batch_size).catch_up()
+        Follower(
+            services.app,
+            builder,
+            batch_size=services.settings.index_batch_size,
+            skips=services.skips,
+        ).catch_up()
         previous = serving.switch_to(generation)
     finally:
         builder.close()

@@ -30,6 +30,7 @@ from alma.domain.keystore import KeyStore, KeyStoreFactory, MemoryKeys
 from alma.domain.library import CachingApplication
 from alma.domain.memory import Memory
 from alma.domain.rules import (
+    as_utc,
     name_key,
     valid_message,
     valid_metadata,
@@ -318,7 +319,11 @@ class Alma(CachingApplication):
     ) -> list[UUID]:
         """Records past turns as they were (no model is called); returns their ids."""
         checked = [
-            (*valid_message(m.role, m.content), m.sent_at, valid_metadata(m.metadata or {}))
+            (
+                *valid_message(m.role, m.content),
+                None if m.sent_at is None else as_utc(m.sent_at),
+                valid_metadata(m.metadata or {}),
+            )
             for m in messages
         ]
 
@@ -649,7 +654,7 @@ class Alma(CachingApplication):
         if version is not None and not 1 <= version <= current.version:
             raise InvalidInput(f"version must be between 1 and {current.version}", "version")
         if at is not None:
-            version = self._version_at(aggregate_id, current.version, at)
+            version = self._version_at(aggregate_id, current.version, as_utc(at, "at"))
         return self.owned(aggregate_type, tenant, aggregate_id, version)
 
     def _version_at(self, aggregate_id: UUID, last: int, at: datetime) -> int:

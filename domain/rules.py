@@ -6,11 +6,23 @@ import json
 import math
 import re
 import unicodedata
+from datetime import UTC, datetime
 
 from alma.domain.errors import InvalidInput
 
 MAX_NAME = 200
 MAX_TEXT = 100_000
+
+
+def as_utc(moment: datetime, field: str = "timestamp") -> datetime:
+    """The time in UTC: one without an offset is read as UTC, one with an offset is converted.
+    Every time the domain stores is aware, so any two compare."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInput(f"{field} is outside the years 1 to 9999 in UTC", field) from None
 
 
 def valid_name(name: object, field: str = "name") -> str:

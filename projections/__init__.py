@@ -14,6 +14,7 @@ from alma.projections.listings import (
 from alma.projections.memory_docs import Doc
 from alma.projections.memory_index import MemoryIndex
 from alma.projections.memory_search import Hit
+from alma.projections.skips import Skipped, Skips
 from alma.projections.sql_model import SqlReadModel
 from alma.projections.vectors import VectorIndex, open_chroma
 
@@ -32,6 +33,8 @@ __all__ = [
     "PostgresListingView",
     "ReadModel",
     "SQLiteListingView",
+    "Skipped",
+    "Skips",
     "SqlReadModel",
     "VectorIndex",
     "open_chroma",

@@ -11,6 +11,7 @@ from typing import Any
 from uuid import UUID
 
 from alma.domain import Instance
+from alma.domain.rules import as_utc
 from alma.projections.sql_model import SqlReadModel
 from alma.stores.sql import Cursor
 
@@ -82,7 +83,7 @@ class Conversation(SqlReadModel):
 
 
 def _said(event: Any, position: int) -> _Row:
-    return _row(event, event.role, event.metadata, event.sent_at, position)
+    return _row(event, event.role, event.metadata, as_utc(event.sent_at), position)
 
 
 def _replied(event: Any, position: int) -> _Row:
@@ -115,6 +116,6 @@ def _message_of(row: Sequence[Any]) -> Message:
         str(row[2]),
         str(row[3]),
         json.loads(row[4]),
-        datetime.fromisoformat(str(row[5])),
+        as_utc(datetime.fromisoformat(str(row[5]))),  # UTC when imported without an offset
         int(row[6]),
     )

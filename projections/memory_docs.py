@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from alma.domain.rules import as_utc
 from alma.stores.sql import SqlStore
 
 DOC_COLUMNS = "doc_id, tenant, instance_id, kind, text, metadata, importance, occurred_at, position"
@@ -46,7 +47,8 @@ def documents(store: SqlStore, generation: int, doc_ids: Sequence[str]) -> dict[
 
 
 def doc_of(row: Sequence[Any]) -> Doc:
-    """The document in a row of `DOC_COLUMNS`."""
+    """The document in a row of `DOC_COLUMNS`. A time without an offset (a message imported
+    before times were kept in UTC) is UTC."""
     return Doc(
         str(row[0]),
         str(row[1]),
@@ -55,6 +57,6 @@ def doc_of(row: Sequence[Any]) -> Doc:
         str(row[4]),
         json.loads(row[5]),
         float(row[6]),
-        datetime.fromisoformat(str(row[7])),
+        as_utc(datetime.fromisoformat(str(row[7]))),
         int(row[8]),
     )

@@ -13,6 +13,7 @@ from typing import Any
 from uuid import UUID, uuid5
 
 from alma.domain import Instance, Memory
+from alma.domain.rules import as_utc
 from alma.projections.memory_docs import Doc, documents
 from alma.stores.sql import SqlStore
 
@@ -111,7 +112,8 @@ def _memory_text(plan: Plan, event: Any, position: int) -> None:
 
 
 def _message(plan: Plan, event: Any, position: int) -> None:
-    _put_message(plan, event, {**event.metadata, "role": event.role}, event.sent_at, position)
+    metadata = {**event.metadata, "role": event.role}
+    _put_message(plan, event, metadata, as_utc(event.sent_at), position)
 
 
 def _reply(plan: Plan, event: Any, position: int) -> None:

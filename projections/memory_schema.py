@@ -24,7 +24,7 @@ _TABLES = [
     """CREATE TABLE IF NOT EXISTS memory_docs (
         generation INTEGER NOT NULL, doc_id TEXT NOT NULL, tenant TEXT NOT NULL,
         instance_id TEXT NOT NULL, kind TEXT NOT NULL, text TEXT NOT NULL,
-        metadata TEXT NOT NULL, importance REAL NOT NULL, occurred_at TEXT NOT NULL,
+        metadata TEXT NOT NULL, importance DOUBLE PRECISION NOT NULL, occurred_at TEXT NOT NULL,
         position BIGINT NOT NULL, length INTEGER NOT NULL,
         PRIMARY KEY (generation, doc_id))""",
     """CREATE INDEX IF NOT EXISTS memory_docs_by_instance
@@ -74,6 +74,13 @@ _COUNT_STATS = [
 # Indexes written before the memory audit became a read model of its own (projections/audit.py,
 # built again from the events) kept it here. Nothing would update or erase these rows any more.
 _DROP_AUDIT = "DROP TABLE IF EXISTS memory_audit"
+# Indexes written before held importance as PostgreSQL's 4-byte REAL, which cannot hold every
+# number from 0 to 1 that the API accepts (1e-50 underflows): widened in place, once.
+_IMPORTANCE_TYPE = (
+    "SELECT data_type FROM information_schema.columns WHERE table_schema = current_schema() "
+    "AND table_name = 'memory_docs' AND column_name = 'importance'"
+)
+_WIDEN_IMPORTANCE = "ALTER TABLE memory_docs ALTER COLUMN importance TYPE DOUBLE PRECISION"
 
 
 def tables(dialect: str) -> list[str]:
@@ -91,6 +98,10 @@ def prepare(store: SqlStore) -> None:
             for statement in _MOVE_POSTINGS:
                 cursor.execute(statement)
         cursor.execute(_DROP_AUDIT)
+        if store.dialect == "postgresql":
+            cursor.execute(_IMPORTANCE_TYPE)
+            if cursor.fetchone()[0] == "real":
+                cursor.execute(_WIDEN_IMPORTANCE)
         cursor.execute(
             "INSERT INTO memory_generation (id, generation) VALUES (1, 1) "
             "ON CONFLICT (id) DO NOTHING"

@@ -402,7 +402,8 @@ def test_a_down_or_slow_model_answers_502_or_504_in_time_and_keeps_the_message(
 def test_every_route_answers_within_its_schema_and_never_5xx(
     tmp_path: Path, openai_stub: OpenAIStub
 ) -> None:
-    """schemathesis, bounded for CI: a few generated requests per operation."""
+    """schemathesis, bounded for CI: a few generated requests per operation; then the
+    projections catch up with whatever it wrote."""
     env = {
         "OPENAI_API_KEY": "sk-test-alma-0123456789",
         "OPENAI_BASE_URL": openai_stub.base_url,
@@ -437,3 +438,6 @@ def test_every_route_answers_within_its_schema_and_never_5xx(
             except Exception as error:
                 failures.append(f"{operation.label}: {error}")
         assert not failures, "\n\n".join(failures)
+        # Whatever was written, every projection applies it: none is left behind or skips one.
+        _until(lambda: _health(http)["projection_lag_events"] == 0, "the projections to catch up")
+        assert _health(http)["skipped_events"] == []

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from alma import metrics
 from alma.api.deps import AppSettings, Probes
 from alma.api.errors import ApiError
-from alma.api.schemas import Health
+from alma.api.schemas import Health, SkippedEvent
 
 router = APIRouter(tags=["operations"])
 
@@ -17,19 +17,22 @@ router = APIRouter(tags=["operations"])
 @router.get("/health", response_model=Health, responses={503: {"model": Health}})
 def health(probes: Probes) -> JSONResponse:
     """200 while serving; 503 when the database or the vector store is down. `model` says
-    how the last call to the chat model went, and does not change the status: every replica
-    shares the model, so taking this one out of rotation would not help."""
+    how the last call to the chat model went, and events a projection skipped make the status
+    `degraded`; neither changes the code: every replica shares the model and the events, so
+    taking this one out of rotation would not help."""
     lags = probes.lags()
+    skipped = probes.skipped() if lags is not None else None
     event_store = "down" if lags is None else "ok"
     vector_store = "ok" if probes.vector_store_up() else "down"
     up = event_store == vector_store == "ok"
     body = Health(
-        status="ok" if up else "degraded",
+        status="ok" if up and not skipped else "degraded",
         event_store=event_store,
         vector_store=vector_store,
         projection_lag_events=max(lags.values()) if lags else None,
         projections=lags,
         model=metrics.model_state(),
+        skipped_events=None if skipped is None else [SkippedEvent.of(s) for s in skipped],
     )
     return JSONResponse(body.model_dump(), status_code=200 if up else 503)
 
@@ -44,6 +47,12 @@ def prometheus_metrics(settings: AppSettings, probes: Probes) -> Response:
     it holds route templates, counts and error codes, nothing of any tenant's."""
     if not settings.metrics:
         raise ApiError(404, "not_found", "metrics are off (ALMA_METRICS=false)")
-    for name, lag in (probes.lags() or {}).items():
+    lags = probes.lags() or {}
+    for name, lag in lags.items():
         metrics.PROJECTION_LAG.labels(name).set(lag)
+    skipped = probes.skipped()
+    if skipped is not None:
+        for name in lags:
+            count = sum(1 for s in skipped if s.projection == name)
+            metrics.SKIPPED_EVENTS.labels(name).set(count)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

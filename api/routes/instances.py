@@ -18,7 +18,6 @@ from alma.api.deps import (
     ExpectedVersion,
     Limit,
     Listing,
-    as_utc,
 )
 from alma.api.schemas import InstanceCreate, InstanceEdit, InstanceFork, InstanceOut, Page
 from alma.domain import InvalidInput, Keep
@@ -121,7 +120,7 @@ def fork_instance(
     now): memory text, voice, memory snippets and conversation, as the fork's own events."""
     if body.at_version is not None and body.at is not None:
         raise InvalidInput("give either at_version or at, not both", "at")
-    point = app.fork_point(caller.tenant, instance_id, body.at_version, as_utc(body.at))
+    point = app.fork_point(caller.tenant, instance_id, body.at_version, body.at)
     audit_caught_up()  # the audit knows which snippets the instance had, and when
     memories = audit.memories_at(instance_id, point.until)
     instance = app.fork_instance(
