@@ -400,16 +400,17 @@ def test_a_down_or_slow_model_answers_502_or_504_in_time_and_keeps_the_message(
 
 @pytest.mark.slow
 def test_every_route_answers_within_its_schema_and_never_5xx(
-    tmp_path: Path, openai_stub: OpenAIStub
+    settings: Settings, tmp_path: Path, openai_stub: OpenAIStub
 ) -> None:
-    """schemathesis, bounded for CI: a few generated requests per operation; then the
-    projections catch up with whatever it wrote."""
+    """schemathesis, bounded for CI: a few generated requests per operation, on each store
+    (what one store holds the other must too); then the projections catch up with whatever
+    it wrote."""
     env = {
         "OPENAI_API_KEY": "sk-test-alma-0123456789",
         "OPENAI_BASE_URL": openai_stub.base_url,
         "ALMA_MEMORY_FORMATION": "false",
     }
-    with serving(_settings(tmp_path), tmp_path, env) as (http, _):
+    with serving(settings, tmp_path, env) as (http, _):
         _world(http)  # something to find, beside the random ids that find nothing
         schema = schemathesis.openapi.from_url(f"{http.base_url}/openapi.json")
         checks = [
