@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from alma.api.consistency import CaughtUp
 from alma.api.errors import ApiError
-from alma.api.pagination import ListingPages
+from alma.api.pagination import MAX_POSITION, ListingPages
 from alma.api.probes import StoreProbes
 from alma.api.security import RateLimiter
 from alma.api.services import Services
@@ -136,10 +136,17 @@ async def _caller(
 CurrentCaller = Annotated[Caller, Depends(_caller)]
 
 
+# What _expected_version reads: a version number, maybe quoted, maybe weak (3, "3", W/"3").
+IF_MATCH = r'^[ \t]*(W/)?"*[0-9]*[1-9][0-9]*"*[ \t]*$'
+
+
 def _expected_version(
     if_match: Annotated[
         str | None,
-        Header(description="The version you last saw; a stale one answers 409"),
+        Header(
+            description="The version you last saw; a stale one answers 409",
+            json_schema_extra={"pattern": IF_MATCH},
+        ),
     ] = None,
 ) -> int | None:
     if if_match is None:
@@ -168,7 +175,9 @@ class PointInTime:
 
 
 def _point_in_time(
-    version: Annotated[int | None, Query(ge=1, description="State at this version")] = None,
+    version: Annotated[
+        int | None, Query(ge=1, le=MAX_POSITION, description="State at this version")
+    ] = None,
     at: Annotated[
         datetime | None, Query(description="State at this time (ISO 8601; UTC if no offset)")
     ] = None,

@@ -9,12 +9,26 @@ from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 
 from alma.api.present import actor_of, event_data, unified_diff
 from alma.chat.turns import TurnResult
 from alma.chat.voice_turn import VoiceReply
 from alma.domain import Character, Instance, Memory
+from alma.domain.rules import (
+    MAX_NAME,
+    MAX_SNIPPET,
+    MAX_TEXT,
+    NO_NUL,
+    ROLES,
+    VISIBLE_TEXT,
+)
 from alma.projections import AuditEntry, Hit, Message
 from alma.voice import AudioError, VoiceSettings
 from alma.voice.tts import check as check_voice
@@ -27,6 +41,22 @@ class Page(BaseModel, Generic[T]):
 
     items: list[T]
     next_cursor: str | None
+
+
+def text_rule(max_length: int, visible: bool = False) -> dict[str, Any]:
+    """What the domain checks of a text (alma.domain.rules), declared in the schema: at most
+    `max_length` characters, no NUL, and for names and snippets a visible character. The domain
+    checks it, so a refusal names the rule in words."""
+    rule: dict[str, Any] = {"maxLength": max_length, "pattern": NO_NUL}
+    if visible:
+        rule |= {"minLength": 1, "pattern": VISIBLE_TEXT}
+    return rule
+
+
+NAME = text_rule(MAX_NAME, visible=True)
+TEXT = text_rule(MAX_TEXT)
+SNIPPET = text_rule(MAX_SNIPPET, visible=True)
+IMPORTANCE: dict[str, Any] = {"minimum": 0, "maximum": 1}
 
 
 class Request(BaseModel):
@@ -58,41 +88,59 @@ class Voice(Request):
 
 
 class CharacterCreate(Request):
-    name: str = Field(examples=["Doña Rosa"])
-    description: str = Field(examples=["Una curandera de Oaxaca que habla con refranes."])
-    personality: str | None = None
-    scenario: str | None = None
-    greeting: str | None = None
-    example_dialogue: str | None = None
-    system_prompt: str | None = None
+    name: str = Field(examples=["Doña Rosa"], json_schema_extra=NAME)
+    description: str = Field(
+        examples=["Una curandera de Oaxaca que habla con refranes."], json_schema_extra=TEXT
+    )
+    personality: str | None = Field(default=None, json_schema_extra=TEXT)
+    scenario: str | None = Field(default=None, json_schema_extra=TEXT)
+    greeting: str | None = Field(default=None, json_schema_extra=TEXT)
+    example_dialogue: str | None = Field(default=None, json_schema_extra=TEXT)
+    system_prompt: str | None = Field(default=None, json_schema_extra=TEXT)
     voice: Voice | None = None
 
 
-class CharacterEdit(Request):
-    name: str | None = None
-    description: str | None = None
-    personality: str | None = None
-    scenario: str | None = None
-    greeting: str | None = None
-    example_dialogue: str | None = None
-    system_prompt: str | None = None
+class Edit(Request):
+    """A PATCH body, read as a JSON merge patch (RFC 7396): a field left out stays as it is,
+    null clears an optional field (back to its default), an object merges into the current one
+    member by member. A required field cannot be null: its schema does not allow null, and the
+    domain refuses it (422 naming it)."""
+
+    def patch(self) -> dict[str, Any]:
+        """The fields sent, nulls included."""
+        return self.model_dump(exclude_unset=True)
+
+
+class CharacterEdit(Edit):
+    name: str | SkipJsonSchema[None] = Field(default=None, json_schema_extra=NAME)
+    description: str | None = Field(default=None, json_schema_extra=TEXT)
+    personality: str | None = Field(default=None, json_schema_extra=TEXT)
+    scenario: str | None = Field(default=None, json_schema_extra=TEXT)
+    greeting: str | None = Field(default=None, json_schema_extra=TEXT)
+    example_dialogue: str | None = Field(default=None, json_schema_extra=TEXT)
+    system_prompt: str | None = Field(default=None, json_schema_extra=TEXT)
     voice: Voice | None = None
 
 
 class InstanceCreate(Request):
-    name: str = Field(examples=["Rosa de la sierra"])
-    memory: str = Field(default="", examples=["Conoció al viajero en la feria de 1998."])
+    name: str = Field(examples=["Rosa de la sierra"], json_schema_extra=NAME)
+    memory: str = Field(
+        default="", examples=["Conoció al viajero en la feria de 1998."], json_schema_extra=TEXT
+    )
     voice: Voice | None = Field(default=None, description="overrides the character's voice")
 
 
-class InstanceEdit(Request):
-    name: str | None = None
-    memory: str | None = None
-    voice: Voice | None = Field(default=None, description="null: the character's voice again")
+class InstanceEdit(Edit):
+    name: str | SkipJsonSchema[None] = Field(default=None, json_schema_extra=NAME)
+    memory: str | None = Field(default=None, description='null: ""', json_schema_extra=TEXT)
+    voice: Voice | None = Field(
+        default=None,
+        description="merged into the instance's voice settings; null: the character's voice again",
+    )
 
 
 class InstanceFork(Request):
-    name: str
+    name: str = Field(json_schema_extra=NAME)
     at_version: int | None = Field(default=None, ge=1)
 
 
@@ -236,15 +284,22 @@ class Health(BaseModel):
 
 
 class MemoryCreate(Request):
-    text: str = Field(examples=["Su hermana Lucía es enfermera en el hospital de Triana."])
+    text: str = Field(
+        examples=["Su hermana Lucía es enfermera en el hospital de Triana."],
+        json_schema_extra=SNIPPET,
+    )
     metadata: dict[str, Any] | None = Field(default=None, examples=[{"topic": "familia"}])
-    importance: float | None = Field(default=None, examples=[0.8])
+    importance: float | None = Field(default=None, examples=[0.8], json_schema_extra=IMPORTANCE)
 
 
-class MemoryEdit(Request):
-    text: str | None = None
-    metadata: dict[str, Any] | None = None
-    importance: float | None = None
+class MemoryEdit(Edit):
+    text: str | SkipJsonSchema[None] = Field(default=None, json_schema_extra=SNIPPET)
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="merged key by key (a null value removes the key); null: {}"
+    )
+    importance: float | None = Field(
+        default=None, description="null: 0.5", json_schema_extra=IMPORTANCE
+    )
 
 
 class MemoryOut(BaseModel):
@@ -299,8 +354,10 @@ class SearchResults(BaseModel):
 
 
 class MessageIn(Request):
-    role: str = Field(examples=["user"])
-    content: str = Field(examples=["¿Te acuerdas del viaje a Lisboa?"])
+    role: str = Field(examples=["user"], json_schema_extra={"enum": list(ROLES)})
+    content: str = Field(
+        examples=["¿Te acuerdas del viaje a Lisboa?"], json_schema_extra=text_rule(MAX_TEXT, True)
+    )
     timestamp: datetime | None = Field(
         default=None, strict=False, description="when it was said (ISO 8601; UTC if no offset)"
     )
@@ -334,7 +391,9 @@ class MessageOut(BaseModel):
 
 
 class ChatRequest(Request):
-    message: str = Field(examples=["¿Te acuerdas de mi hermana?"])
+    message: str = Field(
+        examples=["¿Te acuerdas de mi hermana?"], json_schema_extra=text_rule(MAX_TEXT, True)
+    )
     stream: bool = False
     max_tokens: int = Field(default=512, ge=1, le=4096)
     temperature: float = Field(default=0.8, ge=0.0, le=2.0)
@@ -404,7 +463,12 @@ class SpeechRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(default="tts-1", max_length=100, description="accepted, not used")
-    input: str = Field(min_length=1, max_length=4096, pattern=r"\S", examples=["¡Hola, corazón!"])
+    input: str = Field(
+        min_length=1,
+        max_length=4096,
+        pattern=VISIBLE_TEXT,
+        examples=["¡Hola, corazón!"],
+    )
     voice: str = Field(
         default="alloy",
         max_length=100,

@@ -61,9 +61,8 @@ def edit_character(
     app: AlmaApp,
     expected_version: ExpectedVersion,
 ) -> CharacterOut:
-    changes = body.model_dump(exclude_unset=True)
     character = app.edit_character(
-        caller.tenant, character_id, changes, caller.actor, expected_version
+        caller.tenant, character_id, body.patch(), caller.actor, expected_version
     )
     return CharacterOut.of(character)
 

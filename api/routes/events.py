@@ -49,6 +49,8 @@ def instance_events(
     limit: Limit = 50,
     type: EventType = None,
 ) -> Page[EventOut]:
+    """The instance's own events, oldest first. It keeps answering after `DELETE`: a deleted
+    (archived) instance's events are kept for audit."""
     return _events_page(app, caller, Instance, instance_id, after_version, cursor, limit, type)
 
 
@@ -62,6 +64,8 @@ def character_events(
     limit: Limit = 50,
     type: EventType = None,
 ) -> Page[EventOut]:
+    """The character's own events, oldest first. It keeps answering after `DELETE`: a deleted
+    (archived) character's events are kept for audit."""
     return _events_page(app, caller, Character, character_id, after_version, cursor, limit, type)
 
 

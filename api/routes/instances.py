@@ -3,7 +3,6 @@ delete, fork."""
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter, Response
@@ -63,22 +62,17 @@ def edit_instance(
     app: AlmaApp,
     expected_version: ExpectedVersion,
 ) -> InstanceOut:
+    patch = body.patch()
     instance = app.edit_instance(
         caller.tenant,
         instance_id,
         caller.actor,
-        name=body.name,
-        memory=body.memory,
+        name=patch.get("name", Keep.KEEP),
+        memory=patch.get("memory", Keep.KEEP),
         expected_version=expected_version,
-        voice=_voice_change(body),
+        voice=patch.get("voice", Keep.KEEP),
     )
     return InstanceOut.of(instance)
-
-
-def _voice_change(body: InstanceEdit) -> dict[str, Any] | Keep | None:
-    if "voice" not in body.model_fields_set:
-        return Keep.KEEP
-    return body.voice.model_dump(exclude_none=True) if body.voice else None
 
 
 @router.delete("/v1/instances/{instance_id}", status_code=204)
