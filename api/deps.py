@@ -9,11 +9,12 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic.json_schema import SkipJsonSchema
 from starlette.concurrency import run_in_threadpool
 
 from alma.api.consistency import CaughtUp
 from alma.api.errors import ApiError
-from alma.api.pagination import MAX_POSITION, ListingPages
+from alma.api.pagination import CURSOR, ListingPages
 from alma.api.probes import StoreProbes
 from alma.api.security import RateLimiter
 from alma.api.services import Services
@@ -142,7 +143,7 @@ IF_MATCH = r'^[ \t]*(W/)?"*[0-9]*[1-9][0-9]*"*[ \t]*$'
 
 def _expected_version(
     if_match: Annotated[
-        str | None,
+        str | SkipJsonSchema[None],
         Header(
             description="The version you last saw; a stale one answers 409",
             json_schema_extra={"pattern": IF_MATCH},
@@ -166,6 +167,10 @@ Erase = Annotated[
     ),
 ]
 Limit = Annotated[int, Query(ge=1, le=500, description="Items per page")]
+Cursor = Annotated[
+    str | None,
+    Query(description="The next_cursor of the page before", json_schema_extra={"pattern": CURSOR}),
+]
 
 
 @dataclass(frozen=True)
@@ -175,9 +180,7 @@ class PointInTime:
 
 
 def _point_in_time(
-    version: Annotated[
-        int | None, Query(ge=1, le=MAX_POSITION, description="State at this version")
-    ] = None,
+    version: Annotated[int | None, Query(ge=1, description="State at this version")] = None,
     at: Annotated[
         datetime | None, Query(description="State at this time (ISO 8601; UTC if no offset)")
     ] = None,

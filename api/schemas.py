@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 from uuid import UUID
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
 
+from alma.api.pagination import MAX_POSITION
 from alma.api.present import actor_of, event_data, unified_diff
 from alma.chat.turns import TurnResult
 from alma.chat.voice_turn import VoiceReply
@@ -32,6 +34,7 @@ from alma.domain.rules import (
 from alma.projections import AuditEntry, Hit, Message
 from alma.voice import AudioError, VoiceSettings
 from alma.voice.tts import check as check_voice
+from alma.voice.tts import known_voices, language_pattern
 
 T = TypeVar("T")
 
@@ -57,6 +60,33 @@ NAME = text_rule(MAX_NAME, visible=True)
 TEXT = text_rule(MAX_TEXT)
 SNIPPET = text_rule(MAX_SNIPPET, visible=True)
 IMPORTANCE: dict[str, Any] = {"minimum": 0, "maximum": 1}
+_SCALAR = [{"type": "string", "pattern": NO_NUL}, {"type": "number"}, {"type": "boolean"}]
+# A flat object of strings, numbers and booleans (valid_metadata); in a merge patch a null value
+# removes its key. Its 4 KB bound is the domain's alone.
+METADATA: dict[str, Any] = {
+    "additionalProperties": {"anyOf": _SCALAR},
+    "propertyNames": {"minLength": 1, "pattern": NO_NUL},
+}
+METADATA_PATCH: dict[str, Any] = {
+    **METADATA,
+    "additionalProperties": {"anyOf": [*_SCALAR, {"type": "null"}]},
+}
+MAX_REPLY_TOKENS = 4096  # the most any model here is asked for; below its context, too
+REPLY_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
+
+
+# What the speech engines know (alma.voice.tts), as the schema's enum and pattern.
+VOICES: list[Any] = list(known_voices())
+LANGUAGE = language_pattern()
+
+
+def _whole(value: Any) -> Any:
+    """JSON Schema's integers include 3.0; strict validation would refuse it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# After a field's bounds in its Annotated (before them, the schema would not read the bounds).
+WHOLE = BeforeValidator(_whole)
 
 
 class Request(BaseModel):
@@ -68,13 +98,22 @@ class Voice(Request):
     instance, then character, then the request's defaults."""
 
     language: str | None = Field(
-        default=None, min_length=2, max_length=35, examples=["es"], description="es, en-US, ..."
+        default=None,
+        min_length=2,
+        max_length=35,
+        examples=["es"],
+        description="es, en-US, ...",
+        json_schema_extra={"pattern": LANGUAGE},
     )
     engine: Literal["gtts", "espeak"] | None = Field(
         default=None, description="gtts (online) or espeak (offline); unset = ALMA_TTS_ENGINE"
     )
     voice: str | None = Field(
-        default=None, max_length=50, examples=["nova"], description="OpenAI's names or f1-f5, m1-m8"
+        default=None,
+        max_length=50,
+        examples=["nova"],
+        description="OpenAI's names or f1-f5, m1-m8",
+        json_schema_extra={"enum": VOICES},
     )
     speed: float | None = Field(default=None, ge=0.25, le=4.0)
 
@@ -141,7 +180,7 @@ class InstanceEdit(Edit):
 
 class InstanceFork(Request):
     name: str = Field(json_schema_extra=NAME)
-    at_version: int | None = Field(default=None, ge=1)
+    at_version: Annotated[int, Field(ge=1, le=MAX_POSITION), WHOLE] | None = None
 
 
 class CharacterOut(BaseModel):
@@ -288,14 +327,18 @@ class MemoryCreate(Request):
         examples=["Su hermana Lucía es enfermera en el hospital de Triana."],
         json_schema_extra=SNIPPET,
     )
-    metadata: dict[str, Any] | None = Field(default=None, examples=[{"topic": "familia"}])
+    metadata: dict[str, Any] | None = Field(
+        default=None, examples=[{"topic": "familia"}], json_schema_extra=METADATA
+    )
     importance: float | None = Field(default=None, examples=[0.8], json_schema_extra=IMPORTANCE)
 
 
 class MemoryEdit(Edit):
     text: str | SkipJsonSchema[None] = Field(default=None, json_schema_extra=SNIPPET)
     metadata: dict[str, Any] | None = Field(
-        default=None, description="merged key by key (a null value removes the key); null: {}"
+        default=None,
+        description="merged key by key (a null value removes the key); null: {}",
+        json_schema_extra=METADATA_PATCH,
     )
     importance: float | None = Field(
         default=None, description="null: 0.5", json_schema_extra=IMPORTANCE
@@ -361,7 +404,7 @@ class MessageIn(Request):
     timestamp: datetime | None = Field(
         default=None, strict=False, description="when it was said (ISO 8601; UTC if no offset)"
     )
-    metadata: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = Field(default=None, json_schema_extra=METADATA)
 
 
 class MessagesImport(Request):
@@ -395,7 +438,7 @@ class ChatRequest(Request):
         examples=["¿Te acuerdas de mi hermana?"], json_schema_extra=text_rule(MAX_TEXT, True)
     )
     stream: bool = False
-    max_tokens: int = Field(default=512, ge=1, le=4096)
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_REPLY_TOKENS), WHOLE] = 512
     temperature: float = Field(default=0.8, ge=0.0, le=2.0)
 
 
@@ -452,6 +495,18 @@ class ChatResponse(BaseModel):
         )
 
 
+def declare_reply_limit(schema: dict[str, Any], context_window: int) -> None:
+    """Bounds every `max_tokens` of the OpenAPI schema as the chat turn does: below the chat
+    model's context (`alma.chat.turns`), which the app knows only once configured."""
+    limit = min(MAX_REPLY_TOKENS, context_window - 1)
+    for model in schema.get("components", {}).get("schemas", {}).values():
+        for name, field in model.get("properties", {}).items():
+            if name in REPLY_TOKEN_FIELDS:
+                for spec in [field, *field.get("anyOf", [])]:
+                    if "maximum" in spec:
+                        spec["maximum"] = limit
+
+
 # Audio, in OpenAI's shapes, and the voice turn.
 
 AudioFormat = Literal["mp3", "wav", "opus"]
@@ -474,10 +529,17 @@ class SpeechRequest(BaseModel):
         max_length=100,
         description="OpenAI's voice names, an espeak-ng variant (f1-f5, m1-m8), or the id of an "
         "instance or character to speak with its voice settings",
+        json_schema_extra={"anyOf": [{"enum": VOICES}, {"format": "uuid"}]},
     )
     response_format: AudioFormat = "mp3"
     speed: float = Field(default=1.0, ge=0.25, le=4.0)
-    language: str | None = Field(default=None, min_length=2, max_length=35, examples=["es"])
+    language: str | None = Field(
+        default=None,
+        min_length=2,
+        max_length=35,
+        examples=["es"],
+        json_schema_extra={"pattern": LANGUAGE},
+    )
     engine: Literal["gtts", "espeak"] | None = None
 
 
@@ -536,6 +598,6 @@ class ChatCompletionRequest(BaseModel):
     model: str = Field(description="an instance id, or '<character>/<instance>' by name")
     messages: list[OpenAIMessage] = Field(min_length=1)
     stream: bool = False
-    max_tokens: int | None = Field(default=None, ge=1, le=4096)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=4096)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_REPLY_TOKENS)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_REPLY_TOKENS)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)

@@ -7,7 +7,16 @@ from uuid import UUID
 
 from fastapi import APIRouter, Response
 
-from alma.api.deps import AlmaApp, AsOf, CurrentCaller, Erase, ExpectedVersion, Limit, Listing
+from alma.api.deps import (
+    AlmaApp,
+    AsOf,
+    CurrentCaller,
+    Cursor,
+    Erase,
+    ExpectedVersion,
+    Limit,
+    Listing,
+)
 from alma.api.schemas import InstanceCreate, InstanceEdit, InstanceFork, InstanceOut, Page
 from alma.domain import Keep
 
@@ -32,7 +41,7 @@ def list_instances(
     app: AlmaApp,
     listing: Listing,
     limit: Limit = 50,
-    cursor: str | None = None,
+    cursor: Cursor = None,
 ) -> Page[InstanceOut]:
     app.character(caller.tenant, character_id)
     items, next_cursor = listing.page(

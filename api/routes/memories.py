@@ -13,6 +13,7 @@ from alma.api.deps import (
     ConversationCaughtUp,
     ConversationLog,
     CurrentCaller,
+    Cursor,
     Index,
     IndexCaughtUp,
     Limit,
@@ -52,7 +53,7 @@ def list_memories(
     index: Index,
     caught_up: IndexCaughtUp,
     limit: Limit = 50,
-    cursor: str | None = None,
+    cursor: Cursor = None,
 ) -> Page[MemoryOut]:
     app.instance(caller.tenant, instance_id)
     caught_up()
@@ -119,7 +120,7 @@ def list_messages(
     conversation: ConversationLog,
     caught_up: ConversationCaughtUp,
     limit: Limit = 50,
-    cursor: str | None = None,
+    cursor: Cursor = None,
 ) -> Page[MessageOut]:
     """The conversation, oldest first: imported turns, the user's messages and the replies."""
     app.owned(Instance, caller.tenant, instance_id, None)
