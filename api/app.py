@@ -23,9 +23,9 @@ from alma.api.routes import (
     memories,
     openai_compat,
 )
-from alma.api.schemas import ERROR_RESPONSES
+from alma.api.schemas import ERROR_RESPONSES, declare_reply_limit
 from alma.api.security import install_security
-from alma.api.services import build_services
+from alma.api.services import build_services, model_context
 from alma.api.text_check import TextCheck
 from alma.settings import Settings
 
@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (characters, instances, events, memories, chat, openai_compat, audio, health):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     # Uploads may carry audio up to its own limit (checked exactly by the route), plus the form.
+    declare_reply_limit(app.openapi(), model_context(settings))
     upload_bytes = max(settings.max_body_bytes, settings.audio_max_bytes + 64 * 1024)
     app.add_middleware(BreakerGate)
     app.add_middleware(TextCheck)

@@ -9,11 +9,12 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic.json_schema import SkipJsonSchema
 from starlette.concurrency import run_in_threadpool
 
 from alma.api.consistency import CaughtUp
 from alma.api.errors import ApiError
-from alma.api.pagination import ListingPages
+from alma.api.pagination import CURSOR, ListingPages
 from alma.api.probes import StoreProbes
 from alma.api.schemas import UtcTime
 from alma.api.security import RateLimiter
@@ -139,10 +140,17 @@ async def _caller(
 CurrentCaller = Annotated[Caller, Depends(_caller)]
 
 
+# What _expected_version reads: a version number, maybe quoted, maybe weak (3, "3", W/"3").
+IF_MATCH = r'^[ \t]*(W/)?"*[0-9]*[1-9][0-9]*"*[ \t]*$'
+
+
 def _expected_version(
     if_match: Annotated[
-        str | None,
-        Header(description="The version you last saw; a stale one answers 409"),
+        str | SkipJsonSchema[None],
+        Header(
+            description="The version you last saw; a stale one answers 409",
+            json_schema_extra={"pattern": IF_MATCH},
+        ),
     ] = None,
 ) -> int | None:
     if if_match is None:
@@ -162,6 +170,10 @@ Erase = Annotated[
     ),
 ]
 Limit = Annotated[int, Query(ge=1, le=500, description="Items per page")]
+Cursor = Annotated[
+    str | None,
+    Query(description="The next_cursor of the page before", json_schema_extra={"pattern": CURSOR}),
+]
 
 
 @dataclass(frozen=True)

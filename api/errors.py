@@ -16,8 +16,9 @@ from eventsourcing.persistence import (
 )
 from fastapi import FastAPI, Request, params
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from alma import metrics
@@ -189,6 +190,20 @@ def _takes_form(request: Request) -> bool:
     return isinstance(getattr(body, "field_info", None), params.Form)
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method the request's path has (Starlette's 405 names only those of the first route
+    that matched the path), and OPTIONS."""
+    routes = request.app.router.routes
+    methods = {"OPTIONS"} | {
+        method
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    }
+    return ", ".join(sorted(methods))
+
+
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -260,9 +275,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(422, "invalid_request", message, details, request=request)
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, error: HTTPException) -> Response:
         code = _HTTP_CODES.get(error.status_code, "error")
         headers = getattr(error, "headers", None)
+        if error.status_code == 405:
+            headers = {"Allow": allowed_methods(request)}
+            if request.method == "OPTIONS":
+                return Response(status_code=204, headers=headers)
         return error_response(
             error.status_code, code, str(error.detail), headers=headers, request=request
         )

@@ -9,16 +9,34 @@ from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 
+from alma.api.pagination import MAX_POSITION
 from alma.api.present import actor_of, event_data, unified_diff
 from alma.chat.turns import TurnResult
 from alma.chat.voice_turn import VoiceReply
 from alma.domain import Character, Instance, InvalidInput, Memory
-from alma.domain.rules import as_utc
+from alma.domain.rules import (
+    MAX_NAME,
+    MAX_SNIPPET,
+    MAX_TEXT,
+    NO_NUL,
+    ROLES,
+    VISIBLE_TEXT,
+    as_utc,
+)
 from alma.projections import AuditEntry, Hit, Message, Skipped
 from alma.voice import AudioError, VoiceSettings
 from alma.voice.tts import check as check_voice
+from alma.voice.tts import known_voices, language_pattern
 
 T = TypeVar("T")
 
@@ -41,6 +59,49 @@ class Page(BaseModel, Generic[T]):
     next_cursor: str | None
 
 
+def text_rule(max_length: int, visible: bool = False) -> dict[str, Any]:
+    """What the domain checks of a text (alma.domain.rules), declared in the schema: at most
+    `max_length` characters, no NUL, and for names and snippets a visible character. The domain
+    checks it, so a refusal names the rule in words."""
+    rule: dict[str, Any] = {"maxLength": max_length, "pattern": NO_NUL}
+    if visible:
+        rule |= {"minLength": 1, "pattern": VISIBLE_TEXT}
+    return rule
+
+
+NAME = text_rule(MAX_NAME, visible=True)
+TEXT = text_rule(MAX_TEXT)
+SNIPPET = text_rule(MAX_SNIPPET, visible=True)
+IMPORTANCE: dict[str, Any] = {"minimum": 0, "maximum": 1}
+_SCALAR = [{"type": "string", "pattern": NO_NUL}, {"type": "number"}, {"type": "boolean"}]
+# A flat object of strings, numbers and booleans (valid_metadata); in a merge patch a null value
+# removes its key. Its 4 KB bound is the domain's alone.
+METADATA: dict[str, Any] = {
+    "additionalProperties": {"anyOf": _SCALAR},
+    "propertyNames": {"minLength": 1, "pattern": NO_NUL},
+}
+METADATA_PATCH: dict[str, Any] = {
+    **METADATA,
+    "additionalProperties": {"anyOf": [*_SCALAR, {"type": "null"}]},
+}
+MAX_REPLY_TOKENS = 4096  # the most any model here is asked for; below its context, too
+REPLY_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
+
+
+# What the speech engines know (alma.voice.tts), as the schema's enum and pattern.
+VOICES: list[Any] = list(known_voices())
+LANGUAGE = language_pattern()
+
+
+def _whole(value: Any) -> Any:
+    """JSON Schema's integers include 3.0; strict validation would refuse it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# After a field's bounds in its Annotated (before them, the schema would not read the bounds).
+WHOLE = BeforeValidator(_whole)
+
+
 class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -50,13 +111,22 @@ class Voice(Request):
     instance, then character, then the request's defaults."""
 
     language: str | None = Field(
-        default=None, min_length=2, max_length=35, examples=["es"], description="es, en-US, ..."
+        default=None,
+        min_length=2,
+        max_length=35,
+        examples=["es"],
+        description="es, en-US, ...",
+        json_schema_extra={"pattern": LANGUAGE},
     )
     engine: Literal["gtts", "espeak"] | None = Field(
         default=None, description="gtts (online) or espeak (offline); unset = ALMA_TTS_ENGINE"
     )
     voice: str | None = Field(
-        default=None, max_length=50, examples=["nova"], description="OpenAI's names or f1-f5, m1-m8"
+        default=None,
+        max_length=50,
+        examples=["nova"],
+        description="OpenAI's names or f1-f5, m1-m8",
+        json_schema_extra={"enum": VOICES},
     )
     speed: float | None = Field(default=None, ge=0.25, le=4.0)
 
@@ -70,43 +140,61 @@ class Voice(Request):
 
 
 class CharacterCreate(Request):
-    name: str = Field(examples=["Doña Rosa"])
-    description: str = Field(examples=["Una curandera de Oaxaca que habla con refranes."])
-    personality: str | None = None
-    scenario: str | None = None
-    greeting: str | None = None
-    example_dialogue: str | None = None
-    system_prompt: str | None = None
+    name: str = Field(examples=["Doña Rosa"], json_schema_extra=NAME)
+    description: str = Field(
+        examples=["Una curandera de Oaxaca que habla con refranes."], json_schema_extra=TEXT
+    )
+    personality: str | None = Field(default=None, json_schema_extra=TEXT)
+    scenario: str | None = Field(default=None, json_schema_extra=TEXT)
+    greeting: str | None = Field(default=None, json_schema_extra=TEXT)
+    example_dialogue: str | None = Field(default=None, json_schema_extra=TEXT)
+    system_prompt: str | None = Field(default=None, json_schema_extra=TEXT)
     voice: Voice | None = None
 
 
-class CharacterEdit(Request):
-    name: str | None = None
-    description: str | None = None
-    personality: str | None = None
-    scenario: str | None = None
-    greeting: str | None = None
-    example_dialogue: str | None = None
-    system_prompt: str | None = None
+class Edit(Request):
+    """A PATCH body, read as a JSON merge patch (RFC 7396): a field left out stays as it is,
+    null clears an optional field (back to its default), an object merges into the current one
+    member by member. A required field cannot be null: its schema does not allow null, and the
+    domain refuses it (422 naming it)."""
+
+    def patch(self) -> dict[str, Any]:
+        """The fields sent, nulls included."""
+        return self.model_dump(exclude_unset=True)
+
+
+class CharacterEdit(Edit):
+    name: str | SkipJsonSchema[None] = Field(default=None, json_schema_extra=NAME)
+    description: str | None = Field(default=None, json_schema_extra=TEXT)
+    personality: str | None = Field(default=None, json_schema_extra=TEXT)
+    scenario: str | None = Field(default=None, json_schema_extra=TEXT)
+    greeting: str | None = Field(default=None, json_schema_extra=TEXT)
+    example_dialogue: str | None = Field(default=None, json_schema_extra=TEXT)
+    system_prompt: str | None = Field(default=None, json_schema_extra=TEXT)
     voice: Voice | None = None
 
 
 class InstanceCreate(Request):
-    name: str = Field(examples=["Rosa de la sierra"])
-    memory: str = Field(default="", examples=["Conoció al viajero en la feria de 1998."])
+    name: str = Field(examples=["Rosa de la sierra"], json_schema_extra=NAME)
+    memory: str = Field(
+        default="", examples=["Conoció al viajero en la feria de 1998."], json_schema_extra=TEXT
+    )
     voice: Voice | None = Field(default=None, description="overrides the character's voice")
 
 
-class InstanceEdit(Request):
-    name: str | None = None
-    memory: str | None = None
-    voice: Voice | None = Field(default=None, description="null: the character's voice again")
+class InstanceEdit(Edit):
+    name: str | SkipJsonSchema[None] = Field(default=None, json_schema_extra=NAME)
+    memory: str | None = Field(default=None, description='null: ""', json_schema_extra=TEXT)
+    voice: Voice | None = Field(
+        default=None,
+        description="merged into the instance's voice settings; null: the character's voice again",
+    )
 
 
 class InstanceFork(Request):
-    name: str
-    at_version: int | None = Field(
-        default=None, ge=1, description="fork the instance as it was at this version"
+    name: str = Field(json_schema_extra=NAME)
+    at_version: Annotated[int, Field(ge=1, le=MAX_POSITION), WHOLE] | None = Field(
+        default=None, description="fork the instance as it was at this version"
     )
     at: UtcTime | None = Field(
         default=None,
@@ -280,19 +368,27 @@ class Health(BaseModel):
 
 # A finite number from 0 to 1, which every store holds as it was given: declared here, checked
 # by the domain (`valid_importance`, 422 invalid_input naming the field).
-Importance = Annotated[float, Field(json_schema_extra={"minimum": 0, "maximum": 1})]
-
-
 class MemoryCreate(Request):
-    text: str = Field(examples=["Su hermana Lucía es enfermera en el hospital de Triana."])
-    metadata: dict[str, Any] | None = Field(default=None, examples=[{"topic": "familia"}])
-    importance: Importance | None = Field(default=None, examples=[0.8])
+    text: str = Field(
+        examples=["Su hermana Lucía es enfermera en el hospital de Triana."],
+        json_schema_extra=SNIPPET,
+    )
+    metadata: dict[str, Any] | None = Field(
+        default=None, examples=[{"topic": "familia"}], json_schema_extra=METADATA
+    )
+    importance: float | None = Field(default=None, examples=[0.8], json_schema_extra=IMPORTANCE)
 
 
-class MemoryEdit(Request):
-    text: str | None = None
-    metadata: dict[str, Any] | None = None
-    importance: Importance | None = None
+class MemoryEdit(Edit):
+    text: str | SkipJsonSchema[None] = Field(default=None, json_schema_extra=SNIPPET)
+    metadata: dict[str, Any] | None = Field(
+        default=None,
+        description="merged key by key (a null value removes the key); null: {}",
+        json_schema_extra=METADATA_PATCH,
+    )
+    importance: float | None = Field(
+        default=None, description="null: 0.5", json_schema_extra=IMPORTANCE
+    )
 
 
 class MemoryOut(BaseModel):
@@ -347,12 +443,14 @@ class SearchResults(BaseModel):
 
 
 class MessageIn(Request):
-    role: str = Field(examples=["user"])
-    content: str = Field(examples=["¿Te acuerdas del viaje a Lisboa?"])
+    role: str = Field(examples=["user"], json_schema_extra={"enum": list(ROLES)})
+    content: str = Field(
+        examples=["¿Te acuerdas del viaje a Lisboa?"], json_schema_extra=text_rule(MAX_TEXT, True)
+    )
     timestamp: UtcTime | None = Field(
         default=None, strict=False, description="when it was said (ISO 8601; UTC if no offset)"
     )
-    metadata: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = Field(default=None, json_schema_extra=METADATA)
 
 
 class MessagesImport(Request):
@@ -382,9 +480,11 @@ class MessageOut(BaseModel):
 
 
 class ChatRequest(Request):
-    message: str = Field(examples=["¿Te acuerdas de mi hermana?"])
+    message: str = Field(
+        examples=["¿Te acuerdas de mi hermana?"], json_schema_extra=text_rule(MAX_TEXT, True)
+    )
     stream: bool = False
-    max_tokens: int = Field(default=512, ge=1, le=4096)
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_REPLY_TOKENS), WHOLE] = 512
     temperature: float = Field(default=0.8, ge=0.0, le=2.0)
 
 
@@ -441,6 +541,18 @@ class ChatResponse(BaseModel):
         )
 
 
+def declare_reply_limit(schema: dict[str, Any], context_window: int) -> None:
+    """Bounds every `max_tokens` of the OpenAPI schema as the chat turn does: below the chat
+    model's context (`alma.chat.turns`), which the app knows only once configured."""
+    limit = min(MAX_REPLY_TOKENS, context_window - 1)
+    for model in schema.get("components", {}).get("schemas", {}).values():
+        for name, field in model.get("properties", {}).items():
+            if name in REPLY_TOKEN_FIELDS:
+                for spec in [field, *field.get("anyOf", [])]:
+                    if "maximum" in spec:
+                        spec["maximum"] = limit
+
+
 # Audio, in OpenAI's shapes, and the voice turn.
 
 AudioFormat = Literal["mp3", "wav", "opus"]
@@ -452,16 +564,28 @@ class SpeechRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(default="tts-1", max_length=100, description="accepted, not used")
-    input: str = Field(min_length=1, max_length=4096, pattern=r"\S", examples=["¡Hola, corazón!"])
+    input: str = Field(
+        min_length=1,
+        max_length=4096,
+        pattern=VISIBLE_TEXT,
+        examples=["¡Hola, corazón!"],
+    )
     voice: str = Field(
         default="alloy",
         max_length=100,
         description="OpenAI's voice names, an espeak-ng variant (f1-f5, m1-m8), or the id of an "
         "instance or character to speak with its voice settings",
+        json_schema_extra={"anyOf": [{"enum": VOICES}, {"format": "uuid"}]},
     )
     response_format: AudioFormat = "mp3"
     speed: float = Field(default=1.0, ge=0.25, le=4.0)
-    language: str | None = Field(default=None, min_length=2, max_length=35, examples=["es"])
+    language: str | None = Field(
+        default=None,
+        min_length=2,
+        max_length=35,
+        examples=["es"],
+        json_schema_extra={"pattern": LANGUAGE},
+    )
     engine: Literal["gtts", "espeak"] | None = None
 
 
@@ -520,6 +644,6 @@ class ChatCompletionRequest(BaseModel):
     model: str = Field(description="an instance id, or '<character>/<instance>' by name")
     messages: list[OpenAIMessage] = Field(min_length=1)
     stream: bool = False
-    max_tokens: int | None = Field(default=None, ge=1, le=4096)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=4096)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_REPLY_TOKENS)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_REPLY_TOKENS)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)

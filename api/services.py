@@ -15,7 +15,7 @@ from alma.chat.turns import Chat
 from alma.domain import Alma
 from alma.embeddings import Embedder
 from alma.llm.client import ModelClient, OpenAIModel
-from alma.llm.local import local_model_client
+from alma.llm.local import TOKENIZER_MARGIN, local_model_client
 from alma.projections import (
     Conversation,
     Follower,
@@ -158,6 +158,13 @@ def _remote(settings: Settings) -> bool:
     return settings.openai_api_key is not None or bool(settings.openai_base_url)
 
 
+def model_context(settings: Settings) -> int:
+    """The chat model's context window, in tiktoken tokens, known before the model starts."""
+    if _remote(settings):
+        return settings.context_window
+    return int(settings.local_context_window / TOKENIZER_MARGIN)
+
+
 def build_model(settings: Settings) -> ModelClient:
     if _remote(settings):
         # A server of one's own (Ollama, vLLM) may need no key; the SDK insists on one.
@@ -168,12 +175,13 @@ def build_model(settings: Settings) -> ModelClient:
             model=settings.chat_model,
             timeout_s=settings.model_timeout_s,
             max_retries=settings.model_max_retries,
-            context_window=settings.context_window,
+            context_window=model_context(settings),
         )
     return local_model_client(
         settings.local_model,
         context=settings.local_context_window,
         timeout_s=max(settings.model_timeout_s, 120.0),
+        context_window=model_context(settings),
     )
 
 

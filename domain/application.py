@@ -29,6 +29,7 @@ from alma.domain.keys import ApiKey, hash_secret, new_secret
 from alma.domain.keystore import KeyStore, KeyStoreFactory, MemoryKeys
 from alma.domain.library import CachingApplication
 from alma.domain.memory import Memory
+from alma.domain.patch import merge_patch
 from alma.domain.rules import (
     as_utc,
     name_key,
@@ -201,29 +202,33 @@ class Alma(CachingApplication):
         tenant: str,
         instance_id: UUID,
         actor: Actor,
-        name: str | None = None,
-        memory: str | None = None,
+        name: str | Keep | None = Keep.KEEP,
+        memory: str | Keep | None = Keep.KEEP,
         expected_version: int | None = None,
         voice: dict[str, Any] | Keep | None = Keep.KEEP,
     ) -> Instance:
-        """`voice` overrides the character's voice settings; None removes the override."""
-        if name is not None:
-            valid_name(name)
-        if memory is not None:
-            valid_text(memory, "memory")
+        """A merge patch (RFC 7396) of the instance: KEEP leaves a field as it is, None clears
+        the memory text ("") and the voice overrides (the character's voice again) and is
+        refused for the name. `voice` merges into the instance's overrides of the character's
+        voice settings."""
+        if name is not Keep.KEEP:
+            name = valid_name(name)
+        if memory is not Keep.KEEP:
+            memory = valid_text(memory or "", "memory")
 
         def attempt() -> Instance:
             instance = self._current(Instance, tenant, instance_id, expected_version)
             changed: list[Aggregate] = [instance]
-            if name is not None and name != instance.name:
+            if name is not Keep.KEEP and name != instance.name:
                 if name_key(name) != name_key(instance.name):
                     changed.append(self._claim_name(tenant, name, instance.id, actor))
                     changed.append(self._release_name(tenant, instance.name, actor))
                 instance.rename(name, actor)
-            if memory is not None and memory != instance.memory:
+            if memory is not Keep.KEEP and memory != instance.memory:
                 instance.rewrite_memory(memory, actor)
-            if voice is not Keep.KEEP and voice != instance.voice:
-                instance.change_voice(voice, actor)
+            new_voice = instance.voice if voice is Keep.KEEP else merge_patch(instance.voice, voice)
+            if new_voice != instance.voice:
+                instance.change_voice(new_voice, actor)
             self.save(*changed)
             return instance
 
@@ -435,9 +440,36 @@ class Alma(CachingApplication):
         importance: float | None = None,
         source: dict[str, Any] | None = None,
     ) -> Memory:
+        return self._revising(
+            tenant,
+            instance_id,
+            memory_id,
+            lambda memory: memory.change(actor, text, metadata, importance, source),
+        )
+
+    def patch_memory(
+        self,
+        tenant: str,
+        instance_id: UUID,
+        memory_id: UUID,
+        actor: Actor,
+        patch: dict[str, Any],
+    ) -> Memory:
+        """Applies a merge patch (RFC 7396) of `text`, `metadata` and `importance`."""
+        return self._revising(
+            tenant, instance_id, memory_id, lambda memory: memory.merge(patch, actor)
+        )
+
+    def _revising(
+        self,
+        tenant: str,
+        instance_id: UUID,
+        memory_id: UUID,
+        change: Callable[[Memory], None],
+    ) -> Memory:
         def attempt() -> Memory:
             memory = self.memory(tenant, instance_id, memory_id)
-            memory.change(actor, text, metadata, importance, source)
+            change(memory)
             self.save(memory)
             return memory
 

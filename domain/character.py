@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 from eventsourcing.domain import Aggregate, DomainEvent, event
 
 from alma.domain.actor import Actor
+from alma.domain.patch import merge_patch
 from alma.domain.rules import valid_name, valid_text
 
 PERSONA_FIELDS = (
@@ -66,12 +67,15 @@ class Character(Aggregate):
         )
 
     def edit(self, changes: dict[str, Any], actor: Actor) -> None:
-        """One event per field whose value really changes; an edit that changes nothing records
-        nothing."""
+        """`changes` is a merge patch (RFC 7396): null clears a text field to "" and the voice
+        settings to none, and `voice` merges into the current settings. One event per field
+        whose value really changes; an edit that changes nothing records nothing."""
         for field in EDITABLE_FIELDS:
-            if field not in changes or changes[field] == getattr(self, field):
+            if field not in changes:
                 continue
-            value = changes[field]
+            value = merge_patch(getattr(self, field), changes[field])
+            if value == getattr(self, field):
+                continue
             if field == "name":
                 self.rename(valid_name(value), actor)
             elif field == "voice":

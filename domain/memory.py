@@ -12,7 +12,10 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, DomainEvent, event
 
 from alma.domain.actor import Actor
+from alma.domain.patch import merge_patch
 from alma.domain.rules import valid_importance, valid_metadata, valid_snippet
+
+DEFAULT_IMPORTANCE = 0.5
 
 
 class Memory(Aggregate):
@@ -58,7 +61,9 @@ class Memory(Aggregate):
             "instance_id": instance_id,
             "text": valid_snippet(text),
             "metadata": valid_metadata(metadata or {}),
-            "importance": valid_importance(0.5 if importance is None else importance),
+            "importance": valid_importance(
+                DEFAULT_IMPORTANCE if importance is None else importance
+            ),
             "source": source,
             "actor": actor,
         }
@@ -80,6 +85,18 @@ class Memory(Aggregate):
         new_importance = self.importance if importance is None else valid_importance(importance)
         if (new_text, new_metadata, new_importance) != (self.text, self.metadata, self.importance):
             self.revise(new_text, new_metadata, new_importance, actor, source)
+
+    def merge(self, patch: dict[str, Any], actor: Actor) -> None:
+        """A merge patch (RFC 7396): `metadata` merges key by key; null metadata is {} and null
+        importance the default; text cannot be removed."""
+        current = {"text": self.text, "metadata": self.metadata, "importance": self.importance}
+        fields = merge_patch(current, patch)
+        self.change(
+            actor,
+            valid_snippet(fields.get("text")),
+            fields.get("metadata", {}),
+            fields.get("importance", DEFAULT_IMPORTANCE),
+        )
 
     # `source` on Revised and Forgotten came later: older events load with None.
     @event("Revised")

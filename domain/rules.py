@@ -13,6 +13,22 @@ from alma.domain.errors import InvalidInput
 MAX_NAME = 200
 MAX_TEXT = 100_000
 
+# The characters str.isspace() calls white space, spelled out: the OpenAPI schema's patterns are
+# ECMA-262 regular expressions, whose `\s` is not Python's (U+001C-U+001F, U+0085, U+FEFF), so
+# the server and the schema read this one class.
+SPACE = (
+    r"\t\n\u000b\u000c\r\u001c-\u001f \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f"
+    r"\u205f\u3000"
+)
+# Patterns for the schema, of what the rules below check: no NUL; and no NUL, one visible character.
+NO_NUL = r"^[^\u0000]*$"
+VISIBLE_TEXT = rf"^[^\u0000]*[^\u0000{SPACE}][^\u0000]*$"
+
+
+def blank(text: str) -> bool:
+    """Whether the text has no visible character (only SPACE, or nothing)."""
+    return re.search(rf"[^{SPACE}]", text) is None
+
 
 def as_utc(moment: datetime, field: str = "timestamp") -> datetime:
     """The time in UTC: one without an offset is read as UTC, one with an offset is converted.
@@ -27,7 +43,9 @@ def as_utc(moment: datetime, field: str = "timestamp") -> datetime:
 
 def valid_name(name: object, field: str = "name") -> str:
     """A name must have visible characters and at most MAX_NAME characters; kept as given."""
-    if not isinstance(name, str) or not name.strip():
+    if name is None:
+        raise InvalidInput(f"{field} is required: null cannot clear it", field)
+    if not isinstance(name, str) or blank(name):
         raise InvalidInput(f"{field} must not be empty or only whitespace", field)
     if len(name) > MAX_NAME:
         raise InvalidInput(f"{field} is longer than {MAX_NAME} characters", field)
@@ -92,7 +110,9 @@ MAX_METADATA_BYTES = 4096
 
 
 def valid_snippet(text: object, field: str = "text") -> str:
-    if not isinstance(text, str) or not text.strip():
+    if text is None:
+        raise InvalidInput(f"{field} is required: null cannot clear it", field)
+    if not isinstance(text, str) or blank(text):
         raise InvalidInput(f"{field} must not be empty or only whitespace", field)
     if len(text) > MAX_SNIPPET:
         raise InvalidInput(f"{field} is longer than {MAX_SNIPPET} characters", field)
@@ -136,6 +156,6 @@ ROLES = ("user", "assistant", "system")
 def valid_message(role: object, content: object) -> tuple[str, str]:
     if role not in ROLES:
         raise InvalidInput(f"role must be one of {', '.join(ROLES)}", "role")
-    if not isinstance(content, str) or not content.strip():
+    if not isinstance(content, str) or blank(content):
         raise InvalidInput("content must not be empty or only whitespace", "content")
     return str(role), valid_text(content, "content")

@@ -137,9 +137,12 @@ def local_model_client(
     context: int = 2048,
     seed: int = 42,
     timeout_s: float = 120.0,
+    context_window: int | None = None,
 ) -> OpenAIModel:
-    """The process's shared local model, reached through the ordinary OpenAI-compatible client."""
-    return shared_server(model_path, n_threads, context, seed).client(timeout_s=timeout_s)
+    """The process's shared local model, reached through the ordinary OpenAI-compatible client
+    (`context_window` in tiktoken tokens; by default `context` less the tokenizers' margin)."""
+    server = shared_server(model_path, n_threads, context, seed)
+    return server.client(timeout_s=timeout_s, context_window=context_window)
 
 
 @atexit.register

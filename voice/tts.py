@@ -109,6 +109,19 @@ def espeak_language(language: str) -> str:
     raise UnknownVoice(f"no voice speaks the language {language!r}", {"field": "language"})
 
 
+def known_voices() -> list[str]:
+    """Every voice name `espeak_variant` takes: OpenAI's, then espeak-ng's variants."""
+    return sorted(OPENAI_VOICES) + sorted(espeak.variants() - OPENAI_VOICES.keys())
+
+
+def language_pattern() -> str:
+    """A pattern of the tags `espeak_language` takes: a known tag (in lower case, `-` or `_`
+    between its parts), then any subtags (`es-MX`), which it drops until the tag is known."""
+    tags = sorted({*espeak.languages(), *_ESPEAK_ALIASES}, key=lambda tag: (-len(tag), tag))
+    known = "|".join(re.escape(tag).replace(r"\-", "[-_]") for tag in tags)
+    return rf"^(?:{known})(?:[-_][A-Za-z0-9]+)*$"
+
+
 def espeak_variant(voice: str | None) -> str | None:
     """The espeak-ng variant of a voice name: OpenAI's names, or a variant's own (`f3`)."""
     if voice is None:

@@ -16,7 +16,13 @@ from fastapi import APIRouter, File, Form, Response, UploadFile
 from fastapi.responses import PlainTextResponse
 
 from alma.api.deps import AlmaApp, Caller, ChatTurns, CurrentCaller, SpeechEngines
-from alma.api.schemas import AudioFormat, SpeechRequest, TranscriptionOut, VoiceTurnOut
+from alma.api.schemas import (
+    MAX_REPLY_TOKENS,
+    AudioFormat,
+    SpeechRequest,
+    TranscriptionOut,
+    VoiceTurnOut,
+)
 from alma.chat.voice_turn import Spoken, reply_by_voice
 from alma.domain import Alma, NotFound
 from alma.voice import NoSpeech
@@ -86,7 +92,7 @@ async def voice_turn(
     language: Annotated[
         str | None, Form(min_length=2, max_length=35, description="unset: detected")
     ] = None,
-    max_tokens: Annotated[int, Form(ge=1, le=4096)] = 512,
+    max_tokens: Annotated[int, Form(ge=1, le=MAX_REPLY_TOKENS)] = 512,
     temperature: Annotated[float, Form(ge=0.0, le=2.0)] = 0.8,
 ) -> VoiceTurnOut:
     """A chat turn by voice: the transcript is the user's message (recorded with

@@ -7,7 +7,16 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query, Response
 
-from alma.api.deps import AlmaApp, AsOf, CurrentCaller, Erase, ExpectedVersion, Limit, Listing
+from alma.api.deps import (
+    AlmaApp,
+    AsOf,
+    CurrentCaller,
+    Cursor,
+    Erase,
+    ExpectedVersion,
+    Limit,
+    Listing,
+)
 from alma.api.schemas import CharacterCreate, CharacterEdit, CharacterOut, Page
 
 router = APIRouter(prefix="/v1/characters", tags=["characters"])
@@ -26,7 +35,7 @@ def list_characters(
     app: AlmaApp,
     listing: Listing,
     limit: Limit = 50,
-    cursor: str | None = None,
+    cursor: Cursor = None,
     q: Annotated[
         str | None, Query(max_length=200, pattern=r"^[^\x00]*$", description="Name or description")
     ] = None,
@@ -61,9 +70,8 @@ def edit_character(
     app: AlmaApp,
     expected_version: ExpectedVersion,
 ) -> CharacterOut:
-    changes = body.model_dump(exclude_unset=True)
     character = app.edit_character(
-        caller.tenant, character_id, changes, caller.actor, expected_version
+        caller.tenant, character_id, body.patch(), caller.actor, expected_version
     )
     return CharacterOut.of(character)
 

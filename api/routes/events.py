@@ -8,7 +8,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate
 from fastapi import APIRouter, Query
 
-from alma.api.deps import AlmaApp, Audit, AuditCaughtUp, CurrentCaller, Limit
+from alma.api.deps import AlmaApp, Audit, AuditCaughtUp, CurrentCaller, Cursor, Limit
 from alma.api.pagination import MAX_POSITION, decode_cursor, encode_cursor
 from alma.api.schemas import EventOut, MemoryChangeOut, Page
 from alma.domain import Alma, Character, Instance
@@ -45,10 +45,12 @@ def instance_events(
     caller: CurrentCaller,
     app: AlmaApp,
     after_version: AfterVersion = None,
-    cursor: str | None = None,
+    cursor: Cursor = None,
     limit: Limit = 50,
     type: EventType = None,
 ) -> Page[EventOut]:
+    """The instance's own events, oldest first. It keeps answering after `DELETE`: a deleted
+    (archived) instance's events are kept for audit."""
     return _events_page(app, caller, Instance, instance_id, after_version, cursor, limit, type)
 
 
@@ -58,10 +60,12 @@ def character_events(
     caller: CurrentCaller,
     app: AlmaApp,
     after_version: AfterVersion = None,
-    cursor: str | None = None,
+    cursor: Cursor = None,
     limit: Limit = 50,
     type: EventType = None,
 ) -> Page[EventOut]:
+    """The character's own events, oldest first. It keeps answering after `DELETE`: a deleted
+    (archived) character's events are kept for audit."""
     return _events_page(app, caller, Character, character_id, after_version, cursor, limit, type)
 
 
@@ -72,7 +76,7 @@ def memory_audit(
     app: AlmaApp,
     audit: Audit,
     caught_up: AuditCaughtUp,
-    cursor: str | None = None,
+    cursor: Cursor = None,
     limit: Limit = 50,
 ) -> Page[MemoryChangeOut]:
     """Every change of the instance's memory text and of its memory snippets, oldest first."""

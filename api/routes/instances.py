@@ -3,7 +3,6 @@ delete, fork."""
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter, Response
@@ -14,6 +13,7 @@ from alma.api.deps import (
     Audit,
     AuditCaughtUp,
     CurrentCaller,
+    Cursor,
     Erase,
     ExpectedVersion,
     Limit,
@@ -43,7 +43,7 @@ def list_instances(
     app: AlmaApp,
     listing: Listing,
     limit: Limit = 50,
-    cursor: str | None = None,
+    cursor: Cursor = None,
 ) -> Page[InstanceOut]:
     app.character(caller.tenant, character_id)
     items, next_cursor = listing.page(
@@ -73,22 +73,17 @@ def edit_instance(
     app: AlmaApp,
     expected_version: ExpectedVersion,
 ) -> InstanceOut:
+    patch = body.patch()
     instance = app.edit_instance(
         caller.tenant,
         instance_id,
         caller.actor,
-        name=body.name,
-        memory=body.memory,
+        name=patch.get("name", Keep.KEEP),
+        memory=patch.get("memory", Keep.KEEP),
         expected_version=expected_version,
-        voice=_voice_change(body),
+        voice=patch.get("voice", Keep.KEEP),
     )
     return InstanceOut.of(instance)
-
-
-def _voice_change(body: InstanceEdit) -> dict[str, Any] | Keep | None:
-    if "voice" not in body.model_fields_set:
-        return Keep.KEEP
-    return body.voice.model_dump(exclude_none=True) if body.voice else None
 
 
 @router.delete("/v1/instances/{instance_id}", status_code=204)

@@ -13,6 +13,7 @@ from alma.api.deps import (
     ConversationCaughtUp,
     ConversationLog,
     CurrentCaller,
+    Cursor,
     Index,
     IndexCaughtUp,
     Limit,
@@ -52,7 +53,7 @@ def list_memories(
     index: Index,
     caught_up: IndexCaughtUp,
     limit: Limit = 50,
-    cursor: str | None = None,
+    cursor: Cursor = None,
 ) -> Page[MemoryOut]:
     app.instance(caller.tenant, instance_id)
     caught_up()
@@ -88,30 +89,22 @@ def search_memories(
     return SearchResults(results=[SearchResult.of(hit) for hit in hits])
 
 
-@router.get("/v1/instances/{instance_id}/memories/{memory_id}")
+@router.get("/v1/instances/{instance_id}/memories/{memory_id:uuid}")
 def get_memory(
     instance_id: UUID, memory_id: UUID, caller: CurrentCaller, app: AlmaApp
 ) -> MemoryOut:
     return MemoryOut.of(app.memory(caller.tenant, instance_id, memory_id))
 
 
-@router.patch("/v1/instances/{instance_id}/memories/{memory_id}")
+@router.patch("/v1/instances/{instance_id}/memories/{memory_id:uuid}")
 def edit_memory(
     instance_id: UUID, memory_id: UUID, body: MemoryEdit, caller: CurrentCaller, app: AlmaApp
 ) -> MemoryOut:
-    memory = app.revise_memory(
-        caller.tenant,
-        instance_id,
-        memory_id,
-        caller.actor,
-        text=body.text,
-        metadata=body.metadata,
-        importance=body.importance,
-    )
+    memory = app.patch_memory(caller.tenant, instance_id, memory_id, caller.actor, body.patch())
     return MemoryOut.of(memory)
 
 
-@router.delete("/v1/instances/{instance_id}/memories/{memory_id}", status_code=204)
+@router.delete("/v1/instances/{instance_id}/memories/{memory_id:uuid}", status_code=204)
 def forget_memory(
     instance_id: UUID, memory_id: UUID, caller: CurrentCaller, app: AlmaApp
 ) -> Response:
@@ -127,7 +120,7 @@ def list_messages(
     conversation: ConversationLog,
     caught_up: ConversationCaughtUp,
     limit: Limit = 50,
-    cursor: str | None = None,
+    cursor: Cursor = None,
 ) -> Page[MessageOut]:
     """The conversation, oldest first: imported turns, the user's messages and the replies."""
     app.owned(Instance, caller.tenant, instance_id, None)

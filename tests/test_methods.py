@@ -1,0 +1,58 @@
+"""`OPTIONS` and a 405 name every method a path has in `Allow` (not only those of the first route
+that matched the path), and a method a path does not have is a 405, never a route below it."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.conftest import Api
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _paths(api: Api) -> dict[str, set[str]]:
+    """Each path of the schema, its placeholders filled, with the methods the schema gives it."""
+    schema: dict[str, Any] = api.client.get("/openapi.json").json()
+    ids = {"character_id": uuid.uuid4(), "instance_id": uuid.uuid4(), "memory_id": uuid.uuid4()}
+    return {
+        path.format(**ids): {method.upper() for method in operations}
+        for path, operations in schema["paths"].items()
+    }
+
+
+def _allow(response: Any) -> set[str]:
+    return {method.strip() for method in response.headers["allow"].split(",")}
+
+
+def test_options_names_every_method_of_each_path(api: Api) -> None:
+    for path, methods in _paths(api).items():
+        response = api.client.options(path, headers=api.acme)
+        assert response.status_code == 204, (path, response.text)
+        assert _allow(response) == methods | {"OPTIONS"}, path
+
+
+def test_a_method_a_path_lacks_answers_405_naming_every_method_it_has(api: Api) -> None:
+    for path, methods in _paths(api).items():
+        for method in set(METHODS) - methods:
+            response = api.client.request(method, path, headers=api.acme, json={})
+            assert response.status_code == 405, (method, path, response.text)
+            if method != "HEAD":  # an answer to HEAD has no body
+                assert response.json()["error"]["code"] == "method_not_allowed"
+            assert _allow(response) == methods | {"OPTIONS"}, (method, path)
+
+
+@pytest.mark.parametrize("method", ["PATCH", "DELETE", "PUT"])
+def test_search_is_not_a_memory_id(api: Api, method: str) -> None:
+    before = api.written()
+    response = api.client.request(
+        method,
+        f"/v1/instances/{uuid.uuid4()}/memories/search",
+        headers=api.acme,
+        json={"text": "x"},
+    )
+    assert response.status_code == 405, response.text
+    assert _allow(response) == {"GET", "OPTIONS"}
+    assert api.written() == before
