@@ -8,7 +8,7 @@ one, and no resent turn comes back as a recollection.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,8 +27,19 @@ class History:
     ids: frozenset[str]
     lines: frozenset[str]
 
-    def holds(self, doc: Doc) -> bool:
-        return doc.doc_id in self.ids or line(doc.text) in self.lines
+    def recall_filter(self) -> Callable[[Doc], bool]:
+        """For one search, best hits first: True for a source the prompt holds, or whose text
+        a better hit already brings, so that no line comes twice."""
+        seen = set(self.lines)
+
+        def held(doc: Doc) -> bool:
+            text = line(doc.text)
+            if doc.doc_id in self.ids or text in seen:
+                return True
+            seen.add(text)
+            return False
+
+        return held
 
 
 def history(said: Sequence[Any], resent: Sequence[Turn] | None, message: str) -> History:

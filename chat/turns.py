@@ -112,7 +112,9 @@ class Chat:
             log.warning("memory index behind instance %s: chatting without its newest", instance_id)
             metrics.MEMORIES_BEHIND.inc()
         try:
-            hits = self.index.search(instance_id, message, k=self.memories, exclude=held.holds)
+            hits = self.index.search(
+                instance_id, message, k=self.memories, exclude=held.recall_filter()
+            )
             unavailable = False
         except httpx.TransportError as error:  # the Chroma server is down: answer without recall
             log.warning("vector store unreachable, chatting without memories: %s", error)

@@ -82,7 +82,7 @@ class MemorySearch:
         exclude: Callable[[Doc], bool] | None = None,
     ) -> list[Hit]:
         """The `k` best sources for `query`, leaving out (before the cut to `k`) those that
-        `exclude` names: a chat turn's own prompt already holds them."""
+        `exclude` names, asked best first: a chat turn's own prompt already holds them."""
         generation = self.generation
         scoring = self._lexical.submit(self._bm25, generation, instance_id, query)
         vector = self.embedder.encode_query(query)

@@ -287,3 +287,26 @@ def test_a_conversation_on_one_topic_keeps_its_memory_once_and_repeats_no_line(
             f"/v1/instances/{instance_id}/messages", params={"limit": 100}, headers=api.acme
         )
         assert len(recorded.json()["items"]) == 2 * len(QUESTIONS)
+
+
+def test_a_text_said_several_times_comes_back_as_one_recollection(
+    settings: Settings, openai_stub: OpenAIStub
+) -> None:
+    """The same words as a memory and twice in the past conversation: recalled once."""
+    with running_api(_stubbed(settings, openai_stub, chat_history_turns=0)) as api:
+        instance_id = _instance(api)
+        said = {"role": "user", "content": PARROT, "timestamp": "2025-03-01T10:00:00Z"}
+        imported = api.client.post(
+            f"/v1/instances/{instance_id}/messages",
+            json={"messages": [said, {**said, "timestamp": "2025-04-01T10:00:00Z"}]},
+            headers=api.acme,
+        )
+        assert imported.status_code == 201, imported.text
+        api.client.post(
+            f"/v1/instances/{instance_id}/memories", json={"text": PARROT}, headers=api.acme
+        )
+        assert api.services.memory.wait(api.written(), 60)
+        answer = _chat(api, instance_id, "Which tango does Paco whistle?", 0)
+        prompt = openai_stub.requests[-1]["messages"]
+        assert len(answer["memories_used"]) >= 1
+        assert Counter(_lines(prompt))[PARROT] == 1
