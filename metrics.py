@@ -52,6 +52,11 @@ MEMORIES_UNAVAILABLE = Counter(
     "alma_chat_memories_unavailable_total",
     "Chat turns answered without retrieved memories because the vector store was down",
 )
+MEMORIES_BEHIND = Counter(
+    "alma_chat_memories_behind_total",
+    "Chat turns answered before the memory index held the instance's latest write "
+    "(ALMA_CHAT_MEMORY_WAIT_S passed)",
+)
 
 
 _model = {"state": "unknown"}

@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     local_context_window: int = Field(default=2048, ge=512)
     chat_memories: int = Field(default=8, ge=0, le=100, description="memories retrieved per turn")
     chat_history_turns: int = Field(default=20, ge=0, le=500)
+    chat_memory_wait_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="how long a chat turn waits for the memory index to hold the instance's "
+        "latest write; past it the turn answers with `memories_behind: true`",
+    )
     memory_formation: bool | None = Field(
         default=None,
         description="turn conversations into memories and rolling summaries after each turn; "

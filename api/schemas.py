@@ -515,6 +515,11 @@ class ChatResponse(BaseModel):
         default=False,
         description="true when the vector store was down and the reply had no retrieved memories",
     )
+    memories_behind: bool = Field(
+        default=False,
+        description="true when the memory index had not reached the instance's latest write "
+        "within ALMA_CHAT_MEMORY_WAIT_S: the reply was made without what it lacked",
+    )
     usage: Usage
 
     @classmethod
@@ -535,6 +540,7 @@ class ChatResponse(BaseModel):
                 for hit in result.memories_used
             ],
             memories_unavailable=result.memories_unavailable,
+            memories_behind=result.memories_behind,
             usage=Usage(
                 prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens
             ),
@@ -606,6 +612,12 @@ class VoiceTurnOut(BaseModel):
     turn: TurnOut
     model: str
     memories_used: list[MemoryUsed]
+    memories_unavailable: bool = Field(
+        default=False, description="as in a chat turn's answer: recalled nothing, store down"
+    )
+    memories_behind: bool = Field(
+        default=False, description="as in a chat turn's answer: the index lacked the newest"
+    )
     usage: Usage
 
     @classmethod
@@ -622,6 +634,8 @@ class VoiceTurnOut(BaseModel):
             turn=chat.turn,
             model=chat.model,
             memories_used=chat.memories_used,
+            memories_unavailable=chat.memories_unavailable,
+            memories_behind=chat.memories_behind,
             usage=chat.usage,
         )
 

@@ -84,10 +84,11 @@ class Services:
         return Chat(
             self.app,
             self.memory_index,
-            self.conversation_view,
+            self.memory.wait,
             self._model_client,
             self.settings.chat_memories,
             self.settings.chat_history_turns,
+            self.settings.chat_memory_wait_s,
         )
 
     @property

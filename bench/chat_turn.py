@@ -21,9 +21,11 @@ it all (several minutes at the full size).
    embedded while the turn goes on; between turns the bench waits until the index and the
    memory formation (on, as with any remote model) have caught up, as a user reads the reply
    before writing again). Breakdown per step, p50/p95: load
-   (instance and character), retrieval (recent messages and the hybrid search) and, inside it,
-   the query embedding; assembly (the rest of `prepare`: persona, tiktoken counting, the
-   budget); recording (the message and the reply events); and the model call for reference.
+   (instance and character), retrieval (the recent turns from the instance's events, the wait
+   for the index to hold the instance's latest write (none with the projections stopped) and
+   the hybrid search) and, inside it, the query embedding; assembly (the rest of `prepare`:
+   persona, tiktoken counting, the budget); recording (the message and the reply events); and
+   the model call for reference.
 2. First streamed byte through HTTP: `alma serve` in a subprocess on the same data, streaming
    chats (`stream: true`) with the main instance, one at a time. The stub streams a word every
    20 ms and notes when it wrote the first word; the client notes when the first
@@ -77,7 +79,7 @@ from alma.chat.turns import Chat
 from alma.domain import Actor, Alma, Character, Instance, Memory
 from alma.embeddings import Embedder
 from alma.llm.client import Completion, Messages, ModelClient
-from alma.projections import Conversation, Follower, Hit, MemoryIndex, Message
+from alma.projections import Follower, Hit, MemoryIndex
 from alma.settings import Settings
 from bench.report import Row, checked, free_port, log, machine_load, percentiles_ms, print_table
 from tests.openai_stub import Behaviour, OpenAIStub, Reply
@@ -365,6 +367,9 @@ class TimedApp:
     def character(self, *args: Any, **kwargs: Any) -> Character:
         return self.clock.timed("load", self.app.character, *args, **kwargs)
 
+    def last_messages(self, *args: Any, **kwargs: Any) -> list[Any]:
+        return self.clock.timed("retrieval", self.app.last_messages, *args, **kwargs)
+
     def record_message(self, *args: Any, **kwargs: Any) -> UUID:
         return self.clock.timed("record", self.app.record_message, *args, **kwargs)
 
@@ -386,20 +391,6 @@ class TimedIndex:
         return self.clock.timed("retrieval", self.index.search, *args, **kwargs)
 
 
-class TimedConversation:
-    """The conversation with the recent turns' read timed."""
-
-    def __init__(self, conversation: Conversation, clock: Clock) -> None:
-        self.conversation = conversation
-        self.clock = clock
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.conversation, name)
-
-    def recent_messages(self, *args: Any, **kwargs: Any) -> list[Message]:
-        return self.clock.timed("retrieval", self.conversation.recent_messages, *args, **kwargs)
-
-
 class TimedEmbedder:
     """The index's embedder with the query embedding timed (batch encoding passes through)."""
 
@@ -417,7 +408,7 @@ class TimedEmbedder:
 STEPS = ("load", "retrieval", "embedding", "assembly", "recording", "model")
 STEP_NAMES = {
     "load": "load (instance, character)",
-    "retrieval": "retrieval (recent turns, hybrid search)",
+    "retrieval": "retrieval (recent turns, index wait, hybrid search)",
     "embedding": "  of which the query embedding",
     "assembly": "assembly (persona, tiktoken, budget)",
     "recording": "recording (message and reply events)",
@@ -425,16 +416,22 @@ STEP_NAMES = {
 }
 
 
-def timed_chat(services: Services, clock: Clock) -> Chat:
-    """`Services.chat`, with timing proxies around the app, the read models and the model."""
+def timed_chat(services: Services, clock: Clock, wait: bool) -> Chat:
+    """`Services.chat`, with timing proxies around the app, the index and the model. Without
+    `wait` (the projections stopped) a turn does not wait for the index."""
     model = TimedModel(build_model(services.settings), clock)
+
+    def index_wait(position: int, timeout: float) -> bool:
+        return clock.timed("retrieval", services.memory.wait, position, timeout)
+
     return Chat(
         cast(Alma, TimedApp(services.app, clock)),
         cast(MemoryIndex, TimedIndex(services.memory_index, clock)),
-        cast(Conversation, TimedConversation(services.conversation_view, clock)),
+        index_wait,
         lambda: model,
         services.settings.chat_memories,
         services.settings.chat_history_turns,
+        services.settings.chat_memory_wait_s if wait else 0.0,
     )
 
 
@@ -450,7 +447,7 @@ def run_turns(
     services: Services, instance_id: UUID, samples: int, rng: random.Random, wait: bool
 ) -> TurnTimes:
     clock = Clock()
-    chat = timed_chat(services, clock)
+    chat = timed_chat(services, clock, wait)
     index = services.memory_index
     embedder = index.embedder
     index.embedder = cast(Embedder, TimedEmbedder(embedder, clock))

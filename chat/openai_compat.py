@@ -3,7 +3,8 @@
 The model is an instance, named by id or as '<character>/<instance>'. The request's last message
 is the user's new turn: it is recorded and answered like any other chat turn. The client's
 earlier user/assistant messages stand in for the recent conversation (they are what the client
-shows); alma's memory supplies everything else. Client system messages are not used: the
+shows), each matched to the turn the instance recorded, so none is recorded again or comes back
+as a recollection; alma's memory supplies everything else. Client system messages are not used: the
 character's persona is the system prompt.
 """
 
@@ -42,6 +43,7 @@ class Answer:
 
     body: dict[str, Any] | Iterator[dict[str, Any]]
     memories_unavailable: bool  # the vector store was down: answered without long-term memory
+    memories_behind: bool  # the index lacked the instance's latest writes: answered without
 
 
 def answer(
@@ -70,7 +72,7 @@ def answer(
     created = int(time.time())
     if stream:
         chunks = _chunks(chat.stream(turn, actor), model, created)
-        return Answer(chunks, turn.memories_unavailable)
+        return Answer(chunks, turn.memories_unavailable, turn.memories_behind)
     result = chat.complete(turn, actor)
     completion = {
         "id": f"chatcmpl-{result.reply_id.hex}",
@@ -87,7 +89,7 @@ def answer(
         "usage": _usage(result),
         "alma": _alma(result),
     }
-    return Answer(completion, turn.memories_unavailable)
+    return Answer(completion, turn.memories_unavailable, turn.memories_behind)
 
 
 def models(app: Alma, listings: ListingView, tenant: str) -> dict[str, Any]:
@@ -143,6 +145,7 @@ def _alma(result: TurnResult) -> dict[str, Any]:
         "turn": {"version": result.version, "reply_id": str(result.reply_id)},
         "answered_by": result.model,
         "memories_unavailable": result.memories_unavailable,
+        "memories_behind": result.memories_behind,
         "memories_used": [
             {"id": h.doc.doc_id, "text": h.doc.text, "score": round(h.score, 6)}
             for h in result.memories_used

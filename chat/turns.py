@@ -19,14 +19,17 @@ from uuid import UUID
 import httpx
 
 from alma import metrics
+from alma.chat import history as chat_history
 from alma.chat.prompt import Persona, Prompt, Recollection, Turn, build_prompt
 from alma.domain import Actor, Alma, InvalidInput, Reply
 from alma.domain.rules import valid_message
 from alma.llm import tokens
 from alma.llm.client import Completion, ModelClient, ModelError
-from alma.projections import Conversation, Hit, MemoryIndex
+from alma.projections import Hit, MemoryIndex
 
 log = logging.getLogger(__name__)
+# A client's resent history is matched to at most this many of the instance's recorded turns.
+MATCHED_TURNS = 500
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class PreparedTurn:
     temperature: float
     metadata: dict[str, Any] | None = None  # recorded with the user's message (source: voice)
     memories_unavailable: bool = False  # the vector store was down: answered without recall
+    memories_behind: bool = False  # the index lacked the instance's latest writes: without them
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class TurnResult:
     completion_tokens: int
     memories_used: list[Hit]
     memories_unavailable: bool = False
+    memories_behind: bool = False
 
 
 class Chat:
@@ -62,17 +67,21 @@ class Chat:
         self,
         app: Alma,
         index: MemoryIndex,
-        conversation: Conversation,
+        index_wait: Callable[[int, float], bool],
         model: Callable[[], ModelClient],
         memories: int = 8,
         history_turns: int = 20,
+        memory_wait_s: float = 2.0,
     ) -> None:
+        """`index_wait(position, timeout)`: True once the index has processed the log up to
+        `position`, False when `timeout` seconds pass first (`Follower.wait`)."""
         self.app = app
         self.index = index
-        self.conversation = conversation
+        self.index_wait = index_wait
         self.model = model
         self.memories = memories
         self.history_turns = history_turns
+        self.memory_wait_s = memory_wait_s
 
     def prepare(
         self,
@@ -83,8 +92,10 @@ class Chat:
         temperature: float,
         history: Sequence[Turn] | None = None,
     ) -> PreparedTurn:
-        """Checks the input and builds the prompt. `history` replaces the recorded recent turns
-        (an OpenAI-style client sends its own); otherwise they come from the conversation."""
+        """Checks the input and builds the prompt. The recent turns are the instance's own, as
+        recorded up to now; `history` (an OpenAI-style client sends its own) stands in for them,
+        each turn matched to the recorded one. Retrieval waits, at most `memory_wait_s`, for the
+        index to hold the instance's latest write, and leaves out what the prompt holds."""
         valid_message("user", message)
         model = self.model()
         if max_tokens >= model.context_window:
@@ -94,24 +105,21 @@ class Chat:
             )
         instance = self.app.instance(tenant, instance_id)
         character = self.app.character(tenant, instance.character_id)
-        if history is None:
-            recent = self.conversation.recent_messages(instance_id, self.history_turns)
-            history = [
-                Turn(m.role, m.content, m.sent_at)
-                for m in recent
-                if m.role in ("user", "assistant")
-            ]
-            in_history = {str(m.id) for m in recent}
-        else:
-            in_history = set()
+        recent = max(self.history_turns, min(len(history or ()), MATCHED_TURNS))
+        held = chat_history.history(self.app.last_messages(instance_id, recent), history, message)
+        behind = not self.index_wait(self.app.written_up_to(instance_id), self.memory_wait_s)
+        if behind:
+            log.warning("memory index behind instance %s: chatting without its newest", instance_id)
+            metrics.MEMORIES_BEHIND.inc()
         try:
-            found = self.index.search(instance_id, message, k=self.memories)
+            hits = self.index.search(
+                instance_id, message, k=self.memories, exclude=held.recall_filter()
+            )
             unavailable = False
         except httpx.TransportError as error:  # the Chroma server is down: answer without recall
             log.warning("vector store unreachable, chatting without memories: %s", error)
             metrics.MEMORIES_UNAVAILABLE.inc()
-            found, unavailable = [], True
-        hits = [hit for hit in found if hit.doc.doc_id not in in_history]
+            hits, unavailable = [], True
         prompt = build_prompt(
             Persona(
                 character=character.name,
@@ -124,7 +132,7 @@ class Chat:
             instance.name,
             instance.memory,
             [_recollection(hit) for hit in hits],
-            history,
+            held.turns,
             message,
             datetime.now(UTC),
             context_window=model.context_window,
@@ -141,6 +149,7 @@ class Chat:
             max_tokens,
             temperature,
             memories_unavailable=unavailable,
+            memories_behind=behind,
         )
 
     def complete(self, turn: PreparedTurn, actor: Actor) -> TurnResult:
@@ -219,6 +228,7 @@ class Chat:
             completion_tokens=completion.completion_tokens,
             memories_used=[turn.recalled[i] for i in turn.prompt.memories_used],
             memories_unavailable=turn.memories_unavailable,
+            memories_behind=turn.memories_behind,
         )
 
     def _record_failure(

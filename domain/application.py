@@ -40,8 +40,10 @@ from alma.domain.rules import (
     valid_text,
 )
 from alma.domain.topics import topics_of
+from alma.domain.written import LastWrites
 
 A = TypeVar("A", bound=Aggregate)
+_SAID = (Instance.MessageRecorded, Instance.ReplyRecorded)
 T = TypeVar("T")
 
 MAX_ATTEMPTS = 60
@@ -89,6 +91,7 @@ class Alma(CachingApplication):
         `alma.stores.keys.open_keys`); without it the events must be kept in memory too."""
         super().__init__(env)
         self.listeners: list[Callable[[], None]] = []
+        self.last_writes = LastWrites()
         self._command = threading.local()
         if keys is None and not isinstance(self.recorder, POPOApplicationRecorder):
             # Keys kept in memory would be gone at the next start, and every event they
@@ -116,6 +119,7 @@ class Alma(CachingApplication):
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
         recordings = super().save(*objs, **kwargs)
+        self.last_writes.note([o for o in objs if isinstance(o, Aggregate)], recordings)
         for listener in self.listeners:
             listener()
         return recordings
@@ -525,6 +529,27 @@ class Alma(CachingApplication):
                         return
             if len(page) < 500:
                 return
+
+    def last_messages(self, instance_id: UUID, limit: int) -> list[DomainEvent]:
+        """The instance's last `limit` messages and replies (its `MessageRecorded` and
+        `ReplyRecorded` events), oldest first: read from its own events, so current however far
+        the read models lag."""
+        found: list[DomainEvent] = []
+        below: int | None = None
+        page = limit + 8  # a few failures or edits between the messages
+        while len(found) < limit:
+            events = list(self.events.get(instance_id, lte=below, desc=True, limit=page))
+            found += [e for e in events if isinstance(e, _SAID)][: limit - len(found)]
+            if len(events) < page:
+                break
+            below = events[-1].originator_version - 1
+        return found[::-1]
+
+    def written_up_to(self, instance_id: UUID) -> int:
+        """The log position a reader must reach to hold every write about the instance: its
+        latest write through this process, else (none since this process started) the head."""
+        position = self.last_writes.of(instance_id)
+        return position if position is not None else self.recorder.max_notification_id() or 0
 
     # API keys
 

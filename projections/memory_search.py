@@ -4,6 +4,7 @@ in Chroma, fused into one ranking) and the listing of an instance's memory snipp
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -78,7 +79,10 @@ class MemorySearch:
         k: int = 10,
         min_score: float = 0.0,
         now: datetime | None = None,
+        exclude: Callable[[Doc], bool] | None = None,
     ) -> list[Hit]:
+        """The `k` best sources for `query`, leaving out (before the cut to `k`) those that
+        `exclude` names, asked best first: a chat turn's own prompt already holds them."""
         generation = self.generation
         scoring = self._lexical.submit(self._bm25, generation, instance_id, query)
         vector = self.embedder.encode_query(query)
@@ -96,6 +100,8 @@ class MemorySearch:
             for d, doc in docs.items()
         ]
         ranked = fuse(candidates, now or datetime.now(UTC), self.weights)
+        if exclude is not None:
+            ranked = [(c, score) for c, score in ranked if not exclude(docs[c.doc_id])]
         return [Hit(docs[c.doc_id], score) for c, score in ranked[:k] if score >= min_score]
 
     def _bm25(self, generation: int, instance_id: UUID, query: str) -> list[tuple[str, float]]:

@@ -18,6 +18,7 @@ from alma.llm.client import ModelError
 
 router = APIRouter(tags=["openai-compatible"])
 MEMORIES_UNAVAILABLE = "X-Alma-Memories-Unavailable"
+MEMORIES_BEHIND = "X-Alma-Memories-Behind"
 
 
 @router.post("/v1/chat/completions", response_model=None)
@@ -35,8 +36,11 @@ def chat_completions(
         caller.actor,
     )
     # OpenAI's shape has no room for it: a client that reads headers learns that the vector
-    # store was down and the reply was made without long-term memory.
-    headers = {MEMORIES_UNAVAILABLE: "true"} if answer.memories_unavailable else None
+    # store was down and the reply was made without long-term memory, or that the memory index
+    # had not caught up with the instance's latest write.
+    headers = {MEMORIES_UNAVAILABLE: "true"} if answer.memories_unavailable else {}
+    if answer.memories_behind:
+        headers[MEMORIES_BEHIND] = "true"
     if isinstance(answer.body, dict):
         return JSONResponse(answer.body, headers=headers)
     return StreamingResponse(_events(answer.body), media_type="text/event-stream", headers=headers)
