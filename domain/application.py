@@ -264,10 +264,7 @@ class Alma(CachingApplication):
         source = self._state(Instance, tenant, instance_id, at_version, at)
         if at is None and at_version is None:
             return ForkPoint(source.version, None)
-        if at is None:
-            (recorded,) = self.events.get(instance_id, gt=source.version - 1, lte=source.version)
-            at = cast(DomainEvent, recorded).timestamp
-        return ForkPoint(source.version, at)
+        return ForkPoint(source.version, at or self._recorded_at(instance_id, source.version))
 
     def fork_instance(
         self,
@@ -285,11 +282,7 @@ class Alma(CachingApplication):
         originals = [self.owned(Memory, tenant, m, version) for m, version in memories]
         if any(m.instance_id != instance_id or m.forgotten for m in originals):
             raise InvalidInput("only the instance's own live memories can be copied", "memories")
-        said = [
-            e
-            for e in self.events.get(instance_id, lte=point.version)
-            if type(e) in (Instance.MessageRecorded, Instance.ReplyRecorded)
-        ]
+        said = [e for e in self.events.get(instance_id, lte=point.version) if isinstance(e, _SAID)]
 
         def copy(fork: Instance) -> list[Aggregate]:
             copies = copy_memories(originals, fork, actor)
@@ -716,18 +709,18 @@ class Alma(CachingApplication):
 
     def _version_at(self, aggregate_id: UUID, last: int, at: datetime) -> int:
         """The last version recorded at or before `at`, by binary search over the stream."""
-
-        def timestamp(version: int) -> datetime:
-            (stored,) = self.events.get(aggregate_id, gt=version - 1, lte=version)
-            return cast(DomainEvent, stored).timestamp
-
-        if timestamp(1) > at:
+        if self._recorded_at(aggregate_id, 1) > at:
             raise NotFound(f"{aggregate_id} did not exist at {at.isoformat()}")
         low, high = 1, last
         while low < high:
             middle = (low + high + 1) // 2
-            if timestamp(middle) <= at:
+            if self._recorded_at(aggregate_id, middle) <= at:
                 low = middle
             else:
                 high = middle - 1
         return low
+
+    def _recorded_at(self, aggregate_id: UUID, version: int) -> datetime:
+        """When the aggregate's event at `version` was recorded."""
+        (stored,) = self.events.get(aggregate_id, gt=version - 1, lte=version)
+        return cast(DomainEvent, stored).timestamp
