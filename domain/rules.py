@@ -61,19 +61,27 @@ def valid_text(text: str, field: str) -> str:
 # What no store can hold or no person writes: UTF-16 surrogates (JSON's "\ud800" is valid JSON
 # but no character: UTF-8 cannot encode it), NUL (PostgreSQL text cannot hold it) and Unicode's
 # noncharacters (U+FDD0-U+FDEF and the last two code points of every plane).
-_BAD = re.compile(
-    "[\x00\ud800-\udfff\ufdd0-\ufdef"
-    + "".join(
-        f"{chr(plane + 0xFFFE)}{chr(plane + 0xFFFF)}" for plane in range(0, 0x110000, 0x10000)
-    )
-    + "]"
-)
+_BAD_BMP = re.compile("[\x00\ud800-\udfff\ufdd0-\ufdef\ufffe\uffff]")
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
+
+
+def _first_bad(text: str) -> re.Match[str] | None:
+    """Every string of every request passes here: one class of all 66 code points scanned 1 MB
+    of Spanish in ~100 ms; the BMP class, then the plane-end ones only in a text that has
+    characters beyond the BMP (told by its UTF-16 length), take a tenth of that."""
+    found = _BAD_BMP.search(text)
+    if len(text.encode("utf-16-le", "surrogatepass")) == 2 * len(text):
+        return found
+    for astral in _ASTRAL.finditer(text, 0, found.start() if found else len(text)):
+        if ord(astral.group()) & 0xFFFE == 0xFFFE:
+            return astral
+    return found
 
 
 def bad_character(text: str) -> str | None:
     """The first character of `text` we refuse, described for people with its place
     ("a lone surrogate (U+D800) at character 1"), or None when there is none."""
-    found = _BAD.search(text)
+    found = _first_bad(text)
     if found is None:
         return None
     code = ord(found.group())
