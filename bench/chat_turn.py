@@ -18,9 +18,10 @@ it all (several minutes at the full size).
    wrapped in a timing proxy, so the model call (the SDK, HTTP to the stub, the stub) is timed
    from inside and subtracted. Two passes: with the projections stopped (alma's own work
    alone); with them running in their threads as in `alma serve` (each turn's messages are
-   embedded while the turn goes on; between turns the bench waits until the index and the
-   memory formation (on, as with any remote model) have caught up, as a user reads the reply
-   before writing again). Breakdown per step, p50/p95: load
+   embedded while the turn goes on; between turns the bench waits until every projection,
+   the memory formation (on, as with any remote model) among them, has caught up with the
+   whole log, the summaries formation writes included, as a user reads the reply before
+   writing again). Breakdown per step, p50/p95: load
    (instance and character), retrieval (the recent turns from the instance's events, the wait
    for the index to hold the instance's latest write (none with the projections stopped) and
    the hybrid search) and, inside it, the query embedding; assembly (the rest of `prepare`:
@@ -443,6 +444,18 @@ class TurnTimes:
     first: float
 
 
+def settle(services: Services, timeout: float = 30.0) -> None:
+    """Waits until every projection has processed the whole log, including what the memory
+    formation wrote while processing it (a summary every 20 messages, which the index then
+    embeds)."""
+    while True:
+        head = services.app.recorder.max_notification_id() or 0
+        for follower in services.followers:
+            follower.wait(head, timeout)
+        if (services.app.recorder.max_notification_id() or 0) == head:
+            return
+
+
 def run_turns(
     services: Services, instance_id: UUID, samples: int, rng: random.Random, wait: bool
 ) -> TurnTimes:
@@ -473,10 +486,7 @@ def run_turns(
                     times.steps[step].append(steps[step])
                 times.memories.append(len(result.memories_used))
             if wait:  # the user reads the reply: the projections catch up before the next message
-                written = services.app.recorder.max_notification_id() or 0
-                for follower in (services.memory, services.conversation, services.formation):
-                    if follower is not None:
-                        follower.wait(written, 30.0)
+                settle(services)
     finally:
         index.embedder = embedder
     return times

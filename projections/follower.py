@@ -77,6 +77,7 @@ class Follower:
         self.batch_size = batch_size
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
+        self._advanced = threading.Condition()  # notified when this process's loop moves on
         self._thread: threading.Thread | None = None
 
     @property
@@ -172,14 +173,18 @@ class Follower:
             self._thread.join(timeout=10)
 
     def wait(self, position: int, timeout: float) -> bool:
-        """True once everything up to `position` is processed; False if `timeout` passes first."""
+        """True once everything up to `position` is processed; False if `timeout` passes first.
+        A follower running in this process is woken and returns the moment its loop passes
+        `position`; one in another process is polled, more slowly as the wait goes on."""
         deadline = time.monotonic() + timeout
         pause = 0.002
         while self.position() < position:
-            if time.monotonic() >= deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 return False
             self._wakeup.set()
-            time.sleep(pause)
+            with self._advanced:
+                self._advanced.wait(min(pause, remaining))
             pause = min(pause * 2, 0.05)
         return True
 
@@ -194,6 +199,9 @@ class Follower:
                 log.exception("projection %s failed; retrying", self.name)
                 self._stopping.wait(min(0.1 * 2**failures, 5.0))
                 continue
-            if not handled:
+            if handled:
+                with self._advanced:
+                    self._advanced.notify_all()
+            else:
                 self._wakeup.wait(self.poll_interval)
                 self._wakeup.clear()
