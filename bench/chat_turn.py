@@ -24,9 +24,10 @@ it all (several minutes at the full size).
    writing again). Breakdown per step, p50/p95: load
    (instance and character), retrieval (the recent turns from the instance's events, the wait
    for the index to hold the instance's latest write (none with the projections stopped) and
-   the hybrid search) and, inside it, the query embedding; assembly (the rest of `prepare`:
-   persona, tiktoken counting, the budget); recording (the message and the reply events); and
-   the model call for reference.
+   the hybrid search) and the query embedding (computed in a thread from the turn's start,
+   while the instance and its recent turns load, so it overlaps the load and retrieval steps);
+   assembly (the rest of `prepare`: persona, tiktoken counting, the budget); recording (the
+   message and the reply events); and the model call for reference.
 2. First streamed byte through HTTP: `alma serve` in a subprocess on the same data, streaming
    chats (`stream: true`) with the main instance, one at a time. The stub streams a word every
    20 ms and notes when it wrote the first word; the client notes when the first
@@ -410,7 +411,7 @@ STEPS = ("load", "retrieval", "embedding", "assembly", "recording", "model")
 STEP_NAMES = {
     "load": "load (instance, character)",
     "retrieval": "retrieval (recent turns, index wait, hybrid search)",
-    "embedding": "  of which the query embedding",
+    "embedding": "  query embedding (in a thread, beside load and retrieval)",
     "assembly": "assembly (persona, tiktoken, budget)",
     "recording": "recording (message and reply events)",
     "model": "model call (SDK + HTTP + stub; excluded)",
@@ -423,6 +424,8 @@ def timed_chat(services: Services, clock: Clock, wait: bool) -> Chat:
     model = TimedModel(build_model(services.settings), clock)
 
     def index_wait(position: int, timeout: float) -> bool:
+        if not wait:
+            return True  # nothing follows the log: no write to wait for, none to warn about
         return clock.timed("retrieval", services.memory.wait, position, timeout)
 
     return Chat(
@@ -432,7 +435,7 @@ def timed_chat(services: Services, clock: Clock, wait: bool) -> Chat:
         lambda: model,
         services.settings.chat_memories,
         services.settings.chat_history_turns,
-        services.settings.chat_memory_wait_s if wait else 0.0,
+        services.settings.chat_memory_wait_s,
     )
 
 

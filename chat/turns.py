@@ -103,17 +103,24 @@ class Chat:
                 f"max_tokens must be below the model's context of {model.context_window}",
                 "max_tokens",
             )
+        embedding = self.index.embed_soon(message)  # while the instance and its turns load
         instance = self.app.instance(tenant, instance_id)
         character = self.app.character(tenant, instance.character_id)
         recent = max(self.history_turns, min(len(history or ()), MATCHED_TURNS))
         held = chat_history.history(self.app.last_messages(instance_id, recent), history, message)
-        behind = not self.index_wait(self.app.written_up_to(instance_id), self.memory_wait_s)
+        behind = not self.index_wait(
+            self.app.written_up_to(instance_id, held.ids), self.memory_wait_s
+        )
         if behind:
             log.warning("memory index behind instance %s: chatting without its newest", instance_id)
             metrics.MEMORIES_BEHIND.inc()
         try:
             hits = self.index.search(
-                instance_id, message, k=self.memories, exclude=held.recall_filter()
+                instance_id,
+                message,
+                k=self.memories,
+                exclude=held.recall_filter(),
+                embedding=embedding,
             )
             unavailable = False
         except httpx.TransportError as error:  # the Chroma server is down: answer without recall

@@ -6,7 +6,7 @@ import hmac
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,10 +40,9 @@ from alma.domain.rules import (
     valid_text,
 )
 from alma.domain.topics import topics_of
-from alma.domain.written import LastWrites
+from alma.domain.written import SAID, LastWrites
 
 A = TypeVar("A", bound=Aggregate)
-_SAID = (Instance.MessageRecorded, Instance.ReplyRecorded)
 T = TypeVar("T")
 
 MAX_ATTEMPTS = 60
@@ -282,7 +281,7 @@ class Alma(CachingApplication):
         originals = [self.owned(Memory, tenant, m, version) for m, version in memories]
         if any(m.instance_id != instance_id or m.forgotten for m in originals):
             raise InvalidInput("only the instance's own live memories can be copied", "memories")
-        said = [e for e in self.events.get(instance_id, lte=point.version) if isinstance(e, _SAID)]
+        said = [e for e in self.events.get(instance_id, lte=point.version) if isinstance(e, SAID)]
 
         def copy(fork: Instance) -> list[Aggregate]:
             copies = copy_memories(originals, fork, actor)
@@ -532,16 +531,17 @@ class Alma(CachingApplication):
         page = limit + 8  # a few failures or edits between the messages
         while len(found) < limit:
             events = list(self.events.get(instance_id, lte=below, desc=True, limit=page))
-            found += [e for e in events if isinstance(e, _SAID)][: limit - len(found)]
+            found += [e for e in events if isinstance(e, SAID)][: limit - len(found)]
             if len(events) < page:
                 break
             below = events[-1].originator_version - 1
         return found[::-1]
 
-    def written_up_to(self, instance_id: UUID) -> int:
+    def written_up_to(self, instance_id: UUID, held: Collection[str] = ()) -> int:
         """The log position a reader must reach to hold every write about the instance: its
-        latest write through this process, else (none since this process started) the head."""
-        position = self.last_writes.of(instance_id)
+        latest write through this process, else (none since this process started) the head.
+        `held`: ids of the newest messages a prompt already holds, not waited for."""
+        position = self.last_writes.of(instance_id, held)
         return position if position is not None else self.recorder.max_notification_id() or 0
 
     # API keys

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import UUID
@@ -52,6 +52,7 @@ class MemorySearch:
         # onnxruntime and Chroma all work outside Python's GIL, so a search takes about the longer
         # of the two rather than their sum.
         self._lexical = ThreadPoolExecutor(thread_name_prefix="bm25")
+        self._queries = ThreadPoolExecutor(thread_name_prefix="query-embedding")
 
     @property
     def generation(self) -> int:
@@ -61,6 +62,7 @@ class MemorySearch:
 
     def close(self) -> None:
         self._lexical.shutdown()
+        self._queries.shutdown()
         self.store.close()
 
     def memories(self, instance_id: UUID, after: int, limit: int) -> list[Doc]:
@@ -80,12 +82,14 @@ class MemorySearch:
         min_score: float = 0.0,
         now: datetime | None = None,
         exclude: Callable[[Doc], bool] | None = None,
+        embedding: Future[list[float]] | None = None,
     ) -> list[Hit]:
         """The `k` best sources for `query`, leaving out (before the cut to `k`) those that
-        `exclude` names, asked best first: a chat turn's own prompt already holds them."""
+        `exclude` names, asked best first: a chat turn's own prompt already holds them.
+        `embedding`: the query's vector from `embed_soon`, else it is computed here."""
         generation = self.generation
         scoring = self._lexical.submit(self._bm25, generation, instance_id, query)
-        vector = self.embedder.encode_query(query)
+        vector = embedding.result() if embedding else self.embedder.encode_query(query)
         dense = dict(self.vectors.nearest(generation, instance_id, vector, CANDIDATES))
         lexical = dict(scoring.result())
         missing = [doc_id for doc_id in lexical if doc_id not in dense]
@@ -103,6 +107,11 @@ class MemorySearch:
         if exclude is not None:
             ranked = [(c, score) for c, score in ranked if not exclude(docs[c.doc_id])]
         return [Hit(docs[c.doc_id], score) for c, score in ranked[:k] if score >= min_score]
+
+    def embed_soon(self, query: str) -> Future[list[float]]:
+        """The query's vector, computed in the background (onnxruntime works outside the GIL)
+        while the caller does other work, such as loading what the search will be for."""
+        return self._queries.submit(self.embedder.encode_query, query)
 
     def _bm25(self, generation: int, instance_id: UUID, query: str) -> list[tuple[str, float]]:
         words = sorted(set(terms(query)))

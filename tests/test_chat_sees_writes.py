@@ -221,6 +221,30 @@ def test_past_the_wait_a_turn_answers_and_says_its_memories_are_behind(
         assert "Paco" not in openai_stub.requests[-1]["messages"][0]["content"]
 
 
+def test_a_turn_does_not_wait_for_the_index_to_hold_the_turns_its_prompt_already_holds(
+    settings: Settings, openai_stub: OpenAIStub
+) -> None:
+    """No projection follows the log after the instance is indexed: the turns recorded since are
+    in the next prompt as recent turns, so the next turn is not behind; a memory added is."""
+    stubbed = _stubbed(settings, openai_stub, run_projections=False, chat_memory_wait_s=0.2)
+    with running_api(stubbed) as api:
+        instance_id = _instance(api)
+        api.services.memory.catch_up()
+        for n in range(3):
+            openai_stub.script(Reply(f"Reply {n}: the sierra is quiet tonight."))
+            answer = _chat(api, instance_id, f"¿Qué tal la sierra, {n}?", n % 3)
+            assert answer["memories_behind"] is False, f"turn {n} waited for its own turns"
+        assert {"role": "user", "content": "¿Qué tal la sierra, 1?"} in openai_stub.requests[-1][
+            "messages"
+        ]
+        api.client.post(
+            f"/v1/instances/{instance_id}/memories",
+            json={"text": "Rosa's parrot is called Paco."},
+            headers=api.acme,
+        )
+        assert _chat(api, instance_id, "Tell me about Paco.", 0)["memories_behind"] is True
+
+
 PARROT = "Rosa's grey parrot Paco whistles the tango La Cumparsita every morning at seven."
 QUESTIONS = [
     "Do you still have the parrot?",
