@@ -141,7 +141,7 @@ class VectorIndex:
         ids: list[str],
         metadatas: list[dict[str, Any]],
     ) -> None:
-        """Replaces the metadata of vectors already stored; the vectors stay."""
+        """Writes these keys into the metadata of vectors already stored; the vectors stay."""
 
         def update(collection: Any) -> None:
             size = self.client.get_max_batch_size()
