@@ -21,7 +21,7 @@ from alma.api.security import RateLimiter
 from alma.api.services import Services
 from alma.chat.turns import Chat
 from alma.domain import Actor, Alma
-from alma.projections import Conversation, MemoryAudit, MemoryIndex
+from alma.projections import Conversation, MemoryAudit, MemoryIndex, Period
 from alma.settings import Settings
 from alma.voice import Speech
 
@@ -194,3 +194,20 @@ def _point_in_time(
 
 
 AsOf = Annotated[PointInTime, Depends(_point_in_time)]
+
+
+def _period(
+    since: Annotated[
+        UtcTime | None,
+        Query(description="only what happened at or after this time (ISO 8601; UTC if no offset)"),
+    ] = None,
+    until: Annotated[
+        UtcTime | None,
+        Query(description="only what happened at or before this time (ISO 8601; UTC if no offset)"),
+    ] = None,
+) -> Period | None:
+    """The period a search keeps to; `since` after `until` is refused (422 naming `since`)."""
+    return None if since is None and until is None else Period(since, until)
+
+
+Within = Annotated[Period | None, Depends(_period)]

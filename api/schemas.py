@@ -377,6 +377,15 @@ class MemoryCreate(Request):
         default=None, examples=[{"topic": "familia"}], json_schema_extra=METADATA
     )
     importance: float | None = Field(default=None, examples=[0.8], json_schema_extra=IMPORTANCE)
+    occurred_at: UtcTime | None = Field(
+        default=None,
+        strict=False,
+        examples=["2023-05-08T13:56:00Z"],
+        description="when it happened (ISO 8601; UTC if no offset); default: when it is recorded",
+    )
+    speaker: str | None = Field(
+        default=None, examples=["Caroline"], description="who said it", json_schema_extra=NAME
+    )
 
 
 class MemoryEdit(Edit):
@@ -389,6 +398,12 @@ class MemoryEdit(Edit):
     importance: float | None = Field(
         default=None, description="null: 0.5", json_schema_extra=IMPORTANCE
     )
+    occurred_at: UtcTime | None = Field(
+        default=None,
+        strict=False,
+        description="ISO 8601, UTC if no offset; null: when it was recorded",
+    )
+    speaker: str | None = Field(default=None, description="null: none", json_schema_extra=NAME)
 
 
 class MemoryOut(BaseModel):
@@ -397,6 +412,8 @@ class MemoryOut(BaseModel):
     text: str
     metadata: dict[str, Any]
     importance: float
+    occurred_at: datetime = Field(description="when it happened (default: when it was recorded)")
+    speaker: str | None = Field(description="who said it; null: nobody in particular")
     source: dict[str, Any] | None
     version: int
     created_at: datetime
@@ -410,6 +427,8 @@ class MemoryOut(BaseModel):
             text=memory.text,
             metadata=memory.metadata,
             importance=memory.importance,
+            occurred_at=memory.occurred_at,
+            speaker=memory.speaker,
             source=memory.source,
             version=memory.version,
             created_at=memory.created_on,
@@ -423,7 +442,17 @@ class SearchResult(BaseModel):
     score: float
     metadata: dict[str, Any]
     source: str = Field(description="memory, message or memory_text (the instance's own text)")
-    created_at: datetime
+    created_at: datetime = Field(
+        description="when a snippet was added; for a message, when it was said; for the memory "
+        "text, when it was written"
+    )
+    occurred_at: datetime = Field(
+        description="when it happened: a snippet's occurred_at, a message's timestamp, when the "
+        "memory text was written"
+    )
+    speaker: str | None = Field(
+        description="who said it: a snippet's speaker, a message's name; null when unknown"
+    )
 
     @classmethod
     def of(cls, hit: Hit) -> SearchResult:
@@ -434,7 +463,9 @@ class SearchResult(BaseModel):
             score=round(hit.score, 6),
             metadata=doc.metadata,
             source=doc.kind,
-            created_at=doc.occurred_at,
+            created_at=doc.created_at,
+            occurred_at=doc.occurred_at,
+            speaker=doc.speaker,
         )
 
 
@@ -449,6 +480,12 @@ class MessageIn(Request):
     )
     timestamp: UtcTime | None = Field(
         default=None, strict=False, description="when it was said (ISO 8601; UTC if no offset)"
+    )
+    name: str | None = Field(
+        default=None,
+        examples=["Caroline"],
+        description="who said it (OpenAI's field); an assistant's default: the instance's name",
+        json_schema_extra=NAME,
     )
     metadata: dict[str, Any] | None = Field(default=None, json_schema_extra=METADATA)
 
@@ -465,6 +502,7 @@ class MessageOut(BaseModel):
     id: str
     role: str
     content: str
+    name: str | None = Field(description="who said it; null when unknown")
     timestamp: datetime
     metadata: dict[str, Any]
 
@@ -474,6 +512,7 @@ class MessageOut(BaseModel):
             id=str(message.id),
             role=message.role,
             content=message.content,
+            name=message.name,
             timestamp=message.sent_at,
             metadata={k: v for k, v in message.metadata.items() if k != "role"},
         )

@@ -72,8 +72,8 @@ sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != R
 from alma.api.services import Services, build_services, rebuild_memory_index  # noqa: E402
 from alma.domain import Actor, Memory, NewMessage  # noqa: E402
 from alma.embeddings import Backend, Embedder  # noqa: E402
-from alma.projections import Follower, MemoryIndex  # noqa: E402
-from alma.projections.memory_docs import documents  # noqa: E402
+from alma.projections import Follower, MemoryIndex, Period  # noqa: E402
+from alma.projections.memory_docs import documents, moment  # noqa: E402
 from alma.projections.vectors import COLLECTION  # noqa: E402
 from alma.settings import Settings  # noqa: E402
 from bench.report import (  # noqa: E402
@@ -515,6 +515,14 @@ def search_rows(
     p50, p95, p99 = percentiles_ms(timings)
     per = f"{sizes.memories // len(instance_ids):,} each"
     steps = search_steps(index, instance_ids, sizes.queries, seed)
+    halves = later_halves(index, instance_ids)
+    within, found = [], 0
+    for query in queries(sizes.queries, seed + 3):
+        instance_id = rng.choice(instance_ids)
+        start = time.perf_counter()
+        found += len(index.search(instance_id, query, K, period=halves[instance_id]))
+        within.append(time.perf_counter() - start)
+    within_p50, within_p95, _ = percentiles_ms(within)
     return [
         Row(
             f"search, {label} ({per})",
@@ -531,7 +539,27 @@ def search_rows(
             "  steps, p50",
             ", ".join(f"{name} {value:.2f} ms" for name, value in steps.items()),
         ),
+        Row(
+            "  within a period (since: the later half)",
+            f"p50 {within_p50:.2f} ms, p95 {within_p95:.2f} ms "
+            f"({found / len(within):.2f} hits a search)",
+        ),
     ]
+
+
+def later_halves(index: MemoryIndex, instance_ids: list[UUID]) -> dict[UUID, Period]:
+    """For each instance, the period from the middle of its sources' times on: a search within
+    it filters out about half of them."""
+    halves = {}
+    for instance_id in instance_ids:
+        [(first, last)] = index.store.query(
+            "SELECT MIN(occurred_at), MAX(occurred_at) FROM memory_docs "
+            "WHERE generation = %s AND instance_id = %s",
+            (index.generation, str(instance_id)),
+        )
+        since = moment(first) + (moment(last) - moment(first)) / 2
+        halves[instance_id] = Period(since=since)
+    return halves
 
 
 def search_steps(

@@ -66,6 +66,7 @@ class Recollection:
     id: str
     score: float
     role: str | None = None  # who said it, for a past message ("user" | "assistant")
+    speaker: str | None = None  # who said it by name, when known (shown instead of the role)
 
 
 @dataclass(frozen=True)
@@ -264,9 +265,14 @@ def _system(parts: _Parts) -> Message:
 
 
 def _line(r: Recollection) -> str:
+    """`- [8 May 2023] Caroline: I went to the support group.`: when, who (when known) and
+    what."""
     said = {"user": "The user said: ", "assistant": "You said: "}
-    prefix = said.get(r.role or "", "") if r.kind == "message" else ""
-    return f"- ({_day(r.when)}) {prefix}{_oneline(r.text)}"
+    if r.speaker:
+        prefix = f"{_oneline(r.speaker)}: "
+    else:
+        prefix = said.get(r.role or "", "") if r.kind == "message" else ""
+    return f"- [{_day(r.when)}] {prefix}{_oneline(r.text)}"
 
 
 def _messages(parts: _Parts, tail: Sequence[_Priced], user: Message) -> list[Message]:
@@ -484,8 +490,26 @@ def _same(a: str, b: str) -> bool:
     return a.strip().casefold() == b.strip().casefold()
 
 
+_MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
+
+
 def _day(moment: datetime) -> str:
-    return moment.date().isoformat()
+    """`8 May 2023`: a date no reader takes for another (nor month for day), in the prompt's
+    language whatever the machine's locale."""
+    return f"{moment.day} {_MONTHS[moment.month - 1]} {moment.year}"
 
 
 def _oneline(text: str) -> str:

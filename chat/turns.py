@@ -296,4 +296,5 @@ def _recollection(hit: Hit) -> Recollection:
         doc.doc_id,
         hit.score,
         str(role) if role else None,
+        doc.speaker,
     )

@@ -36,6 +36,7 @@ from alma.domain.rules import (
     valid_message,
     valid_metadata,
     valid_name,
+    valid_speaker,
     valid_tenant,
     valid_text,
 )
@@ -77,6 +78,7 @@ class NewMessage:
     content: str
     sent_at: datetime | None = None
     metadata: dict[str, Any] | None = None
+    name: str | None = None  # who said it; an assistant's is the instance's name if not given
 
 
 class Alma(CachingApplication):
@@ -318,12 +320,14 @@ class Alma(CachingApplication):
     def import_messages(
         self, tenant: str, instance_id: UUID, messages: list[NewMessage], actor: Actor
     ) -> list[UUID]:
-        """Records past turns as they were (no model is called); returns their ids."""
+        """Records past turns as they were (no model is called); returns their ids. A message
+        of the assistant's without a `name` is named after the instance, as its replies are."""
         checked = [
             (
                 *valid_message(m.role, m.content),
                 None if m.sent_at is None else as_utc(m.sent_at),
                 valid_metadata(m.metadata or {}),
+                valid_speaker(m.name, "name"),
             )
             for m in messages
         ]
@@ -332,9 +336,13 @@ class Alma(CachingApplication):
             instance = self._current(Instance, tenant, instance_id)
             now = datetime.now(UTC)
             ids = []
-            for role, content, sent_at, metadata in checked:
+            for role, content, sent_at, metadata, name in checked:
+                if name is None and role == "assistant":
+                    name = instance.name
                 ids.append(uuid4())
-                instance.record_message(ids[-1], role, content, sent_at or now, metadata, actor)
+                instance.record_message(
+                    ids[-1], role, content, sent_at or now, metadata, actor, name=name
+                )
             self.save(instance)
             return ids
 
@@ -383,6 +391,7 @@ class Alma(CachingApplication):
                 reply.prompt_sha256,
                 reply.interrupted,
                 actor,
+                name=instance.name,
             )
             self.save(instance)
             return message_id, instance.version
@@ -417,9 +426,22 @@ class Alma(CachingApplication):
         importance: float | None = None,
         source: dict[str, Any] | None = None,
         memory_id: UUID | None = None,
+        occurred_at: datetime | None = None,
+        speaker: str | None = None,
     ) -> Memory:
+        """`occurred_at`: when it happened (default: now, when it is recorded); `speaker`: who
+        said it, if anyone."""
         memory = Memory.add(
-            tenant, instance_id, text, actor, metadata, importance, source, memory_id
+            tenant,
+            instance_id,
+            text,
+            actor,
+            metadata,
+            importance,
+            source,
+            memory_id,
+            occurred_at,
+            speaker,
         )
         self._current(Instance, tenant, instance_id)
         self.save(memory)
@@ -451,7 +473,8 @@ class Alma(CachingApplication):
         actor: Actor,
         patch: dict[str, Any],
     ) -> Memory:
-        """Applies a merge patch (RFC 7396) of `text`, `metadata` and `importance`."""
+        """Applies a merge patch (RFC 7396) of `text`, `metadata`, `importance`, `occurred_at`
+        and `speaker`."""
         return self._revising(
             tenant, instance_id, memory_id, lambda memory: memory.merge(patch, actor)
         )

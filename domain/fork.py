@@ -11,7 +11,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from alma.domain.actor import Actor
-from alma.domain.instance import Instance
+from alma.domain.instance import Instance, speaker_of
 from alma.domain.memory import Memory
 
 
@@ -27,7 +27,8 @@ class ForkPoint:
 
 
 def copy_memories(originals: Iterable[Memory], fork: Instance, actor: Actor) -> list[Memory]:
-    """One snippet of the fork's per original, as the original stood, with its provenance."""
+    """One snippet of the fork's per original, as the original stood (when it happened and
+    who said it too), with its provenance."""
     return [
         Memory.add(
             fork.tenant,
@@ -42,6 +43,8 @@ def copy_memories(originals: Iterable[Memory], fork: Instance, actor: Actor) -> 
                     "version": original.version,
                 }
             },
+            occurred_at=original.occurred_at,
+            speaker=original.speaker,
         )
         for original in originals
     ]
@@ -66,6 +69,7 @@ def copy_conversation(
                 event.metadata,
                 actor,
                 forked_from=origin,
+                name=speaker_of(event),
             )
         else:
             fork.record_reply(
@@ -81,6 +85,7 @@ def copy_conversation(
                 event.interrupted,
                 actor,
                 forked_from=origin,
+                name=speaker_of(event),
             )
 
 

@@ -97,10 +97,12 @@ class Instance(Aggregate):
         metadata: dict[str, Any],
         actor: Actor,
         forked_from: dict[str, str] | None = None,
+        name: str | None = None,
     ) -> None:
         """One turn of the conversation; the conversation itself lives in the event stream and
         the read models, never in this aggregate's state. A fork's copy of its original's turn
-        says which one in `forked_from` (events before forks carried conversations: None)."""
+        says which one in `forked_from` (events before forks carried conversations: None).
+        `name`: who said it (OpenAI's message field; events from before it have none)."""
         self.message_count += 1
 
     @event("ReplyRecorded")
@@ -118,14 +120,22 @@ class Instance(Aggregate):
         interrupted: bool,
         actor: Actor,
         forked_from: dict[str, str] | None = None,
+        name: str | None = None,
     ) -> None:
         """The character's reply, with what the audit needs to say why it said it: the model,
-        its usage and latency, the memories in the prompt and a hash of the exact prompt."""
+        its usage and latency, the memories in the prompt and a hash of the exact prompt.
+        `name`: the instance's name when it replied (events from before it have none)."""
         self.message_count += 1
 
     @event("ReplyFailed")
     def record_failure(self, in_reply_to: UUID, status: int, error: str, actor: Actor) -> None:
         """The model did not answer; the user's message stays recorded."""
+
+
+def speaker_of(said: Any) -> str | None:
+    """Who said a recorded message or reply: its `name`, which events from before names were
+    kept do not have."""
+    return getattr(said, "name", None)
 
 
 class InstanceName(Aggregate):

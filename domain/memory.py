@@ -6,6 +6,7 @@ never carries them in its state: adding, revising or forgetting one touches only
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, ClassVar, cast
 from uuid import UUID
 
@@ -13,7 +14,13 @@ from eventsourcing.domain import Aggregate, DomainEvent, event
 
 from alma.domain.actor import Actor
 from alma.domain.patch import merge_patch
-from alma.domain.rules import valid_importance, valid_metadata, valid_snippet
+from alma.domain.rules import (
+    as_utc,
+    valid_importance,
+    valid_metadata,
+    valid_snippet,
+    valid_speaker,
+)
 
 DEFAULT_IMPORTANCE = 0.5
 
@@ -33,13 +40,19 @@ class Memory(Aggregate):
         importance: float,
         source: dict[str, Any] | None,
         actor: Actor,
+        occurred_at: datetime | None = None,
+        speaker: str | None = None,
     ) -> None:
+        """`occurred_at`: when it happened; None, when it was recorded (the event's own time;
+        events from before it was kept have none). `speaker`: who said it, if anyone."""
         self.tenant = tenant
         self.instance_id = instance_id
         self.text = text
         self.metadata = metadata
         self.importance = importance
         self.source = source
+        self.occurred_at: datetime = self.created_on if occurred_at is None else occurred_at
+        self.speaker = speaker
         self.forgotten = False
 
     @classmethod
@@ -53,6 +66,8 @@ class Memory(Aggregate):
         importance: float | None = None,
         source: dict[str, Any] | None = None,
         memory_id: UUID | None = None,
+        occurred_at: datetime | None = None,
+        speaker: str | None = None,
     ) -> Memory:
         """`memory_id` fixes the id (the memory process derives it from its source, so adding
         the same memory twice collides in the event store); otherwise a new one."""
@@ -66,6 +81,8 @@ class Memory(Aggregate):
             ),
             "source": source,
             "actor": actor,
+            "occurred_at": None if occurred_at is None else as_utc(occurred_at, "occurred_at"),
+            "speaker": valid_speaker(speaker),
         }
         if memory_id is None:
             return cls(**fields)
@@ -79,26 +96,55 @@ class Memory(Aggregate):
         importance: float | None = None,
         source: dict[str, Any] | None = None,
     ) -> None:
-        """Records a revision only when something really changes."""
-        new_text = self.text if text is None else valid_snippet(text)
-        new_metadata = self.metadata if metadata is None else valid_metadata(metadata)
-        new_importance = self.importance if importance is None else valid_importance(importance)
-        if (new_text, new_metadata, new_importance) != (self.text, self.metadata, self.importance):
-            self.revise(new_text, new_metadata, new_importance, actor, source)
-
-    def merge(self, patch: dict[str, Any], actor: Actor) -> None:
-        """A merge patch (RFC 7396): `metadata` merges key by key; null metadata is {} and null
-        importance the default; text cannot be removed."""
-        current = {"text": self.text, "metadata": self.metadata, "importance": self.importance}
-        fields = merge_patch(current, patch)
-        self.change(
+        """Records a revision only when something really changes; None keeps a field."""
+        self._revise_if_changed(
             actor,
-            valid_snippet(fields.get("text")),
-            fields.get("metadata", {}),
-            fields.get("importance", DEFAULT_IMPORTANCE),
+            source,
+            self.text if text is None else valid_snippet(text),
+            self.metadata if metadata is None else valid_metadata(metadata),
+            self.importance if importance is None else valid_importance(importance),
+            self.occurred_at,
+            self.speaker,
         )
 
-    # `source` on Revised and Forgotten came later: older events load with None.
+    def merge(self, patch: dict[str, Any], actor: Actor) -> None:
+        """A merge patch (RFC 7396): `metadata` merges key by key; null metadata is {}, null
+        importance the default, null `occurred_at` the time it was recorded and null `speaker`
+        none; text cannot be removed."""
+        current = {
+            "text": self.text,
+            "metadata": self.metadata,
+            "importance": self.importance,
+            "occurred_at": self.occurred_at,
+            "speaker": self.speaker,
+        }
+        fields = merge_patch(current, patch)
+        self._revise_if_changed(
+            actor,
+            None,
+            valid_snippet(fields.get("text")),
+            valid_metadata(fields.get("metadata", {})),
+            valid_importance(fields.get("importance", DEFAULT_IMPORTANCE)),
+            as_utc(fields.get("occurred_at", self.created_on), "occurred_at"),
+            valid_speaker(fields.get("speaker")),
+        )
+
+    def _revise_if_changed(
+        self,
+        actor: Actor,
+        source: dict[str, Any] | None,
+        text: str,
+        metadata: dict[str, Any],
+        importance: float,
+        occurred_at: datetime,
+        speaker: str | None,
+    ) -> None:
+        now = (self.text, self.metadata, self.importance, self.occurred_at, self.speaker)
+        if (text, metadata, importance, occurred_at, speaker) != now:
+            self.revise(text, metadata, importance, actor, source, occurred_at, speaker)
+
+    # `source`, `occurred_at` and `speaker` on Revised came later (and `source` on Forgotten):
+    # older events load with None, which keeps the time and had no speaker.
     @event("Revised")
     def revise(
         self,
@@ -107,6 +153,8 @@ class Memory(Aggregate):
         importance: float,
         actor: Actor,
         source: dict[str, Any] | None = None,
+        occurred_at: datetime | None = None,
+        speaker: str | None = None,
     ) -> None:
         """A revision with a `source` (the memory process's) becomes the memory's provenance."""
         self.text = text
@@ -114,6 +162,9 @@ class Memory(Aggregate):
         self.importance = importance
         if source is not None:
             self.source = source
+        if occurred_at is not None:
+            self.occurred_at = occurred_at
+        self.speaker = speaker
 
     @event("Forgotten")
     def forget(self, actor: Actor, source: dict[str, Any] | None = None) -> None:

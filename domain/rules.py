@@ -52,6 +52,11 @@ def valid_name(name: object, field: str = "name") -> str:
     return storable(name, field)
 
 
+def valid_speaker(speaker: object, field: str = "speaker") -> str | None:
+    """Who said something: none, or a name by the rules of names."""
+    return None if speaker is None else valid_name(speaker, field)
+
+
 def valid_text(text: str, field: str) -> str:
     if len(text) > MAX_TEXT:
         raise InvalidInput(f"{field} is longer than {MAX_TEXT} characters", field)

@@ -11,7 +11,7 @@ from alma.projections.listings import (
     PostgresListingView,
     SQLiteListingView,
 )
-from alma.projections.memory_docs import Doc
+from alma.projections.memory_docs import Doc, Period
 from alma.projections.memory_index import MemoryIndex
 from alma.projections.memory_search import Hit
 from alma.projections.skips import Skipped, Skips
@@ -30,6 +30,7 @@ __all__ = [
     "MemoryAudit",
     "MemoryIndex",
     "Message",
+    "Period",
     "PostgresListingView",
     "ReadModel",
     "SQLiteListingView",

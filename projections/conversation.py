@@ -11,17 +11,18 @@ from typing import Any
 from uuid import UUID
 
 from alma.domain import Instance
+from alma.domain.instance import speaker_of
 from alma.domain.rules import as_utc
 from alma.projections.sql_model import SqlReadModel
-from alma.stores.sql import Cursor
+from alma.stores.sql import Cursor, SqlStore
 
-_COLUMNS = "message_id, instance_id, role, content, metadata, sent_at, position"
+_COLUMNS = "message_id, instance_id, role, content, metadata, sent_at, position, name"
 _INSERT = (
     "INSERT INTO conversation_messages (message_id, instance_id, role, content, metadata, "
-    "sent_at, position, tenant) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+    "sent_at, position, tenant, name) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
     "ON CONFLICT (instance_id, position) DO NOTHING"
 )
-_Row = tuple[str, str, str, str, str, str, int, str]
+_Row = tuple[str, str, str, str, str, str, int, str, str | None]
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Message:
     metadata: dict[str, Any]  # as recorded; a reply's holds its model
     sent_at: datetime  # when it was said (a reply: when it was recorded)
     position: int  # its event's in the log
+    name: str | None  # who said it, when known
 
 
 class Conversation(SqlReadModel):
@@ -42,8 +44,20 @@ class Conversation(SqlReadModel):
         """CREATE TABLE IF NOT EXISTS conversation_messages (
             instance_id TEXT NOT NULL, position BIGINT NOT NULL, message_id TEXT NOT NULL,
             tenant TEXT NOT NULL, role TEXT NOT NULL, content TEXT NOT NULL,
-            metadata TEXT NOT NULL, sent_at TEXT NOT NULL, PRIMARY KEY (instance_id, position))""",
+            metadata TEXT NOT NULL, sent_at TEXT NOT NULL, name TEXT,
+            PRIMARY KEY (instance_id, position))""",
     )
+
+    def __init__(self, store: SqlStore) -> None:
+        # A store written before messages kept their speaker's name gets the column; its rows
+        # keep none, as no event had one then.
+        unnamed = store.has_table("conversation_messages") and not store.has_column(
+            "conversation_messages", "name"
+        )
+        super().__init__(store)
+        if unnamed:
+            with store.transaction() as cursor:
+                cursor.execute("ALTER TABLE conversation_messages ADD COLUMN name TEXT")
 
     def write(self, cursor: Cursor, batch: Sequence[tuple[Any, int]]) -> bool:
         rows: list[_Row] = []
@@ -100,6 +114,7 @@ def _row(event: Any, role: str, metadata: dict[str, Any], sent_at: datetime, pos
         sent_at.isoformat(),
         position,
         event.actor.tenant,
+        speaker_of(event),
     )
 
 
@@ -118,4 +133,5 @@ def _message_of(row: Sequence[Any]) -> Message:
         json.loads(row[4]),
         as_utc(datetime.fromisoformat(str(row[5]))),  # UTC when imported without an offset
         int(row[6]),
+        None if row[7] is None else str(row[7]),
     )

@@ -1,4 +1,5 @@
-"""The memory index's documents: one searchable source as stored in SQL, and reading them back."""
+"""The memory index's documents: one searchable source as stored in SQL, and reading them back;
+and the period a search keeps them within."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from alma.domain.errors import InvalidInput
 from alma.domain.rules import as_utc
 from alma.stores.sql import SqlStore
 
-DOC_COLUMNS = "doc_id, tenant, instance_id, kind, text, metadata, importance, occurred_at, position"
+DOC_COLUMNS = (
+    "doc_id, tenant, instance_id, kind, text, metadata, importance, occurred_at, position, "
+    "speaker, created_at"
+)
 
 
 @dataclass(frozen=True)
@@ -26,8 +31,11 @@ class Doc:
     text: str
     metadata: dict[str, Any]
     importance: float
-    occurred_at: datetime
+    occurred_at: datetime  # when it happened: a snippet's occurred_at, a message's timestamp
     position: int
+    speaker: str | None  # who said it: a snippet's speaker, a message's name; None: unknown
+    created_at: datetime  # what search answers as created_at: when a snippet was added, else
+    # occurred_at (as before sources kept when they happened)
 
     def indexed_text(self) -> str:
         """What is embedded and counted. Prefixing the date lost recall@5 on our data set
@@ -47,8 +55,7 @@ def documents(store: SqlStore, generation: int, doc_ids: Sequence[str]) -> dict[
 
 
 def doc_of(row: Sequence[Any]) -> Doc:
-    """The document in a row of `DOC_COLUMNS`. A time without an offset (a message imported
-    before times were kept in UTC) is UTC."""
+    """The document in a row of `DOC_COLUMNS`."""
     return Doc(
         str(row[0]),
         str(row[1]),
@@ -57,6 +64,34 @@ def doc_of(row: Sequence[Any]) -> Doc:
         str(row[4]),
         json.loads(row[5]),
         float(row[6]),
-        as_utc(datetime.fromisoformat(str(row[7]))),
+        moment(row[7]),
         int(row[8]),
+        None if row[9] is None else str(row[9]),
+        moment(row[10]),
     )
+
+
+def moment(stored: object) -> datetime:
+    """A time as the index stores it. One without an offset (a message imported before times
+    were kept in UTC) is UTC."""
+    return as_utc(datetime.fromisoformat(str(stored)))
+
+
+@dataclass(frozen=True)
+class Period:
+    """When sources happened, both bounds included; None leaves that side open."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.since is not None and self.until is not None and self.since > self.until:
+            raise InvalidInput(
+                f"since ({self.since.isoformat()}) is after until ({self.until.isoformat()})",
+                "since",
+            )
+
+    def holds(self, when: datetime) -> bool:
+        return (self.since is None or self.since <= when) and (
+            self.until is None or when <= self.until
+        )

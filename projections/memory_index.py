@@ -17,18 +17,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import groupby
 from typing import Any
 from uuid import UUID
 
 from alma.embeddings import Embedder
 from alma.projections import memory_writes
-from alma.projections.memory_docs import Doc
+from alma.projections.memory_docs import Doc, moment
 from alma.projections.memory_plan import Plan, plan
-from alma.projections.memory_schema import GENERATION_TABLES, prepare
+from alma.projections.memory_schema import GENERATION_TABLES, prepare, undated
 from alma.projections.memory_search import MemorySearch
 from alma.projections.ranking import Weights
 from alma.projections.sql_model import commit
-from alma.projections.vectors import VectorIndex
+from alma.projections.vectors import VectorIndex, described
 from alma.stores.sql import SqlStore
 
 NAME = "memory-index"
@@ -52,7 +53,26 @@ class MemoryIndex(MemorySearch):
         pinned_generation: int | None = None,
     ) -> None:
         super().__init__(store, vectors, embedder, weights, pinned_generation)
+        if undated(store):
+            self._date_vectors()
         prepare(store)
+
+    def _date_vectors(self) -> None:
+        """Gives the vectors of an index an earlier version wrote the time each source happened,
+        which a search within a period filters by. Done before `prepare` brings the tables up
+        to date, so a crash in between does it again; nothing is embedded again."""
+        rows = self.store.query(
+            "SELECT generation, instance_id, doc_id, kind, position, occurred_at FROM memory_docs "
+            "ORDER BY generation, instance_id"
+        )
+        for (generation, instance_id), group in groupby(rows, key=lambda row: row[:2]):
+            docs = list(group)
+            self.vectors.describe(
+                int(generation),
+                UUID(str(instance_id)),
+                [str(row[2]) for row in docs],
+                [described(str(row[3]), int(row[4]), moment(row[5])) for row in docs],
+            )
 
     # Following the log
 
@@ -113,7 +133,7 @@ class MemoryIndex(MemorySearch):
             docs[0].instance_id,
             [doc.doc_id for doc in docs],
             vectors,
-            [{"kind": doc.kind, "position": doc.position} for doc in docs],
+            [described(doc.kind, doc.position, doc.occurred_at) for doc in docs],
         )
 
     # Rebuilding

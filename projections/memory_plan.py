@@ -13,6 +13,7 @@ from typing import Any
 from uuid import UUID, uuid5
 
 from alma.domain import Instance, Memory
+from alma.domain.instance import speaker_of
 from alma.domain.rules import as_utc
 from alma.projections.memory_docs import Doc, documents
 from alma.stores.sql import SqlStore
@@ -106,6 +107,8 @@ def _memory_text(plan: Plan, event: Any, position: int) -> None:
                 0.5,
                 event.timestamp,
                 position,
+                speaker=None,
+                created_at=event.timestamp,
             )
         )
     plan.texts[instance_id] = event.memory
@@ -138,6 +141,8 @@ def _put_message(
             0.5,
             occurred_at,
             position,
+            speaker=speaker_of(event),
+            created_at=occurred_at,
         )
     )
 
@@ -154,15 +159,20 @@ def _deleted(plan: Plan, event: Any, position: int) -> None:
 
 def _memory(plan: Plan, event: Any, position: int) -> None:
     doc_id, kind = str(event.originator_id), type(event)
+    # Events from before memories kept when they happened and who said them have neither: an
+    # added one happened when it was recorded, a revision keeps the time.
+    occurred_at = getattr(event, "occurred_at", None)
     if kind is Memory.Added:
         # An added memory is new: a batch is redelivered only if its SQL was not committed.
         old_doc = None
         instance_id, created = event.instance_id, event.timestamp
+        occurred_at = occurred_at or created
     else:
         old_doc = plan.doc(doc_id)
         if old_doc is None:
             return  # its instance was deleted
-        instance_id, created = old_doc.instance_id, old_doc.occurred_at
+        instance_id, created = old_doc.instance_id, old_doc.created_at
+        occurred_at = occurred_at or old_doc.occurred_at
     if plan.text(instance_id) is None:
         return
     plan.put(
@@ -174,8 +184,10 @@ def _memory(plan: Plan, event: Any, position: int) -> None:
             event.text,
             dict(event.metadata),
             event.importance,
-            created,
+            occurred_at,
             old_doc.position if old_doc else position,
+            speaker=getattr(event, "speaker", None),
+            created_at=created,
         )
     )
 

@@ -25,7 +25,7 @@ _TABLES = [
         generation INTEGER NOT NULL, doc_id TEXT NOT NULL, tenant TEXT NOT NULL,
         instance_id TEXT NOT NULL, kind TEXT NOT NULL, text TEXT NOT NULL,
         metadata TEXT NOT NULL, importance DOUBLE PRECISION NOT NULL, occurred_at TEXT NOT NULL,
-        position BIGINT NOT NULL, length INTEGER NOT NULL,
+        position BIGINT NOT NULL, length INTEGER NOT NULL, speaker TEXT, created_at TEXT NOT NULL,
         PRIMARY KEY (generation, doc_id))""",
     """CREATE INDEX IF NOT EXISTS memory_docs_by_instance
         ON memory_docs (generation, instance_id, kind, position)""",
@@ -81,6 +81,19 @@ _IMPORTANCE_TYPE = (
     "AND table_name = 'memory_docs' AND column_name = 'importance'"
 )
 _WIDEN_IMPORTANCE = "ALTER TABLE memory_docs ALTER COLUMN importance TYPE DOUBLE PRECISION"
+# Indexes written before sources kept who said them kept, as occurred_at, the time search
+# answers as created_at (when a snippet was added): the same time, as nothing had another then.
+_ADD_SPEAKERS = [
+    "ALTER TABLE memory_docs ADD COLUMN speaker TEXT",
+    "ALTER TABLE memory_docs ADD COLUMN created_at TEXT NOT NULL DEFAULT ''",
+    "UPDATE memory_docs SET created_at = occurred_at",
+]
+
+
+def undated(store: SqlStore) -> bool:
+    """Whether the index was written before its sources kept who said them, and its vectors
+    when they happened (`MemoryIndex` dates them before `prepare` brings the tables up)."""
+    return store.has_table("memory_docs") and not store.has_column("memory_docs", "speaker")
 
 
 def tables(dialect: str) -> list[str]:
@@ -91,11 +104,15 @@ def prepare(store: SqlStore) -> None:
     """Makes the tables, brings an earlier version's up to date, and serves generation 1 in a
     new index."""
     move_postings = store.has_table("memory_postings")  # seen before the tables are made
+    add_speakers = undated(store)
     with store.transaction() as cursor:
         for statement in tables(store.dialect):
             cursor.execute(statement)
         if move_postings:
             for statement in _MOVE_POSTINGS:
+                cursor.execute(statement)
+        if add_speakers:
+            for statement in _ADD_SPEAKERS:
                 cursor.execute(statement)
         cursor.execute(_DROP_AUDIT)
         if store.dialect == "postgresql":

@@ -13,7 +13,7 @@ from uuid import UUID
 import numpy as np
 
 from alma.embeddings import Embedder
-from alma.projections.memory_docs import DOC_COLUMNS, Doc, doc_of, documents
+from alma.projections.memory_docs import DOC_COLUMNS, Doc, Period, doc_of, documents, moment
 from alma.projections.ranking import Candidate, Weights, bm25_idf, fuse, terms
 from alma.projections.vectors import VectorIndex
 from alma.stores.sql import SqlStore
@@ -23,6 +23,9 @@ _K1, _B = 1.2, 0.75
 # BM25 reads the postings of the query's rarest words up to this many rows: the common words
 # left out weigh little (low IDF), and a search stays fast in an instance of 100,000 sources.
 POSTINGS_BUDGET = 2_000
+# A search within a period reads when BM25's hits happened this many at a time, best first,
+# until it has its candidates.
+_TIMES_AT_ONCE = 500
 
 
 @dataclass(frozen=True)
@@ -83,14 +86,16 @@ class MemorySearch:
         now: datetime | None = None,
         exclude: Callable[[Doc], bool] | None = None,
         embedding: Future[list[float]] | None = None,
+        period: Period | None = None,
     ) -> list[Hit]:
         """The `k` best sources for `query`, leaving out (before the cut to `k`) those that
         `exclude` names, asked best first: a chat turn's own prompt already holds them.
-        `embedding`: the query's vector from `embed_soon`, else it is computed here."""
+        `embedding`: the query's vector from `embed_soon`, else it is computed here. With a
+        `period`, only sources that happened within it are candidates."""
         generation = self.generation
-        scoring = self._lexical.submit(self._bm25, generation, instance_id, query)
+        scoring = self._lexical.submit(self._bm25, generation, instance_id, query, period)
         vector = embedding.result() if embedding else self.embedder.encode_query(query)
-        dense = dict(self.vectors.nearest(generation, instance_id, vector, CANDIDATES))
+        dense = dict(self.vectors.nearest(generation, instance_id, vector, CANDIDATES, period))
         lexical = dict(scoring.result())
         missing = [doc_id for doc_id in lexical if doc_id not in dense]
         if missing:
@@ -100,8 +105,7 @@ class MemorySearch:
                 dense[doc_id] = float(np.dot(query_vector, np.asarray(other)))
         docs = documents(self.store, generation, list(dense.keys() | lexical.keys()))
         candidates = [
-            Candidate(d, dense.get(d, 0.0), lexical.get(d, 0.0), doc.occurred_at, doc.importance)
-            for d, doc in docs.items()
+            candidate(doc, dense.get(d, 0.0), lexical.get(d, 0.0)) for d, doc in docs.items()
         ]
         ranked = fuse(candidates, now or datetime.now(UTC), self.weights)
         if exclude is not None:
@@ -113,7 +117,9 @@ class MemorySearch:
         while the caller does other work, such as loading what the search will be for."""
         return self._queries.submit(self.embedder.encode_query, query)
 
-    def _bm25(self, generation: int, instance_id: UUID, query: str) -> list[tuple[str, float]]:
+    def _bm25(
+        self, generation: int, instance_id: UUID, query: str, period: Period | None = None
+    ) -> list[tuple[str, float]]:
         words = sorted(set(terms(query)))
         if not words:
             return []
@@ -155,4 +161,31 @@ class MemorySearch:
             norm = _K1 * (1 - _B + _B * int(length) / average)
             score = weights[term] * tf * (_K1 + 1) / (tf + norm)
             scores[doc_id] = scores.get(doc_id, 0.0) + score
-        return heapq.nlargest(CANDIDATES, scores.items(), key=lambda pair: pair[1])
+        if period is None:
+            return heapq.nlargest(CANDIDATES, scores.items(), key=lambda pair: pair[1])
+        return self._within(generation, sorted(scores.items(), key=lambda pair: -pair[1]), period)
+
+    def _within(
+        self, generation: int, ranked: list[tuple[str, float]], period: Period
+    ) -> list[tuple[str, float]]:
+        """The best of `ranked` (best first) that happened within `period`, up to CANDIDATES."""
+        kept: list[tuple[str, float]] = []
+        for start in range(0, len(ranked), _TIMES_AT_ONCE):
+            part = ranked[start : start + _TIMES_AT_ONCE]
+            marks = ", ".join(["%s"] * len(part))
+            rows = self.store.query(
+                "SELECT doc_id, occurred_at FROM memory_docs "
+                f"WHERE generation = %s AND doc_id IN ({marks})",
+                (generation, *(doc_id for doc_id, _ in part)),
+            )
+            happened = {str(doc_id): moment(when) for doc_id, when in rows}
+            kept += [(d, s) for d, s in part if d in happened and period.holds(happened[d])]
+            if len(kept) >= CANDIDATES:
+                break
+        return kept[:CANDIDATES]
+
+
+def candidate(doc: Doc, dense: float, lexical: float) -> Candidate:
+    """What the ranking weighs of a source: its two similarities, when it happened, who said it
+    and its importance."""
+    return Candidate(doc.doc_id, dense, lexical, doc.occurred_at, doc.importance, doc.speaker)

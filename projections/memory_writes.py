@@ -82,13 +82,15 @@ def write(cursor: Cursor, plan: Plan) -> bool:
                 doc.occurred_at.isoformat(),
                 doc.position,
                 length,
+                doc.speaker,
+                doc.created_at.isoformat(),
             )
         )
         postings += [(generation, instance, t, doc_id, n, length) for t, n in counts.items()]
     cursor.executemany(
         "INSERT INTO memory_docs (generation, doc_id, tenant, instance_id, kind, text, "
-        "metadata, importance, occurred_at, position, length) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        "metadata, importance, occurred_at, position, length, speaker, created_at) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         rows,
     )
     cursor.executemany(

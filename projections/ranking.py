@@ -246,8 +246,9 @@ class Candidate:
     doc_id: str
     dense: float
     lexical: float
-    occurred_at: datetime
+    occurred_at: datetime  # when the source happened
     importance: float
+    speaker: str | None  # who said it, when known
 
 
 def fuse(

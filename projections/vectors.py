@@ -1,10 +1,12 @@
 """The dense half of the memory index: one Chroma collection per instance and index generation,
-so a search never filters by metadata (Chroma filters by scanning)."""
+so a search never filters by instance (Chroma filters by scanning); only a search within a
+period filters, by when each source happened."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -14,9 +16,14 @@ from chromadb.api.collection_configuration import CreateCollectionConfiguration
 from chromadb.config import Settings as ChromaSettings
 from chromadb.errors import NotFoundError
 
+from alma.projections.memory_docs import Period
 from alma.settings import Settings
 
 PREFIX = "alma-g"
+# When a source happened, in a vector's metadata: microseconds since 1970 (an integer, which
+# Chroma compares exactly).
+OCCURRED = "occurred_at_us"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Chroma keeps every write in a log it reads from each collection's last persisted point, and
 # purges only what every collection has persisted; by default a collection persists each 1,000
 # vectors, which one instance's collection may take months to reach. Measured with 100
@@ -26,6 +33,27 @@ COLLECTION: CreateCollectionConfiguration = {
     "hnsw": {"space": "cosine", "sync_threshold": 10, "batch_size": 10}
 }
 T = TypeVar("T")
+
+
+def described(kind: str, position: int, occurred_at: datetime) -> dict[str, Any]:
+    """A vector's metadata: its source's kind, position and when it happened."""
+    return {"kind": kind, "position": position, OCCURRED: _microseconds(occurred_at)}
+
+
+def _microseconds(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _within(period: Period | None) -> dict[str, Any] | None:
+    """Chroma's filter for the sources that happened within `period`; None: every source."""
+    bounds: list[dict[str, Any]] = []
+    if period is not None and period.since is not None:
+        bounds.append({OCCURRED: {"$gte": _microseconds(period.since)}})
+    if period is not None and period.until is not None:
+        bounds.append({OCCURRED: {"$lte": _microseconds(period.until)}})
+    if len(bounds) > 1:
+        return {"$and": bounds}
+    return bounds[0] if bounds else None
 
 
 def open_chroma(settings: Settings) -> ClientAPI:
@@ -106,6 +134,23 @@ class VectorIndex:
             None,
         )
 
+    def describe(
+        self,
+        generation: int,
+        instance_id: UUID,
+        ids: list[str],
+        metadatas: list[dict[str, Any]],
+    ) -> None:
+        """Writes these keys into the metadata of vectors already stored; the vectors stay."""
+
+        def update(collection: Any) -> None:
+            size = self.client.get_max_batch_size()
+            for start in range(0, len(ids), size):
+                part = slice(start, start + size)
+                collection.update(ids=ids[part], metadatas=metadatas[part])
+
+        self._with(generation, instance_id, False, update, None)
+
     def delete(self, generation: int, instance_id: UUID, ids: list[str]) -> None:
         if ids:
             self._with(generation, instance_id, False, lambda c: c.delete(ids=ids), None)
@@ -124,13 +169,24 @@ class VectorIndex:
                 self.client.delete_collection(collection.name)
 
     def nearest(
-        self, generation: int, instance_id: UUID, vector: list[float], n: int
+        self,
+        generation: int,
+        instance_id: UUID,
+        vector: list[float],
+        n: int,
+        period: Period | None = None,
     ) -> list[tuple[str, float]]:
-        """(id, cosine similarity), most similar first."""
+        """(id, cosine similarity), most similar first; with a `period`, of the sources that
+        happened within it."""
 
         def query(collection: Any) -> list[tuple[str, float]]:
             # Asking for more than the collection holds returns what it holds.
-            found = collection.query(query_embeddings=[vector], n_results=n, include=["distances"])
+            found = collection.query(
+                query_embeddings=[vector],
+                n_results=n,
+                where=_within(period),
+                include=["distances"],
+            )
             pairs = zip(found["ids"][0], found["distances"][0], strict=True)
             return [(doc_id, 1.0 - distance) for doc_id, distance in pairs]
 

@@ -80,8 +80,9 @@ ANIMALS = [
     "salmon",
     "trout",
 ]
-# A recollection's line in the system message: "- (2026-12-06) The user said: text".
-_RECOLLECTION = re.compile(r"^- \(\d{4}-\d{2}-\d{2}\) (The user said: |You said: )?")
+# A recollection's line in the system message: "- [6 December 2026] The user said: text", or
+# with the speaker's name ("Rosa: text", the character's replies).
+_RECOLLECTION = re.compile(r"^- \[\d{1,2} [A-Z][a-z]+ \d{4}\] (The user said: |You said: |Rosa: )?")
 
 
 def _stubbed(settings: Settings, stub: OpenAIStub, **more: Any) -> Settings:

@@ -105,12 +105,12 @@ def apply_recording(services: Services, model: Recorded, ops: list[tuple[str, in
     """Applies `ops` one by one, noting the memory changes each makes."""
     audit = model.audit
     for op in ops:
-        memories, texts = dict(model.memories), dict(model.memory_text)
+        memories, texts, said = dict(model.memories), dict(model.memory_text), dict(model.said)
         apply(services, model, [op])
         for memory_id, (instance, text) in model.memories.items():
             if memory_id not in memories:
                 audit[instance].append(("memory_added", memory_id, "", text))
-            elif memories[memory_id][1] != text:
+            elif memories[memory_id][1] != text or said[memory_id] != model.said[memory_id]:
                 audit[instance].append(("memory_revised", memory_id, memories[memory_id][1], text))
         for memory_id, (instance, text) in memories.items():
             if memory_id not in model.memories:
@@ -125,7 +125,7 @@ def recorded(services: Services, model: Model) -> dict[UUID, Any]:
     return {
         instance: (
             [
-                (m.id, m.role, m.content)
+                (m.id, m.role, m.content, m.name)
                 for m in services.conversation_view.messages(instance, 0, 500)
             ],
             [
@@ -137,10 +137,14 @@ def recorded(services: Services, model: Model) -> dict[UUID, Any]:
     }
 
 
-def expected_messages(model: Model, instance: UUID) -> list[tuple[UUID, str, str]]:
+def expected_messages(model: Model, instance: UUID) -> list[tuple[UUID, str, str, str | None]]:
     if instance in model.deleted:
         return []
-    return [(m, "user", text) for m, (i, text) in model.messages.items() if i == instance]
+    return [
+        (m, "user", text, model.said[m][0])
+        for m, (i, text) in model.messages.items()
+        if i == instance
+    ]
 
 
 def read_models(services: Services) -> list[Follower]:

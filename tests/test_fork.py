@@ -121,3 +121,43 @@ def test_a_fork_now_copies_everything_and_bad_points_write_nothing(api: Api) -> 
     assert now["forked_from"] == {"instance_id": rosa["id"], "version": version}
     assert [m["text"] for m in _memories(api, now["id"])] == ["Su loro se llama Perico"]
     assert _conversation(api, now["id"]) == [("user", "Hola"), ("assistant", "Buenas")]
+
+
+def test_a_fork_s_snippets_and_turns_keep_when_they_happened_and_who_said_them(api: Api) -> None:
+    rosa = make_instance(api, make_character(api)["id"])
+    base = f"/v1/instances/{rosa['id']}"
+    told = {"text": "Fui al mercado de Triana", "occurred_at": "2023-05-08T13:56:00"}
+    _post(api, f"{base}/memories", {**told, "speaker": "José Núñez"})
+    _post(api, f"{base}/memories", {"text": "Su loro se llama Perico"})
+    turn = {"role": "user", "content": "¿Y Perico?", "timestamp": "2024-03-01T18:30:00Z"}
+    _post(api, f"{base}/messages", {"messages": [{**turn, "name": "Lucía"}]})
+
+    fork = _post(api, f"{base}/fork", {"name": "Rosa bis"})
+
+    def snippets(instance_id: object) -> set[tuple[str, str, str | None]]:
+        return {(m["text"], m["occurred_at"], m["speaker"]) for m in _memories(api, instance_id)}
+
+    def said(instance_id: object) -> list[dict[str, Any]]:
+        path = f"/v1/instances/{instance_id}/messages"
+        items: list[dict[str, Any]] = api.client.get(path, headers=api.acme).json()["items"]
+        return [{k: m[k] for k in ("content", "name", "timestamp")} for m in items]
+
+    def found(instance_id: object) -> list[tuple[str, str, str | None]]:
+        response = api.client.get(
+            f"/v1/instances/{instance_id}/memories/search",
+            params={"q": "Triana Perico", "consistent": "true", "until": "2024-12-31"},
+            headers=api.acme,
+        )
+        return [(r["text"], r["occurred_at"], r["speaker"]) for r in response.json()["results"]]
+
+    assert ("Fui al mercado de Triana", "2023-05-08T13:56:00Z", "José Núñez") in snippets(
+        fork["id"]
+    )
+    assert snippets(fork["id"]) == snippets(rosa["id"])
+    assert (
+        said(fork["id"])
+        == said(rosa["id"])
+        == [{"content": "¿Y Perico?", "name": "Lucía", "timestamp": "2024-03-01T18:30:00Z"}]
+    )
+    assert found(fork["id"]) == found(rosa["id"])
+    assert {text for text, _, _ in found(fork["id"])} == {"Fui al mercado de Triana", "¿Y Perico?"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -16,41 +17,61 @@ from hypothesis import strategies as st
 from alma.api.services import Services, build_memory_index, rebuild_memory_index
 from alma.domain import Actor, NewMessage
 from alma.projections import Follower, MemoryIndex, VectorIndex
+from alma.projections.memory_docs import moment
 from alma.projections.memory_plan import chunks
+from alma.projections.vectors import OCCURRED
 
 WORDS = ["gato", "perro", "Lisboa", "mole", "abuela", "río", "canción", "viaje", "jardín"]
 texts = st.lists(st.sampled_from(WORDS), min_size=1, max_size=5).map(" ".join)
+speakers = st.sampled_from([None, "Caroline", "José Núñez", "Doña Rosa"])
+moments = st.datetimes(datetime(2019, 1, 1), datetime(2026, 1, 1), timezones=st.just(UTC))
+# (text, who said it, when it happened): None, as the API's defaults
+said = st.tuples(texts, speakers, st.one_of(st.none(), moments))
 operations = st.lists(
     st.one_of(
-        st.tuples(st.just("add"), st.integers(0, 1), texts),
+        st.tuples(st.just("add"), st.integers(0, 1), said),
         st.tuples(st.just("revise"), st.integers(0, 20), texts),
+        st.tuples(st.just("redate"), st.integers(0, 20), st.tuples(speakers, st.none() | moments)),
         st.tuples(st.just("forget"), st.integers(0, 20), st.just("")),
         st.tuples(st.just("rewrite"), st.integers(0, 1), st.lists(texts, max_size=3)),
-        st.tuples(st.just("message"), st.integers(0, 1), texts),
+        st.tuples(st.just("message"), st.integers(0, 1), said),
         st.tuples(st.just("delete"), st.integers(0, 1), st.just("")),
     ),
     min_size=1,
     max_size=20,
 )
+# When an imported message said without a time was said, here (the API's default is now).
+SAID_AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def _said(value: Any) -> tuple[str, str | None, datetime | None]:
+    """An operation's text, speaker and time: a plain text has neither of the last two."""
+    return (value, None, None) if isinstance(value, str) else value
 
 
 @dataclass
 class Model:
-    """What the index must hold: every live source of every live instance."""
+    """What the index must hold: every live source of every live instance, with who said it
+    and when it happened."""
 
     instances: list[UUID]
     deleted: set[UUID] = field(default_factory=set)
     memories: dict[UUID, tuple[UUID, str]] = field(default_factory=dict)
     messages: dict[UUID, tuple[UUID, str]] = field(default_factory=dict)
     memory_text: dict[UUID, str] = field(default_factory=dict)
+    said: dict[UUID, tuple[str | None, datetime]] = field(default_factory=dict)  # by source
 
-    def expected(self, instance: UUID) -> set[tuple[str, str]]:
+    def expected(self, instance: UUID) -> set[tuple[str, str, str | None, datetime | None]]:
         if instance in self.deleted:
             return set()
         return (
-            {("memory", t) for i, t in self.memories.values() if i == instance}
-            | {("message", t) for i, t in self.messages.values() if i == instance}
-            | {("memory_text", c) for c in chunks(self.memory_text.get(instance, ""))}
+            {("memory", t, *self.said[m]) for m, (i, t) in self.memories.items() if i == instance}
+            | {
+                ("message", t, *self.said[m])
+                for m, (i, t) in self.messages.items()
+                if i == instance
+            }
+            | {("memory_text", c, None, None) for c in chunks(self.memory_text.get(instance, ""))}
         )
 
 
@@ -61,13 +82,23 @@ def apply(services: Services, model: Model, ops: list[tuple[str, int, Any]]) -> 
         mine = [m for m, (i, _) in model.memories.items() if i not in model.deleted]
         if op == "add" and live:
             instance = live[n % len(live)]
-            memory = app.add_memory("acme", instance, value, actor)
-            model.memories[memory.id] = (instance, value)
+            text, speaker, when = _said(value)
+            memory = app.add_memory(
+                "acme", instance, text, actor, occurred_at=when, speaker=speaker
+            )
+            model.memories[memory.id] = (instance, text)
+            model.said[memory.id] = (speaker, memory.occurred_at)  # when: default, now
         elif op == "revise" and mine:
             memory_id = mine[n % len(mine)]
             instance = model.memories[memory_id][0]
             app.revise_memory("acme", instance, memory_id, actor, text=value)
             model.memories[memory_id] = (instance, value)
+        elif op == "redate" and mine:
+            memory_id = mine[n % len(mine)]
+            speaker, when = value
+            patch = {"speaker": speaker, "occurred_at": when}
+            memory = app.patch_memory("acme", model.memories[memory_id][0], memory_id, actor, patch)
+            model.said[memory_id] = (speaker, memory.occurred_at)  # when None: when added
         elif op == "forget" and mine:
             memory_id = mine[n % len(mine)]
             app.forget_memory("acme", model.memories.pop(memory_id)[0], memory_id, actor)
@@ -77,25 +108,43 @@ def apply(services: Services, model: Model, ops: list[tuple[str, int, Any]]) -> 
             model.memory_text[instance] = text
         elif op == "message" and live:
             instance = live[n % len(live)]
-            (message_id,) = app.import_messages(
-                "acme", instance, [NewMessage("user", value)], actor
-            )
-            model.messages[message_id] = (instance, value)
+            text, name, when = _said(value)
+            message = NewMessage("user", text, when or SAID_AT, name=name)
+            (message_id,) = app.import_messages("acme", instance, [message], actor)
+            model.messages[message_id] = (instance, text)
+            model.said[message_id] = (name, when or SAID_AT)
         elif op == "delete" and len(live) > 1:
             instance = live[n % len(live)]
             app.archive_instance("acme", instance, actor)
             model.deleted.add(instance)
 
 
-def indexed(index: MemoryIndex, instance: UUID) -> set[tuple[str, str]]:
-    """What the index holds for the instance, after checking SQL and Chroma agree."""
+def indexed(index: MemoryIndex, instance: UUID) -> set[tuple[str, str, str | None, Any]]:
+    """What the index holds for the instance (who said each source and when it happened; the
+    memory text's pieces date from their rewrite, which no model here knows), after checking
+    SQL and Chroma agree, on when each happened too."""
     generation = index.generation
     rows = index.store.query(
-        "SELECT doc_id, kind, text FROM memory_docs WHERE generation = %s AND instance_id = %s",
+        "SELECT doc_id, kind, text, speaker, occurred_at FROM memory_docs "
+        "WHERE generation = %s AND instance_id = %s",
         (generation, str(instance)),
     )
-    assert {r[0] for r in rows} == index.vectors.ids(generation, instance)
-    return {(r[1], r[2]) for r in rows}
+    assert {r[0]: moment(r[4]) for r in rows} == vector_times(index, instance)
+    return {(r[1], r[2], r[3], moment(r[4]) if r[1] != "memory_text" else None) for r in rows}
+
+
+def vector_times(index: MemoryIndex, instance: UUID) -> dict[str, datetime]:
+    """When each of the instance's vectors says its source happened."""
+    name = index.vectors.name(index.generation, instance)
+    if name not in {c.name for c in index.vectors.client.list_collections()}:
+        return {}
+    found = index.vectors.client.get_collection(name, embedding_function=None).get(
+        include=["metadatas"]
+    )
+    return {
+        doc_id: datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=meta[OCCURRED])
+        for doc_id, meta in zip(found["ids"], found["metadatas"], strict=True)
+    }
 
 
 def assert_index_matches(index: MemoryIndex, model: Model) -> None:
@@ -206,11 +255,12 @@ def test_a_rebuild_fills_a_new_generation_and_gives_the_same_index(
         world,
         [
             ("add", 0, "gato negro"),
-            ("add", 1, "perro"),
+            ("add", 1, ("perro", "Caroline", datetime(2023, 5, 8, 13, 56, tzinfo=UTC))),
             ("rewrite", 0, ["Vive en Lisboa"]),
-            ("message", 1, "viaje al río"),
+            ("message", 1, ("viaje al río", "José Núñez", datetime(2024, 3, 1, tzinfo=UTC))),
             ("forget", 0, ""),
             ("add", 0, "mole de la abuela"),
+            ("redate", 1, ("Melanie", None)),
         ],
     )
     index = services.memory_index
@@ -326,4 +376,5 @@ def test_a_forgotten_memory_stays_out_of_search_and_of_a_rebuild(
     for query in ["código secreto", "4711", "perro"]:
         hits = services.memory_index.search(instance, query, k=100)
         assert all("4711" not in hit.doc.text for hit in hits)
-    assert ("memory", "El código secreto es 4711") not in indexed(services.memory_index, instance)
+    held = {(kind, text) for kind, text, *_ in indexed(services.memory_index, instance)}
+    assert held == {("memory", "El perro se llama Canelo")}

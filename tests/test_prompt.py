@@ -135,6 +135,7 @@ def cases(draw: st.DrawFn) -> Case:
             id=f"r{i}",
             score=draw(st.floats(0, 1)),
             role=draw(st.sampled_from([None, "user", "assistant"])),
+            speaker=draw(st.sampled_from([None, "Caroline", "Doña Rosa 🌹", "José\nNúñez"])),
         )
         for i in range(n)
     ]
@@ -199,7 +200,8 @@ def test_the_budget_is_never_exceeded_and_priorities_hold(case: Case) -> None:
     for r in case.recollections:
         tag = r.text.split()[0]
         if r.id in prompt.memories_used:
-            assert f"({r.when.date().isoformat()}) " in content
+            said = f"{' '.join(r.speaker.split())}: " if r.speaker else ""
+            assert f"[{r.when.day} {r.when:%B %Y}] {said}" in content  # Python's C locale
             assert " ".join(r.text.split()) in content
         else:
             assert tag not in everything(prompt)
@@ -247,7 +249,7 @@ def test_the_whole_is_counted_not_the_sum_of_its_parts() -> None:
     def pessimistic(messages: list[dict[str, str]]) -> int:
         content = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
         assistant = [m for m in messages if m["role"] == "assistant" and m["content"]]
-        surcharge = 9 * content.count("\n- (") + 4 * len(assistant)
+        surcharge = 9 * content.count("\n- [") + 4 * len(assistant)
         return tokens.count_messages(messages) + surcharge + 30 * ("## Your own memory" in content)
 
     recollections = [
@@ -310,7 +312,7 @@ def test_spanish_and_emoji_text_is_counted_and_kept_exactly() -> None:
         assert text in content
     assert "User: ¿Qué tal?\nLucía: ¡Genial!" in content
     assert "Vive en Madrid. Tiene un gato que se llama Ñoño 😺." in content
-    assert "- (2024-03-01) Su hermana Lucía es enfermera" in content
+    assert "- [1 March 2024] Su hermana Lucía es enfermera" in content
     assert prompt.messages[1:] == [
         {"role": "user", "content": "¡Hola, Lucía! ñandú 🌮"},
         {"role": "assistant", "content": "¡Hola! ¿Qué tal el día?"},
@@ -329,7 +331,7 @@ def test_the_persona_speaks_as_the_instance_unless_the_character_brings_its_own_
     assert content.startswith(default_instruction("Martita", "Marta"))
     assert "you ARE Martita" in content and "a variation of Marta" in content
     assert "Spanish or English" in content and "Never say you are an AI" in content
-    assert "Today is 2024-03-10." in content
+    assert "Today is 10 March 2024." in content
 
     own = replace(persona, system_prompt="Eres Marta. Habla siempre en verso.")
     content = system(build(persona=own, instance_name="Martita"))
@@ -349,9 +351,45 @@ def test_dates_appear_in_the_memories_section_oldest_first() -> None:
     content = system(build(recollections=recollections))
     section = content.split("## Things you remember\n")[1].split("\n\n")[0]
     assert section.splitlines() == [
-        "- (2022-05-03) Odia el cilantro",
-        "- (2023-12-24) Le regalé un libro",
-        "- (2024-01-02) The user said: Me encanta el sushi",
+        "- [3 May 2022] Odia el cilantro",
+        "- [24 December 2023] Le regalé un libro",
+        "- [2 January 2024] The user said: Me encanta el sushi",
+    ]
+
+
+def test_a_recollection_says_who_said_it_when_that_is_known() -> None:
+    recollections = [
+        Recollection(
+            "I went to the LGBTQ support group.",
+            datetime(2023, 5, 8, 13, 56, tzinfo=UTC),
+            "memory",
+            "a",
+            0.9,
+            speaker="Caroline",
+        ),
+        Recollection(
+            "Fui al mercado de Triana con mi hermana.",
+            datetime(2024, 3, 1, 18, 30, tzinfo=UTC),
+            "message",
+            "b",
+            0.8,
+            "user",
+            "José\nNúñez",  # one line, whatever the name holds
+        ),
+        Recollection(
+            "Sigo pintando cada domingo.", datetime(2024, 3, 2, tzinfo=UTC), "message", "c", 0.7
+        ),
+        Recollection(
+            "Le gusta el mole.", datetime(2024, 3, 3, tzinfo=UTC), "message", "d", 0.6, "assistant"
+        ),
+    ]
+    content = system(build(recollections=recollections))
+    section = content.split("## Things you remember\n")[1].split("\n\n")[0]
+    assert section.splitlines() == [
+        "- [8 May 2023] Caroline: I went to the LGBTQ support group.",
+        "- [1 March 2024] José Núñez: Fui al mercado de Triana con mi hermana.",
+        "- [2 March 2024] Sigo pintando cada domingo.",
+        "- [3 March 2024] You said: Le gusta el mole.",
     ]
 
 
@@ -479,7 +517,7 @@ def test_the_hash_is_of_the_exact_messages_and_changes_with_every_input() -> Non
 
 def test_a_long_gap_since_the_last_turn_is_mentioned() -> None:
     turns = [Turn("user", "adiós", NOW - timedelta(days=9)), Turn("assistant", "¡chao!", None)]
-    assert "You last talked with the user on 2024-03-01." in system(build(turns=turns))
+    assert "You last talked with the user on 1 March 2024." in system(build(turns=turns))
     today = [Turn("user", "hola", NOW - timedelta(minutes=5))]
     assert "You last talked" not in system(build(turns=today))
 

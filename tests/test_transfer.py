@@ -32,7 +32,14 @@ def _fill(services: Services) -> list[UUID]:
         two = app.fork_instance(tenant, one.id, "Rosa bis", actor, app.fork_point(tenant, one.id))
         app.edit_instance(tenant, one.id, actor, name="Rosita", memory="Vive junto al río\n\nY más")
         dog = app.add_memory(tenant, one.id, "Su perro se llama Canelo", actor, {"k": "v"}, 0.9)
-        app.add_memory(tenant, one.id, "Drinks café de olla every morning", actor)
+        app.add_memory(
+            tenant,
+            one.id,
+            "Drinks café de olla every morning",
+            actor,
+            occurred_at=datetime(2023, 5, 8, 13, 56, tzinfo=UTC),
+            speaker="Caroline",
+        )
         gone = app.add_memory(tenant, two.id, "Olvidará esto", actor)
         app.revise_memory(tenant, one.id, dog.id, actor, text="Su perro Canelo es viejo")
         app.forget_memory(tenant, two.id, gone.id, actor)
@@ -40,7 +47,10 @@ def _fill(services: Services) -> list[UUID]:
         app.import_messages(
             tenant,
             one.id,
-            [NewMessage("user", "¿Y el río?", sent), NewMessage("assistant", "Cerca.", sent)],
+            [
+                NewMessage("user", "¿Y el río?", sent, name="José Núñez"),
+                NewMessage("assistant", "Cerca.", sent),
+            ],
             actor,
         )
         app.archive_instance(tenant, two.id, actor)
@@ -59,10 +69,19 @@ def _index(services: Services, instance_id: UUID) -> dict[str, Any]:
     docs = index.memories(instance_id, 0, 500)
     messages = services.conversation_view.messages(instance_id, 0, 500)
     return {
-        "docs": sorted((d.doc_id, d.kind, d.text, d.metadata, d.importance) for d in docs),
-        "messages": [(m.id, m.role, m.content, m.metadata, m.sent_at) for m in messages],
+        "docs": sorted(
+            (
+                *(d.doc_id, d.kind, d.text, d.metadata, d.importance),
+                *(d.occurred_at, d.speaker, d.created_at),
+            )
+            for d in docs
+        ),
+        "messages": [(m.id, m.role, m.content, m.metadata, m.sent_at, m.name) for m in messages],
         "search": [
-            [(hit.doc.doc_id, round(hit.score, 4)) for hit in index.search(instance_id, query)]
+            [
+                (hit.doc.doc_id, round(hit.score, 4), hit.doc.occurred_at, hit.doc.speaker)
+                for hit in index.search(instance_id, query)
+            ]
             for query in QUERIES
         ],
     }
@@ -117,7 +136,11 @@ def test_export_import_round_trip(settings: Settings, tmp_path: Path) -> None:
         target.conversation.catch_up()
         for instance_id in instances:
             assert _index(target, instance_id) == _index(source, instance_id)
-        assert _index(target, instances[0])["docs"]
+        held = _index(target, instances[0])
+        assert held["docs"]
+        caroline = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
+        assert ("Caroline", caroline) in {(d[6], d[5]) for d in held["docs"]}  # who and when
+        assert [m[-1] for m in held["messages"]] == ["José Núñez", "Rosita"]  # the instance's
 
         assert_clean_failure(alma(settings, "import", str(exported)))  # already there
         assert target.app.recorder.max_notification_id() == len(lines)

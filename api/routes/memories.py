@@ -17,6 +17,7 @@ from alma.api.deps import (
     Index,
     IndexCaughtUp,
     Limit,
+    Within,
 )
 from alma.api.pagination import decode_cursor, encode_cursor
 from alma.api.schemas import (
@@ -40,7 +41,14 @@ def add_memory(
     instance_id: UUID, body: MemoryCreate, caller: CurrentCaller, app: AlmaApp
 ) -> MemoryOut:
     memory = app.add_memory(
-        caller.tenant, instance_id, body.text, caller.actor, body.metadata, body.importance
+        caller.tenant,
+        instance_id,
+        body.text,
+        caller.actor,
+        body.metadata,
+        body.importance,
+        occurred_at=body.occurred_at,
+        speaker=body.speaker,
     )
     return MemoryOut.of(memory)
 
@@ -75,6 +83,7 @@ def search_memories(
     app: AlmaApp,
     index: Index,
     caught_up: IndexCaughtUp,
+    period: Within,
     q: Annotated[str, Query(min_length=1, max_length=2000, pattern=r"\S")],
     k: Annotated[int, Query(ge=1, le=100)] = 10,
     min_score: Annotated[float, Query(ge=0, le=1)] = 0.0,
@@ -85,7 +94,7 @@ def search_memories(
     app.instance(caller.tenant, instance_id)
     if consistent:
         caught_up()
-    hits = index.search(instance_id, q, k, min_score)
+    hits = index.search(instance_id, q, k, min_score, period=period)
     return SearchResults(results=[SearchResult.of(hit) for hit in hits])
 
 
@@ -134,6 +143,8 @@ def list_messages(
 def import_messages(
     instance_id: UUID, body: MessagesImport, caller: CurrentCaller, app: AlmaApp
 ) -> MessagesImported:
-    messages = [NewMessage(m.role, m.content, m.timestamp, m.metadata) for m in body.messages]
+    messages = [
+        NewMessage(m.role, m.content, m.timestamp, m.metadata, m.name) for m in body.messages
+    ]
     ids = app.import_messages(caller.tenant, instance_id, messages, caller.actor)
     return MessagesImported(ids=ids)
