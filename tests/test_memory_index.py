@@ -1,5 +1,6 @@
-"""The memory index equals the live memories, whatever happens: any interleaving of writes,
-a crash between the vector write and the SQL commit, a rebuild beside the serving index."""
+"""The memory index equals the live memories, whatever happens: any interleaving of writes
+(messages withdrawn from recall included), a crash between the vector write and the SQL commit,
+a rebuild beside the serving index."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ operations = st.lists(
         st.tuples(st.just("add"), st.integers(0, 1), texts),
         st.tuples(st.just("revise"), st.integers(0, 20), texts),
         st.tuples(st.just("forget"), st.integers(0, 20), st.just("")),
+        st.tuples(st.just("withdraw"), st.integers(0, 20), st.just("")),
         st.tuples(st.just("rewrite"), st.integers(0, 1), st.lists(texts, max_size=3)),
         st.tuples(st.just("message"), st.integers(0, 1), texts),
         st.tuples(st.just("delete"), st.integers(0, 1), st.just("")),
@@ -36,7 +38,8 @@ operations = st.lists(
 
 @dataclass
 class Model:
-    """What the index must hold: every live source of every live instance."""
+    """What the index must hold: every live source of every live instance (a message withdrawn
+    from recall is not live)."""
 
     instances: list[UUID]
     deleted: set[UUID] = field(default_factory=set)
@@ -71,6 +74,15 @@ def apply(services: Services, model: Model, ops: list[tuple[str, int, Any]]) -> 
         elif op == "forget" and mine:
             memory_id = mine[n % len(mine)]
             app.forget_memory("acme", model.memories.pop(memory_id)[0], memory_id, actor)
+        elif op == "withdraw" and mine:
+            # Forgets a memory and takes one of its instance's messages out of recall.
+            memory_id = mine[n % len(mine)]
+            instance = model.memories.pop(memory_id)[0]
+            said = [m for m, (i, _) in model.messages.items() if i == instance]
+            withdrawn = [said[n % len(said)]] if said else []
+            app.forget_memory("acme", instance, memory_id, actor, withdraw=withdrawn)
+            for message_id in withdrawn:
+                model.messages.pop(message_id)
         elif op == "rewrite" and live:
             instance, text = live[n % len(live)], "\n\n".join(value)
             app.edit_instance("acme", instance, actor, memory=text)
