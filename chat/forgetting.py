@@ -6,16 +6,22 @@ was formed from and those that state it, in the same command (`Alma.forget_memor
 index drops them, the prompt's recent turns and memory formation leave them out, and the
 conversation, its history and the audit keep them as they were said.
 
-Which messages state a memory was measured, not guessed (`bench/forget.py`, README): a message
-states it when it holds at least half of the memory's words (words as search counts them:
-folded, stopwords left out) and is close in meaning (cosine of the two embeddings at least 0.5).
-Either alone took unrelated messages: with the packaged MiniLM, Spanish small talk reaches 0.68
-against an unrelated memory, and a short memory shares a word with many messages. A message the
-memory was formed from (its `source`) needs a quarter of the words and 0.45.
+Which messages state a memory was measured, not guessed (`bench/forget.py`, README). A message
+states it when it holds at least half of the memory's words and at least three of them (all of
+them, when the memory has two or three), and is close in meaning (cosine of the two embeddings
+at least 0.5). Words are as search counts them (folded, stopwords left out), without the words
+the memory process names the user by ("usuario", "user"), which no user says of themselves; a
+memory of one word states nothing a message could be taken for. Meaning alone took unrelated
+messages: with the packaged MiniLM, Spanish small talk reaches 0.68 against an unrelated memory.
+Fewer words took near misses: "Nurse at St Mary's" with "My mum was a teacher at St Mary's",
+"Mi gato Tizón" with "El gato de mi vecina es blanco". The messages a memory was formed from
+(its `source`) are always looked at, but must state it too: the window the memory process formed
+it from holds other things.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -25,17 +31,11 @@ from alma.domain import Actor, Alma, Memory
 from alma.projections import Doc, MemoryIndex
 from alma.projections.ranking import terms
 
-
-@dataclass(frozen=True)
-class Bar:
-    """What a message must reach to be taken with the memory."""
-
-    words: float  # the share of the memory's words the message holds
-    meaning: float  # the cosine similarity of their embeddings
-
-
-STATES = Bar(words=0.5, meaning=0.5)
-FORMED_FROM = Bar(words=0.25, meaning=0.45)
+WORDS = 0.5  # the share of the memory's words a message must hold
+FEWEST_WORDS = 3  # and never fewer (all of them, when the memory has fewer)
+MEANING = 0.5  # the cosine similarity their embeddings must reach
+# How the memory process names the user, which the user's own messages never say.
+THE_USER = frozenset({"usuario", "usuaria", "user"})
 
 
 @dataclass(frozen=True)
@@ -52,13 +52,13 @@ def stating(index: MemoryIndex, memory: Memory) -> list[Withdrawal]:
     """The instance's messages that the memory was formed from or that state it, in the order
     they were said. Nothing is written."""
     formed_from = {str(m) for m in (memory.source or {}).get("messages", [])}
-    wanted = set(terms(memory.text))
-    if not wanted:
+    wanted = set(terms(memory.text)) - THE_USER
+    if len(wanted) < 2:
         return []
+    needed = min(len(wanted), max(FEWEST_WORDS, math.ceil(WORDS * len(wanted))))
     candidates = index.messages_for(memory.instance_id, memory.text, sorted(formed_from))
-    shares = {doc.doc_id: len(wanted & set(terms(doc.text))) / len(wanted) for doc in candidates}
-    lowest = min(STATES.words, FORMED_FROM.words)
-    close = [doc for doc in candidates if shares[doc.doc_id] >= lowest]
+    held = {doc.doc_id: len(wanted & set(terms(doc.text))) for doc in candidates}
+    close = [doc for doc in candidates if held[doc.doc_id] >= needed]
     if not close:
         return []
     # Each message's own words, embedded afresh: what the index embeds may hold more.
@@ -66,9 +66,9 @@ def stating(index: MemoryIndex, memory: Memory) -> list[Withdrawal]:
     taken = []
     for doc, vector in zip(close, vectors[1:], strict=True):
         similarity = float(vectors[0] @ vector)
-        reason, bar = ("source", FORMED_FROM) if doc.doc_id in formed_from else ("states", STATES)
-        if shares[doc.doc_id] >= bar.words and similarity >= bar.meaning:
-            taken.append(Withdrawal(doc, reason, shares[doc.doc_id], similarity))
+        if similarity >= MEANING:
+            reason = "source" if doc.doc_id in formed_from else "states"
+            taken.append(Withdrawal(doc, reason, held[doc.doc_id] / len(wanted), similarity))
     return sorted(taken, key=lambda withdrawal: withdrawal.message.position)
 
 
