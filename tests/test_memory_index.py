@@ -39,12 +39,13 @@ operations = st.lists(
 @dataclass
 class Model:
     """What the index must hold: every live source of every live instance (a message withdrawn
-    from recall is not live)."""
+    from recall is not live, though it was said: `messages` holds every one)."""
 
     instances: list[UUID]
     deleted: set[UUID] = field(default_factory=set)
     memories: dict[UUID, tuple[UUID, str]] = field(default_factory=dict)
     messages: dict[UUID, tuple[UUID, str]] = field(default_factory=dict)
+    withdrawn: set[UUID] = field(default_factory=set)  # messages out of recall, still said
     memory_text: dict[UUID, str] = field(default_factory=dict)
 
     def expected(self, instance: UUID) -> set[tuple[str, str]]:
@@ -52,7 +53,11 @@ class Model:
             return set()
         return (
             {("memory", t) for i, t in self.memories.values() if i == instance}
-            | {("message", t) for i, t in self.messages.values() if i == instance}
+            | {
+                ("message", t)
+                for m, (i, t) in self.messages.items()
+                if i == instance and m not in self.withdrawn
+            }
             | {("memory_text", c) for c in chunks(self.memory_text.get(instance, ""))}
         )
 
@@ -81,8 +86,7 @@ def apply(services: Services, model: Model, ops: list[tuple[str, int, Any]]) -> 
             said = [m for m, (i, _) in model.messages.items() if i == instance]
             withdrawn = [said[n % len(said)]] if said else []
             app.forget_memory("acme", instance, memory_id, actor, withdraw=withdrawn)
-            for message_id in withdrawn:
-                model.messages.pop(message_id)
+            model.withdrawn.update(withdrawn)
         elif op == "rewrite" and live:
             instance, text = live[n % len(live)], "\n\n".join(value)
             app.edit_instance("acme", instance, actor, memory=text)
