@@ -21,7 +21,7 @@ import httpx
 import pytest
 from eventsourcing.persistence import StoredEvent
 
-from alma.api.event_store import open_app
+from alma.api.services import open_app
 from alma.domain.application import Alma
 from alma.settings import Settings
 from tests.cli import bearer, create_key, free_port, running, wait_for_health
