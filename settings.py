@@ -27,7 +27,8 @@ class Settings(BaseSettings):
     )
     embedding_model: str = Field(
         default="all-MiniLM-L6-v2",
-        description="any sentence-transformers name or path; the default ships in a package",
+        description="any sentence-transformers name or path; the default ships in a package, "
+        "and so do intfloat/multilingual-e5-small and all-mpnet-base-v2 (README)",
     )
     embedding_backend: Literal["onnx-int8", "onnx", "torch"] = Field(
         default="onnx", description="how the embedding model runs (see embeddings.py)"

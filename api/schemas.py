@@ -21,6 +21,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from alma.api.pagination import MAX_POSITION
 from alma.api.present import actor_of, event_data, unified_diff
+from alma.chat.forgetting import Withdrawal
 from alma.chat.turns import TurnResult
 from alma.chat.voice_turn import VoiceReply
 from alma.domain import Character, Instance, InvalidInput, Memory
@@ -434,6 +435,38 @@ class MemoryOut(BaseModel):
             created_at=memory.created_on,
             updated_at=memory.modified_on,
         )
+
+
+class WithdrawnMessage(BaseModel):
+    id: str
+    role: str
+    content: str
+    timestamp: datetime
+    reason: Literal["source", "states"] = Field(
+        description="source: the memory was formed from it; states: it says what the memory says"
+    )
+    words: float = Field(description="the share of the memory's words the message holds")
+    similarity: float = Field(description="the cosine similarity of their meanings, -1 to 1")
+
+    @classmethod
+    def of(cls, withdrawal: Withdrawal) -> WithdrawnMessage:
+        message = withdrawal.message
+        return cls(
+            id=message.doc_id,
+            role=str(message.metadata.get("role", "")),
+            content=message.text,
+            timestamp=message.occurred_at,
+            reason="source" if withdrawal.reason == "source" else "states",
+            words=round(withdrawal.words, 6),
+            similarity=round(withdrawal.similarity, 6),
+        )
+
+
+class MemoryForgotten(BaseModel):
+    memory_id: UUID
+    withdrawn: list[WithdrawnMessage] = Field(
+        description="the messages taken out of recall with it, in the order they were said"
+    )
 
 
 class SearchResult(BaseModel):

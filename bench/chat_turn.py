@@ -50,12 +50,10 @@ others), fewer samples and 10 s of concurrency, and finishes in a few minutes.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -83,7 +81,8 @@ from alma.embeddings import Embedder
 from alma.llm.client import Completion, Messages, ModelClient
 from alma.projections import Follower, Hit, MemoryIndex
 from alma.settings import Settings
-from bench.report import Row, checked, free_port, log, machine_load, percentiles_ms, print_table
+from bench.report import Row, checked, log, machine_load, percentiles_ms, print_table
+from bench.serve import alma_serve
 from tests.openai_stub import Behaviour, OpenAIStub, Reply
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -577,59 +576,6 @@ class TimingStub(OpenAIStub):
 # Through HTTP: `alma serve` in a subprocess
 
 
-@contextlib.contextmanager
-def alma_serve(folder: Path, stub: OpenAIStub) -> Iterator[str]:
-    port = free_port()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("ALMA_", "OPENAI_", "POSTGRES_"))
-    }
-    env |= {
-        "ALMA_DATA_DIR": str(folder),
-        "OPENAI_API_KEY": "sk-bench",
-        "OPENAI_BASE_URL": stub.base_url,
-        "ALMA_HOST": "127.0.0.1",
-        "ALMA_PORT": str(port),
-        # The checkout first: an editable install made before a package was added misses it.
-        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])]),
-    }
-    alma = Path(sys.executable).parent / "alma"
-    with (folder / "serve.log").open("wb") as output:
-        # Its own folder as working directory: no `.env` of the checkout is read.
-        server = subprocess.Popen(
-            [str(alma), "serve"], cwd=folder, env=env, stdout=output, stderr=subprocess.STDOUT
-        )
-        try:
-            base_url = f"http://127.0.0.1:{port}"
-            try:
-                wait_until_healthy(server, base_url, timeout=120)
-            except RuntimeError:
-                tail = (folder / "serve.log").read_text(errors="replace").splitlines()[-20:]
-                log("alma serve said:\n" + "\n".join(tail))
-                raise
-            yield base_url
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-
-
-def wait_until_healthy(server: subprocess.Popen[bytes], base_url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"alma serve exited with status {server.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"alma serve was not healthy within {timeout} s")
-
-
 # 2. First streamed byte
 
 
@@ -791,7 +737,8 @@ def main() -> None:
                 SharedSystemClient.clear_system_cache()  # `alma serve` opens the folder next
             print_table("Turn overhead, in process (model time excluded)", rows)
             log("starting alma serve")
-            with alma_serve(folder, stub) as base_url:
+            extra = {"OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": stub.base_url}
+            with alma_serve(folder, extra) as (_, base_url):
                 rows = first_byte_rows(base_url, world, stub, sizes)
                 rows += concurrency_rows(base_url, world, sizes)
             print_table("Through HTTP (alma serve in a subprocess)", rows)

@@ -45,8 +45,6 @@ import itertools
 import os
 import platform
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -81,15 +79,14 @@ from alma.settings import Settings  # noqa: E402
 from bench.report import (  # noqa: E402
     Row,
     checked,
-    free_port,
     log,
     machine_load,
     p50_ms,
     percentiles_ms,
     print_table,
 )
+from bench.serve import alma_serve, create_key  # noqa: E402
 
-ALMA = ROOT / ".venv" / "bin" / "alma"
 TENANT = "bench"
 ACTOR = Actor(tenant=TENANT, key_id="bench", request_id="bench")
 SAVE_BATCH = 1_000
@@ -811,14 +808,6 @@ def rebuild_rows(services: Services, instance_ids: list[UUID], sizes: Sizes) -> 
 # 5. A real `alma serve`
 
 
-def alma_env(folder: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ALMA_")}
-    env["ALMA_DATA_DIR"] = str(folder)
-    # This working tree's packages, also those the editable install was made before (`chat`).
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    return env
-
-
 def status_kb(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(f"{field}:"):
@@ -826,47 +815,8 @@ def status_kb(pid: int, field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/{pid}/status")
 
 
-@contextlib.contextmanager
-def alma_serve(folder: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = free_port()
-    server = subprocess.Popen(
-        [str(ALMA), "serve", "--port", str(port)],
-        cwd=folder,
-        env=alma_env(folder),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"alma serve exited with status {server.returncode}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("alma serve did not answer /health within 120 s")
-            time.sleep(0.2)
-        yield server, base_url
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
 def serve_rows(folder: Path, instance_ids: list[UUID], sizes: Sizes) -> list[Row]:
-    key = subprocess.run(
-        [str(ALMA), "keys", "create", "--tenant", TENANT],
-        cwd=folder,
-        env=alma_env(folder),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    key = create_key(folder, TENANT)
     log("serve: starting `alma serve` and waiting for /health")
     started = time.perf_counter()
     with alma_serve(folder) as (server, base_url):

@@ -125,6 +125,7 @@ class MemoryFormation:
         start = self.position()
         held: list[_Message] = []
         archived: set[UUID] = set()
+        withdrawn: set[tuple[UUID, str]] = set()
         unformed: dict[UUID, int] = {}
         done = start
         for event, position in batch:
@@ -133,6 +134,10 @@ class MemoryFormation:
             kind = type(event)
             if kind in (Instance.Archived, Instance.Erased):
                 archived.add(event.originator_id)
+            elif kind is Instance.MessagesWithdrawnFromRecall:
+                # Out of recall: no later memory or summary is formed from them.
+                withdrawn |= {(event.originator_id, m) for m in event.message_ids}
+                held = [m for m in held if (m.instance_id, m.message_id) not in withdrawn]
             elif kind in (Instance.MessageRecorded, Instance.ReplyRecorded) and not getattr(
                 event, "forked_from", None
             ):  # a fork's copy of a turn: what it taught is in the copied memories already
@@ -143,17 +148,24 @@ class MemoryFormation:
                     unformed[instance_id] = self._unformed(instance_id)
                 unformed[instance_id] += 1
                 if kind is Instance.ReplyRecorded or unformed[instance_id] >= IMPORT_WINDOW:
-                    self._hold(held, archived, done)
-                    held, archived = [], set()
+                    self._hold(held, archived, withdrawn, done)
+                    held, archived, withdrawn = [], set(), set()
                     self._form(message, position)
                     unformed[instance_id] = 0
             done = position
-        self._hold(held, archived, done)
+        self._hold(held, archived, withdrawn, done)
 
     # Steps
 
-    def _hold(self, messages: list[_Message], archived: set[UUID], position: int) -> None:
-        """Keeps messages until they are formed and summarised; forgets deleted instances."""
+    def _hold(
+        self,
+        messages: list[_Message],
+        archived: set[UUID],
+        withdrawn: set[tuple[UUID, str]],
+        position: int,
+    ) -> None:
+        """Keeps messages until they are formed and summarised; lets go of those withdrawn
+        from recall, and forgets deleted instances."""
         with self.store.transaction() as cursor:
             if messages:
                 cursor.executemany(
@@ -172,6 +184,11 @@ class MemoryFormation:
                         )
                         for m in messages
                     ],
+                )
+            if withdrawn:
+                cursor.executemany(
+                    "DELETE FROM formation_messages WHERE instance_id = %s AND message_id = %s",
+                    [(str(instance_id), message_id) for instance_id, message_id in withdrawn],
                 )
             for instance_id in archived:
                 for table in ("formation_messages", "formation_summaries", "formation_plans"):

@@ -277,13 +277,18 @@ class Alma(CachingApplication):
         memories: Sequence[tuple[UUID, int]] = (),
     ) -> Instance:
         """A new instance of the same character with what this one remembered at `point`: its
-        memory text and voice, its conversation up to that version, and the `memories`
-        (snippet ids, each at its version then), all saved at once."""
+        memory text and voice, its conversation up to that version (with what was withdrawn
+        from recall by then), and the `memories` (snippet ids, each at its version then), all
+        saved at once."""
         source = self.owned(Instance, tenant, instance_id, point.version)
         originals = [self.owned(Memory, tenant, m, version) for m, version in memories]
         if any(m.instance_id != instance_id or m.forgotten for m in originals):
             raise InvalidInput("only the instance's own live memories can be copied", "memories")
-        said = [e for e in self.events.get(instance_id, lte=point.version) if isinstance(e, SAID)]
+        said = [
+            e
+            for e in self.events.get(instance_id, lte=point.version)
+            if isinstance(e, (*SAID, Instance.MessagesWithdrawnFromRecall))
+        ]
 
         def copy(fork: Instance) -> list[Aggregate]:
             copies = copy_memories(originals, fork, actor)
@@ -501,11 +506,21 @@ class Alma(CachingApplication):
         memory_id: UUID,
         actor: Actor,
         source: dict[str, Any] | None = None,
+        withdraw: Sequence[UUID] = (),
     ) -> None:
+        """Forgets the memory; with `withdraw`, takes those messages of the instance out of
+        recall in the same transaction (`Instance.withdraw_from_recall`)."""
+        withdrawn = list(dict.fromkeys(str(message_id) for message_id in withdraw))
+
         def attempt() -> None:
             memory = self.memory(tenant, instance_id, memory_id)
             memory.forget(actor, source)
-            self.save(memory)
+            changed: list[Aggregate] = [memory]
+            if withdrawn:
+                instance = self._current(Instance, tenant, instance_id)
+                instance.withdraw_from_recall(withdrawn, memory_id, actor)
+                changed.append(instance)
+            self.save(*changed)
 
         self._retrying(attempt)
 
@@ -547,14 +562,23 @@ class Alma(CachingApplication):
 
     def last_messages(self, instance_id: UUID, limit: int) -> list[DomainEvent]:
         """The instance's last `limit` messages and replies (its `MessageRecorded` and
-        `ReplyRecorded` events), oldest first: read from its own events, so current however far
-        the read models lag."""
+        `ReplyRecorded` events) that are not withdrawn from recall, oldest first: read from its
+        own events, so current however far the read models lag."""
         found: list[DomainEvent] = []
+        # Read newest first, a withdrawal comes before the messages it names.
+        withdrawn: set[str] = set()
         below: int | None = None
         page = limit + 8  # a few failures or edits between the messages
         while len(found) < limit:
-            events = list(self.events.get(instance_id, lte=below, desc=True, limit=page))
-            found += [e for e in events if isinstance(e, SAID)][: limit - len(found)]
+            events: list[Any] = list(self.events.get(instance_id, lte=below, desc=True, limit=page))
+            for event in events:
+                kind = type(event)  # (not isinstance: the event classes are typed DomainEvent)
+                if kind is Instance.MessagesWithdrawnFromRecall:
+                    withdrawn.update(event.message_ids)
+                elif kind in SAID and str(event.message_id) not in withdrawn:
+                    found.append(event)
+                    if len(found) == limit:
+                        break
             if len(events) < page:
                 break
             below = events[-1].originator_version - 1

@@ -1,6 +1,7 @@
 """Forking an instance: the fork starts with everything the original remembered at the fork
-point (its memory text, voice, memory snippets and conversation), recorded as the fork's own
-events that each point at the original they copy; from there the two diverge."""
+point (its memory text, voice, memory snippets and conversation, with what was withdrawn from
+recall), recorded as the fork's own events that each point at the original they copy; from there
+the two diverge."""
 
 from __future__ import annotations
 
@@ -54,12 +55,20 @@ def copy_conversation(
     said: Sequence[Any], fork: Instance, memory_ids: dict[str, str], actor: Actor
 ) -> None:
     """Records the original's messages and replies (`said`, in order) as the fork's own; a
-    reply's memories become the fork's copies of them."""
+    reply's memories become the fork's copies of them. The messages `said` withdraws from
+    recall are withdrawn in the fork too, for the original's memory that was forgotten."""
     message_ids: dict[UUID, UUID] = {}
     for event in said:
+        kind = type(event)
+        if kind is Instance.MessagesWithdrawnFromRecall:
+            copied = [message_ids.get(UUID(m)) for m in event.message_ids]
+            copies = [str(copy) for copy in copied if copy is not None]
+            if copies:
+                origin = {"instance_id": str(event.originator_id)}
+                fork.withdraw_from_recall(copies, event.memory_id, actor, forked_from=origin)
+            continue
         origin = _origin(event.originator_id, "message_id", event.message_id)
         message_ids[event.message_id] = uuid4()
-        kind = type(event)
         if kind is Instance.MessageRecorded:
             fork.record_message(
                 message_ids[event.message_id],

@@ -22,6 +22,7 @@ class Instance(Aggregate):
     MessageRecorded: ClassVar[type[DomainEvent]]
     ReplyRecorded: ClassVar[type[DomainEvent]]
     ReplyFailed: ClassVar[type[DomainEvent]]
+    MessagesWithdrawnFromRecall: ClassVar[type[DomainEvent]]
     VoiceChanged: ClassVar[type[DomainEvent]]
     Erased: ClassVar[type[DomainEvent]]
     erased = False
@@ -130,6 +131,18 @@ class Instance(Aggregate):
     @event("ReplyFailed")
     def record_failure(self, in_reply_to: UUID, status: int, error: str, actor: Actor) -> None:
         """The model did not answer; the user's message stays recorded."""
+
+    @event("MessagesWithdrawnFromRecall")
+    def withdraw_from_recall(
+        self,
+        message_ids: list[str],
+        memory_id: UUID,
+        actor: Actor,
+        forked_from: dict[str, str] | None = None,
+    ) -> None:
+        """Forgetting the memory `memory_id` took these messages out of what the instance
+        recalls (search, the prompt's recent turns, memory formation); the conversation keeps
+        them as they were said. A fork's copy names its original's instance in `forked_from`."""
 
 
 def speaker_of(said: Any) -> str | None:

@@ -199,6 +199,15 @@ def _forgotten(plan: Plan, event: Any, position: int) -> None:
         plan.remove(doc_id, old_doc.instance_id)
 
 
+def _withdrawn(plan: Plan, event: Any, position: int) -> None:
+    """Messages taken out of recall leave the index; only the instance's own are touched."""
+    instance_id = event.originator_id
+    for message_id in event.message_ids:
+        doc = plan.doc(message_id)
+        if doc is not None and doc.instance_id == instance_id and doc.kind == "message":
+            plan.remove(message_id, instance_id)
+
+
 _HANDLERS: dict[type, Callable[[Plan, Any, int], None]] = {
     Instance.Created: _memory_text,
     Instance.MemoryRewritten: _memory_text,
@@ -206,6 +215,7 @@ _HANDLERS: dict[type, Callable[[Plan, Any, int], None]] = {
     Instance.ReplyRecorded: _reply,
     Instance.Archived: _deleted,
     Instance.Erased: _deleted,
+    Instance.MessagesWithdrawnFromRecall: _withdrawn,
     Memory.Added: _memory,
     Memory.Revised: _memory,
     Memory.Forgotten: _forgotten,

@@ -4,7 +4,7 @@ in Chroma, fused into one ranking) and the listing of an instance's memory snipp
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -111,6 +111,17 @@ class MemorySearch:
         if exclude is not None:
             ranked = [(c, score) for c, score in ranked if not exclude(docs[c.doc_id])]
         return [Hit(docs[c.doc_id], score) for c, score in ranked[:k] if score >= min_score]
+
+    def messages_for(self, instance_id: UUID, text: str, also: Sequence[str] = ()) -> list[Doc]:
+        """The instance's messages that a search for `text` brings among its candidates (up to
+        `CANDIDATES` by meaning and as many by words), and those of `also` the index holds."""
+        hits = self.search(instance_id, text, k=2 * CANDIDATES)
+        found = {hit.doc.doc_id: hit.doc for hit in hits if hit.doc.kind == "message"}
+        stored = documents(self.store, self.generation, [i for i in also if i not in found])
+        for doc_id, doc in stored.items():
+            if doc.instance_id == instance_id and doc.kind == "message":
+                found[doc_id] = doc
+        return list(found.values())
 
     def embed_soon(self, query: str) -> Future[list[float]]:
         """The query's vector, computed in the background (onnxruntime works outside the GIL)

@@ -85,11 +85,11 @@ _patient = {
 }
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+@contextmanager
+def store_settings(kind: str, folder: Path, request: pytest.FixtureRequest) -> Iterator[Settings]:
     """Settings for a store of its own: a fresh SQLite folder, or a fresh PostgreSQL schema."""
-    if request.param == "sqlite":
-        yield Settings(data_dir=tmp_path / "data", **_patient)  # type: ignore[arg-type]
+    if kind == "sqlite":
+        yield Settings(data_dir=folder / "data", **_patient)  # type: ignore[arg-type]
         return
     server: PostgresServer = request.getfixturevalue("postgres_server")
     schema = f"t_{uuid.uuid4().hex[:16]}"
@@ -97,7 +97,7 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setting
         conn.execute(f'CREATE SCHEMA "{schema}"')
     try:
         yield Settings(  # type: ignore[call-arg]
-            data_dir=tmp_path / "data",
+            data_dir=folder / "data",
             database_url=server.url(schema),
             postgres_pool_size=4,
             postgres_max_overflow=8,
@@ -106,6 +106,23 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setting
     finally:
         with server.connect() as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+    """A store of the test's own, on each store."""
+    with store_settings(request.param, tmp_path, request) as made:
+        yield made
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def module_settings(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Settings]:
+    """One store for a whole module, on each store: for tests that only read, or that are
+    refused and check that nothing was written, so none can see another's doing."""
+    with store_settings(request.param, tmp_path_factory.mktemp("store"), request) as made:
+        yield made
 
 
 @pytest.fixture
@@ -139,6 +156,14 @@ class Api:
 @pytest.fixture
 def api(settings: Settings) -> Iterator[Api]:
     with running_api(settings) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def shared_api(module_settings: Settings) -> Iterator[Api]:
+    """One running alma for a whole module (see `module_settings`): starting one per test was
+    most of the time of the modules that use it."""
+    with running_api(module_settings) as running:
         yield running
 
 

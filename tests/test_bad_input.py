@@ -15,6 +15,7 @@ import struct
 import uuid
 import wave
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import Api, make_character, make_instance
+from alma.settings import Settings
+from tests.conftest import Api, make_character, make_instance, running_api
 from tests.speech_samples import say
 
 MAX_NAME = 200
@@ -41,8 +43,7 @@ class Ids:
         return path.format(character_id=self.character_id, instance_id=self.instance_id)
 
 
-@pytest.fixture
-def ids(api: Api) -> Ids:
+def make_ids(api: Api) -> Ids:
     character = make_character(api)
     instance = make_instance(api, character["id"], name="Rosa", memory="Nació en la sierra.")
     response = api.client.patch(
@@ -50,6 +51,25 @@ def ids(api: Api) -> Ids:
     )
     assert response.status_code == 200, response.text
     return Ids(str(character["id"]), str(instance["id"]))
+
+
+@pytest.fixture(scope="module")
+def api(shared_api: Api) -> Api:
+    """Every test here is refused and checks that nothing was written, but the three that take
+    `own_api`: the others share one running alma, and one character with its instance."""
+    return shared_api
+
+
+@pytest.fixture(scope="module")
+def ids(api: Api) -> Ids:
+    return make_ids(api)
+
+
+@pytest.fixture
+def own_api(settings: Settings) -> Iterator[Api]:
+    """A running alma of the test's own, for a test that writes."""
+    with running_api(settings) as running:
+        yield running
 
 
 def send(api: Api, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -183,7 +203,8 @@ def test_a_bad_body_answers_422_and_writes_nothing(
     assert api.written() == before
 
 
-def test_names_and_texts_exactly_at_the_limits_are_accepted(api: Api, ids: Ids) -> None:
+def test_names_and_texts_exactly_at_the_limits_are_accepted(own_api: Api) -> None:
+    api, ids = own_api, make_ids(own_api)
     name, text = "n" * MAX_NAME, "t" * MAX_TEXT
     created = send(api, "POST", CHARACTERS, json={"name": name, "description": text})
     assert created.status_code == 201, created.text
@@ -197,7 +218,8 @@ def test_names_and_texts_exactly_at_the_limits_are_accepted(api: Api, ids: Ids) 
     assert forked.status_code == 201, forked.text
 
 
-def test_the_limits_count_characters_not_bytes(api: Api, ids: Ids) -> None:
+def test_the_limits_count_characters_not_bytes(own_api: Api) -> None:
+    api = own_api
     name, text = "ñ" * MAX_NAME, "🌿" * 20_000 + "ñ" * (MAX_TEXT - 20_000)
     created = send(api, "POST", CHARACTERS, json={"name": name, "description": text})
     assert created.status_code == 201, created.text
@@ -499,7 +521,8 @@ def assert_on_the_wire(response: httpx.Response, *texts: str) -> None:
 
 
 @pytest.mark.parametrize("text", UNICODE)
-def test_unicode_comes_back_byte_identical_everywhere(api: Api, text: str) -> None:
+def test_unicode_comes_back_byte_identical_everywhere(own_api: Api, text: str) -> None:
+    api = own_api
     name_1, name_2 = text, f"«{text}» 2ª"
     text_1, text_2 = f"{text}\n{text[::-1]}\n", f"{name_2}\n{text[::-1]}\n{text}"
 

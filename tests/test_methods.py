@@ -27,17 +27,17 @@ def _allow(response: Any) -> set[str]:
     return {method.strip() for method in response.headers["allow"].split(",")}
 
 
-def test_options_names_every_method_of_each_path(api: Api) -> None:
-    for path, methods in _paths(api).items():
-        response = api.client.options(path, headers=api.acme)
+def test_options_names_every_method_of_each_path(shared_api: Api) -> None:
+    for path, methods in _paths(shared_api).items():
+        response = shared_api.client.options(path, headers=shared_api.acme)
         assert response.status_code == 204, (path, response.text)
         assert _allow(response) == methods | {"OPTIONS"}, path
 
 
-def test_a_method_a_path_lacks_answers_405_naming_every_method_it_has(api: Api) -> None:
-    for path, methods in _paths(api).items():
+def test_a_method_a_path_lacks_answers_405_naming_every_method_it_has(shared_api: Api) -> None:
+    for path, methods in _paths(shared_api).items():
         for method in set(METHODS) - methods:
-            response = api.client.request(method, path, headers=api.acme, json={})
+            response = shared_api.client.request(method, path, headers=shared_api.acme, json={})
             assert response.status_code == 405, (method, path, response.text)
             if method != "HEAD":  # an answer to HEAD has no body
                 assert response.json()["error"]["code"] == "method_not_allowed"
@@ -45,14 +45,14 @@ def test_a_method_a_path_lacks_answers_405_naming_every_method_it_has(api: Api) 
 
 
 @pytest.mark.parametrize("method", ["PATCH", "DELETE", "PUT"])
-def test_search_is_not_a_memory_id(api: Api, method: str) -> None:
-    before = api.written()
-    response = api.client.request(
+def test_search_is_not_a_memory_id(shared_api: Api, method: str) -> None:
+    before = shared_api.written()
+    response = shared_api.client.request(
         method,
         f"/v1/instances/{uuid.uuid4()}/memories/search",
-        headers=api.acme,
+        headers=shared_api.acme,
         json={"text": "x"},
     )
     assert response.status_code == 405, response.text
     assert _allow(response) == {"GET", "OPTIONS"}
-    assert api.written() == before
+    assert shared_api.written() == before

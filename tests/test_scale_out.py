@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from alma.api.services import build_services, open_app
+from alma.api.event_store import open_app
+from alma.api.services import build_services
 from alma.domain import Actor
 from alma.settings import Settings
 from tests.cli import free_port, running, wait_for_health, wait_for_line

@@ -71,27 +71,34 @@ def test_cors_allows_only_the_configured_origins(settings: Settings) -> None:
 BODIES = {name: e for name, e in ENDPOINTS.items() if e.body is not None or e.upload}
 
 
-@pytest.mark.parametrize("endpoint", list(BODIES.values()), ids=list(BODIES))
-def test_every_route_that_takes_a_body_refuses_one_over_the_limit(
-    settings: Settings, endpoint: Endpoint
-) -> None:
-    small = settings.model_copy(update={"max_body_bytes": 4096, "audio_max_bytes": 4096})
+@pytest.fixture(scope="module")
+def small_bodies(module_settings: Settings) -> Iterator[tuple[Api, AcmeWorld]]:
+    """alma with small body limits and acme's character and instance, shared by the tests that
+    are refused and check that nothing was written."""
+    small = module_settings.model_copy(update={"max_body_bytes": 4096, "audio_max_bytes": 4096})
     with running_api(small) as api:
         character = make_character(api)
         instance = make_instance(api, character["id"])
-        world = AcmeWorld(str(character["id"]), str(instance["id"]), str(instance["id"]), ())
-        padding = "x" * 100_000  # over the JSON limit, and over uploads' (audio + 64 KiB)
-        oversized = Endpoint(
-            endpoint.method,
-            endpoint.path,
-            {**(endpoint.body or {}), "padding": padding},
-            upload=endpoint.upload + padding.encode() if endpoint.upload else None,
-        )
-        before = api.written()
-        response = call(api, oversized, world, api.acme)
-        assert response.status_code == 413, response.text
-        assert response.json()["error"]["code"] == "payload_too_large"
-        assert api.written() == before
+        yield api, AcmeWorld(str(character["id"]), str(instance["id"]), str(instance["id"]), ())
+
+
+@pytest.mark.parametrize("endpoint", list(BODIES.values()), ids=list(BODIES))
+def test_every_route_that_takes_a_body_refuses_one_over_the_limit(
+    small_bodies: tuple[Api, AcmeWorld], endpoint: Endpoint
+) -> None:
+    api, world = small_bodies
+    padding = "x" * 100_000  # over the JSON limit, and over uploads' (audio + 64 KiB)
+    oversized = Endpoint(
+        endpoint.method,
+        endpoint.path,
+        {**(endpoint.body or {}), "padding": padding},
+        upload=endpoint.upload + padding.encode() if endpoint.upload else None,
+    )
+    before = api.written()
+    response = call(api, oversized, world, api.acme)
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "payload_too_large"
+    assert api.written() == before
 
 
 def test_a_key_is_checked_against_its_hash_in_constant_time(api: Api) -> None:

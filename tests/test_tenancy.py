@@ -129,6 +129,17 @@ class AcmeWorld:
 
 @pytest.fixture
 def acme(api: Api) -> AcmeWorld:
+    return make_acme(api)
+
+
+@pytest.fixture(scope="module")
+def shared_acme(shared_api: Api) -> AcmeWorld:
+    """Acme's world in the module's one running alma (conftest's `shared_api`), for the tests
+    that are refused and check that nothing was written."""
+    return make_acme(shared_api)
+
+
+def make_acme(api: Api) -> AcmeWorld:
     character = make_character(api, name="Doña Rosa de Acme", description="Receta secreta")
     instance = make_instance(api, character["id"], name="Rosa", memory="El mole lleva cacao.")
     edited = api.client.patch(
@@ -220,8 +231,9 @@ BAD_CREDENTIALS: dict[str, Callable[[Api], dict[str, str]]] = {
 
 @pytest.mark.parametrize("credentials", list(BAD_CREDENTIALS.values()), ids=list(BAD_CREDENTIALS))
 def test_every_endpoint_answers_401_without_a_live_key(
-    api: Api, acme: AcmeWorld, credentials: Callable[[Api], dict[str, str]]
+    shared_api: Api, shared_acme: AcmeWorld, credentials: Callable[[Api], dict[str, str]]
 ) -> None:
+    api, acme = shared_api, shared_acme
     headers = credentials(api)
     before = api.written()
     for name, endpoint in ENDPOINTS.items():
@@ -264,8 +276,9 @@ def test_the_owner_reaches_every_endpoint(api: Api, acme: AcmeWorld, endpoint: E
 
 @each(WITH_AN_ID | BACK_THEN)
 def test_another_tenant_gets_404_for_every_id_of_acme(
-    api: Api, acme: AcmeWorld, endpoint: Endpoint
+    shared_api: Api, shared_acme: AcmeWorld, endpoint: Endpoint
 ) -> None:
+    api, acme = shared_api, shared_acme
     before = api.written()
     response = call(api, endpoint, acme, api.rival)
     assert_error(response, 404, "not_found")
@@ -274,7 +287,9 @@ def test_another_tenant_gets_404_for_every_id_of_acme(
     assert api.written() == before
 
 
-def test_another_tenant_changes_nothing_of_acme(api: Api, acme: AcmeWorld) -> None:
+def test_another_tenant_changes_nothing_of_acme(shared_api: Api, shared_acme: AcmeWorld) -> None:
+    api, acme = shared_api, shared_acme
+
     def state() -> tuple[Any, ...]:
         character = api.client.get(f"/v1/characters/{acme.character_id}", headers=api.acme)
         instance = api.client.get(f"/v1/instances/{acme.instance_id}", headers=api.acme)

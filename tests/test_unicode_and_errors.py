@@ -21,7 +21,7 @@ import httpx
 import pytest
 from eventsourcing.persistence import StoredEvent
 
-from alma.api.services import open_app
+from alma.api.event_store import open_app
 from alma.domain.application import Alma
 from alma.settings import Settings
 from tests.cli import bearer, create_key, free_port, running, wait_for_health
@@ -55,12 +55,15 @@ class Server:
         )
 
 
-@pytest.fixture
-def server(settings: Settings, tmp_path: Path) -> Iterator[Server]:
+@pytest.fixture(scope="module")
+def server(module_settings: Settings) -> Iterator[Server]:
+    """One server for the module, on each store: its tests are refused and write nothing, but
+    for the one that breaks an instance of its own."""
+    settings = module_settings
     _, key = create_key(settings, "acme")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    log = tmp_path / "serve.log"
+    log = settings.data_dir.parent / "serve.log"
     with running(settings, ["serve", "--port", str(port)], log) as process:
         wait_for_health(base, process, log)
         one_connection = httpx.Limits(max_connections=1, max_keepalive_connections=1)
@@ -285,8 +288,13 @@ def test_an_unexpected_error_answers_500_in_the_error_shape_and_keeps_the_connec
     server: Server,
 ) -> None:
     """An event alma cannot read (its state is not JSON), written straight into the store: reading
-    its instance fails in a way no handler expects."""
-    instance_id = server.instance_id
+    its instance fails in a way no handler expects. The instance is the test's own: the
+    others share the server."""
+    made = server.http.post(
+        f"/v1/characters/{server.character_id}/instances", json={"name": "Rota", "memory": ""}
+    )
+    assert made.status_code == 201, made.text
+    instance_id = made.json()["id"]
     first = server.http.get(f"/v1/instances/{instance_id}")
     assert first.status_code == 200, first.text
     recorder = server.store.recorder

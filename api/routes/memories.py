@@ -3,10 +3,11 @@ remembers, and importing past conversation turns."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Response
+from fastapi.responses import JSONResponse
 
 from alma.api.deps import (
     AlmaApp,
@@ -23,6 +24,7 @@ from alma.api.pagination import decode_cursor, encode_cursor
 from alma.api.schemas import (
     MemoryCreate,
     MemoryEdit,
+    MemoryForgotten,
     MemoryOut,
     MessageOut,
     MessagesImport,
@@ -30,7 +32,9 @@ from alma.api.schemas import (
     Page,
     SearchResult,
     SearchResults,
+    WithdrawnMessage,
 )
+from alma.chat.forgetting import forget_with_messages
 from alma.domain import Instance, NewMessage, NotFound
 
 router = APIRouter(tags=["memories"])
@@ -113,12 +117,41 @@ def edit_memory(
     return MemoryOut.of(memory)
 
 
-@router.delete("/v1/instances/{instance_id}/memories/{memory_id:uuid}", status_code=204)
+Recall = Annotated[
+    Literal["memory", "messages"],
+    Query(
+        description="memory: forget only the snippet (204); messages: also take out of recall "
+        "the messages it was formed from and those that state it, and list them (200)"
+    ),
+]
+
+
+@router.delete(
+    "/v1/instances/{instance_id}/memories/{memory_id:uuid}",
+    status_code=204,
+    response_model=None,
+    responses={200: {"model": MemoryForgotten, "description": "with recall=messages"}},
+)
 def forget_memory(
-    instance_id: UUID, memory_id: UUID, caller: CurrentCaller, app: AlmaApp
+    instance_id: UUID,
+    memory_id: UUID,
+    caller: CurrentCaller,
+    app: AlmaApp,
+    index: Index,
+    caught_up: IndexCaughtUp,
+    recall: Recall = "memory",
 ) -> Response:
-    app.forget_memory(caller.tenant, instance_id, memory_id, caller.actor)
-    return Response(status_code=204)
+    if recall == "memory":
+        app.forget_memory(caller.tenant, instance_id, memory_id, caller.actor)
+        return Response(status_code=204)
+    caught_up()  # every message said before the call can be found
+    withdrawn = forget_with_messages(
+        app, index, caller.tenant, instance_id, memory_id, caller.actor
+    )
+    body = MemoryForgotten(
+        memory_id=memory_id, withdrawn=[WithdrawnMessage.of(w) for w in withdrawn]
+    )
+    return JSONResponse(body.model_dump(mode="json"))
 
 
 @router.get("/v1/instances/{instance_id}/messages")
