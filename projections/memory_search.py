@@ -95,7 +95,7 @@ class MemorySearch:
         generation = self.generation
         scoring = self._lexical.submit(self._bm25, generation, instance_id, query, period)
         vector = embedding.result() if embedding else self.embedder.encode_query(query)
-        dense = dict(self.vectors.nearest(generation, instance_id, vector, CANDIDATES, period))
+        dense = dict(self.vectors.nearest(generation, instance_id, vector, CANDIDATES, period, k))
         lexical = dict(scoring.result())
         missing = [doc_id for doc_id in lexical if doc_id not in dense]
         if missing:

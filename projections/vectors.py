@@ -44,16 +44,19 @@ def _microseconds(moment: datetime) -> int:
     return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
-def _within(period: Period | None) -> dict[str, Any] | None:
-    """Chroma's filter for the sources that happened within `period`; None: every source."""
+def _within(period: Period) -> dict[str, Any]:
+    """Chroma's filter for the sources that happened within `period`."""
     bounds: list[dict[str, Any]] = []
-    if period is not None and period.since is not None:
+    if period.since is not None:
         bounds.append({OCCURRED: {"$gte": _microseconds(period.since)}})
-    if period is not None and period.until is not None:
+    if period.until is not None:
         bounds.append({OCCURRED: {"$lte": _microseconds(period.until)}})
-    if len(bounds) > 1:
-        return {"$and": bounds}
-    return bounds[0] if bounds else None
+    return {"$and": bounds} if len(bounds) > 1 else bounds[0]
+
+
+def _holds(period: Period, occurred_us: int) -> bool:
+    """Whether a vector whose source happened at `occurred_us` (its metadata) is within."""
+    return period.holds(_EPOCH + timedelta(microseconds=occurred_us))
 
 
 def open_chroma(settings: Settings) -> ClientAPI:
@@ -175,19 +178,35 @@ class VectorIndex:
         vector: list[float],
         n: int,
         period: Period | None = None,
+        enough: int = 1,
     ) -> list[tuple[str, float]]:
         """(id, cosine similarity), most similar first; with a `period`, of the sources that
-        happened within it."""
+        happened within it. Those among the `n` nearest of all are exactly the nearest within
+        it, so they are asked for first; only when fewer than `enough` are within it (and the
+        collection holds more), Chroma filters, which costs a scan of the collection's metadata
+        (README, memory index)."""
 
         def query(collection: Any) -> list[tuple[str, float]]:
             # Asking for more than the collection holds returns what it holds.
             found = collection.query(
+                query_embeddings=[vector], n_results=n, include=["distances", "metadatas"]
+            )
+            ids, distances = found["ids"][0], found["distances"][0]
+            times = [m.get(OCCURRED) for m in found["metadatas"][0]]
+            within = [
+                (doc_id, 1.0 - distance)
+                for doc_id, distance, when in zip(ids, distances, times, strict=True)
+                if period is None or (when is not None and _holds(period, when))
+            ]
+            if period is None or len(within) >= enough or len(ids) < n:
+                return within
+            filtered = collection.query(
                 query_embeddings=[vector],
                 n_results=n,
                 where=_within(period),
                 include=["distances"],
             )
-            pairs = zip(found["ids"][0], found["distances"][0], strict=True)
+            pairs = zip(filtered["ids"][0], filtered["distances"][0], strict=True)
             return [(doc_id, 1.0 - distance) for doc_id, distance in pairs]
 
         return self._with(generation, instance_id, False, query, [])

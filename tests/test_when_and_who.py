@@ -423,3 +423,28 @@ def test_an_index_and_a_conversation_from_before_speakers_are_brought_up_to_date
 
 def _message_ids(services: Services, instance: UUID) -> set[str]:
     return {str(m.id) for m in services.conversation_view.messages(instance, 0, 100)}
+
+
+def test_a_period_finds_what_happened_then_however_far_from_the_query(
+    services: Services, actor: Actor
+) -> None:
+    """The nearest of all are asked for first; when too few of them happened within the period,
+    Chroma filters by it: a source far from the query, the only one then, is still found."""
+    app = services.app
+    character = app.create_character("acme", {"name": "Rosa", "description": ""}, actor)
+    instance = app.create_instance("acme", character.id, "Rosa", "", actor).id
+    for n in range(80):
+        app.add_memory("acme", instance, f"Mi gato número {n} duerme en el sofá", actor)
+    storm = datetime(2020, 1, 1, tzinfo=UTC)
+    old = app.add_memory("acme", instance, "La tormenta tumbó el olivo", actor, occurred_at=storm)
+    services.memory.catch_up()
+    index = services.memory_index
+    query = "¿Dónde duerme el gato?"
+    nearest = index.vectors.nearest(
+        index.generation, instance, index.embedder.encode_query(query), 50
+    )
+    assert str(old.id) not in dict(nearest)  # only a filtered search reaches it
+
+    hits = index.search(instance, query, period=Period(until=datetime(2021, 1, 1, tzinfo=UTC)))
+
+    assert [(hit.doc.doc_id, hit.doc.occurred_at) for hit in hits] == [(str(old.id), storm)]
