@@ -128,4 +128,5 @@ def test_the_schema_says_which_fields_can_be_null(api: Api) -> None:
 
     assert nullable("CharacterEdit") == {*PERSONA, "voice"}
     assert nullable("InstanceEdit") == {"memory", "voice"}
-    assert nullable("MemoryEdit") == {"metadata", "importance"}
+    # null resets occurred_at to when the snippet was recorded and clears the speaker
+    assert nullable("MemoryEdit") == {"metadata", "importance", "occurred_at", "speaker"}
