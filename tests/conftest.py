@@ -176,6 +176,9 @@ def chat_api(settings: Settings, openai_stub: OpenAIStub) -> Iterator[Api]:
             "openai_base_url": openai_stub.base_url,
             "model_timeout_s": 2.0,
             "model_max_retries": 1,
+            # A turn's bound on waiting for the index: on a loaded machine embedding the
+            # memory a test just wrote can take more than the default 2 s.
+            "chat_memory_wait_s": 30.0,
         }
     )
     with running_api(stubbed) as running:
