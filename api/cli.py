@@ -11,18 +11,23 @@ import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
 
 from alma.api import logs
+from alma.api.event_store import open_app
 from alma.api.safety import is_loopback, refusals
-from alma.api.schemas import EventOut, InstanceOut
-from alma.api.services import Services, build_services, open_app, rebuild_memory_index
 from alma.domain import Actor, Alma, DomainError, Instance, NotFound
 from alma.domain.transfer import export_tenant, import_events, read_events
-from alma.projections import SqlReadModel
 from alma.settings import Settings
+
+if TYPE_CHECKING:
+    from alma.api.services import Services
+
+# The web stack, the read models, the vector store and the models are imported by the commands
+# that use them: `alma keys` and the others that need only the event store start in a blink.
 
 
 def _cli_actor(tenant: str = "") -> Actor:
@@ -55,6 +60,8 @@ def serve(settings: Settings, host: str, port: int) -> None:
 
 
 def worker(settings: Settings) -> None:
+    from alma.api.services import build_services
+
     logs.configure(settings.log_format)
     services = build_services(settings)
     stop = threading.Event()
@@ -111,6 +118,8 @@ def replay(app: Alma, instance_id: str, to_version: int | None) -> None:
         found = None
     if not isinstance(found, Instance):
         raise NotFound(f"no instance {instance_id}")
+    from alma.api.schemas import EventOut, InstanceOut  # the API's shapes: a slow import
+
     for event in app.events.get(aggregate_id, lte=to_version):
         version = event.originator_version
         state: Instance = app.repository.get(aggregate_id, version=version)
@@ -153,6 +162,9 @@ def projections_status(services: Services) -> None:
 
 def projections_rebuild(services: Services, name: str) -> None:
     """Builds a read model again from the first event; the events it skipped are tried again."""
+    from alma.api.services import rebuild_memory_index
+    from alma.projections import SqlReadModel
+
     if name == services.listings.name:
         services.skips.clear(name)
         services.listings_view.clear(services.app.name)
@@ -257,6 +269,8 @@ def _with_app(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _with_services(settings: Settings, args: argparse.Namespace) -> None:
+    from alma.api.services import build_services
+
     services = build_services(settings)
     try:
         if args.projections_command == "status":

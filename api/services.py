@@ -10,6 +10,7 @@ from eventsourcing.persistence import InfrastructureFactory
 from eventsourcing.utils import Environment
 
 from alma.api.breaker import DatabaseBreaker
+from alma.api.event_store import event_app
 from alma.chat.formation import MemoryFormation
 from alma.chat.turns import Chat
 from alma.domain import Alma
@@ -30,7 +31,6 @@ from alma.projections import (
     open_chroma,
 )
 from alma.settings import Settings
-from alma.stores.keys import open_keys
 from alma.stores.sql import creating_tables, open_store
 from alma.voice import Speech
 
@@ -186,22 +186,13 @@ def build_model(settings: Settings) -> ModelClient:
     )
 
 
-def open_app(settings: Settings) -> Alma:
-    with creating_tables(settings.event_store_env("events")):
-        return _app(settings)
-
-
-def _app(settings: Settings) -> Alma:
-    return Alma(settings.event_store_env("events"), keys=open_keys)
-
-
 def build_services(settings: Settings) -> Services:
     with creating_tables(settings.event_store_env("events")):
         return _services(settings)
 
 
 def _services(settings: Settings) -> Services:
-    app = _app(settings)
+    app = event_app(settings)
     skips = Skips(open_store(settings.event_store_env("skips")))
     services = Services(
         settings=settings,

@@ -139,6 +139,7 @@ def _replay_lines(settings: Settings, *args: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in result.stdout.splitlines()]
 
 
+@pytest.mark.slow
 def test_replay_prints_each_event_and_the_state_after_it(api: Api) -> None:
     character = make_character(api)
     instance = make_instance(api, character["id"], name="Rosa", memory="Vive en Oaxaca")
@@ -239,6 +240,7 @@ def _listing(services: Services) -> dict[tuple[str, str], list[uuid.UUID]]:
     }
 
 
+@pytest.mark.slow
 def test_projections_status_shows_position_and_lag(services: Services) -> None:
     _fill(services)
     written = services.app.recorder.max_notification_id()
@@ -249,6 +251,7 @@ def test_projections_status_shows_position_and_lag(services: Services) -> None:
     assert _status(services.settings) == (written, 0)
 
 
+@pytest.mark.slow
 def test_projections_rebuild_gives_the_same_listing(services: Services) -> None:
     _fill(services)
     services.listings.catch_up()

@@ -12,7 +12,8 @@ import pytest
 from eventsourcing.persistence import Mapper
 
 from alma.api.cli import projections_rebuild, replay
-from alma.api.services import open_app, rebuild_memory_index
+from alma.api.event_store import open_app
+from alma.api.services import rebuild_memory_index
 from alma.domain import Actor, Alma, Character, NotFound
 from alma.domain.erasure import MAGIC
 from alma.domain.keystore import MemoryKeys

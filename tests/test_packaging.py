@@ -13,6 +13,7 @@ from pathlib import Path
 
 import eventsourcing.utils
 import httpx
+import pytest
 from eventsourcing.utils import construct_topic
 
 from alma.api.services import build_services
@@ -78,6 +79,7 @@ def test_each_part_imports_only_what_the_architecture_allows() -> None:
     assert not wrong, "imports against ARCHITECTURE.md:\n" + "\n".join(wrong)
 
 
+@pytest.mark.slow
 def test_the_wheel_installs_one_name(tmp_path: Path) -> None:
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), "."],
@@ -120,6 +122,7 @@ def topics_before_one_package() -> Iterator[None]:
         cache.update(saved)
 
 
+@pytest.mark.slow
 def test_a_store_written_before_alma_was_one_package_is_still_served(
     settings: Settings, tmp_path: Path
 ) -> None:

@@ -45,6 +45,9 @@ from alma.settings import Settings
 from tests.cli import ALMA, KEY_RE, free_port, running, wait_for_health
 from tests.openai_stub import OpenAIStub
 
+# The module's real `alma serve` takes a while to start: the fast loop leaves it out.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 API_REFERENCE = ROOT / "docs" / "api.md"

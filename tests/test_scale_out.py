@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from alma.api.services import build_services, open_app
+from alma.api.event_store import open_app
+from alma.api.services import build_services
 from alma.domain import Actor
 from alma.settings import Settings
 from tests.cli import free_port, running, wait_for_health, wait_for_line
@@ -215,6 +216,7 @@ def _open_services(settings: Settings, ready: Any, outcome: Any) -> None:
         outcome.put(repr(error))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", ["postgres"], indirect=True)
 def test_processes_started_together_on_a_new_database_all_open(settings: Settings) -> None:
     """docker compose starts the API and the worker at once on an empty database: each creates

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import pytest
+
 from alma.api.services import Services, build_services
 from alma.domain import Actor, NewMessage
 from alma.settings import Settings
@@ -91,6 +93,7 @@ def _lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+@pytest.mark.slow
 def test_export_import_round_trip(settings: Settings, tmp_path: Path) -> None:
     source_settings = Settings(  # type: ignore[call-arg]
         data_dir=tmp_path / "source", _env_file=None, memory_formation=False

@@ -21,10 +21,13 @@ import httpx
 import pytest
 from eventsourcing.persistence import StoredEvent
 
-from alma.api.services import open_app
+from alma.api.event_store import open_app
 from alma.domain.application import Alma
 from alma.settings import Settings
 from tests.cli import bearer, create_key, free_port, running, wait_for_health
+
+# A real `alma serve` per store takes a while to start: the fast loop leaves them out.
+pytestmark = pytest.mark.slow
 
 # Text no store can hold, and how the refusal names it.
 BAD = [
