@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import random
 import subprocess
@@ -37,6 +36,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import free_port
+from bench.serve import wait_until_healthy
 from tests.openai_stub import OpenAIStub
 
 ALMA = str(Path(sys.executable).parent / "alma")
@@ -218,7 +218,7 @@ def main() -> int:
                     stderr=subprocess.STDOUT,
                 )
                 try:
-                    _wait_until_up(base, server)
+                    wait_until_healthy(server, base, timeout=120)
                     tally, lost = asyncio.run(_run(base, key, seconds))
                 finally:
                     server.terminate()
@@ -227,18 +227,6 @@ def main() -> int:
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
-
-def _wait_until_up(base: str, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"alma serve exited with {server.returncode}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise SystemExit("alma serve did not come up within 120 s")
 
 
 if __name__ == "__main__":
