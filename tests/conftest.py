@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -208,6 +209,18 @@ def make_character(api: Api, **fields: object) -> dict[str, object]:
     assert response.status_code == 201, response.text
     result: dict[str, object] = response.json()
     return result
+
+
+def search(api: Api, instance_id: str, q: str, **params: object) -> list[dict[str, Any]]:
+    """The hits of a memory search as acme, once the index holds every write before it."""
+    response = api.client.get(
+        f"/v1/instances/{instance_id}/memories/search",
+        params={"q": q, "consistent": "true", **params},
+        headers=api.acme,
+    )
+    assert response.status_code == 200, response.text
+    results: list[dict[str, Any]] = response.json()["results"]
+    return results
 
 
 def make_instance(

@@ -4,22 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import Api, make_character, make_instance
+from tests.conftest import Api, make_character, make_instance, search
 
 
 def _instance(api: Api, memory: str = "") -> str:
     return str(make_instance(api, make_character(api)["id"], memory=memory)["id"])
-
-
-def _search(api: Api, instance_id: str, q: str, **params: object) -> list[dict[str, object]]:
-    response = api.client.get(
-        f"/v1/instances/{instance_id}/memories/search",
-        params={"q": q, "consistent": "true", **params},
-        headers=api.acme,
-    )
-    assert response.status_code == 200, response.text
-    results: list[dict[str, object]] = response.json()["results"]
-    return results
 
 
 def test_a_memory_can_be_added_revised_listed_and_forgotten(api: Api) -> None:
@@ -66,27 +55,27 @@ def test_search_finds_the_relevant_memory_first(api: Api) -> None:
         "Viajó a Lisboa en 2019 y comió sardinas",
     ]:
         api.client.post(f"/v1/instances/{instance}/memories", json={"text": text}, headers=api.acme)
-    results = _search(api, instance, "¿Dónde trabaja Lucía?")
+    results = search(api, instance, "¿Dónde trabaja Lucía?")
     assert results[0]["text"].startswith("Su hermana Lucía")
     assert results[0]["source"] == "memory"
     assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
-    cat = _search(api, instance, "gato", k=1)
+    cat = search(api, instance, "gato", k=1)
     assert [(r["source"], r["text"]) for r in cat] == [
         ("memory_text", "Vive en Oaxaca con su gato Tizón.")
     ]
-    assert _search(api, instance, "gato", min_score=0.99) == []
+    assert search(api, instance, "gato", min_score=0.99) == []
 
 
-def test_a_forgotten_memory_never_comes_back_in_search(api: Api) -> None:
+def test_a_forgotten_memory_never_comes_back_insearch(api: Api) -> None:
     instance = _instance(api)
     base = f"/v1/instances/{instance}/memories"
     secret = api.client.post(
         base, json={"text": "La clave de la caja fuerte es 4711"}, headers=api.acme
     ).json()
     api.client.post(base, json={"text": "Le gustan las cajas de música"}, headers=api.acme)
-    assert any(r["id"] == secret["id"] for r in _search(api, instance, "clave caja fuerte"))
+    assert any(r["id"] == secret["id"] for r in search(api, instance, "clave caja fuerte"))
     api.client.delete(f"{base}/{secret['id']}", headers=api.acme)
-    results = _search(api, instance, "clave caja fuerte 4711", k=100)
+    results = search(api, instance, "clave caja fuerte 4711", k=100)
     assert all("4711" not in str(r["text"]) for r in results)
     assert results, "the other memory is still found"
 
@@ -109,7 +98,7 @@ def test_imported_messages_are_searchable_with_their_own_dates(api: Api) -> None
     )
     assert response.status_code == 201
     assert len(response.json()["ids"]) == 2
-    results = _search(api, instance, "¿cómo se llama mi perro?", k=1)
+    results = search(api, instance, "¿cómo se llama mi perro?", k=1)
     assert results[0]["text"] == "Mi perro se llama Canelo"
     assert results[0]["source"] == "message"
     assert results[0]["metadata"] == {"role": "user"}
@@ -155,7 +144,7 @@ def test_deleting_an_instance_empties_its_index(api: Api) -> None:
     api.client.post(
         f"/v1/instances/{instance}/memories", json={"text": "Tiene un gato"}, headers=api.acme
     )
-    assert _search(api, instance, "gato")
+    assert search(api, instance, "gato")
     index = api.services.memory_index
     assert api.client.delete(f"/v1/instances/{instance}", headers=api.acme).status_code == 204
     api.services.memory.wait(api.written(), timeout=10)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from tests.conftest import Api, make_character, make_instance
+from tests.conftest import Api, make_character, make_instance, search
 
 # Two people tell the same kind of thing; a question names one of them.
 SAID_BY_EACH = [
@@ -30,14 +28,7 @@ QUESTIONS = {
 
 
 def _top(api: Api, instance: str, question: str) -> str:
-    response = api.client.get(
-        f"/v1/instances/{instance}/memories/search",
-        params={"q": question, "k": 3, "consistent": "true"},
-        headers=api.acme,
-    )
-    assert response.status_code == 200, response.text
-    results: list[dict[str, Any]] = response.json()["results"]
-    return str(results[0]["text"])
+    return str(search(api, instance, question, k=3)[0]["text"])
 
 
 def test_a_question_that_names_a_speaker_finds_what_that_speaker_said(api: Api) -> None:

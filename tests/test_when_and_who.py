@@ -14,7 +14,7 @@ from alma.api.services import Services, build_services, rebuild_memory_index
 from alma.domain import Actor, NewMessage
 from alma.projections import MemoryIndex, Period
 from alma.projections.vectors import OCCURRED
-from tests.conftest import Api, make_character, make_instance
+from tests.conftest import Api, make_character, make_instance, search
 from tests.openai_stub import OpenAIStub, Reply
 
 MAY_8 = "2023-05-08T13:56:00Z"
@@ -28,17 +28,6 @@ def _send(api: Api, method: str, path: str, body: dict[str, Any]) -> Any:
     response = api.client.request(method, path, json=body, headers=api.acme)
     assert response.status_code in (200, 201), response.text
     return response.json()
-
-
-def _search(api: Api, instance: str, q: str, **params: str) -> list[dict[str, Any]]:
-    response = api.client.get(
-        f"/v1/instances/{instance}/memories/search",
-        params={"q": q, "consistent": "true", "k": 20, **params},
-        headers=api.acme,
-    )
-    assert response.status_code == 200, response.text
-    results: list[dict[str, Any]] = response.json()["results"]
-    return results
 
 
 def test_a_snippet_keeps_when_it_happened_and_who_said_it(api: Api) -> None:
@@ -72,13 +61,13 @@ def test_a_snippet_keeps_when_it_happened_and_who_said_it(api: Api) -> None:
     assert api.client.get(f"{base}/{told['id']}", headers=api.acme).json() == told
 
     # Found, with when it happened and who said it; created_at stays when it was added.
-    (hit,) = [h for h in _search(api, instance, "support group") if h["id"] == told["id"]]
+    (hit,) = [h for h in search(api, instance, k=20, q="support group") if h["id"] == told["id"]]
     assert (hit["occurred_at"], hit["speaker"], hit["created_at"]) == (
         MAY_8,
         "Caroline",
         told["created_at"],
     )
-    (hit,) = [h for h in _search(api, instance, "gato Tizón") if h["id"] == plain["id"]]
+    (hit,) = [h for h in search(api, instance, k=20, q="gato Tizón") if h["id"] == plain["id"]]
     assert (hit["occurred_at"], hit["speaker"]) == (plain["created_at"], None)
 
     # Edited like the other fields: left out, kept; null, back to the default.
@@ -103,7 +92,7 @@ def test_a_snippet_keeps_when_it_happened_and_who_said_it(api: Api) -> None:
         told["created_at"],
         4,
     )
-    (hit,) = [h for h in _search(api, instance, "support group") if h["id"] == told["id"]]
+    (hit,) = [h for h in search(api, instance, k=20, q="support group") if h["id"] == told["id"]]
     assert (hit["speaker"], hit["occurred_at"]) == (None, told["created_at"])
 
 
@@ -147,7 +136,9 @@ def test_imported_messages_say_who_said_them_and_replies_are_the_instance_s(
     named = [e["data"]["name"] for e in events if e["type"] != "Created"]
     assert named == [m["name"] for m in said]
 
-    (hit,) = [h for h in _search(api, instance, "support group") if h["source"] == "message"][:1]
+    (hit,) = [
+        h for h in search(api, instance, k=20, q="support group") if h["source"] == "message"
+    ][:1]
     assert (hit["text"], hit["speaker"], hit["occurred_at"], hit["created_at"]) == (
         "Yesterday I went to the LGBTQ support group.",
         "Caroline",
@@ -175,7 +166,7 @@ def test_search_within_a_period_finds_only_what_happened_then(api: Api) -> None:
 
     def found(**period: str) -> dict[str, str]:
         """When each hit happened, by its text's first words."""
-        hits = _search(api, instance, "support group", **period)
+        hits = search(api, instance, k=20, q="support group", **period)
         assert all({"occurred_at", "speaker", "created_at"} <= set(h) for h in hits)
         return {" ".join(h["text"].split()[:3]): h["occurred_at"] for h in hits}
 
@@ -201,7 +192,7 @@ def test_search_within_a_period_finds_only_what_happened_then(api: Api) -> None:
     }
     assert "Caroline went to" not in found(since="2023-05-08T13:56:00.000001Z")
     assert found(since="2025-01-01T00:00:00Z") == {}
-    (may,) = [h for h in _search(api, instance, "first time", until=MAY_8, since=MAY_8)]
+    (may,) = [h for h in search(api, instance, k=20, q="first time", until=MAY_8, since=MAY_8)]
     assert (may["speaker"], may["occurred_at"]) == ("Caroline", MAY_8)
 
 
