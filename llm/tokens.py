@@ -16,7 +16,7 @@ import shutil
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import tiktoken
@@ -118,8 +118,9 @@ def encode(text: str) -> list[int]:
     return encoding().encode(text, disallowed_special=())
 
 
+@lru_cache(maxsize=8192)
 def count(text: str) -> int:
-    """Tokens in `text`."""
+    """Tokens in `text`. Cached: a prompt recounts the same memories and turns every turn."""
     return len(encode(text))
 
 
