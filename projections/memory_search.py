@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 import numpy as np
@@ -93,15 +94,13 @@ class MemorySearch:
         `embedding`: the query's vector from `embed_soon`, else it is computed here. With a
         `period`, only sources that happened within it are candidates."""
         generation = self.generation
-        scoring = self._lexical.submit(self._bm25, generation, instance_id, query, period)
+        scoring = self._lexical.submit(self._words, generation, instance_id, query, period)
         vector = embedding.result() if embedding else self.embedder.encode_query(query)
         dense = dict(self.vectors.nearest(generation, instance_id, vector, CANDIDATES, period, k))
-        lexical = dict(scoring.result())
-        missing = [doc_id for doc_id in lexical if doc_id not in dense]
-        if missing:
-            stored = self.vectors.vectors(generation, instance_id, missing)
-            query_vector = np.asarray(vector)
-            for doc_id, other in stored.items():
+        lexical, stored = scoring.result()
+        query_vector = np.asarray(vector)
+        for doc_id, other in stored.items():
+            if doc_id not in dense:
                 dense[doc_id] = float(np.dot(query_vector, np.asarray(other)))
         docs = documents(self.store, generation, list(dense.keys() | lexical.keys()))
         candidates = [
@@ -127,6 +126,14 @@ class MemorySearch:
         """The query's vector, computed in the background (onnxruntime works outside the GIL)
         while the caller does other work, such as loading what the search will be for."""
         return self._queries.submit(self.embedder.encode_query, query)
+
+    def _words(
+        self, generation: int, instance_id: UUID, query: str, period: Period | None
+    ) -> tuple[dict[str, float], dict[str, Any]]:
+        """BM25's candidates with their stored vectors, read while the query is embedded and
+        Chroma searched: the vectors give them a dense score without waiting for that."""
+        lexical = dict(self._bm25(generation, instance_id, query, period))
+        return lexical, self.vectors.vectors(generation, instance_id, list(lexical))
 
     def _bm25(
         self, generation: int, instance_id: UUID, query: str, period: Period | None = None
