@@ -31,6 +31,9 @@ class Message(Protocol):
     @property
     def content(self) -> str | None: ...
 
+    @property
+    def name(self) -> str | None: ...
+
 
 class NoUserTurn(InvalidInput):
     """The request's last message is not the user's, with text: there is nothing to answer."""
@@ -67,7 +70,13 @@ def answer(
         if m.role in ("user", "assistant") and m.content
     ]
     turn = chat.prepare(
-        tenant, instance_id, last.content, max_tokens, temperature, history=history or None
+        tenant,
+        instance_id,
+        last.content,
+        max_tokens,
+        temperature,
+        history=history or None,
+        name=last.name,
     )
     created = int(time.time())
     if stream:

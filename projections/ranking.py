@@ -7,6 +7,7 @@ import math
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -252,10 +253,14 @@ class Candidate:
 
 
 def fuse(
-    candidates: list[Candidate], now: datetime, weights: Weights
+    candidates: list[Candidate],
+    now: datetime,
+    weights: Weights,
+    boosts: Mapping[str, float] | None = None,
 ) -> list[tuple[Candidate, float]]:
     """Best first. BM25 is scaled by the query's best BM25 so both signals run from 0 to 1;
-    recency halves every `half_life_days`."""
+    recency halves every `half_life_days`. A candidate's boost (`query_hints`, by doc id) takes
+    that share of what its score lacks to reach 1, so scores stay within 0 and 1."""
     best_lexical = max((c.lexical for c in candidates), default=0.0) or 1.0
     scored = []
     for candidate in candidates:
@@ -267,6 +272,8 @@ def fuse(
             + weights.recency * recency
             + weights.importance * candidate.importance
         )
+        if boosts:
+            score += (1 - score) * boosts.get(candidate.doc_id, 0.0)
         scored.append((candidate, score))
     scored.sort(key=lambda pair: pair[1], reverse=True)
     return scored

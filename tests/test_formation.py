@@ -365,6 +365,53 @@ def test_imported_messages_are_formed_in_windows(forming: Api, openai_stub: Open
     assert memory["source"] == {"messages": imported[:10]}
 
 
+def test_formed_memories_happened_when_their_messages_were_said_and_know_whose(
+    forming: Api, openai_stub: OpenAIStub
+) -> None:
+    instance = _instance(forming)
+    openai_stub.script(
+        Reply(
+            json.dumps(
+                [
+                    {
+                        "op": "add",
+                        "text": "Caroline went to a support group",
+                        "speaker": "Caroline",
+                    },
+                    {"op": "add", "text": "Melanie pinta atardeceres", "speaker": "Melanie"},
+                    {"op": "add", "text": "They talk every week", "speaker": "Someone else"},
+                ]
+            )
+        )
+    )
+    messages = [
+        {
+            "role": "user" if n % 2 == 0 else "assistant",
+            "content": f"message {n}",
+            "name": "Caroline" if n % 2 == 0 else "Melanie",
+            "timestamp": f"2023-05-08T13:{n:02d}:00Z",
+        }
+        for n in range(10)
+    ]
+    messages[0]["content"] = "Yesterday I went to a support group"
+    messages[1]["content"] = "Yo pinto atardeceres"
+    imported = forming.client.post(
+        f"/v1/instances/{instance}/messages", json={"messages": messages}, headers=forming.acme
+    )
+    assert imported.status_code == 201, imported.text
+    _settle(forming)
+
+    [asked] = _asked(openai_stub, FACTS)
+    assert "Caroline: Yesterday I went to a support group" in asked
+    assert "Melanie: Yo pinto atardeceres" in asked
+    formed = {m["text"]: (m["occurred_at"], m["speaker"]) for m in _memories(forming, instance)}
+    assert formed == {  # the latest message's time; a name not in the conversation is dropped
+        "Caroline went to a support group": ("2023-05-08T13:09:00Z", "Caroline"),
+        "Melanie pinta atardeceres": ("2023-05-08T13:09:00Z", "Melanie"),
+        "They talk every week": ("2023-05-08T13:09:00Z", None),
+    }
+
+
 @pytest.mark.slow
 def test_long_conversations_get_rolling_summaries(
     settings: Settings, openai_stub: OpenAIStub
