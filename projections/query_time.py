@@ -203,17 +203,6 @@ def period_in(text: str, anchor: datetime) -> Period | None:
     return None
 
 
-def names_time(text: str) -> bool:
-    """Whether `text` says when something happened (a date, a month, "yesterday", "hace dos
-    semanas"...)."""
-    folded = _fold(text)
-    words = _words(folded)
-    return any(
-        not words.isdisjoint(triggers) and pattern.search(folded)
-        for triggers, pattern, _ in _PATTERNS
-    )
-
-
 def _fold(text: str) -> str:
     """`fold`, which costs a Unicode decomposition, is only needed beyond ASCII."""
     return text.casefold() if text.isascii() else fold(text)

@@ -252,15 +252,21 @@ class Candidate:
     speaker: str | None  # who said it, when known
 
 
+@dataclass(frozen=True)
+class Boost:
+    """What a query's hints (`query_hints`) add: `weight` of the score is theirs, and each
+    candidate has of it its fit (by doc id, 0 to 1; absent: 0)."""
+
+    weight: float
+    fits: Mapping[str, float]
+
+
 def fuse(
-    candidates: list[Candidate],
-    now: datetime,
-    weights: Weights,
-    boosts: Mapping[str, float] | None = None,
+    candidates: list[Candidate], now: datetime, weights: Weights, boost: Boost | None = None
 ) -> list[tuple[Candidate, float]]:
     """Best first. BM25 is scaled by the query's best BM25 so both signals run from 0 to 1;
-    recency halves every `half_life_days`. A candidate's boost (`query_hints`, by doc id) takes
-    that share of what its score lacks to reach 1, so scores stay within 0 and 1."""
+    recency halves every `half_life_days`. With a `boost`, the fused score is mixed with each
+    candidate's fit to the query's hints, so scores stay within 0 and 1."""
     best_lexical = max((c.lexical for c in candidates), default=0.0) or 1.0
     scored = []
     for candidate in candidates:
@@ -272,8 +278,8 @@ def fuse(
             + weights.recency * recency
             + weights.importance * candidate.importance
         )
-        if boosts:
-            score += (1 - score) * boosts.get(candidate.doc_id, 0.0)
+        if boost is not None:
+            score = (1 - boost.weight) * score + boost.weight * boost.fits.get(candidate.doc_id, 0)
         scored.append((candidate, score))
     scored.sort(key=lambda pair: pair[1], reverse=True)
     return scored
