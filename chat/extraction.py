@@ -34,9 +34,9 @@ the whole corrected text;
 nothing to replace it.
 Write every memory as one short sentence that stands on its own, naming people instead of \
 using pronouns, in the language of the conversation (Spanish stays Spanish, English stays \
-English). importance goes from 0 to 1 (1: essential to who the user is). When a fact is about \
-one of the named speakers of the conversation (what they did, have, like, plan or said), give \
-that name as "speaker".
+English). importance goes from 0 to 1 (1: essential to who the user is). When an added fact \
+is about one of the named speakers of the conversation (what they did, have, like, plan or \
+said), give that name as its "speaker" (only on "add").
 Answer with JSON only: an array of operations, [] when nothing changes. For example:
 [{{"op": "add", "text": "Su hermana Lucía es enfermera en Triana", "importance": 0.7}},
  {{"op": "add", "text": "Caroline went to a support group", "speaker": "Caroline"}},

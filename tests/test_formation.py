@@ -522,6 +522,8 @@ def test_projections_status_lists_the_memory_process(
         '[{"op": "add", "text": 3}]',
         '[{"op": "forget"}]',
         '[{"op": "add", "text": "x", "importance": "high"}]',
+        '[{"op": "add", "text": "x", "speaker": 7}]',
+        '[{"op": "revise", "id": "m1", "text": "x", "speaker": "Ana"}]',
     ],
 )
 def test_answers_that_are_not_operations_are_malformed(answer: str) -> None:
