@@ -15,8 +15,9 @@ from alma.projections.ranking import Boost
 # The share of the score a period named in the query takes: on LoCoMo dev 0.1 gave R@10 67.1
 # (temporal 79.5), 0.05 66.5, 0.15 66.8, 0.2 and 0.3 67.1 (temporal 77.9); none 65.7 (README).
 TIME_WEIGHT = 0.1
-# An instance whose newest candidate is older than this is an old conversation (imported, or
-# left long ago): "last summer" in a question about it means the summer before its newest source.
+# An instance whose newest candidate snippet or message is older than this is an old
+# conversation (imported, or left long ago): "last summer" in a question about it means the
+# summer before its newest source.
 STALE = timedelta(days=30)
 
 
@@ -26,7 +27,9 @@ def boost(query: str, docs: Iterable[Doc], now: datetime) -> Boost | None:
     candidates = list(docs)
     if not candidates:
         return None
-    latest = max(doc.occurred_at for doc in candidates)
+    # The memory text was written when it was last edited, whenever the conversation was.
+    said = [doc.occurred_at for doc in candidates if doc.kind != "memory_text"]
+    latest = max(said, default=now)
     period = period_in(query, latest if now - latest > STALE else now)
     if period is None:
         return None
