@@ -723,6 +723,7 @@ class OpenAIMessage(BaseModel):
     name: str | None = Field(
         default=None,
         description="who says it; the last user message's is recorded as its name (its speaker)",
+        json_schema_extra=NAME,
     )
 
 

@@ -22,7 +22,7 @@ from alma import metrics
 from alma.chat import history as chat_history
 from alma.chat.prompt import Persona, Prompt, Recollection, Turn, build_prompt
 from alma.domain import Actor, Alma, InvalidInput, Reply
-from alma.domain.rules import valid_message, valid_speaker
+from alma.domain.rules import valid_message
 from alma.llm import tokens
 from alma.llm.client import Completion, ModelClient, ModelError
 from alma.projections import Hit, MemoryIndex
@@ -99,7 +99,6 @@ class Chat:
         each turn matched to the recorded one. Retrieval waits, at most `memory_wait_s`, for the
         index to hold the instance's latest write, and leaves out what the prompt holds."""
         valid_message("user", message)
-        valid_speaker(name, "name")
         model = self.model()
         if max_tokens >= model.context_window:
             raise InvalidInput(

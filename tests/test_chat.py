@@ -329,11 +329,18 @@ def test_the_user_s_name_in_an_openai_request_is_who_said_the_message(
     assert [h["speaker"] for h in hits if h["text"] == "Ayer fui al grupo de apoyo"] == ["Caroline"]
 
     before = chat_api.written()
-    with pytest.raises(openai.UnprocessableEntityError) as refused:
-        sdk.chat.completions.create(
-            model=instance, messages=[{"role": "user", "content": "Hola", "name": "n" * 201}]
-        )
-    assert refused.value.status_code == 422
+    for messages in [
+        [{"role": "user", "content": "Hola", "name": "n" * 201}],
+        [
+            {"role": "user", "content": "Hola", "name": " "},
+            {"role": "assistant", "content": "Hola, corazón"},
+            {"role": "user", "content": "¿Qué tal?"},
+        ],
+    ]:
+        with pytest.raises(openai.UnprocessableEntityError) as refused:
+            sdk.chat.completions.create(model=instance, messages=messages)
+        assert refused.value.status_code == 422
+        assert refused.value.param == "name"
     assert chat_api.written() == before
 
 
