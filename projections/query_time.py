@@ -107,8 +107,8 @@ _MONTHS = frozenset(MONTHS)
 _UNIT_WORDS = frozenset(["week", "month", "year", "semana", "mes", "ano"])
 _DIGIT = "#"  # stands for any number among a text's words
 # Each pattern reads folded text (no accents, lower case); the first that matches names the
-# period. A pattern is tried only when the text holds one of its words: matching all of them on
-# every text would cost about 0.4 ms, the words about 0.02 ms.
+# period. A pattern is tried only when the text holds one of its words: on a 120-character text
+# naming no time, matching every pattern cost 0.18 ms, reading its words first 0.03 ms.
 _PATTERNS: list[tuple[frozenset[str], re.Pattern[str], str]] = [
     (frozenset([_DIGIT]), re.compile(rf"\b{_YEAR}-(?P<month>\d\d)-(?P<day>\d\d)\b"), "iso"),
     (
