@@ -196,10 +196,12 @@ def period_in(text: str, anchor: datetime) -> Period | None:
         if words.isdisjoint(triggers):
             continue
         found = pattern.search(folded)
-        if found is not None:
-            period = _READERS[kind](found.groupdict(), anchor)
-            if period is not None:
-                return period
+        if found is None:
+            continue
+        try:
+            return _READERS[kind](found.groupdict(), anchor)
+        except (ValueError, OverflowError):
+            continue  # no such day ("31 de febrero"), or before year 1 or after 9999
     return None
 
 
@@ -236,27 +238,15 @@ def _latest_year(month: int, day: int, anchor: datetime) -> int:
     return anchor.year if (month, day) <= (anchor.month, anchor.day) else anchor.year - 1
 
 
-def _iso(groups: dict[str, str | None], anchor: datetime) -> Period | None:
-    try:
-        return _day(
-            datetime(
-                int(groups["year"] or 0),
-                int(groups["month"] or 0),
-                int(groups["day"] or 0),
-                tzinfo=UTC,
-            )
-        )
-    except ValueError:
-        return None
+def _iso(groups: dict[str, str | None], anchor: datetime) -> Period:
+    year, month, day = (int(groups[part] or 0) for part in ("year", "month", "day"))
+    return _day(datetime(year, month, day, tzinfo=UTC))
 
 
-def _date(groups: dict[str, str | None], anchor: datetime) -> Period | None:
+def _date(groups: dict[str, str | None], anchor: datetime) -> Period:
     month, day = MONTHS[groups["name"] or ""], int(groups["day"] or 0)
     year = int(groups["year"]) if groups["year"] else _latest_year(month, day, anchor)
-    try:
-        return _day(datetime(year, month, day, tzinfo=UTC))
-    except ValueError:
-        return None
+    return _day(datetime(year, month, day, tzinfo=UTC))
 
 
 def _month(groups: dict[str, str | None], anchor: datetime) -> Period:
@@ -334,7 +324,7 @@ def _this(groups: dict[str, str | None], anchor: datetime) -> Period:
     return _months(anchor.year, 1, 12)
 
 
-_READERS: dict[str, Callable[[dict[str, str | None], datetime], Period | None]] = {
+_READERS: dict[str, Callable[[dict[str, str | None], datetime], Period]] = {
     "iso": _iso,
     "date": _date,
     "month": _month,

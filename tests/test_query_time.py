@@ -58,6 +58,15 @@ def test_text_without_a_time_names_no_period(text: str) -> None:
     assert period_in(text, ANCHOR) is None
 
 
+def test_a_time_that_cannot_be_is_no_period() -> None:
+    february = period_in("el 31 de febrero de 2023", ANCHOR)  # no such day: the month it names
+    assert february is not None and february.since == datetime(2023, 2, 1, tzinfo=UTC)
+    assert period_in("on 2023-13-45", ANCHOR) is None
+    first_day = datetime(1, 1, 1, 12, tzinfo=UTC)
+    assert period_in("yesterday", first_day) is None  # before year 1
+    assert period_in("last year", first_day) is None
+
+
 def _told(api: Api, said: list[tuple[str, datetime]]) -> tuple[str, dict[str, str]]:
     """An instance holding `said`, each snippet when it happened, and a memory text written
     now; its id and the snippets' ids by text."""
