@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from functools import lru_cache
 
 from alma.projections.memory_docs import Doc, Period
 from alma.projections.query_time import period_in
@@ -42,7 +41,7 @@ def _happened_within(doc: Doc, period: Period) -> bool:
     when it was said). Periods read from text have both bounds."""
     if period.holds(doc.occurred_at):
         return True
-    told = _told(doc.text, doc.occurred_at)
+    told = _told(doc)
     return bool(
         told is not None
         and told.since
@@ -54,5 +53,19 @@ def _happened_within(doc: Doc, period: Period) -> bool:
     )
 
 
-# A source is a candidate of many searches: what its text says is read once.
-_told = lru_cache(maxsize=8192)(period_in)
+# A source is a candidate of many searches: what its text says is read once, and kept by its id
+# (not its text, which may be 100,000 characters) for the last `_KEPT` sources read.
+_KEPT = 8_192
+_read: dict[tuple[str, int, datetime], Period | None] = {}
+
+
+def _told(doc: Doc) -> Period | None:
+    key = (doc.doc_id, hash(doc.text), doc.occurred_at)
+    try:
+        return _read[key]
+    except KeyError:  # searches run in several threads: each step on the dict is atomic
+        pass
+    if len(_read) >= _KEPT:
+        _read.clear()
+    told = _read[key] = period_in(doc.text, doc.occurred_at)
+    return told
