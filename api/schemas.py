@@ -720,6 +720,11 @@ class OpenAIMessage(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | None = None
+    name: str | None = Field(
+        default=None,
+        description="who says it; the last user message's is recorded as its name (its speaker)",
+        json_schema_extra=NAME,
+    )
 
 
 class ChatCompletionRequest(BaseModel):

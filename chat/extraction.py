@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence, Set
+from dataclasses import dataclass, replace
 from typing import Any
 
 from alma.domain import InvalidInput
@@ -34,9 +34,12 @@ the whole corrected text;
 nothing to replace it.
 Write every memory as one short sentence that stands on its own, naming people instead of \
 using pronouns, in the language of the conversation (Spanish stays Spanish, English stays \
-English). importance goes from 0 to 1 (1: essential to who the user is).
+English). importance goes from 0 to 1 (1: essential to who the user is). When an added fact \
+is about one of the named speakers of the conversation (what they did, have, like, plan or \
+said), give that name as its "speaker" (only on "add").
 Answer with JSON only: an array of operations, [] when nothing changes. For example:
 [{{"op": "add", "text": "Su hermana Lucía es enfermera en Triana", "importance": 0.7}},
+ {{"op": "add", "text": "Caroline went to a support group", "speaker": "Caroline"}},
  {{"op": "revise", "id": "<an id from the existing memories>", "text": "Lives in Madrid now"}},
  {{"op": "forget", "id": "<an id from the existing memories>"}}]"""
 
@@ -58,6 +61,7 @@ class Line:
 
     role: str
     content: str
+    name: str | None = None  # who said it, when known
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class Operation:
     text: str | None = None
     memory_id: str | None = None  # one of the ids offered
     importance: float | None = None
+    speaker: str | None = None  # whose fact it is: one of the conversation's named speakers
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -73,15 +78,19 @@ class Operation:
             "text": self.text,
             "memory_id": self.memory_id,
             "importance": self.importance,
+            "speaker": self.speaker,
         }
 
     @classmethod
     def of(cls, data: Mapping[str, Any]) -> Operation:
-        return cls(data["op"], data["text"], data["memory_id"], data["importance"])
+        """An operation as `as_dict` stored it (earlier versions stored no speaker)."""
+        return cls(
+            data["op"], data["text"], data["memory_id"], data["importance"], data.get("speaker")
+        )
 
 
 _KEYS = {
-    "add": ({"op", "text"}, {"importance"}),
+    "add": ({"op", "text"}, {"importance", "speaker"}),
     "revise": ({"op", "id", "text"}, {"importance"}),
     "forget": ({"op", "id"}, set[str]()),
 }
@@ -122,15 +131,20 @@ def summary_prompt(
     ]
 
 
-def read_operations(answer: str, offered: set[str]) -> tuple[list[Operation], int]:
+def read_operations(
+    answer: str, offered: set[str], speakers: Set[str] = frozenset()
+) -> tuple[list[Operation], int]:
     """The operations in the model's answer, and how many were refused: revising or forgetting
-    a memory that was not offered, or a text the memory rules refuse. An answer that is not a
+    a memory that was not offered, or a text the memory rules refuse. A speaker that is not one
+    of `speakers` (the conversation's names) is left out, the fact kept. An answer that is not a
     JSON array of well-formed operations raises `Malformed`."""
     items = _json_array(answer)
     operations: list[Operation] = []
     refused = 0
     for item in items:
         operation = _operation(item)
+        if operation.speaker is not None and operation.speaker not in speakers:
+            operation = replace(operation, speaker=None)
         try:
             if operation.memory_id is not None and operation.memory_id not in offered:
                 raise InvalidInput("not one of the memories offered", "id")
@@ -186,14 +200,18 @@ def _operation(item: Any) -> Operation:
         isinstance(importance, bool) or not isinstance(importance, int | float)
     ):
         raise Malformed("an importance is not a number")
-    return Operation(op, text, memory_id, importance)
+    speaker = item.get("speaker")
+    if speaker is not None and not isinstance(speaker, str):
+        raise Malformed("a speaker is not a string")
+    return Operation(op, text, memory_id, importance, speaker)
 
 
 def _transcript(name: str, conversation: Sequence[Line], room: int) -> str:
     each = max(20, room // max(1, len(conversation)))
     speaker = {"user": "user", "assistant": name, "system": "narrator"}
     return "\n".join(
-        f"{speaker.get(line.role, line.role)}: {_oneline(tokens.truncate(line.content, each))}"
+        f"{line.name or speaker.get(line.role, line.role)}: "
+        f"{_oneline(tokens.truncate(line.content, each))}"
         for line in conversation
     )
 

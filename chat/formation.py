@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -40,6 +41,8 @@ from alma.chat.extraction import (
     summary_prompt,
 )
 from alma.domain import Actor, Alma, DomainError, Instance, NotFound
+from alma.domain.instance import speaker_of
+from alma.domain.rules import as_utc
 from alma.llm.client import Messages, ModelClient, ModelError
 from alma.projections import MemoryIndex
 from alma.stores.sql import SqlStore
@@ -58,12 +61,18 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS formation_messages (
         instance_id TEXT NOT NULL, position BIGINT NOT NULL, tenant TEXT NOT NULL,
         message_id TEXT NOT NULL, role TEXT NOT NULL, content TEXT NOT NULL,
-        request_id TEXT NOT NULL, formed INTEGER NOT NULL,
+        request_id TEXT NOT NULL, formed INTEGER NOT NULL, occurred_at TEXT, name TEXT,
         PRIMARY KEY (instance_id, position))""",
     """CREATE TABLE IF NOT EXISTS formation_plans (
         plan_id TEXT PRIMARY KEY, instance_id TEXT NOT NULL, body TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS formation_summaries (
         instance_id TEXT PRIMARY KEY, memory_id TEXT NOT NULL)""",
+]
+# Messages held by an earlier version did not keep when they were said and by whom: theirs are
+# NULL, and a memory formed from them happened when it is recorded, as before.
+_WHEN_AND_WHO = [
+    "ALTER TABLE formation_messages ADD COLUMN occurred_at TEXT",
+    "ALTER TABLE formation_messages ADD COLUMN name TEXT",
 ]
 
 
@@ -76,6 +85,8 @@ class _Message:
     role: str
     content: str
     request_id: str
+    occurred_at: datetime | None  # when it was said; None if held by an earlier version
+    name: str | None  # who said it, when known
     formed: bool = False
 
 
@@ -99,8 +110,13 @@ class MemoryFormation:
         self.summary_every = summary_every
         self.dropped = 0  # answers that were not what was asked for
         self.refused = 0  # operations refused: unknown memories, texts the rules refuse
+        older = store.has_table("formation_messages") and not store.has_column(
+            "formation_messages", "name"
+        )
         with store.transaction() as cursor:
             for statement in SCHEMA:
+                cursor.execute(statement)
+            for statement in _WHEN_AND_WHO if older else []:
                 cursor.execute(statement)
 
     def close(self) -> None:
@@ -170,7 +186,8 @@ class MemoryFormation:
             if messages:
                 cursor.executemany(
                     "INSERT INTO formation_messages (instance_id, position, tenant, message_id, "
-                    "role, content, request_id, formed) VALUES (%s, %s, %s, %s, %s, %s, %s, 0) "
+                    "role, content, request_id, formed, occurred_at, name) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, 0, %s, %s) "
                     "ON CONFLICT (instance_id, position) DO NOTHING",
                     [
                         (
@@ -181,6 +198,8 @@ class MemoryFormation:
                             m.role,
                             m.content,
                             m.request_id,
+                            None if m.occurred_at is None else m.occurred_at.isoformat(),
+                            m.name,
                         )
                         for m in messages
                     ],
@@ -245,7 +264,9 @@ class MemoryFormation:
             if answer is None:
                 return
             try:
-                operations, refused = read_operations(answer, {i for i, _ in offered})
+                operations, refused = read_operations(
+                    answer, {i for i, _ in offered}, {m.name for m in fresh if m.name}
+                )
             except Malformed as error:
                 self._drop(instance_id, error)
                 return
@@ -254,8 +275,10 @@ class MemoryFormation:
         else:
             operations = [Operation.of(item) for item in stored]
         source = {"messages": [m.message_id for m in fresh]}
+        said = _said_at(fresh)
         for n, operation in enumerate(operations):
-            self._apply(operation, uuid5(_IDS, f"{plan_id}/{n}"), instance_id, actor, source)
+            new_id = uuid5(_IDS, f"{plan_id}/{n}")
+            self._apply(operation, new_id, instance_id, actor, source, said)
 
     def _apply(
         self,
@@ -264,7 +287,10 @@ class MemoryFormation:
         instance_id: UUID,
         actor: Actor,
         source: dict[str, Any],
+        said: datetime | None,
     ) -> None:
+        """An added memory happened when its messages were said (`said`, the latest of them),
+        and is the fact of the speaker the model names, if any."""
         app, tenant = self.app, actor.tenant
         try:
             if operation.op == "add":
@@ -278,6 +304,8 @@ class MemoryFormation:
                     operation.importance,
                     source,
                     memory_id=new_id,
+                    occurred_at=said,
+                    speaker=operation.speaker,
                 )
                 return
             assert operation.memory_id is not None
@@ -333,6 +361,7 @@ class MemoryFormation:
                 None,
                 source,
                 memory_id=summary_id,
+                occurred_at=_said_at(held),
             )
         return summary_id
 
@@ -389,12 +418,24 @@ class MemoryFormation:
 
     def _held(self, instance_id: UUID) -> list[_Message]:
         rows = self.store.query(
-            "SELECT position, tenant, message_id, role, content, request_id, formed "
-            "FROM formation_messages WHERE instance_id = %s ORDER BY position",
+            "SELECT position, tenant, message_id, role, content, request_id, formed, occurred_at, "
+            "name FROM formation_messages WHERE instance_id = %s ORDER BY position",
             (str(instance_id),),
         )
         return [
-            _Message(instance_id, int(r[0]), r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows
+            _Message(
+                instance_id,
+                int(r[0]),
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                r[5],
+                None if r[7] is None else as_utc(datetime.fromisoformat(str(r[7]))),
+                r[8],
+                bool(r[6]),
+            )
+            for r in rows
         ]
 
     def _plan(self, plan_id: str) -> Any:
@@ -428,8 +469,15 @@ def _message(event: Any, position: int) -> _Message:
         "assistant" if replied else event.role,
         event.content,
         event.actor.request_id,
+        event.timestamp if replied else as_utc(event.sent_at),
+        speaker_of(event),
     )
 
 
+def _said_at(messages: list[_Message]) -> datetime | None:
+    """When the latest of `messages` was said; None (when recorded) if none of them says."""
+    return max((m.occurred_at for m in messages if m.occurred_at is not None), default=None)
+
+
 def _lines(messages: list[_Message]) -> list[Line]:
-    return [Line(m.role, m.content) for m in messages]
+    return [Line(m.role, m.content, m.name) for m in messages]

@@ -19,6 +19,7 @@ from uuid import UUID
 from alma.chat.prompt import Turn
 from alma.chat.turns import Chat, TurnResult
 from alma.domain import Actor, Alma, InvalidInput, NotFound
+from alma.domain.rules import valid_speaker
 from alma.projections import ListingView
 
 
@@ -30,6 +31,9 @@ class Message(Protocol):
 
     @property
     def content(self) -> str | None: ...
+
+    @property
+    def name(self) -> str | None: ...
 
 
 class NoUserTurn(InvalidInput):
@@ -61,13 +65,21 @@ def answer(
     last = messages[-1] if messages else None
     if last is None or last.role != "user" or not last.content:
         raise NoUserTurn("the last message must be the user's, with text content", "messages")
+    for message in messages:  # the last one's is recorded; every one is held to the same rule
+        valid_speaker(message.name, "name")
     history = [
         Turn(m.role, m.content)
         for m in messages[:-1]
         if m.role in ("user", "assistant") and m.content
     ]
     turn = chat.prepare(
-        tenant, instance_id, last.content, max_tokens, temperature, history=history or None
+        tenant,
+        instance_id,
+        last.content,
+        max_tokens,
+        temperature,
+        history=history or None,
+        name=last.name,
     )
     created = int(time.time())
     if stream:

@@ -44,6 +44,7 @@ class PreparedTurn:
     max_tokens: int
     temperature: float
     metadata: dict[str, Any] | None = None  # recorded with the user's message (source: voice)
+    name: str | None = None  # who says the user's message (OpenAI's field), if the client says
     memories_unavailable: bool = False  # the vector store was down: answered without recall
     memories_behind: bool = False  # the index lacked the instance's latest writes: without them
 
@@ -91,6 +92,7 @@ class Chat:
         max_tokens: int,
         temperature: float,
         history: Sequence[Turn] | None = None,
+        name: str | None = None,
     ) -> PreparedTurn:
         """Checks the input and builds the prompt. The recent turns are the instance's own, as
         recorded up to now; `history` (an OpenAI-style client sends its own) stands in for them,
@@ -157,6 +159,7 @@ class Chat:
             temperature,
             memories_unavailable=unavailable,
             memories_behind=behind,
+            name=name,
         )
 
     def complete(self, turn: PreparedTurn, actor: Actor) -> TurnResult:
@@ -204,7 +207,7 @@ class Chat:
 
     def _record_message(self, turn: PreparedTurn, actor: Actor) -> UUID:
         return self.app.record_message(
-            turn.tenant, turn.instance_id, turn.message, actor, turn.metadata
+            turn.tenant, turn.instance_id, turn.message, actor, turn.metadata, turn.name
         )
 
     def _record_reply(

@@ -360,16 +360,21 @@ class Alma(CachingApplication):
         content: str,
         actor: Actor,
         metadata: dict[str, Any] | None = None,
+        name: str | None = None,
     ) -> UUID:
         """Records what the user says in a chat turn, now, before the model is asked; returns
-        its id. It is the event an imported message makes, so every reader takes both alike."""
+        its id. It is the event an imported message makes, so every reader takes both alike.
+        `name`: who says it (OpenAI's message field), if the client says."""
         role, text = valid_message("user", content)
         checked = valid_metadata(metadata or {})
+        speaker = valid_speaker(name, "name")
         message_id = uuid4()
 
         def attempt() -> UUID:
             instance = self._current(Instance, tenant, instance_id)
-            instance.record_message(message_id, role, text, datetime.now(UTC), checked, actor)
+            instance.record_message(
+                message_id, role, text, datetime.now(UTC), checked, actor, name=speaker
+            )
             self.save(instance)
             return message_id
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from alma.embeddings import Embedder
 from alma.projections.memory_docs import DOC_COLUMNS, Doc, Period, doc_of, documents, moment
+from alma.projections.query_hints import boost
 from alma.projections.ranking import Candidate, Weights, bm25_idf, fuse, terms
 from alma.projections.vectors import VectorIndex
 from alma.stores.sql import SqlStore
@@ -109,7 +110,8 @@ class MemorySearch:
         candidates = [
             candidate(doc, dense.get(d, 0.0), lexical.get(d, 0.0)) for d, doc in docs.items()
         ]
-        ranked = fuse(candidates, now or datetime.now(UTC), self.weights)
+        now = now or datetime.now(UTC)
+        ranked = fuse(candidates, now, self.weights, boost(query, docs.values(), now))
         if exclude is not None:
             ranked = [(c, score) for c, score in ranked if not exclude(docs[c.doc_id])]
         return [Hit(docs[c.doc_id], score) for c, score in ranked[:k] if score >= min_score]

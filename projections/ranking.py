@@ -7,6 +7,7 @@ import math
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -259,11 +260,21 @@ class Candidate:
     speaker: str | None  # who said it, when known
 
 
+@dataclass(frozen=True)
+class Boost:
+    """What a query's hints (`query_hints`) add: `weight` of the score is theirs, and each
+    candidate has of it its fit (by doc id, 0 to 1; absent: 0)."""
+
+    weight: float
+    fits: Mapping[str, float]
+
+
 def fuse(
-    candidates: list[Candidate], now: datetime, weights: Weights
+    candidates: list[Candidate], now: datetime, weights: Weights, boost: Boost | None = None
 ) -> list[tuple[Candidate, float]]:
     """Best first. BM25 is scaled by the query's best BM25 so both signals run from 0 to 1;
-    recency halves every `half_life_days`."""
+    recency halves every `half_life_days`. With a `boost`, the fused score is mixed with each
+    candidate's fit to the query's hints, so scores stay within 0 and 1."""
     best_lexical = max((c.lexical for c in candidates), default=0.0) or 1.0
     scored: list[tuple[Candidate, float]] = []
     for candidate in candidates:
@@ -275,6 +286,8 @@ def fuse(
             + weights.recency * recency
             + weights.importance * candidate.importance
         )
+        if boost is not None:
+            score = (1 - boost.weight) * score + boost.weight * boost.fits.get(candidate.doc_id, 0)
         scored.append((candidate, score))
     if weights.neighbours:
         scored = _with_neighbours(scored, weights)

@@ -14,7 +14,7 @@ import pytest
 
 from alma.settings import Settings
 from tests.cli import create_key, free_port, running, wait_for_health
-from tests.conftest import Api, make_character, make_instance
+from tests.conftest import Api, make_character, make_instance, search
 from tests.openai_stub import Fail, OpenAIStub, Reply
 
 
@@ -308,6 +308,40 @@ def test_the_openai_sdk_chats_with_an_instance_named_as_the_model(
     ]
     replies = _events(chat_api, instance, "ReplyRecorded")
     assert [r["data"]["content"] for r in replies] == ["¡Hola, corazón!", "Aquí sigo, mi niña."]
+
+
+def test_the_user_s_name_in_an_openai_request_is_who_said_the_message(
+    chat_api: Api, openai_stub: OpenAIStub
+) -> None:
+    _, instance = _world(chat_api)
+    sdk = _sdk(chat_api, chat_api.acme)
+    openai_stub.script(Reply("¡Qué bien, Caroline!"))
+    sdk.chat.completions.create(
+        model=instance,
+        messages=[{"role": "user", "content": "Ayer fui al grupo de apoyo", "name": "Caroline"}],
+    )
+    said = chat_api.client.get(f"/v1/instances/{instance}/messages", headers=chat_api.acme)
+    assert [(m["content"], m["name"]) for m in said.json()["items"]] == [
+        ("Ayer fui al grupo de apoyo", "Caroline"),
+        ("¡Qué bien, Caroline!", "Rosa"),
+    ]
+    hits = search(chat_api, instance, "grupo de apoyo")
+    assert [h["speaker"] for h in hits if h["text"] == "Ayer fui al grupo de apoyo"] == ["Caroline"]
+
+    before = chat_api.written()
+    for messages in [
+        [{"role": "user", "content": "Hola", "name": "n" * 201}],
+        [
+            {"role": "user", "content": "Hola", "name": " "},
+            {"role": "assistant", "content": "Hola, corazón"},
+            {"role": "user", "content": "¿Qué tal?"},
+        ],
+    ]:
+        with pytest.raises(openai.UnprocessableEntityError) as refused:
+            sdk.chat.completions.create(model=instance, messages=messages)
+        assert refused.value.status_code == 422
+        assert refused.value.param == "name"
+    assert chat_api.written() == before
 
 
 def test_openai_clients_get_openai_shaped_errors(chat_api: Api, openai_stub: OpenAIStub) -> None:

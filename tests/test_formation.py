@@ -365,6 +365,90 @@ def test_imported_messages_are_formed_in_windows(forming: Api, openai_stub: Open
     assert memory["source"] == {"messages": imported[:10]}
 
 
+def test_formed_memories_happened_when_their_messages_were_said_and_know_whose(
+    forming: Api, openai_stub: OpenAIStub
+) -> None:
+    instance = _instance(forming)
+    openai_stub.script(
+        Reply(
+            json.dumps(
+                [
+                    {
+                        "op": "add",
+                        "text": "Caroline went to a support group",
+                        "speaker": "Caroline",
+                    },
+                    {"op": "add", "text": "Melanie pinta atardeceres", "speaker": "Melanie"},
+                    {"op": "add", "text": "They talk every week", "speaker": "Someone else"},
+                ]
+            )
+        )
+    )
+    messages = [
+        {
+            "role": "user" if n % 2 == 0 else "assistant",
+            "content": f"message {n}",
+            "name": "Caroline" if n % 2 == 0 else "Melanie",
+            "timestamp": f"2023-05-08T13:{n:02d}:00Z",
+        }
+        for n in range(10)
+    ]
+    messages[0]["content"] = "Yesterday I went to a support group"
+    messages[1]["content"] = "Yo pinto atardeceres"
+    imported = forming.client.post(
+        f"/v1/instances/{instance}/messages", json={"messages": messages}, headers=forming.acme
+    )
+    assert imported.status_code == 201, imported.text
+    _settle(forming)
+
+    [asked] = _asked(openai_stub, FACTS)
+    assert "Caroline: Yesterday I went to a support group" in asked
+    assert "Melanie: Yo pinto atardeceres" in asked
+    formed = {m["text"]: (m["occurred_at"], m["speaker"]) for m in _memories(forming, instance)}
+    assert formed == {  # the latest message's time; a name not in the conversation is dropped
+        "Caroline went to a support group": ("2023-05-08T13:09:00Z", "Caroline"),
+        "Melanie pinta atardeceres": ("2023-05-08T13:09:00Z", "Melanie"),
+        "They talk every week": ("2023-05-08T13:09:00Z", None),
+    }
+
+
+def test_messages_held_by_an_earlier_version_are_formed_after_an_upgrade(
+    forming: Api, openai_stub: OpenAIStub
+) -> None:
+    """An earlier version held messages without when and by whom: opening its store adds the
+    columns, and a memory formed with such a message is dated by the messages that say when."""
+    instance = _instance(forming)
+    formation = _formation(forming)
+    with formation.store.transaction() as cursor:
+        cursor.execute("ALTER TABLE formation_messages DROP COLUMN occurred_at")
+        cursor.execute("ALTER TABLE formation_messages DROP COLUMN name")
+        cursor.execute(
+            "INSERT INTO formation_messages (instance_id, position, tenant, message_id, role, "
+            "content, request_id, formed) VALUES (%s, 0, 'acme', %s, 'user', %s, 'old', 0)",
+            (instance, str(uuid.uuid4()), "Tengo un perro que se llama Trufa"),
+        )
+    MemoryFormation(
+        formation.app, formation.store, formation.index, formation.index_wait, formation.model
+    )
+    assert formation.store.has_column("formation_messages", "name")
+
+    openai_stub.script(Reply('[{"op": "add", "text": "Tiene una perra, Trufa", "speaker": "Ana"}]'))
+    messages = [
+        {"role": "user", "content": f"mensaje {n}", "name": "Ana", "timestamp": f"2024-01-0{n}"}
+        for n in range(1, 10)
+    ]
+    imported = forming.client.post(
+        f"/v1/instances/{instance}/messages", json={"messages": messages}, headers=forming.acme
+    )
+    assert imported.status_code == 201, imported.text
+    _settle(forming)
+
+    [asked] = _asked(openai_stub, FACTS)
+    assert "user: Tengo un perro que se llama Trufa" in asked and "Ana: mensaje 9" in asked
+    [memory] = _memories(forming, instance)
+    assert (memory["occurred_at"], memory["speaker"]) == ("2024-01-09T00:00:00Z", "Ana")
+
+
 @pytest.mark.slow
 def test_long_conversations_get_rolling_summaries(
     settings: Settings, openai_stub: OpenAIStub
@@ -438,6 +522,8 @@ def test_projections_status_lists_the_memory_process(
         '[{"op": "add", "text": 3}]',
         '[{"op": "forget"}]',
         '[{"op": "add", "text": "x", "importance": "high"}]',
+        '[{"op": "add", "text": "x", "speaker": 7}]',
+        '[{"op": "revise", "id": "m1", "text": "x", "speaker": "Ana"}]',
     ],
 )
 def test_answers_that_are_not_operations_are_malformed(answer: str) -> None:
