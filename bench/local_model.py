@@ -4,10 +4,11 @@ Run from the repository root:
 `python bench/local_model.py [--model packaged|LABEL=FILE.gguf ...] [--quick] [--replies DIR]`.
 
 Each `--model` is measured in turn: `packaged` is the SmolLM2-135M that alma answers with when
-there is no key (the only one measured when no `--model` is given). Every setting runs in a child process of its own, so the resident memory it reports
-is that model's, through alma's own local backend as `alma serve` runs it with no key:
-`LocalModelServer` (llama.cpp via xllamacpp, alma's context of 2048, seed 42, `--threads`, 1 by
-default as alma) reached through `OpenAIModel`, streaming. Per setting:
+there is no key (the only one measured when no `--model` is given). Every setting runs in a
+child process of its own, so the resident memory it reports is that model's, through alma's own
+local backend as `alma serve` runs it with no key: `LocalModelServer` (llama.cpp via xllamacpp,
+alma's context of 2048, seed 42, `--threads`, 1 by default as alma) reached through
+`OpenAIModel`, streaming. Per setting:
 
 - load: `LocalModelServer.load_s`; resident memory (VmRSS) of the process before the load and
   after it, and its peak (VmHWM) once everything ran;
@@ -20,8 +21,9 @@ default as alma) reached through `OpenAIModel`, streaming. Per setting:
   each prompt built by alma's `build_prompt`, at most 160 tokens, temperature 0.8 (alma's
   default), the questions interleaved across characters. llama.cpp keeps the states of earlier
   prompts in memory, so a question reuses its character's persona and conversation as computed
-  before, as consecutive turns with one instance do in alma. Printed: the share of replies passing every check, and each check, per
-  language; the key fact over the questions that have one; the turn time p50 and p95.
+  before, as consecutive turns with one instance do in alma. Printed: the share of replies
+  passing every check, and each check, per language (the key fact over the questions that have
+  one); the turn time p50 and p95.
 
 `--quick` asks 8 questions (2 per character) instead of 40. `--replies DIR` writes every reply
 with its checks to DIR/<label>.jsonl.
