@@ -1,7 +1,8 @@
 """Offline chat models compared on this machine: speed, memory and in-character quality (issue 16).
 
 Run from the repository root:
-`python bench/local_model.py [--model packaged|LABEL=FILE.gguf ...] [--quick] [--replies DIR]`.
+`python bench/local_model.py [--model packaged|LABEL=FILE.gguf ...] [--questions N] [--quick]
+[--replies DIR]`.
 
 Each `--model` is measured in turn: `packaged` is the SmolLM2-135M that alma answers with when
 there is no key (the only one measured when no `--model` is given). Every setting runs in a
@@ -25,8 +26,9 @@ alma's context of 2048, seed 42, `--threads`, 1 by default as alma) reached thro
   passing every check, and each check, per language (the key fact over the questions that have
   one); the turn time p50 and p95.
 
-`--quick` asks 8 questions (2 per character) instead of 40. `--replies DIR` writes every reply
-with its checks to DIR/<label>.jsonl.
+`--questions N` asks N of each character's 10 questions, spread over its list (its last three are
+in the other language), for a shorter run; `--quick` is `--questions 2`. `--replies DIR` writes
+every reply with its checks to DIR/<label>.jsonl.
 """
 
 from __future__ import annotations
@@ -106,19 +108,23 @@ def long_prompts(turns: Sequence[EvalTurn]) -> Iterator[list[Message]]:
         yield messages
 
 
-def interleaved(turns: Sequence[EvalTurn], per_character: int | None) -> list[EvalTurn]:
-    """Round robin over the characters, so no two questions in a row share a prompt prefix."""
+def interleaved(turns: Sequence[EvalTurn], per_character: int) -> list[EvalTurn]:
+    """`per_character` questions of each character, evenly spread over its list, in round robin
+    over the characters."""
     by_character: dict[str, list[EvalTurn]] = {}
     for turn in turns:
         by_character.setdefault(turn.character, []).append(turn)
-    queues = [group[:per_character] for group in by_character.values()]
+    queues = [
+        [group[i * len(group) // per_character] for i in range(min(per_character, len(group)))]
+        for group in by_character.values()
+    ]
     order = []
     for index in range(max(len(q) for q in queues)):
         order.extend(q[index] for q in queues if index < len(q))
     return order
 
 
-def measure(path: str, threads: int, quick: bool) -> dict[str, Any]:
+def measure(path: str, threads: int, questions: int) -> dict[str, Any]:
     """Everything for one model, in this process."""
     before = rss_mb("VmRSS")
     server = LocalModelServer(path, n_threads=threads, context=CONTEXT, seed=42)
@@ -130,7 +136,7 @@ def measure(path: str, threads: int, quick: bool) -> dict[str, Any]:
     probes = [streamed(model, messages) for messages in long_prompts(turns)]
 
     results = []
-    for number, turn in enumerate(interleaved(turns, 2 if quick else None), 1):
+    for number, turn in enumerate(interleaved(turns, questions), 1):
         reply = streamed(model, turn.messages)
         checks = score(turn, reply["text"], reply["finish_reason"])
         results.append(
@@ -213,20 +219,22 @@ def report(label: str, result: dict[str, Any]) -> None:
     print_table(f"{label}", rows)
 
 
-def child(path: str, threads: int, quick: bool) -> None:
-    print(json.dumps(measure(path, threads, quick), ensure_ascii=False))
+def child(path: str, threads: int, questions: int) -> None:
+    print(json.dumps(measure(path, threads, questions), ensure_ascii=False))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", action="append", default=[], metavar="packaged|LABEL=FILE.gguf")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="8 questions instead of 40")
+    parser.add_argument("--questions", type=int, default=10, help="per character, of 10")
+    parser.add_argument("--quick", action="store_true", help="--questions 2")
     parser.add_argument("--replies", type=Path, help="write each setting's replies here")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # a GGUF file: measure it, print JSON
     args = parser.parse_args()
+    questions = 2 if args.quick else args.questions
     if args.child:
-        child(args.child, args.threads, args.quick)
+        child(args.child, args.threads, questions)
         return
 
     settings = []
@@ -242,7 +250,7 @@ def main() -> None:
         log(f"{label}: {path}")
         command = [sys.executable, __file__, "--child", path, "--threads", str(args.threads)]
         done = subprocess.run(
-            command + (["--quick"] if args.quick else []),
+            [*command, "--questions", str(questions)],
             stdout=subprocess.PIPE,
             text=True,
             check=False,
