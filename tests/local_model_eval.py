@@ -102,12 +102,12 @@ def load(context_window: int, max_tokens: int) -> list[EvalTurn]:
 
 
 def language_of(text: str) -> str | None:
-    """ "es" or "en" by their frequent words (and Spanish's own marks); None when too few words
-    say either."""
+    """Whichever of "es" and "en" has more of its frequent words (and, for Spanish, its own
+    marks); None on a tie ("Biscuit.")."""
     words = _WORD.findall(fold(text))
     spanish = sum(w in _SPANISH for w in words) + len(re.findall(r"[¿¡ñ]", text.lower()))
     english = sum(w in _ENGLISH for w in words)
-    if max(spanish, english) < 2 or spanish == english:
+    if spanish == english:
         return None
     return "es" if spanish > english else "en"
 
@@ -116,8 +116,8 @@ def score(turn: EvalTurn, reply: str, finish_reason: str) -> dict[str, bool]:
     """Which checks the reply passes."""
     words = _WORD.findall(fold(reply))
     language = language_of(reply)
-    # A reply of a few words ("Canela.") may say too little to tell its language.
-    right_language = language == turn.language or (language is None and 0 < len(words) < 4)
+    # A reply of a name or a number ("Canela.") says too little to tell its language.
+    right_language = language in (turn.language, None)
     question = _WORD.findall(fold(turn.question))
     echoed = len(question) >= 3 and f" {' '.join(question)} " in f" {' '.join(words)} "
     in_persona = not _NOT_IN_PERSONA.search(fold(reply)) and not _USER_LINE.search(reply)

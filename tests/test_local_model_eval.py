@@ -73,6 +73,13 @@ def test_a_reply_in_the_other_language_fails_the_language_check(turns: list[Eval
     assert language_of("Mi gata se llama Canela y duerme en el horno.") == "es"
 
 
+def test_a_short_reply_is_judged_by_the_few_words_it_has(turns: list[EvalTurn]) -> None:
+    brother = by_question(turns, "What does your brother do?")
+    assert score(brother, "He sails cargo ships to Lisbon.", "stop")["language"]
+    assert not score(brother, "Lleva barcos de carga a Lisboa.", "stop")["language"]
+    assert score(by_question(turns, "¿Cómo se llama tu gata?"), "Canela.", "stop")["language"]
+
+
 @pytest.mark.parametrize(
     "reply",
     [
