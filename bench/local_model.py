@@ -245,6 +245,8 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)  # a GGUF file: measure it, print JSON
     args = parser.parse_args()
     questions = 2 if args.quick else args.questions
+    if not 1 <= questions <= 10:
+        parser.error("--questions is between 1 and 10")
     if args.child:
         child(args.child, args.threads, questions)
         return
