@@ -578,7 +578,7 @@ def search_steps(
         embedded = time.perf_counter()
         dense = dict(index.vectors.nearest(generation, instance_id, vector, CANDIDATES))
         nearest = time.perf_counter()
-        lexical = dict(index._bm25(generation, instance_id, query))
+        lexical, _ = index._bm25(generation, instance_id, query)
         scored = time.perf_counter()
         index.vectors.vectors(generation, instance_id, [d for d in lexical if d not in dense])
         fetched = time.perf_counter()

@@ -9,6 +9,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 # Words that carry no memory on their own, in the two languages alma speaks first.
 STOPWORDS = frozenset(
@@ -239,6 +240,14 @@ class Weights:
     recency: float = 0.0
     importance: float = 0.03
     half_life_days: float = 30.0
+    # BM25 divided by the query's best BM25 ("best"), or by what the query's words weigh in all
+    # (their IDFs, words never said included: "query"), which keeps a match's share of the
+    # query absolute. bench/fusion.py measured both: "best" ranks better (README).
+    lexical_scale: Literal["best", "query"] = "best"
+    # A second hop: BM25 over the rare words of the first hits (names, places, things), the
+    # query's own left out. bench/fusion.py measured it: LoCoMo gains, our own set loses, so
+    # it is off by default (README).
+    expansion: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -249,23 +258,29 @@ class Candidate:
     occurred_at: datetime  # when the source happened
     importance: float
     speaker: str | None  # who said it, when known
+    expanded: float = 0.0  # BM25 of the second hop's words, scaled by their best
 
 
 def fuse(
-    candidates: list[Candidate], now: datetime, weights: Weights
+    candidates: list[Candidate], now: datetime, weights: Weights, information: float = 0.0
 ) -> list[tuple[Candidate, float]]:
-    """Best first. BM25 is scaled by the query's best BM25 so both signals run from 0 to 1;
+    """Best first. BM25 is scaled so both signals run from 0 to 1: by the query's best BM25,
+    or by `information` (the sum of the query's word IDFs) under `lexical_scale="query"`;
     recency halves every `half_life_days`."""
-    best_lexical = max((c.lexical for c in candidates), default=0.0) or 1.0
+    if weights.lexical_scale == "query":
+        scale = information or 1.0
+    else:
+        scale = max((c.lexical for c in candidates), default=0.0) or 1.0
     scored = []
     for candidate in candidates:
         age_days = max(0.0, (now - candidate.occurred_at).total_seconds() / 86400)
         recency = 0.5 ** (age_days / weights.half_life_days)
         score = (
             weights.dense * max(0.0, candidate.dense)
-            + weights.lexical * candidate.lexical / best_lexical
+            + weights.lexical * min(1.0, candidate.lexical / scale)
             + weights.recency * recency
             + weights.importance * candidate.importance
+            + weights.expansion * candidate.expanded
         )
         scored.append((candidate, score))
     scored.sort(key=lambda pair: pair[1], reverse=True)
