@@ -6,8 +6,9 @@ development conversations into an instance in process (every turn a memory snipp
 speaker and occurred_at, as bench/locomo.py does through HTTP; the data is read where it lies,
 never copied) and tests/data/recall's six conversations as imported messages, then asks every
 question under each ranking: LoCoMo's recall@10 by category (multi-hop, temporal, open-domain,
-single-hop, adversarial), its R@10 and R@50 overall, and our set's hit@5 and hit@10 (the share of
-questions with an answer message in the first k), all of it and its Spanish part.
+single-hop, adversarial), its R@10 and R@50 overall, our set's hit@5 and hit@10 (the share of
+questions with an answer message in the first k), all of it and its Spanish part, and the p95 of
+LoCoMo's searches.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import statistics
 import sys
 import tempfile
+import time
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +31,7 @@ from alma.projections import MemoryIndex
 from alma.projections.ranking import Weights
 from alma.settings import Settings
 from bench.locomo import CATEGORIES, DATA, load
-from bench.report import log, machine_load
+from bench.report import log, machine_load, percentiles_ms
 from tests.recall import Question
 from tests.recall import load as load_recall
 
@@ -86,10 +88,16 @@ def locomo_instances(services: Services, data: Path) -> LoCoMo:
 
 
 def measure(index: MemoryIndex, locomo: LoCoMo, own: list[Question]) -> list[float]:
-    """R@10 by category, R@10 and R@50 overall; own hit@5 and @10, all and Spanish."""
+    """R@10 by category, R@10 and R@50 overall; own hit@5 and @10, all and Spanish; the p95 of
+    LoCoMo's searches in ms (instances of ~400 and ~700 turns: a relative cost, not the target's
+    figure, which bench/memory.py takes at 100,000)."""
     by_category: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    took = []
     for instance_id, text, category, evidence in locomo:
-        found = [hit.doc.doc_id for hit in index.search(instance_id, text, k=50)]
+        start = time.perf_counter()
+        hits = index.search(instance_id, text, k=50)
+        took.append(time.perf_counter() - start)
+        found = [hit.doc.doc_id for hit in hits]
         share = [len(evidence & set(found[:k])) / len(evidence) for k in (10, 50)]
         by_category[category].append((share[0], share[1]))
     every = [pair for pairs in by_category.values() for pair in pairs]
@@ -114,7 +122,7 @@ def measure(index: MemoryIndex, locomo: LoCoMo, own: list[Question]) -> list[flo
             100 * statistics.mean(h[1] for h in chosen),
             100 * statistics.mean(h[2] for h in chosen),
         ]
-    return figures
+    return [*figures, percentiles_ms(took)[1]]
 
 
 def main() -> None:
@@ -135,6 +143,7 @@ def main() -> None:
                 "own@10",
                 "es@5",
                 "es@10",
+                "p95 ms",
             ]
             print(
                 f"LoCoMo dev: {len(locomo)} questions (R@k %, c1-c5: R@10 by category); "

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from alma.api.services import Services
+from alma.domain import Actor
+from alma.projections.ranking import Weights
 from tests.conftest import Api, make_character, make_instance, search
 
 # Two people tell the same kind of thing; a question names one of them.
@@ -56,3 +61,51 @@ def test_imported_messages_are_found_by_the_name_of_who_said_them(api: Api) -> N
     assert imported.status_code in (200, 201), imported.text
     found = {question: _top(api, instance, question) for question in QUESTIONS}
     assert found == QUESTIONS
+
+
+# A question whose answer is in a turn that shares no word with it, only a name with the turn
+# the question is about (multi-hop): the second hop follows the name.
+HOPS = {
+    "Where does the person who gave me the telescope live now?": [
+        "My aunt Rosalind gave me a brass telescope for my fortieth birthday.",
+        "Rosalind moved to Lisbon last spring, into a flat near the river.",
+    ],
+    "¿En qué ciudad está ahora quien me regaló la guitarra?": [
+        "Mi tía Remedios me regaló una guitarra cuando cumplí quince años.",
+        "Remedios se mudó a Cádiz hace un año, cerca de la playa.",
+    ],
+}
+AROUND = [
+    "I looked at Saturn through the telescope on Friday night.",
+    "The telescopes at the observatory are enormous.",
+    "My neighbour lives in the blue house at the end of the street.",
+    "My cousin lives in Manchester with his two dogs.",
+    "Where I live now the winters are long and grey.",
+    "Toco la guitarra todas las tardes después de cenar.",
+    "La guitarra de mi abuelo está en el desván.",
+    "Mi hermana está ahora en Madrid por trabajo.",
+    "¿Te acuerdas de la ciudad donde nos conocimos?",
+    "Me regalaron un reloj por mi cumpleaños.",
+]
+
+
+def test_the_second_hop_finds_the_turn_that_shares_only_a_name_with_the_first_hits(
+    services: Services, actor: Actor
+) -> None:
+    app = services.app
+    character = app.create_character("acme", {"name": "Rosa", "description": "x"}, actor)
+    instance = app.create_instance("acme", character.id, "Rosa", "", actor)
+    for text in [*AROUND, *(text for pair in HOPS.values() for text in pair)]:
+        app.add_memory("acme", instance.id, text, actor)
+    services.memory.catch_up()
+    index = services.memory_index
+
+    def top(question: str) -> list[str]:
+        return [hit.doc.text for hit in index.search(instance.id, question, k=5)]
+
+    plain = {question: top(question) for question in HOPS}
+    index.weights = replace(Weights(), expansion=0.2)
+    hopped = {question: top(question) for question in HOPS}
+    for question, (first, second) in HOPS.items():
+        assert first in plain[question] and second not in plain[question], plain[question]
+        assert second in hopped[question], hopped[question]
