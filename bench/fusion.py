@@ -7,8 +7,10 @@ speaker and occurred_at, as bench/locomo.py does through HTTP; the data is read 
 never copied) and tests/data/recall's six conversations as imported messages, then asks every
 question under each ranking: LoCoMo's recall@10 by category (multi-hop, temporal, open-domain,
 single-hop, adversarial), its R@10 and R@50 overall, our set's hit@5 and hit@10 (the share of
-questions with an answer message in the first k), all of it and its Spanish part, and the p95 of
-LoCoMo's searches.
+questions with an answer message in the first k), all of it and its Spanish part; whether the
+score tells "never said" from said (never: the highest top score of questions about things never
+said, `NEVER_SAID`; said: the median top score of our set's questions; above: the share of those
+above "never", which a min_score between them would keep); and the p95 of LoCoMo's searches.
 """
 
 from __future__ import annotations
@@ -54,6 +56,18 @@ RANKINGS = {
         DEFAULT, dense=0.47, lexical=0.50, lexical_scale="query", expansion=0.2
     ),
 }
+# Questions about things no conversation of tests/data/recall mentions (none holds their key
+# words), as a user would ask what the character cannot remember.
+NEVER_SAID = [
+    ("es", "¿Cuándo empecé las clases de piano?"),
+    ("es", "¿Qué apertura de ajedrez juego yo?"),
+    ("es", "¿De qué color es mi guitarra?"),
+    ("es", "¿Con quién juego al golf los domingos?"),
+    ("en", "Which chess opening do I play?"),
+    ("en", "When did I start violin lessons?"),
+    ("en", "What colour is my guitar?"),
+    ("en", "Who do I play tennis with on Sundays?"),
+]
 LoCoMo = list[tuple[UUID, str, int, frozenset[str]]]  # instance, question, category, evidence
 
 
@@ -106,10 +120,12 @@ def measure(index: MemoryIndex, locomo: LoCoMo, own: list[Question]) -> list[flo
         100 * statistics.mean(p[0] for p in every),
         100 * statistics.mean(p[1] for p in every),
     ]
-    hits = []
+    answered, tops = [], []
     for question in own:
-        found = [h.doc.doc_id for h in index.search(question.instance_id, question.text, k=10)]
-        hits.append(
+        results = index.search(question.instance_id, question.text, k=10)
+        found = [hit.doc.doc_id for hit in results]
+        tops.append(results[0].score)
+        answered.append(
             (
                 question.language,
                 bool(question.answers & set(found[:5])),
@@ -117,12 +133,26 @@ def measure(index: MemoryIndex, locomo: LoCoMo, own: list[Question]) -> list[flo
             )
         )
     for language in (None, "es"):
-        chosen = [h for h in hits if language is None or h[0] == language]
+        chosen = [a for a in answered if language is None or a[0] == language]
         figures += [
-            100 * statistics.mean(h[1] for h in chosen),
-            100 * statistics.mean(h[2] for h in chosen),
+            100 * statistics.mean(a[1] for a in chosen),
+            100 * statistics.mean(a[2] for a in chosen),
         ]
-    return [*figures, percentiles_ms(took)[1]]
+    never = max(never_said(index, own))
+    above = 100 * statistics.mean(top > never for top in tops)
+    return [*figures, never, statistics.median(tops), above, percentiles_ms(took)[1]]
+
+
+def never_said(index: MemoryIndex, own: list[Question]) -> list[float]:
+    """The top score of each question about something never said in our set's conversations,
+    asked in each conversation of its language (a mixed one takes both)."""
+    instances = {(q.instance_id, q.language) for q in own}
+    return [
+        index.search(instance_id, text, k=1)[0].score
+        for instance_id, language in instances
+        for asked_in, text in NEVER_SAID
+        if language in (asked_in, "mixed")
+    ]
 
 
 def main() -> None:
@@ -143,6 +173,9 @@ def main() -> None:
                 "own@10",
                 "es@5",
                 "es@10",
+                "never",
+                "said",
+                "above",
                 "p95 ms",
             ]
             print(
