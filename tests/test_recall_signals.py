@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from alma.api.services import Services
 from alma.domain import Actor
 from alma.projections.ranking import Weights
@@ -109,3 +111,37 @@ def test_the_second_hop_finds_the_turn_that_shares_only_a_name_with_the_first_hi
     for question, (first, second) in HOPS.items():
         assert first in plain[question] and second not in plain[question], plain[question]
         assert second in hopped[question], hopped[question]
+
+
+def test_bm25_scaled_by_the_query_weighs_a_match_on_one_word_of_a_question_as_a_small_share(
+    services: Services, actor: Actor
+) -> None:
+    """Under `lexical_scale="query"` a source matching only a name of a question about
+    something never said scores lower than under the default scale, which gives the query's
+    best BM25 hit the full lexical weight whatever it matched; a source matching the whole
+    question keeps its score."""
+    app = services.app
+    character = app.create_character("acme", {"name": "Rosa", "description": "x"}, actor)
+    instance = app.create_instance("acme", character.id, "Rosa", "", actor)
+    for text in [
+        "My sister Inés works as a nurse in Valencia.",
+        "I had pasta for dinner with my neighbours.",
+        "We watched a film on Sunday afternoon.",
+        "Mi hermano Tomás trabaja de panadero en Cuenca.",
+    ]:
+        app.add_memory("acme", instance.id, text, actor)
+    services.memory.catch_up()
+    index = services.memory_index
+    said = ["Is Inés a nurse in Valencia?", "¿Tomás trabaja de panadero en Cuenca?"]
+    never = ["What did Inés think of the Kilimanjaro climb?", "¿Qué opinó Tomás del Kilimanjaro?"]
+
+    def tops() -> dict[str, float]:
+        return {q: index.search(instance.id, q, k=1)[0].score for q in [*said, *never]}
+
+    best = tops()
+    index.weights = replace(Weights(), lexical_scale="query")
+    query = tops()
+    for question in said:
+        assert query[question] == pytest.approx(best[question], abs=0.05), (question, query)
+    for question in never:
+        assert query[question] < best[question] - 0.1, (question, query, best)
