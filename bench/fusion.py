@@ -68,6 +68,7 @@ NEVER_SAID = [
     ("en", "What colour is my guitar?"),
     ("en", "Who do I play tennis with on Sundays?"),
 ]
+SCORES = ("never", "said")  # columns of scores (0 to 1); the others are percentages and ms
 LoCoMo = list[tuple[UUID, str, int, frozenset[str]]]  # instance, question, category, evidence
 
 
@@ -186,7 +187,11 @@ def main() -> None:
             for name, weights in RANKINGS.items():
                 index.weights = weights
                 figures = measure(index, locomo, own)
-                print(f"{name:<68}" + "".join(f"{f:>7.1f}" for f in figures), flush=True)
+                cells = [
+                    f"{f:>7.2f}" if c in SCORES else f"{f:>7.1f}"
+                    for c, f in zip(columns, figures, strict=True)
+                ]
+                print(f"{name:<68}" + "".join(cells), flush=True)
             index.weights = DEFAULT
         finally:
             services.close()
