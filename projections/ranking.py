@@ -231,9 +231,10 @@ def bm25_idf(documents: int, frequency: int) -> float:
 
 @dataclass(frozen=True)
 class Weights:
-    """Measured on tests/data/recall (bench/recall.py): mostly dense with some BM25 is best;
-    any weight on recency cost recall there, since questions ask about old facts as often as
-    new ones, so it is off by default and kept for deployments whose users ask "lately"."""
+    """Measured on tests/data/recall and LoCoMo's dev split (bench/recall.py, bench/fusion.py):
+    mostly dense with some BM25, scaled by the query's best, is best; any weight on recency cost
+    recall there, since questions ask about old facts as often as new ones, so it is off by
+    default and kept for deployments whose users ask "lately"."""
 
     dense: float = 0.72
     lexical: float = 0.25
