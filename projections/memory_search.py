@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 import numpy as np
@@ -98,11 +99,14 @@ class MemorySearch:
         `embedding`: the query's vector from `embed_soon`, else it is computed here. With a
         `period`, only sources that happened within it are candidates."""
         generation = self.generation
-        scoring = self._lexical.submit(self._bm25, generation, instance_id, query, period)
+        scoring = self._lexical.submit(self._words, generation, instance_id, query, period)
         vector = embedding.result() if embedding else self.embedder.encode_query(query)
         dense = dict(self.vectors.nearest(generation, instance_id, vector, CANDIDATES, period, k))
-        lexical, information = scoring.result()
-        self._add_dense(generation, instance_id, vector, dense, lexical)
+        lexical, information, stored = scoring.result()
+        query_vector = np.asarray(vector)
+        for doc_id, other in stored.items():
+            if doc_id not in dense:
+                dense[doc_id] = float(np.dot(query_vector, np.asarray(other)))
         docs = documents(self.store, generation, list(dense.keys() | lexical.keys()))
         candidates = [
             candidate(doc, dense.get(d, 0.0), lexical.get(d, 0.0)) for d, doc in docs.items()
@@ -112,7 +116,9 @@ class MemorySearch:
         if self.weights.expansion:
             first = [docs[c.doc_id] for c, _ in ranked[:_HOP_FROM]]
             expanded = self._second_hop(generation, instance_id, query, first, period)
-            self._add_dense(generation, instance_id, vector, dense, expanded)
+            missing = [doc_id for doc_id in expanded if doc_id not in dense]
+            for doc_id, other in self.vectors.vectors(generation, instance_id, missing).items():
+                dense[doc_id] = float(np.dot(query_vector, np.asarray(other)))
             docs |= documents(self.store, generation, [d for d in expanded if d not in docs])
             best = max(expanded.values(), default=0.0) or 1.0
             candidates = [
@@ -123,23 +129,6 @@ class MemorySearch:
         if exclude is not None:
             ranked = [(c, score) for c, score in ranked if not exclude(docs[c.doc_id])]
         return [Hit(docs[c.doc_id], score) for c, score in ranked[:k] if score >= min_score]
-
-    def _add_dense(
-        self,
-        generation: int,
-        instance_id: UUID,
-        vector: list[float],
-        dense: dict[str, float],
-        found: dict[str, float],
-    ) -> None:
-        """Adds to `dense` the similarity of the sources in `found` that Chroma's nearest left
-        out, from their stored vectors."""
-        missing = [doc_id for doc_id in found if doc_id not in dense]
-        if missing:
-            stored = self.vectors.vectors(generation, instance_id, missing)
-            query_vector = np.asarray(vector)
-            for doc_id, other in stored.items():
-                dense[doc_id] = float(np.dot(query_vector, np.asarray(other)))
 
     def messages_for(self, instance_id: UUID, text: str, also: Sequence[str] = ()) -> list[Doc]:
         """The instance's messages that a search for `text` brings among its candidates (up to
@@ -156,6 +145,15 @@ class MemorySearch:
         """The query's vector, computed in the background (onnxruntime works outside the GIL)
         while the caller does other work, such as loading what the search will be for."""
         return self._queries.submit(self.embedder.encode_query, query)
+
+    def _words(
+        self, generation: int, instance_id: UUID, query: str, period: Period | None
+    ) -> tuple[dict[str, float], float, dict[str, Any]]:
+        """BM25's candidates, what the query's words weigh (`_bm25`) and the candidates' stored
+        vectors, read while the query is embedded and Chroma searched: the vectors give them a
+        dense score without waiting for that."""
+        lexical, information = self._bm25(generation, instance_id, query, period)
+        return lexical, information, self.vectors.vectors(generation, instance_id, list(lexical))
 
     def _bm25(
         self, generation: int, instance_id: UUID, query: str, period: Period | None = None

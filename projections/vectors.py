@@ -186,28 +186,36 @@ class VectorIndex:
         collection holds more), Chroma filters, which costs a scan of the collection's metadata
         (README, memory index)."""
 
+        def similar(found: Any) -> list[tuple[str, float]]:
+            pairs = zip(found["ids"][0], found["distances"][0], strict=True)
+            return [(doc_id, 1.0 - distance) for doc_id, distance in pairs]
+
         def query(collection: Any) -> list[tuple[str, float]]:
-            # Asking for more than the collection holds returns what it holds.
+            # Asking for more than the collection holds returns what it holds. Metadata is read
+            # only for a period: reading it costs more than the query itself.
+            if period is None:
+                return similar(
+                    collection.query(query_embeddings=[vector], n_results=n, include=["distances"])
+                )
             found = collection.query(
                 query_embeddings=[vector], n_results=n, include=["distances", "metadatas"]
             )
-            ids, distances = found["ids"][0], found["distances"][0]
             times = [m.get(OCCURRED) for m in found["metadatas"][0]]
             within = [
-                (doc_id, 1.0 - distance)
-                for doc_id, distance, when in zip(ids, distances, times, strict=True)
-                if period is None or (when is not None and _holds(period, when))
+                pair
+                for pair, when in zip(similar(found), times, strict=True)
+                if when is not None and _holds(period, when)
             ]
-            if period is None or len(within) >= enough or len(ids) < n:
+            if len(within) >= enough or len(times) < n:
                 return within
-            filtered = collection.query(
-                query_embeddings=[vector],
-                n_results=n,
-                where=_within(period),
-                include=["distances"],
+            return similar(
+                collection.query(
+                    query_embeddings=[vector],
+                    n_results=n,
+                    where=_within(period),
+                    include=["distances"],
+                )
             )
-            pairs = zip(filtered["ids"][0], filtered["distances"][0], strict=True)
-            return [(doc_id, 1.0 - distance) for doc_id, distance in pairs]
 
         return self._with(generation, instance_id, False, query, [])
 

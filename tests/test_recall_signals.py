@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from alma.api.services import Services
-from alma.domain import Actor
+from alma.domain import Actor, NewMessage
 from alma.projections.ranking import Weights
 from tests.conftest import Api, make_character, make_instance, search
 
@@ -145,3 +146,68 @@ def test_bm25_scaled_by_the_query_weighs_a_match_on_one_word_of_a_question_as_a_
         assert query[question] == pytest.approx(best[question], abs=0.05), (question, query)
     for question in never:
         assert query[question] < best[question] - 0.1, (question, query, best)
+
+
+def _session(day: int, lines: list[tuple[str, str]]) -> list[NewMessage]:
+    start = datetime(2024, 5, day, 20, 0, tzinfo=UTC)
+    return [
+        NewMessage(
+            "user" if speaker == "Ana" else "assistant",
+            text,
+            start + timedelta(minutes=n),
+            None,
+            speaker,
+        )
+        for n, (speaker, text) in enumerate(lines)
+    ]
+
+
+# The evidence ("It was amazing…") names nothing; the turn after it names the concert. Other
+# sessions name the concert's artist or concerts in general.
+BESIDE = {
+    "¿Qué tal estuvo el concierto de Rosalía?": _session(
+        1,
+        [
+            ("Ana", "¿Qué tal el día?"),
+            ("Tomás", "Acabo de volver a casa, estoy agotado."),
+            ("Tomás", "¡Fue increíble, lloré con la última canción!"),
+            ("Ana", "Me alegro de que el concierto de Rosalía mereciera la pena."),
+        ],
+    )
+    + _session(9, [("Ana", "Rosalía saca disco nuevo en junio."), ("Tomás", "Ya lo sé.")])
+    + _session(15, [("Ana", "Quiero entradas para un concierto de jazz."), ("Tomás", "Vale.")])
+    + _session(20, [("Ana", "Mi prima canta canciones de Rosalía."), ("Tomás", "Como todos.")])
+    + _session(23, [("Ana", "¿Qué cenamos?"), ("Tomás", "Pizza.")]),
+    "How was the Coldplay concert?": _session(
+        2,
+        [
+            ("Ana", "How was your day?"),
+            ("Tom", "Just got home, I'm exhausted."),
+            ("Tom", "It was amazing, I cried at the last song!"),
+            ("Ana", "So glad the Coldplay concert was worth it."),
+        ],
+    )
+    + _session(10, [("Ana", "Coldplay has a new album out in June."), ("Tom", "I know.")])
+    + _session(16, [("Ana", "I want tickets for a jazz concert."), ("Tom", "Sure.")])
+    + _session(21, [("Ana", "My cousin sings Coldplay songs."), ("Tom", "Like everyone.")])
+    + _session(24, [("Ana", "What's for dinner?"), ("Tom", "Pizza.")]),
+}
+
+
+def test_the_turn_beside_the_one_that_matches_rises_with_it(
+    services: Services, actor: Actor
+) -> None:
+    app, index = services.app, services.memory_index
+    character = app.create_character(actor.tenant, {"name": "Tomás"}, actor)
+    ranks: dict[str, dict[float, int]] = {}
+    for n, (question, messages) in enumerate(BESIDE.items()):
+        instance = app.create_instance(actor.tenant, character.id, f"t{n}", "", actor)
+        evidence = str(app.import_messages(actor.tenant, instance.id, messages, actor)[2])
+        services.memory.catch_up()
+        for weights in (Weights(neighbours=0.0), Weights()):
+            index.weights = weights
+            found = [hit.doc.doc_id for hit in index.search(instance.id, question, k=12)]
+            ranks.setdefault(question, {})[weights.neighbours] = found.index(evidence)
+    for question, rank in ranks.items():
+        assert rank[Weights().neighbours] < rank[0.0], (question, rank)
+        assert rank[Weights().neighbours] < 6, (question, rank)
