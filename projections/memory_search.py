@@ -4,6 +4,7 @@ in Chroma, fused into one ranking) and the listing of an instance's memory snipp
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +31,10 @@ POSTINGS_BUDGET = 2_000
 # A search within a period reads when BM25's hits happened this many at a time, best first,
 # until it has its candidates.
 _TIMES_AT_ONCE = 500
+# The second hop (Weights.expansion) starts from this many first hits and searches with this
+# many of their rare words: the values bench/fusion.py measured best on LoCoMo's dev split.
+_HOP_FROM = 3
+_HOP_WORDS = 8
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,7 @@ class MemorySearch:
         scoring = self._lexical.submit(self._words, generation, instance_id, query, period, pool)
         vector = embedding.result() if embedding else self.embedder.encode_query(query)
         dense = dict(self.vectors.nearest(generation, instance_id, vector, pool, period, k))
-        lexical, stored = scoring.result()
+        lexical, information, stored = scoring.result()
         query_vector = np.asarray(vector)
         for doc_id, other in stored.items():
             if doc_id not in dense:
@@ -111,7 +116,22 @@ class MemorySearch:
             candidate(doc, dense.get(d, 0.0), lexical.get(d, 0.0)) for d, doc in docs.items()
         ]
         now = now or datetime.now(UTC)
-        ranked = fuse(candidates, now, self.weights, boost(query, docs.values(), now))
+        ranked = fuse(candidates, now, self.weights, information, boost(query, docs.values(), now))
+        if self.weights.expansion:
+            first = [docs[c.doc_id] for c, _ in ranked[:_HOP_FROM]]
+            expanded = self._second_hop(generation, instance_id, query, first, period, pool)
+            missing = [doc_id for doc_id in expanded if doc_id not in dense]
+            for doc_id, other in self.vectors.vectors(generation, instance_id, missing).items():
+                dense[doc_id] = float(np.dot(query_vector, np.asarray(other)))
+            docs |= documents(self.store, generation, [d for d in expanded if d not in docs])
+            best = max(expanded.values(), default=0.0) or 1.0
+            candidates = [
+                candidate(doc, dense.get(d, 0.0), lexical.get(d, 0.0), expanded.get(d, 0.0) / best)
+                for d, doc in docs.items()
+            ]
+            ranked = fuse(
+                candidates, now, self.weights, information, boost(query, docs.values(), now)
+            )
         if exclude is not None:
             ranked = [(c, score) for c, score in ranked if not exclude(docs[c.doc_id])]
         return [Hit(docs[c.doc_id], score) for c, score in ranked[:k] if score >= min_score]
@@ -134,11 +154,12 @@ class MemorySearch:
 
     def _words(
         self, generation: int, instance_id: UUID, query: str, period: Period | None, pool: int
-    ) -> tuple[dict[str, float], dict[str, Any]]:
-        """BM25's candidates with their stored vectors, read while the query is embedded and
-        Chroma searched: the vectors give them a dense score without waiting for that."""
-        lexical = dict(self._bm25(generation, instance_id, query, period, pool))
-        return lexical, self.vectors.vectors(generation, instance_id, list(lexical))
+    ) -> tuple[dict[str, float], float, dict[str, Any]]:
+        """BM25's candidates, what the query's words weigh (`_bm25`) and the candidates' stored
+        vectors, read while the query is embedded and Chroma searched: the vectors give them a
+        dense score without waiting for that."""
+        lexical, information = self._bm25(generation, instance_id, query, period, pool)
+        return lexical, information, self.vectors.vectors(generation, instance_id, list(lexical))
 
     def _bm25(
         self,
@@ -147,36 +168,85 @@ class MemorySearch:
         query: str,
         period: Period | None = None,
         pool: int = CANDIDATES,
-    ) -> list[tuple[str, float]]:
-        """The `pool` best sources by BM25 (within `period`), best first."""
+    ) -> tuple[dict[str, float], float]:
+        """The `pool` best BM25 candidates of `query`, and what its words weigh in all (the sum
+        of their IDFs, a word never said weighing most), which `lexical_scale="query"` scales
+        by."""
         words = sorted(set(terms(query)))
-        if not words:
-            return []
-        scope = (generation, str(instance_id))
-        stats = self.store.query(
-            "SELECT documents, length FROM memory_stats WHERE generation = %s AND instance_id = %s",
-            scope,
-        )
-        if not stats or not stats[0][0]:
-            return []
-        total = int(stats[0][0])
-        average = int(stats[0][1]) / total or 1.0
-        marks = ", ".join(["%s"] * len(words))
-        frequencies = self.store.query(
-            "SELECT term, documents FROM memory_terms WHERE generation = %s "
-            f"AND instance_id = %s AND documents > 0 AND term IN ({marks})",
-            (*scope, *words),
-        )
+        total, average = self._statistics(generation, instance_id) if words else (0, 0.0)
+        if not total:
+            return {}, 0.0
+        frequencies = self._frequencies(generation, instance_id, words)
+        information = sum(bm25_idf(total, frequencies.get(word, 0)) for word in words)
         # Words in over half the documents say little; the rest, rarest first, within budget.
         weights: dict[str, float] = {}
         read = 0
-        for term, n in sorted(frequencies, key=lambda row: int(row[1])):
-            if int(n) > max(1, total // 2) or (weights and read + int(n) > POSTINGS_BUDGET):
+        for term, n in sorted(frequencies.items(), key=lambda pair: pair[1]):
+            if n > max(1, total // 2) or (weights and read + n > POSTINGS_BUDGET):
                 break
-            weights[str(term)] = bm25_idf(total, int(n))
-            read += int(n)
+            weights[term] = bm25_idf(total, n)
+            read += n
+        return self._scores(generation, instance_id, average, weights, period, pool), information
+
+    def _second_hop(
+        self,
+        generation: int,
+        instance_id: UUID,
+        query: str,
+        first: list[Doc],
+        period: Period | None,
+        pool: int,
+    ) -> dict[str, float]:
+        """BM25 over the rare words of the `first` hits that the query does not hold: the
+        names, places and things a multi-hop question's other evidence shares with them. A
+        word is rare when at most 2 % of the sources hold it, and it must be in two at least
+        (one is the hit itself); those of most weight over the hits are kept."""
+        total, average = self._statistics(generation, instance_id)
+        asked = set(terms(query))
+        words = sorted({w for doc in first for w in terms(doc.indexed_text())} - asked)
+        if not total or not words:
+            return {}
+        frequencies = self._frequencies(generation, instance_id, words)
+        rare = {w: n for w, n in frequencies.items() if 2 <= n <= max(2, total // 50)}
+        weight = {w: bm25_idf(total, n) for w, n in rare.items()}
+        held = Counter(w for doc in first for w in set(terms(doc.indexed_text())) if w in rare)
+        kept = heapq.nlargest(_HOP_WORDS, held, key=lambda w: held[w] * weight[w])
+        chosen = {w: weight[w] for w in kept}
+        return self._scores(generation, instance_id, average, chosen, period, pool)
+
+    def _statistics(self, generation: int, instance_id: UUID) -> tuple[int, float]:
+        """How many sources the instance has, and their average length in words."""
+        stats = self.store.query(
+            "SELECT documents, length FROM memory_stats WHERE generation = %s AND instance_id = %s",
+            (generation, str(instance_id)),
+        )
+        if not stats or not stats[0][0]:
+            return 0, 0.0
+        return int(stats[0][0]), int(stats[0][1]) / int(stats[0][0]) or 1.0
+
+    def _frequencies(self, generation: int, instance_id: UUID, words: list[str]) -> dict[str, int]:
+        """How many of the instance's sources hold each of `words` (those none holds left out)."""
+        marks = ", ".join(["%s"] * len(words))
+        rows = self.store.query(
+            "SELECT term, documents FROM memory_terms WHERE generation = %s "
+            f"AND instance_id = %s AND documents > 0 AND term IN ({marks})",
+            (generation, str(instance_id), *words),
+        )
+        return {str(term): int(n) for term, n in rows}
+
+    def _scores(
+        self,
+        generation: int,
+        instance_id: UUID,
+        average: float,
+        weights: dict[str, float],
+        period: Period | None,
+        pool: int,
+    ) -> dict[str, float]:
+        """BM25 of the sources holding the words of `weights` (word: IDF), the best `pool`."""
         if not weights:
-            return []
+            return {}
+        scope = (generation, str(instance_id))
         # The sum is done here, not in SQL: with a GROUP BY, SQLite's planner preferred walking
         # the postings index by document (every posting of the generation) to the word lookups.
         marks = ", ".join(["%s"] * len(weights))
@@ -186,14 +256,14 @@ class MemorySearch:
             (*scope, *weights),
         )
         scores: dict[str, float] = {}
-        for doc_id, term, tf, length in rows:
-            norm = _K1 * (1 - _B + _B * int(length) / average)
+        for doc_id, term, tf, doc_length in rows:
+            norm = _K1 * (1 - _B + _B * int(doc_length) / average)
             score = weights[term] * tf * (_K1 + 1) / (tf + norm)
             scores[doc_id] = scores.get(doc_id, 0.0) + score
         if period is None:
-            return heapq.nlargest(pool, scores.items(), key=lambda pair: pair[1])
+            return dict(heapq.nlargest(pool, scores.items(), key=lambda pair: pair[1]))
         ranked = sorted(scores.items(), key=lambda pair: -pair[1])
-        return self._within(generation, ranked, period, pool)
+        return dict(self._within(generation, ranked, period, pool))
 
     def _within(
         self, generation: int, ranked: list[tuple[str, float]], period: Period, pool: int
@@ -215,7 +285,9 @@ class MemorySearch:
         return kept[:pool]
 
 
-def candidate(doc: Doc, dense: float, lexical: float) -> Candidate:
-    """What the ranking weighs of a source: its two similarities, when it happened, who said it
+def candidate(doc: Doc, dense: float, lexical: float, expanded: float = 0.0) -> Candidate:
+    """What the ranking weighs of a source: its similarities, when it happened, who said it
     and its importance."""
-    return Candidate(doc.doc_id, dense, lexical, doc.occurred_at, doc.importance, doc.speaker)
+    return Candidate(
+        doc.doc_id, dense, lexical, doc.occurred_at, doc.importance, doc.speaker, expanded
+    )

@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
 # Words that carry no memory on their own, in the two languages alma speaks first.
 STOPWORDS = frozenset(
@@ -231,15 +232,24 @@ def bm25_idf(documents: int, frequency: int) -> float:
 
 @dataclass(frozen=True)
 class Weights:
-    """Measured on tests/data/recall (bench/recall.py): mostly dense with some BM25 is best;
-    any weight on recency cost recall there, since questions ask about old facts as often as
-    new ones, so it is off by default and kept for deployments whose users ask "lately"."""
+    """Measured on tests/data/recall and LoCoMo's dev split (bench/recall.py, bench/fusion.py):
+    mostly dense with some BM25, scaled by the query's best, is best; any weight on recency cost
+    recall there, since questions ask about old facts as often as new ones, so it is off by
+    default and kept for deployments whose users ask "lately"."""
 
     dense: float = 0.72
     lexical: float = 0.25
     recency: float = 0.0
     importance: float = 0.03
     half_life_days: float = 30.0
+    # BM25 divided by the query's best BM25 ("best"), or by what the query's words weigh in all
+    # (their IDFs, words never said included: "query"), which keeps a match's share of the
+    # query absolute. bench/fusion.py measured both: "best" ranks better (README).
+    lexical_scale: Literal["best", "query"] = "best"
+    # A second hop: BM25 over the rare words of the first hits (names, places, things), the
+    # query's own left out. bench/fusion.py measured it: LoCoMo gains, our own set loses, so
+    # it is off by default (README).
+    expansion: float = 0.0
     # A turn's score (a source with a speaker) is blended with the best of its neighbours among
     # the candidates: the turns next to it in time (`neighbours_each_side`) within its episode
     # (turns that happened within `episode_gap_minutes` of each other: one conversation
@@ -258,6 +268,7 @@ class Candidate:
     occurred_at: datetime  # when the source happened
     importance: float
     speaker: str | None  # who said it, when known
+    expanded: float = 0.0  # BM25 of the second hop's words, scaled by their best
 
 
 @dataclass(frozen=True)
@@ -270,21 +281,30 @@ class Boost:
 
 
 def fuse(
-    candidates: list[Candidate], now: datetime, weights: Weights, boost: Boost | None = None
+    candidates: list[Candidate],
+    now: datetime,
+    weights: Weights,
+    information: float = 0.0,
+    boost: Boost | None = None,
 ) -> list[tuple[Candidate, float]]:
-    """Best first. BM25 is scaled by the query's best BM25 so both signals run from 0 to 1;
+    """Best first. BM25 is scaled so both signals run from 0 to 1: by the query's best BM25,
+    or by `information` (the sum of the query's word IDFs) under `lexical_scale="query"`;
     recency halves every `half_life_days`. With a `boost`, the fused score is mixed with each
     candidate's fit to the query's hints, so scores stay within 0 and 1."""
-    best_lexical = max((c.lexical for c in candidates), default=0.0) or 1.0
+    if weights.lexical_scale == "query":
+        scale = information or 1.0
+    else:
+        scale = max((c.lexical for c in candidates), default=0.0) or 1.0
     scored: list[tuple[Candidate, float]] = []
     for candidate in candidates:
         age_days = max(0.0, (now - candidate.occurred_at).total_seconds() / 86400)
         recency = 0.5 ** (age_days / weights.half_life_days)
         score = (
             weights.dense * max(0.0, candidate.dense)
-            + weights.lexical * candidate.lexical / best_lexical
+            + weights.lexical * min(1.0, candidate.lexical / scale)
             + weights.recency * recency
             + weights.importance * candidate.importance
+            + weights.expansion * candidate.expanded
         )
         if boost is not None:
             score = (1 - boost.weight) * score + boost.weight * boost.fits.get(candidate.doc_id, 0)

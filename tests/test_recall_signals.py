@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from alma.api.services import Services
 from alma.domain import Actor, NewMessage
@@ -61,6 +64,88 @@ def test_imported_messages_are_found_by_the_name_of_who_said_them(api: Api) -> N
     assert imported.status_code in (200, 201), imported.text
     found = {question: _top(api, instance, question) for question in QUESTIONS}
     assert found == QUESTIONS
+
+
+# A question whose answer is in a turn that shares no word with it, only a name with the turn
+# the question is about (multi-hop): the second hop follows the name.
+HOPS = {
+    "Where does the person who gave me the telescope live now?": [
+        "My aunt Rosalind gave me a brass telescope for my fortieth birthday.",
+        "Rosalind moved to Lisbon last spring, into a flat near the river.",
+    ],
+    "¿En qué ciudad está ahora quien me regaló la guitarra?": [
+        "Mi tía Remedios me regaló una guitarra cuando cumplí quince años.",
+        "Remedios se mudó a Cádiz hace un año, cerca de la playa.",
+    ],
+}
+AROUND = [
+    "I looked at Saturn through the telescope on Friday night.",
+    "The telescopes at the observatory are enormous.",
+    "My neighbour lives in the blue house at the end of the street.",
+    "My cousin lives in Manchester with his two dogs.",
+    "Where I live now the winters are long and grey.",
+    "Toco la guitarra todas las tardes después de cenar.",
+    "La guitarra de mi abuelo está en el desván.",
+    "Mi hermana está ahora en Madrid por trabajo.",
+    "¿Te acuerdas de la ciudad donde nos conocimos?",
+    "Me regalaron un reloj por mi cumpleaños.",
+]
+
+
+def test_the_second_hop_finds_the_turn_that_shares_only_a_name_with_the_first_hits(
+    services: Services, actor: Actor
+) -> None:
+    app = services.app
+    character = app.create_character("acme", {"name": "Rosa", "description": "x"}, actor)
+    instance = app.create_instance("acme", character.id, "Rosa", "", actor)
+    for text in [*AROUND, *(text for pair in HOPS.values() for text in pair)]:
+        app.add_memory("acme", instance.id, text, actor)
+    services.memory.catch_up()
+    index = services.memory_index
+
+    def top(question: str) -> list[str]:
+        return [hit.doc.text for hit in index.search(instance.id, question, k=5)]
+
+    plain = {question: top(question) for question in HOPS}
+    index.weights = replace(Weights(), expansion=0.2)
+    hopped = {question: top(question) for question in HOPS}
+    for question, (first, second) in HOPS.items():
+        assert first in plain[question] and second not in plain[question], plain[question]
+        assert second in hopped[question], hopped[question]
+
+
+def test_bm25_scaled_by_the_query_weighs_a_match_on_one_word_of_a_question_as_a_small_share(
+    services: Services, actor: Actor
+) -> None:
+    """Under `lexical_scale="query"` a source matching only a name of a question about
+    something never said scores lower than under the default scale, which gives the query's
+    best BM25 hit the full lexical weight whatever it matched; a source matching the whole
+    question keeps its score."""
+    app = services.app
+    character = app.create_character("acme", {"name": "Rosa", "description": "x"}, actor)
+    instance = app.create_instance("acme", character.id, "Rosa", "", actor)
+    for text in [
+        "My sister Inés works as a nurse in Valencia.",
+        "I had pasta for dinner with my neighbours.",
+        "We watched a film on Sunday afternoon.",
+        "Mi hermano Tomás trabaja de panadero en Cuenca.",
+    ]:
+        app.add_memory("acme", instance.id, text, actor)
+    services.memory.catch_up()
+    index = services.memory_index
+    said = ["Is Inés a nurse in Valencia?", "¿Tomás trabaja de panadero en Cuenca?"]
+    never = ["What did Inés think of the Kilimanjaro climb?", "¿Qué opinó Tomás del Kilimanjaro?"]
+
+    def tops() -> dict[str, float]:
+        return {q: index.search(instance.id, q, k=1)[0].score for q in [*said, *never]}
+
+    best = tops()
+    index.weights = replace(Weights(), lexical_scale="query")
+    query = tops()
+    for question in said:
+        assert query[question] == pytest.approx(best[question], abs=0.05), (question, query)
+    for question in never:
+        assert query[question] < best[question] - 0.1, (question, query, best)
 
 
 def _session(day: int, lines: list[tuple[str, str]]) -> list[NewMessage]:
