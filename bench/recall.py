@@ -25,7 +25,6 @@ RANKINGS = {
     "hybrid, alma's default": Weights(),
     "hybrid default, no neighbours": Weights(neighbours=0.0),
     "hybrid default, neighbours 0.3": Weights(neighbours=0.3),
-    "hybrid default, neighbours 0.5, 1 each side": Weights(neighbours_each_side=1),
     "hybrid 0.5 dense / 0.5 BM25": Weights(dense=0.5, lexical=0.5, recency=0.0, importance=0.0),
     "hybrid default + recency 0.1": Weights(recency=0.1),
 }
