@@ -22,7 +22,8 @@ from alma.projections.vectors import VectorIndex
 from alma.stores.sql import SqlStore
 
 # Candidates a search reads on each side (by meaning, by words): this many, or twice the hits
-# asked for when that is more (LoCoMo dev, k=50: R@50 87.0 with 50 a side, 88.4 with 100).
+# asked for when that is more (LoCoMo dev in process, k=50: R@50 81.0 with 50 a side, 81.3
+# with 100).
 CANDIDATES = 50
 _K1, _B = 1.2, 0.75
 # BM25 reads the postings of the query's rarest words up to this many rows: the common words

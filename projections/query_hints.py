@@ -59,12 +59,15 @@ _KEPT = 8_192
 _read: dict[tuple[str, int, datetime], Period | None] = {}
 
 
+_UNREAD = Period()  # a marker: no text names an open period
+
+
 def _told(doc: Doc) -> Period | None:
     key = (doc.doc_id, hash(doc.text), doc.occurred_at)
-    try:
-        return _read[key]
-    except KeyError:  # searches run in several threads: each step on the dict is atomic
-        pass
+    # Searches run in several threads: each step on the dict is atomic.
+    known = _read.get(key, _UNREAD)
+    if known is not _UNREAD:
+        return known
     if len(_read) >= _KEPT:
         _read.clear()
     told = _read[key] = period_in(doc.text, doc.occurred_at)
