@@ -30,6 +30,7 @@ from alma.projections import (
     VectorIndex,
     open_chroma,
 )
+from alma.projections.ranking import weights_for
 from alma.settings import Settings
 from alma.stores.sql import creating_tables, open_store
 from alma.voice import Speech
@@ -246,6 +247,7 @@ def build_memory_index(settings: Settings, generation: int | None = None) -> Mem
             backend=settings.embedding_backend,
             cache_dir=settings.model_cache(),
         ),
+        weights=weights_for(settings.embedding_model),
         pinned_generation=generation,
     )
 

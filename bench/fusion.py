@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from uuid import UUID
 
@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from alma.api.services import Services, build_services
 from alma.domain import Actor
+from alma.embeddings import PACKAGED_MODEL
 from alma.projections import MemoryIndex
 from alma.projections.ranking import Weights
 from alma.settings import Settings
@@ -52,6 +53,10 @@ RANKINGS = {
     ),
     "default + second hop 0.1": replace(DEFAULT, expansion=0.1),
     "default + second hop 0.2": replace(DEFAULT, expansion=0.2),
+    "default + two neighbours a side": replace(DEFAULT, neighbours_each_side=2),
+    "default + two neighbours a side + second hop 0.1": replace(
+        DEFAULT, neighbours_each_side=2, expansion=0.1
+    ),
     "0.47 / 0.50 (query) + second hop 0.2": replace(
         DEFAULT, dense=0.47, lexical=0.50, lexical_scale="query", expansion=0.2
     ),
@@ -156,12 +161,21 @@ def never_said(index: MemoryIndex, own: list[Question]) -> list[float]:
     ]
 
 
+def own_weights(weights: Weights) -> str:
+    """How a model's weights (`weights_for`) differ from the default."""
+    changed = [f"{k}={v}" for k, v in asdict(weights).items() if v != getattr(DEFAULT, k)]
+    return "default with " + ", ".join(changed) if changed else "the default"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DATA, help="a LoCoMo JSON file")
+    parser.add_argument("--model", default=PACKAGED_MODEL, help="ALMA_EMBEDDING_MODEL")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="alma-bench-fusion-") as folder:
-        services = build_services(Settings(data_dir=Path(folder), _env_file=None))  # type: ignore[call-arg]
+        services = build_services(
+            Settings(data_dir=Path(folder), embedding_model=args.model, _env_file=None)  # type: ignore[call-arg]
+        )
         try:
             log("loading LoCoMo's dev split and tests/data/recall")
             locomo = locomo_instances(services, args.data)
@@ -181,7 +195,8 @@ def main() -> None:
             ]
             print(
                 f"LoCoMo dev: {len(locomo)} questions (R@k %, c1-c5: R@10 by category); "
-                f"own set: {len(own)} questions (hit@k %)"
+                f"own set: {len(own)} questions (hit@k %); embedding model {args.model}, "
+                f"its weights: {own_weights(index.weights)}"
             )
             print(f"{'ranking':<68}" + "".join(f"{c:>7}" for c in columns))
             for name, weights in RANKINGS.items():
@@ -192,7 +207,6 @@ def main() -> None:
                     for c, f in zip(columns, figures, strict=True)
                 ]
                 print(f"{name:<68}" + "".join(cells), flush=True)
-            index.weights = DEFAULT
         finally:
             services.close()
     print(f"machine: {machine_load()}")

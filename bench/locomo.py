@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 
+from alma.embeddings import PACKAGED_MODEL
 from bench.report import Row, checked, log, machine_load, percentiles_ms, print_table
 from bench.serve import ROOT, alma_serve, create_key
 
@@ -261,20 +262,24 @@ def table(title: str, scores: Scores) -> list[Row]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DATA, help="a LoCoMo JSON file")
+    parser.add_argument(
+        "--model", default=PACKAGED_MODEL, help="ALMA_EMBEDDING_MODEL of the server (its weights)"
+    )
     args = parser.parse_args()
     talks = load(args.data)
     print(
         f"LoCoMo recall through HTTP: {len(talks)} conversations "
         f"({', '.join(t.sample_id for t in talks)}), "
         f"{sum(len(s) for t in talks for s in t.sessions):,} turns, "
-        f"{sum(len(t.questions) for t in talks)} questions; {DRAGON}"
+        f"{sum(len(t.questions) for t in talks)} questions; embedding model {args.model}; "
+        f"{DRAGON}"
     )
     rows = []
     with tempfile.TemporaryDirectory(prefix="alma-bench-locomo-") as tmp:
         folder = Path(tmp)
         key = create_key(folder, TENANT)
         with (
-            alma_serve(folder) as (_, base_url),
+            alma_serve(folder, {"ALMA_EMBEDDING_MODEL": args.model}) as (_, base_url),
             httpx.Client(
                 base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60
             ) as http,
