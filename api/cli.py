@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import signal
+import socket
 import sys
 import threading
 import uuid
@@ -56,7 +57,27 @@ def serve(settings: Settings, host: str, port: int) -> None:
     finally:
         app.close()
     logs.configure(settings.log_format)
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+    api = create_app(settings)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:  # listening: the last lines of the start say where, and who answers
+                print(f"alma is serving on http://{host}:{port} (API docs at /docs)", flush=True)
+                print(_chat_model_line(api.state.services), flush=True)
+
+    config = uvicorn.Config(api, host=host, port=port, log_config=None, access_log=False)
+    Server(config).run()
+
+
+def _chat_model_line(services: Services) -> str:
+    state = services.chat_model_state()
+    if state.backend == "hosted":
+        where = services.settings.openai_base_url or "OpenAI"
+        return f"chat model: {state.name} at {where}"
+    if not state.available:
+        return f"chat model: none; local {state.name} cannot answer (see above): chat answers 503"
+    return f"chat model: local {state.name} ({state.file})"
 
 
 def worker(settings: Settings) -> None:
