@@ -189,7 +189,8 @@ class LocalModelServer:
             self._server: Any = xllamacpp.Server(params)
         except RuntimeError as exc:
             raise LocalModelUnavailable(
-                f"llama.cpp could not load {path} (a truncated or damaged file?): {exc}"
+                f"llama.cpp could not load {path}, a truncated or damaged file? ({exc}); replace "
+                "it, or set ALMA_LOCAL_MODEL to another GGUF file or to a model's name"
             ) from exc
         self.load_s = time.perf_counter() - started
         self.base_url = f"{self._server.listening_address}/v1"
