@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import signal
 import socket
 import sys
@@ -59,12 +60,18 @@ def serve(settings: Settings, host: str, port: int) -> None:
     logs.configure(settings.log_format)
     api = create_app(settings)
 
+    def say(line: str) -> None:
+        if settings.log_format == "json":  # a log collector reads JSON lines only
+            logging.getLogger("alma.serve").info(line)
+        else:
+            print(line, flush=True)
+
     class Server(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
             if self.started:  # listening: the last lines of the start say where, and who answers
-                print(f"alma is serving on http://{host}:{port} (API docs at /docs)", flush=True)
-                print(_chat_model_line(api.state.services), flush=True)
+                say(f"alma is serving on http://{host}:{port} (API docs at /docs)")
+                say(_chat_model_line(api.state.services))
 
     config = uvicorn.Config(api, host=host, port=port, log_config=None, access_log=False)
     Server(config).run()
@@ -101,9 +108,11 @@ def worker(settings: Settings) -> None:
 def models(settings: Settings) -> None:
     """Puts every model alma loads into its caches, so a process (a container built with
     `RUN alma models`) starts with no network: the embedding model's ONNX export, the speech
-    model assembled from its packages, and the tokenizer file."""
+    model assembled from its packages, the tokenizer file, and the local chat model (joined
+    from its packages when it is split)."""
     from alma.embeddings import Embedder
     from alma.llm import tokens
+    from alma.llm.local import LocalModelUnavailable, model_file
     from alma.voice.stt import model_location
 
     cache = settings.model_cache()
@@ -117,6 +126,10 @@ def models(settings: Settings) -> None:
     print(f"speech to text: {model_location(settings.stt_model, cache)}")
     tokens.encoding()
     print(f"token counts: {tokens.cache_dir()}")
+    try:  # a named model split over packages is joined here, not at the first start
+        print(f"local chat model: {model_file(settings.local_model, cache)}")
+    except LocalModelUnavailable as error:  # the service starts without it, chat answers 503
+        print(f"local chat model: {error}")
 
 
 def keys_create(app: Alma, tenant: str) -> None:
