@@ -72,13 +72,12 @@ class NamedModel:
             ) from None
 
 
-def _split(distribution: str, path: str, count: int) -> tuple[tuple[str, str], ...]:
+def _split(distribution: str, inside: str, count: int) -> tuple[tuple[str, str], ...]:
+    """The parts of a file split over `count` packages numbered from 1: each package's name and
+    the path of its piece (`module` is the package's module, `n` its number)."""
+    names = [distribution.format(n=n) for n in range(1, count + 1)]
     return tuple(
-        (
-            distribution.format(n=n),
-            path.format(module=distribution.format(n=n).replace("-", "_"), n=n),
-        )
-        for n in range(1, count + 1)
+        (name, inside.format(module=name.replace("-", "_"), n=n)) for n, name in enumerate(names, 1)
     )
 
 
@@ -127,12 +126,16 @@ def model_file(model: str | None, cache_dir: Path) -> Path:
             )
     else:
         path = named.path(name, cache_dir)
-    with path.open("rb") as file:
-        if file.read(4) != b"GGUF":
-            # llama.cpp's own error says only "check the input params": say what is wrong.
-            raise LocalModelUnavailable(
-                f"not a GGUF model file: {path}; set ALMA_LOCAL_MODEL to a GGUF file"
-            )
+    try:
+        with path.open("rb") as file:
+            magic = file.read(4)
+    except OSError as error:
+        raise LocalModelUnavailable(f"cannot read the local model file {path}: {error}") from None
+    if magic != b"GGUF":
+        # llama.cpp's own error says only "check the input params": say what is wrong.
+        raise LocalModelUnavailable(
+            f"not a GGUF model file: {path}; set ALMA_LOCAL_MODEL to a GGUF file"
+        )
     return path
 
 
