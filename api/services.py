@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from eventsourcing.persistence import InfrastructureFactory
@@ -73,6 +74,7 @@ class Services:
     _memory_model: ModelClient | None = None
     _model_lock: threading.Lock = field(default_factory=threading.Lock)
     _model_unavailable: str | None = None  # the local model could not start: why
+    _model_file: Path | None = None  # the local model's, once loaded
     _speech: Speech | None = None
 
     def _model_client(self) -> ModelClient:
@@ -83,6 +85,10 @@ class Services:
             if self._model is None and self._model_unavailable is None:
                 try:
                     self._model = build_model(self.settings)
+                    if not _remote(self.settings):  # in place by now: a lookup, for /health
+                        self._model_file = model_file(
+                            self.settings.local_model, self.settings.model_cache()
+                        )
                 except LocalModelUnavailable as error:
                     self._model_unavailable = str(error)
                     log.error("the chat model cannot answer: %s", error)
@@ -105,12 +111,10 @@ class Services:
         if _remote(self.settings):
             return ChatModelState("hosted", self.settings.chat_model, None, True, None)
         with self._model_lock:
-            loaded = self._model is not None
-            error = self._model_unavailable
+            file, error = self._model_file, self._model_unavailable
         name = self.settings.local_model or DEFAULT_LOCAL_MODEL
-        # Found again (a lookup, the file already in place) rather than kept: a client has no file.
-        file = str(model_file(name, self.settings.model_cache())) if loaded else None
-        return ChatModelState("local", name, file, error is None, error)
+        shown = None if file is None else str(file)
+        return ChatModelState("local", name, shown, error is None, error)
 
     def _memory_model_client(self) -> ModelClient:
         """The model that forms memories: the chat model unless ALMA_MEMORY_MODEL names
