@@ -107,7 +107,8 @@ LOCAL_MODELS = {
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     ),
 }
-# The model that answers when ALMA_LOCAL_MODEL is unset.
+# The model that answers when ALMA_LOCAL_MODEL is unset. Another name here also wants its
+# packages installed by ./scripts/serve and the Dockerfile (its `install`).
 DEFAULT_LOCAL_MODEL = "smollm2-135m"
 
 

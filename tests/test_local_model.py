@@ -54,12 +54,11 @@ def test_a_missing_or_foreign_file_is_refused_with_what_to_do(tmp_path: Path) ->
         LocalModelServer(str(not_gguf), cache_dir=tmp_path)
 
 
-def test_the_default_is_the_packaged_smollm2_used_where_it_is_installed(tmp_path: Path) -> None:
-    assert DEFAULT_LOCAL_MODEL == "smollm2-135m"
-    assert model_file(None, tmp_path) == model_file("smollm2-135m", tmp_path)
-    assert model_file(None, tmp_path) == packaged_model_path()
+def test_smollm2_is_used_where_its_package_installed_it(tmp_path: Path) -> None:
+    assert model_file("smollm2-135m", tmp_path) == packaged_model_path()
     assert packaged_model_path().name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert list(tmp_path.iterdir()) == []  # nothing copied
+    assert model_file(None, tmp_path) == model_file(DEFAULT_LOCAL_MODEL, tmp_path)
 
 
 def test_a_named_model_whose_packages_are_missing_says_what_to_install(tmp_path: Path) -> None:

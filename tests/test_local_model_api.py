@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from alma.llm.local import LOCAL_MODELS, packaged_model_path
+from alma.llm.local import DEFAULT_LOCAL_MODEL, LOCAL_MODELS, model_file, packaged_model_path
 from alma.settings import Settings
 from tests.cli import KEY_RE, bearer, free_port, running, wait_for_health, wait_for_line
 from tests.conftest import Api, make_character, make_instance, running_api
@@ -110,13 +110,14 @@ def test_concurrent_chats_queue_for_the_local_model_and_past_the_wait_answer_503
             headers=api.acme,
         )
 
-    with running_api(settings) as api:  # the default local model, a 30 s wait
+    smollm2 = settings.model_copy(update={"local_model": "smollm2-135m"})  # small and fast
+    with running_api(smollm2) as api:  # a 30 s wait
         instance = _instance(api)
         with ThreadPoolExecutor(2) as pool:
             both = list(pool.map(lambda _: ask(api, instance, 8), range(2)))
         assert [r.status_code for r in both] == [200, 200], [r.text for r in both]
 
-    with running_api(settings.model_copy(update={"local_queue_timeout_s": 0.2})) as api:
+    with running_api(smollm2.model_copy(update={"local_queue_timeout_s": 0.2})) as api:
         with ThreadPoolExecutor(3) as pool:
             answers = list(pool.map(lambda _: ask(api, instance, 160), range(3)))
         codes = sorted(r.status_code for r in answers)
@@ -142,7 +143,8 @@ def test_serve_prints_the_key_the_url_and_the_model_and_nothing_else(
     # A model cache of its own: the first start exports the embedding model (onnxruntime's
     # quantizer logged 36 lines of it), as a new user's does.
     env = {"ALMA_MODEL_CACHE_DIR": str(tmp_path / "cache")}
-    model = f"chat model: local smollm2-135m ({packaged_model_path()})"
+    default = model_file(DEFAULT_LOCAL_MODEL, tmp_path / "cache")
+    model = f"chat model: local {DEFAULT_LOCAL_MODEL} ({default})"
     serving = f"alma is serving on {base} (API docs at /docs)"
     first = tmp_path / "first.log"
     with running(settings, ["serve", "--port", str(port)], first, env) as process:
@@ -208,7 +210,7 @@ def test_serve_without_the_packaged_model_says_how_to_install_it_and_chat_answer
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
-    env = {"ALMA_MODEL_CACHE_DIR": str(tmp_path / "cache")}
+    env = {"ALMA_LOCAL_MODEL": "smollm2-135m", "ALMA_MODEL_CACHE_DIR": str(tmp_path / "cache")}
     with running(settings, ["serve", "--port", str(port)], log, env, alma) as process:
         wait_for_line(process, log, "chat model:")
         *_, error, _, model = _lines(log)
