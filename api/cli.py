@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
@@ -80,7 +81,9 @@ def serve(settings: Settings, host: str, port: int) -> None:
 def _chat_model_line(services: Services) -> str:
     state = services.chat_model_state()
     if state.backend == "hosted":
-        where = services.settings.openai_base_url or "OpenAI"
+        url = urlsplit(services.settings.openai_base_url or "")
+        # The server, without any user or password the URL may carry.
+        where = url._replace(netloc=url.netloc.rpartition("@")[2]).geturl() or "OpenAI"
         return f"chat model: {state.name} at {where}"
     if not state.available:
         return f"chat model: none; local {state.name} cannot answer (see above): chat answers 503"

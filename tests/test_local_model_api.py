@@ -17,6 +17,7 @@ from alma.llm.local import DEFAULT_LOCAL_MODEL, LOCAL_MODELS, model_file, packag
 from alma.settings import Settings
 from tests.cli import KEY_RE, bearer, free_port, running, wait_for_health, wait_for_line
 from tests.conftest import Api, make_character, make_instance, running_api
+from tests.openai_stub import OpenAIStub
 
 
 def _instance(api: Api) -> str:
@@ -237,3 +238,20 @@ def test_serve_without_the_packaged_model_says_how_to_install_it_and_chat_answer
         assert answer.status_code == 503, answer.text
         assert answer.json()["error"]["code"] == "chat_model_unavailable"
         assert install in answer.json()["error"]["message"]
+
+
+@pytest.mark.slow
+def test_serve_with_a_key_says_which_hosted_model_answers_and_where(
+    settings: Settings, tmp_path: Path, openai_stub: OpenAIStub
+) -> None:
+    port = free_port()
+    server = openai_stub.base_url.replace("http://", "http://alma:hunter22@")
+    env = {"OPENAI_API_KEY": "sk-test-alma-0123456789", "OPENAI_BASE_URL": server}
+    log = tmp_path / "serve.log"
+    with running(settings, ["serve", "--port", str(port)], log, env) as process:
+        wait_for_line(process, log, "chat model:")
+        assert _lines(log)[-2:] == [
+            f"alma is serving on http://127.0.0.1:{port} (API docs at /docs)",
+            f"chat model: gpt-3.5-turbo at {openai_stub.base_url}",
+        ]
+    assert "hunter22" not in log.read_text() and "sk-test" not in log.read_text()
