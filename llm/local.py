@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import logging
 import re
 import secrets
 import threading
@@ -31,6 +32,7 @@ from alma.packaged import JoinFailed, MissingPackage, distribution_file, join_fi
 TOKENIZER_MARGIN = 1.5
 _QUANTIZATION = re.compile(r"[.\-_](?:I?Q\d\w*|F16|F32|BF16)$", re.IGNORECASE)
 
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _shared: dict[tuple[str, int, int, int], LocalModelServer] = {}
 
@@ -63,6 +65,8 @@ class NamedModel:
         if self.size is None:
             return parts[0]
         target = cache_dir / "local" / self.file
+        if not (target.is_file() and target.stat().st_size == self.size):
+            log.info("joining %s from %d packages into %s (once)", name, len(parts), target)
         try:
             return join_files(parts, target, self.size, self.sha256)
         except (JoinFailed, OSError) as failed:

@@ -77,8 +77,9 @@ def test_a_model_that_cannot_run_leaves_alma_serving_and_chat_answering_503(
 
 @pytest.mark.slow
 def test_a_cut_copy_of_a_joined_model_is_joined_again_at_start(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="alma.llm.local")
     named = LOCAL_MODELS["qwen2.5-coder-0.5b"]
     cached = tmp_path / "cache" / "local" / named.file
     cached.parent.mkdir(parents=True)
@@ -91,6 +92,8 @@ def test_a_cut_copy_of_a_joined_model_is_joined_again_at_start(
         assert chat_model["available"] is True, chat_model
         assert chat_model["file"] == str(cached)
         assert cached.stat().st_size == named.size
+        said = [r.getMessage() for r in caplog.records if r.name == "alma.llm.local"]
+        assert said == [f"joining qwen2.5-coder-0.5b from 6 packages into {cached} (once)"]
         answer = api.client.post(
             f"/v1/instances/{_instance(api)}/chat",
             json={"message": "¿Cómo te llamas?", "max_tokens": 8, "temperature": 0},
