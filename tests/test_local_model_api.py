@@ -121,7 +121,7 @@ def test_concurrent_chats_queue_for_the_local_model_and_past_the_wait_answer_503
             both = list(pool.map(lambda _: ask(api, instance, 8), range(2)))
         assert [r.status_code for r in both] == [200, 200], [r.text for r in both]
 
-    with running_api(smollm2.model_copy(update={"local_queue_timeout_s": 0.2})) as api:
+    with running_api(smollm2.model_copy(update={"local_queue_timeout_s": 0.05})) as api:
         with ThreadPoolExecutor(3) as pool:
             answers = list(pool.map(lambda _: ask(api, instance, 160), range(3)))
         codes = sorted(r.status_code for r in answers)
@@ -129,7 +129,7 @@ def test_concurrent_chats_queue_for_the_local_model_and_past_the_wait_answer_503
         for busy in (r for r in answers if r.status_code == 503):
             error = busy.json()["error"]
             assert error["code"] == "chat_model_busy"
-            assert "0.2 s" in error["message"]
+            assert "0.05 s" in error["message"]
             assert busy.headers["Retry-After"] == "1"
         assert api.client.get("/health").json()["chat_model"]["available"] is True
 
