@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,6 +93,7 @@ def test_a_split_model_is_joined_once_checked_and_joined_again_when_cut(tmp_path
     path = model_file("qwen2.5-coder-0.5b", tmp_path)
     assert path == tmp_path / "local" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
     assert path.stat().st_size == 491_400_064
+    assert not [m for m in sys.modules if m.startswith("pandas_sns")]  # found, never imported
     with path.open("rb") as file:
         assert hashlib.file_digest(file, "sha256").hexdigest() == named.sha256
     joined_at = path.stat().st_mtime_ns
