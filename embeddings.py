@@ -37,7 +37,8 @@ import shutil
 import threading
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -115,9 +116,30 @@ def _assembled(name: str, cache_dir: Path) -> str:
     return str(folder)
 
 
+@contextmanager
+def _root_records_dropped(library: str) -> Iterator[None]:
+    """Drops what `library` logs straight on the root logger within the block: onnxruntime's
+    quantizer logs ~36 lines of INFO and a WARNING there, which no logger's level can reach."""
+    folder = f"{os.sep}{library}{os.sep}"
+
+    def keep(record: logging.LogRecord) -> bool:
+        return folder not in record.pathname
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
 def _sentence_transformer(name: str, threads: int) -> Any:
     import torch
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
+
+    # Its bar over the weights being loaded would go to the terminal on every start.
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
     # Torch takes every core by default; under CPU contention that gave less throughput, not more.
     torch.set_num_threads(threads)
@@ -281,12 +303,13 @@ def _export(name: str, folder: Path) -> bool:
                 dynamo=False,
             )
         # Per channel: whole-tensor int8 moved the vectors much further from torch's.
-        quantize_dynamic(
-            building / "model.onnx",
-            building / "model-int8.onnx",
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-        )
+        with _root_records_dropped("onnxruntime"):
+            quantize_dynamic(
+                building / "model.onnx",
+                building / "model-int8.onnx",
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+            )
         tokenizer.backend_tokenizer.save(str(building / "tokenizer.json"))
         config = {"model": name, "max_seq_length": model.max_seq_length, "inputs": inputs}
         (building / "config.json").write_text(json.dumps(config))

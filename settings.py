@@ -57,9 +57,17 @@ class Settings(BaseSettings):
     model_timeout_s: float = Field(default=30.0, gt=0)
     model_max_retries: int = Field(default=4, ge=0)
     local_model: str | None = Field(
-        default=None, description="a GGUF file for the local backend; unset = packaged SmolLM2"
+        default=None,
+        description="the local backend's model: smollm2-135m, qwen2.5-coder-0.5b, "
+        "qwen2.5-coder-1.5b (from packages, README) or a GGUF file's path; unset = smollm2-135m",
     )
     local_context_window: int = Field(default=2048, ge=512)
+    local_queue_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="how long a chat waits for the local model, which answers one at a time, "
+        "before 503 chat_model_busy",
+    )
     chat_memories: int = Field(default=8, ge=0, le=100, description="memories retrieved per turn")
     chat_history_turns: int = Field(default=20, ge=0, le=500)
     chat_memory_wait_s: float = Field(

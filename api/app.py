@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             services.breaker.start()
         if settings.run_projections:
             services.start_projections()
+        services.start_model()
         app.state.services = services
         try:
             yield

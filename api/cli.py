@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import signal
+import socket
 import sys
 import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
@@ -56,7 +59,35 @@ def serve(settings: Settings, host: str, port: int) -> None:
     finally:
         app.close()
     logs.configure(settings.log_format)
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+    api = create_app(settings)
+
+    def say(line: str) -> None:
+        if settings.log_format == "json":  # a log collector reads JSON lines only
+            logging.getLogger("alma.serve").info(line)
+        else:
+            print(line, flush=True)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:  # listening: the last lines of the start say where, and who answers
+                say(f"alma is serving on http://{host}:{port} (API docs at /docs)")
+                say(_chat_model_line(api.state.services))
+
+    config = uvicorn.Config(api, host=host, port=port, log_config=None, access_log=False)
+    Server(config).run()
+
+
+def _chat_model_line(services: Services) -> str:
+    state = services.chat_model_state()
+    if state.backend == "hosted":
+        url = urlsplit(services.settings.openai_base_url or "")
+        # The server, without any user or password the URL may carry.
+        where = url._replace(netloc=url.netloc.rpartition("@")[2]).geturl() or "OpenAI"
+        return f"chat model: {state.name} at {where}"
+    if not state.available:
+        return f"chat model: none; local {state.name} cannot answer (see above): chat answers 503"
+    return f"chat model: local {state.name} ({state.file})"
 
 
 def worker(settings: Settings) -> None:
@@ -80,9 +111,11 @@ def worker(settings: Settings) -> None:
 def models(settings: Settings) -> None:
     """Puts every model alma loads into its caches, so a process (a container built with
     `RUN alma models`) starts with no network: the embedding model's ONNX export, the speech
-    model assembled from its packages, and the tokenizer file."""
+    model assembled from its packages, the tokenizer file, and the local chat model (joined
+    from its packages when it is split)."""
     from alma.embeddings import Embedder
     from alma.llm import tokens
+    from alma.llm.local import LocalModelUnavailable, model_file
     from alma.voice.stt import model_location
 
     cache = settings.model_cache()
@@ -96,6 +129,10 @@ def models(settings: Settings) -> None:
     print(f"speech to text: {model_location(settings.stt_model, cache)}")
     tokens.encoding()
     print(f"token counts: {tokens.cache_dir()}")
+    try:  # a named model split over packages is joined here, not at the first start
+        print(f"local chat model: {model_file(settings.local_model, cache)}")
+    except LocalModelUnavailable as error:  # the service starts without it, chat answers 503
+        print(f"local chat model: {error}")
 
 
 def keys_create(app: Alma, tenant: str) -> None:

@@ -18,7 +18,7 @@ from alma.api.pagination import CURSOR, ListingPages
 from alma.api.probes import StoreProbes
 from alma.api.schemas import UtcTime
 from alma.api.security import RateLimiter
-from alma.api.services import Services
+from alma.api.services import ChatModelState, Services
 from alma.chat.turns import Chat
 from alma.domain import Actor, Alma
 from alma.projections import Conversation, MemoryAudit, MemoryIndex, Period
@@ -90,6 +90,10 @@ async def _store_probes(services: _Root) -> StoreProbes:
     )
 
 
+async def _chat_model(services: _Root) -> ChatModelState:
+    return services.chat_model_state()
+
+
 AlmaApp = Annotated[Alma, Depends(_alma)]  # commands, and state now or back then
 AppSettings = Annotated[Settings, Depends(_settings)]
 Listing = Annotated[ListingPages, Depends(_listing)]  # characters and instances, by page
@@ -102,6 +106,7 @@ AuditCaughtUp = Annotated[CaughtUp, Depends(_audit_caught_up)]
 ChatTurns = Annotated[Chat, Depends(_chat)]  # a turn: recall, prompt, model, record
 SpeechEngines = Annotated[Speech, Depends(_speech)]  # text to speech, speech to text
 Probes = Annotated[StoreProbes, Depends(_store_probes)]
+ChatModelNow = Annotated[ChatModelState, Depends(_chat_model)]  # which answers, and if it can
 
 
 @dataclass(frozen=True)

@@ -125,10 +125,13 @@ def database_unavailable(request: Request) -> JSONResponse:
 
 
 def model_failure(error: ModelError) -> ApiError:
-    """A model that did not answer: 504 when it was too slow, 502 otherwise."""
-    code = "model_timeout" if error.status == 504 else "model_unavailable"
+    """A model that did not answer: 504 when it was too slow, 503 when the local model is
+    missing (`chat_model_unavailable`) or busy past its queue's wait (`chat_model_busy`, with
+    Retry-After), 502 otherwise."""
+    code = error.code or ("model_timeout" if error.status == 504 else "model_unavailable")
     details = {"upstream_status": error.upstream_status, "attempts": error.attempts}
-    return ApiError(error.status, code, error.message, details)
+    headers = None if error.retry_after_s is None else {"Retry-After": str(error.retry_after_s)}
+    return ApiError(error.status, code, error.message, details, headers)
 
 
 def stream_error(error: ModelError) -> dict[str, Any]:

@@ -346,6 +346,16 @@ class SkippedEvent(BaseModel):
         )
 
 
+class ChatModelHealth(BaseModel):
+    backend: Literal["hosted", "local"] = Field(
+        description="hosted: OpenAI or the server at OPENAI_BASE_URL; local: llama.cpp in alma"
+    )
+    name: str = Field(description="ALMA_CHAT_MODEL (hosted) or ALMA_LOCAL_MODEL (local)")
+    file: str | None = Field(description="the local model's GGUF file, once loaded")
+    available: bool = Field(description="false: chat answers 503 chat_model_unavailable")
+    error: str | None = Field(description="why it cannot answer: which file, how to get it")
+
+
 class Health(BaseModel):
     status: str = Field(
         description="ok; degraded when a store is down (503) or a projection skipped events "
@@ -359,6 +369,9 @@ class Health(BaseModel):
     )
     model: str = Field(
         default="unknown", description="the last chat model call: ok, failing or unknown"
+    )
+    chat_model: ChatModelHealth | None = Field(
+        default=None, description="which chat model answers, and whether it can"
     )
     skipped_events: list[SkippedEvent] | None = Field(
         default=None,

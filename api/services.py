@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
 
 from eventsourcing.persistence import InfrastructureFactory
 from eventsourcing.utils import Environment
@@ -15,8 +19,14 @@ from alma.chat.formation import MemoryFormation
 from alma.chat.turns import Chat
 from alma.domain import Alma
 from alma.embeddings import Embedder
-from alma.llm.client import ModelClient, OpenAIModel
-from alma.llm.local import TOKENIZER_MARGIN, local_model_client
+from alma.llm.client import ModelClient, ModelError, OpenAIModel
+from alma.llm.local import (
+    DEFAULT_LOCAL_MODEL,
+    TOKENIZER_MARGIN,
+    LocalModelUnavailable,
+    local_model_client,
+    model_file,
+)
 from alma.projections import (
     Conversation,
     Follower,
@@ -35,6 +45,19 @@ from alma.settings import Settings
 from alma.stores.sql import creating_tables, open_store
 from alma.voice import Speech
 
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChatModelState:
+    """Which chat model answers, and whether it can."""
+
+    backend: Literal["hosted", "local"]
+    name: str  # the model's name (hosted) or ALMA_LOCAL_MODEL's name or path (local)
+    file: str | None  # the local model's GGUF file, once loaded
+    available: bool
+    error: str | None  # why it cannot answer: the file, and how to get it
+
 
 @dataclass
 class Services:
@@ -50,15 +73,48 @@ class Services:
     _model: ModelClient | None = None
     _memory_model: ModelClient | None = None
     _model_lock: threading.Lock = field(default_factory=threading.Lock)
+    _model_unavailable: str | None = None  # the local model could not start: why
+    _model_file: Path | None = None  # the local model's, once loaded
     _speech: Speech | None = None
 
     def _model_client(self) -> ModelClient:
         """The chat model, made on first use: OpenAI when a key is set (or any server at
-        OPENAI_BASE_URL), otherwise the local model, started in this process."""
+        OPENAI_BASE_URL), otherwise the local model, started in this process. A local model that
+        could not start is not tried again (a restart is): every call answers 503 with why."""
         with self._model_lock:
+            if self._model is None and self._model_unavailable is None:
+                try:
+                    self._model = build_model(self.settings)
+                    if not _remote(self.settings):  # in place by now: a lookup, for /health
+                        self._model_file = model_file(
+                            self.settings.local_model, self.settings.model_cache()
+                        )
+                except LocalModelUnavailable as error:
+                    self._model_unavailable = str(error)
+                    log.error("the chat model cannot answer: %s", error)
             if self._model is None:
-                self._model = build_model(self.settings)
+                raise ModelError(
+                    f"the chat model cannot answer: {self._model_unavailable}",
+                    status=503,
+                    code="chat_model_unavailable",
+                )
             return self._model
+
+    def start_model(self) -> None:
+        """Loads the local model at start, so the first chat does not wait for it and a missing
+        file is told at once (logged, then answered 503); a hosted one needs no start."""
+        if not _remote(self.settings):
+            with contextlib.suppress(ModelError):  # logged, and answered to every chat
+                self._model_client()
+
+    def chat_model_state(self) -> ChatModelState:
+        if _remote(self.settings):
+            return ChatModelState("hosted", self.settings.chat_model, None, True, None)
+        with self._model_lock:
+            file, error = self._model_file, self._model_unavailable
+        name = self.settings.local_model or DEFAULT_LOCAL_MODEL
+        shown = None if file is None else str(file)
+        return ChatModelState("local", name, shown, error is None, error)
 
     def _memory_model_client(self) -> ModelClient:
         """The model that forms memories: the chat model unless ALMA_MEMORY_MODEL names
@@ -184,6 +240,8 @@ def build_model(settings: Settings) -> ModelClient:
         context=settings.local_context_window,
         timeout_s=max(settings.model_timeout_s, 120.0),
         context_window=model_context(settings),
+        queue_timeout_s=settings.local_queue_timeout_s,
+        cache_dir=settings.model_cache(),
     )
 
 

@@ -52,7 +52,13 @@ sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != R
 from alma.chat.prompt import Message  # noqa: E402
 from alma.llm import tokens  # noqa: E402
 from alma.llm.client import Completion, OpenAIModel  # noqa: E402
-from alma.llm.local import LocalModelServer, packaged_model_path  # noqa: E402
+from alma.llm.local import (  # noqa: E402
+    LOCAL_MODELS,
+    LocalModelServer,
+    default_cache,
+    model_file,
+    packaged_model_path,
+)
 from bench.report import Row, log, machine_load, print_table  # noqa: E402
 from tests.local_model_eval import CHECKS, EvalTurn, load, score  # noqa: E402
 
@@ -237,7 +243,9 @@ def child(path: str, threads: int, questions: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", action="append", default=[], metavar="packaged|LABEL=FILE.gguf")
+    parser.add_argument(
+        "--model", action="append", default=[], metavar="packaged|NAME|LABEL=FILE.gguf"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--questions", type=int, default=10, help="per character, of 10")
     parser.add_argument("--quick", action="store_true", help="--questions 2")
@@ -256,8 +264,11 @@ def main() -> None:
         label, _, path = item.partition("=")
         if item == "packaged":
             label, path = "smollm2-135m (packaged)", str(packaged_model_path())
+        elif item in LOCAL_MODELS:  # joined into the model cache on first use
+            path = str(model_file(item, default_cache()))
         elif not path:
-            parser.error(f"--model wants packaged or LABEL=FILE.gguf, not {item!r}")
+            names = ", ".join(LOCAL_MODELS)
+            parser.error(f"--model wants packaged, {names} or LABEL=FILE.gguf, not {item!r}")
         settings.append((label, path))
     print(f"machine at start: {machine_load()}")
     for label, path in settings:

@@ -10,10 +10,13 @@ answers with (502 upstream failure, 504 timeout) and a message that never holds 
 from __future__ import annotations
 
 import email.utils
+import math
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, cast, runtime_checkable
 
@@ -46,7 +49,8 @@ class Completion:
 
 
 class ModelError(Exception):
-    """The model could not answer; `status` is what alma answers with (502 or 504)."""
+    """The model could not answer; `status` is what alma answers with (502 or 504; 503 with a
+    `code` of its own when the local model is missing or busy)."""
 
     def __init__(
         self,
@@ -56,6 +60,8 @@ class ModelError(Exception):
         upstream_status: int | None = None,
         attempts: int = 1,
         partial: str = "",
+        code: str | None = None,
+        retry_after_s: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -63,6 +69,8 @@ class ModelError(Exception):
         self.upstream_status = upstream_status
         self.attempts = attempts
         self.partial = partial  # text streamed before the failure
+        self.code = code
+        self.retry_after_s = retry_after_s
 
 
 @runtime_checkable
@@ -110,7 +118,11 @@ class OpenAIModel:
         max_wait_s: float = 20.0,
         stream_usage: bool = True,
         sleep: Callable[[float], None] = time.sleep,
+        turn: threading.Lock | None = None,
+        turn_wait_s: float = 30.0,
     ) -> None:
+        """`turn`: a server that answers one chat at a time (the local model); each call waits
+        for it at most `turn_wait_s`, then fails with 503 `chat_model_busy`."""
         if not api_key:
             raise ValueError("OpenAIModel needs an API key; without one use the local model")
         self.model = model
@@ -122,6 +134,8 @@ class OpenAIModel:
         self.max_wait_s = max_wait_s
         self.stream_usage = stream_usage
         self._sleep = sleep
+        self._turn = turn
+        self.turn_wait_s = turn_wait_s
         self._secrets = [api_key] if len(api_key) >= _MIN_SECRET else []
         self._client = openai.OpenAI(
             api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0
@@ -144,15 +158,34 @@ class OpenAIModel:
     def complete(self, messages: Messages, max_tokens: int, temperature: float) -> Completion:
         started = time.perf_counter()
         attempt = 0
-        while True:
-            attempt += 1
-            try:
-                answer = self._client.chat.completions.create(
-                    **self._request(messages, max_tokens, temperature)
-                )
-                return self._completion(answer, messages, started, attempt)
-            except Exception as exc:
-                self._wait_or_raise(self._classify(exc), attempt)
+        with self._my_turn():
+            while True:
+                attempt += 1
+                try:
+                    answer = self._client.chat.completions.create(
+                        **self._request(messages, max_tokens, temperature)
+                    )
+                    return self._completion(answer, messages, started, attempt)
+                except Exception as exc:
+                    self._wait_or_raise(self._classify(exc), attempt)
+
+    @contextmanager
+    def _my_turn(self) -> Iterator[None]:
+        if self._turn is None:
+            yield
+            return
+        if not self._turn.acquire(timeout=self.turn_wait_s):
+            raise ModelError(
+                f"the local model is answering other chats and none finished within "
+                f"{self.turn_wait_s:g} s; try again shortly",
+                status=503,
+                code="chat_model_busy",
+                retry_after_s=max(1, math.ceil(self.turn_wait_s)),
+            )
+        try:
+            yield
+        finally:
+            self._turn.release()
 
     def _completion(
         self, answer: object, messages: Messages, started: float, attempt: int
@@ -192,52 +225,55 @@ class OpenAIModel:
         stream (the server stops generating)."""
         started = time.perf_counter()
         attempt = 0
-        while True:
-            attempt += 1
-            parts: list[str] = []
-            try:
-                request = self._request(messages, max_tokens, temperature)
-                if self.stream_usage:
-                    request["stream_options"] = {"include_usage": True}
-                chunks = self._client.chat.completions.create(stream=True, **request)
-                model = self.model
-                finish_reason: str | None = None
-                usage: CompletionUsage | None = None
-                with chunks:
-                    for chunk in chunks:
-                        if not isinstance(chunk, ChatCompletionChunk):
-                            raise _Malformed("the model server streamed something else")
-                        model = getattr(chunk, "model", None) or model
-                        usage = getattr(chunk, "usage", None) or usage
-                        for choice in getattr(chunk, "choices", None) or []:
-                            if getattr(choice, "index", 0) != 0:
-                                continue
-                            delta = getattr(choice, "delta", None)
-                            content = getattr(delta, "content", None)
-                            if content:
-                                parts.append(content)
-                                yield content
-                            finish_reason = getattr(choice, "finish_reason", None) or finish_reason
-                if finish_reason is None:
-                    raise _Malformed("the stream ended before the model finished its reply")
-                text = "".join(parts)
-                prompt_tokens, completion_tokens = _usage(usage, messages, text)
-                yield Completion(
-                    text=text,
-                    model=model,
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    finish_reason=finish_reason,
-                    latency_ms=_elapsed_ms(started),
-                    attempts=attempt,
-                )
-                return
-            except Exception as exc:
-                failure = self._classify(exc)
-                if parts:
-                    # The caller has shown these tokens already: a retry would repeat them.
-                    raise self._error(failure, attempt, partial="".join(parts)) from None
-                self._wait_or_raise(failure, attempt)
+        with self._my_turn():
+            while True:
+                attempt += 1
+                parts: list[str] = []
+                try:
+                    request = self._request(messages, max_tokens, temperature)
+                    if self.stream_usage:
+                        request["stream_options"] = {"include_usage": True}
+                    chunks = self._client.chat.completions.create(stream=True, **request)
+                    model = self.model
+                    finish_reason: str | None = None
+                    usage: CompletionUsage | None = None
+                    with chunks:
+                        for chunk in chunks:
+                            if not isinstance(chunk, ChatCompletionChunk):
+                                raise _Malformed("the model server streamed something else")
+                            model = getattr(chunk, "model", None) or model
+                            usage = getattr(chunk, "usage", None) or usage
+                            for choice in getattr(chunk, "choices", None) or []:
+                                if getattr(choice, "index", 0) != 0:
+                                    continue
+                                delta = getattr(choice, "delta", None)
+                                content = getattr(delta, "content", None)
+                                if content:
+                                    parts.append(content)
+                                    yield content
+                                finish_reason = (
+                                    getattr(choice, "finish_reason", None) or finish_reason
+                                )
+                    if finish_reason is None:
+                        raise _Malformed("the stream ended before the model finished its reply")
+                    text = "".join(parts)
+                    prompt_tokens, completion_tokens = _usage(usage, messages, text)
+                    yield Completion(
+                        text=text,
+                        model=model,
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens,
+                        finish_reason=finish_reason,
+                        latency_ms=_elapsed_ms(started),
+                        attempts=attempt,
+                    )
+                    return
+                except Exception as exc:
+                    failure = self._classify(exc)
+                    if parts:
+                        # The caller has shown these tokens already: a retry would repeat them.
+                        raise self._error(failure, attempt, partial="".join(parts)) from None
+                    self._wait_or_raise(failure, attempt)
 
     # -- shared -----------------------------------------------------------------------------
 

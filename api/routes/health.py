@@ -7,17 +7,18 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from alma import metrics
-from alma.api.deps import AppSettings, Probes
+from alma.api.deps import AppSettings, ChatModelNow, Probes
 from alma.api.errors import ApiError
-from alma.api.schemas import Health, SkippedEvent
+from alma.api.schemas import ChatModelHealth, Health, SkippedEvent
 
 router = APIRouter(tags=["operations"])
 
 
 @router.get("/health", response_model=Health, responses={503: {"model": Health}})
-def health(probes: Probes) -> JSONResponse:
+def health(probes: Probes, chat_model: ChatModelNow) -> JSONResponse:
     """200 while serving; 503 when the database or the vector store is down. `model` says
-    how the last call to the chat model went, and events a projection skipped make the status
+    how the last call to the chat model went, `chat_model` which model answers and whether it
+    can; events a projection skipped, or a chat model that cannot answer, make the status
     `degraded`; neither changes the code: every replica shares the model and the events, so
     taking this one out of rotation would not help."""
     lags = probes.lags()
@@ -26,12 +27,13 @@ def health(probes: Probes) -> JSONResponse:
     vector_store = "ok" if probes.vector_store_up() else "down"
     up = event_store == vector_store == "ok"
     body = Health(
-        status="ok" if up and not skipped else "degraded",
+        status="ok" if up and not skipped and chat_model.available else "degraded",
         event_store=event_store,
         vector_store=vector_store,
         projection_lag_events=max(lags.values()) if lags else None,
         projections=lags,
         model=metrics.model_state(),
+        chat_model=ChatModelHealth.model_validate(chat_model, from_attributes=True),
         skipped_events=None if skipped is None else [SkippedEvent.of(s) for s in skipped],
     )
     return JSONResponse(body.model_dump(), status_code=200 if up else 503)
