@@ -187,14 +187,19 @@ class Alma(CachingApplication):
         forked_from: dict[str, Any] | None = None,
         voice: dict[str, Any] | None = None,
         copy: Callable[[Instance], list[Aggregate]] | None = None,
+        user_name: str | None = None,
     ) -> Instance:
-        """`copy` gives what a fork brings with it, saved in the same transaction."""
+        """`copy` gives what a fork brings with it, saved in the same transaction. `user_name`:
+        the user's name in the instance's chats (a card's {{user}})."""
         self._current(Character, tenant, character_id)
+        user_name = valid_speaker(user_name, "user_name")
 
         def attempt() -> Instance:
             instance = Instance.create(tenant, character_id, name, memory, actor, forked_from)
             if voice is not None:
                 instance.change_voice(voice, actor)
+            if user_name is not None:
+                instance.change_user_name(user_name, actor)
             brought = copy(instance) if copy is not None else []
             index = self._claim_name(tenant, instance.name, instance.id, actor)
             self.save(instance, index, *brought)
@@ -211,15 +216,18 @@ class Alma(CachingApplication):
         memory: str | Keep | None = Keep.KEEP,
         expected_version: int | None = None,
         voice: dict[str, Any] | Keep | None = Keep.KEEP,
+        user_name: str | Keep | None = Keep.KEEP,
     ) -> Instance:
         """A merge patch (RFC 7396) of the instance: KEEP leaves a field as it is, None clears
-        the memory text ("") and the voice overrides (the character's voice again) and is
-        refused for the name. `voice` merges into the instance's overrides of the character's
-        voice settings."""
+        the memory text (""), the voice overrides (the character's voice again) and the user's
+        name ("User" again) and is refused for the name. `voice` merges into the instance's
+        overrides of the character's voice settings."""
         if name is not Keep.KEEP:
             name = valid_name(name)
         if memory is not Keep.KEEP:
             memory = valid_text(memory or "", "memory")
+        if user_name is not Keep.KEEP:
+            user_name = valid_speaker(user_name, "user_name")
 
         def attempt() -> Instance:
             instance = self._current(Instance, tenant, instance_id, expected_version)
@@ -234,6 +242,8 @@ class Alma(CachingApplication):
             new_voice = instance.voice if voice is Keep.KEEP else merge_patch(instance.voice, voice)
             if new_voice != instance.voice:
                 instance.change_voice(new_voice, actor)
+            if user_name is not Keep.KEEP and user_name != instance.user_name:
+                instance.change_user_name(user_name, actor)
             self.save(*changed)
             return instance
 
@@ -305,6 +315,7 @@ class Alma(CachingApplication):
             forked_from={"instance_id": str(source.id), "version": source.version},
             voice=source.voice,
             copy=copy,
+            user_name=source.user_name,
         )
 
     def instance(
