@@ -440,3 +440,34 @@ def test_the_cards_macros_system_prompt_and_post_history_reach_the_model(
         openai_stub.requests[-1]["messages"][-1]["content"]
         == "Answer Bea as Sera, in two sentences."
     )
+
+
+def test_the_users_name_is_the_instances_and_its_forks_until_cleared(api: Api) -> None:
+    character = imported(api, json.dumps(v2_card()).encode())
+    instance = api.client.post(
+        f"/v1/characters/{character['id']}/instances",
+        json={"name": "Sera", "user_name": "Ana"},
+        headers=api.acme,
+    ).json()
+    fork = api.client.post(
+        f"/v1/instances/{instance['id']}/fork", json={"name": "Sera bis"}, headers=api.acme
+    )
+    assert fork.json()["user_name"] == "Ana"
+    path = f"/v1/instances/{instance['id']}"
+    cleared = api.client.patch(path, json={"user_name": None}, headers=api.acme)
+    assert cleared.json()["user_name"] is None
+    at_first = api.client.get(path, params={"version": 2}, headers=api.acme)
+    assert at_first.json()["user_name"] == "Ana"
+    greeted = api.client.post(f"{path}/greeting", json={"index": 2}, headers=api.acme)
+    assert greeted.json()["content"] == "Welcome back, User."
+
+
+def test_null_clears_a_cards_field(api: Api) -> None:
+    character = imported(api, json.dumps(v2_card()).encode())
+    cleared = api.client.patch(
+        f"/v1/characters/{character['id']}",
+        json={"tags": None, "card_extras": None, "creator": None},
+        headers=api.acme,
+    ).json()
+    assert (cleared["tags"], cleared["card_extras"], cleared["creator"]) == ([], {}, "")
+    assert cleared["version"] == character["version"] + 3  # one event per field
