@@ -85,7 +85,9 @@ def card_fields(card: dict[str, Any]) -> dict[str, Any]:
             what = "a list of strings" if expected is list else "a string"
             raise InvalidInput(f"the card's `{key}` must be {what}", "file")
         fields[field] = value
-    if not isinstance(fields.get("name"), str) or not fields["name"].strip():
+    if not fields.get("name", "").strip() and isinstance(card.get("name"), str):
+        fields["name"] = card["name"]  # as SillyTavern reads a card whose data has none
+    if not fields.get("name", "").strip():
         raise InvalidInput("the card has no name", "file")
     used = set(FIELDS.values())
     rest = {k: v for k, v in data.items() if k not in used}

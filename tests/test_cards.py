@@ -218,8 +218,9 @@ def test_a_v3_card_uploaded_as_a_file_keeps_its_v3_fields_times_in_seconds(
         ([("chara", v3_card(name="V3 in chara"))], "V3 in chara"),
         ([("chara", v2_card(name="Stale")), ("ccv3", v3_card(name="Fresh"))], "Fresh"),
         ([("ccv3", v3_card(name="First")), ("chara", v2_card(name="Second"))], "First"),
+        ([("chara", {**v2_card(name=""), "name": "Top level"})], "Top level"),
     ],
-    ids=["chara", "ccv3", "v3-in-chara", "both", "ccv3-first-differing"],
+    ids=["chara", "ccv3", "v3-in-chara", "both", "ccv3-first-differing", "name-at-top"],
 )
 def test_a_png_card_is_read_from_its_chunks_and_ccv3_wins(
     shared_api: Api, chunks: list[tuple[str, dict[str, Any]]], name: str
