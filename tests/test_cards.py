@@ -16,10 +16,12 @@ import re
 import struct
 import zipfile
 import zlib
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from alma.chat.macros import fill
 from tests.conftest import Api, make_instance
 from tests.openai_stub import OpenAIStub
 
@@ -472,3 +474,16 @@ def test_null_clears_a_cards_field(api: Api) -> None:
     ).json()
     assert (cleared["tags"], cleared["card_extras"], cleared["creator"]) == ([], {}, "")
     assert cleared["version"] == character["version"] + 3  # one event per field
+
+
+def test_every_macro_is_filled_however_written_and_an_unknown_one_is_left() -> None:
+    moment = datetime(2023, 5, 8, 13, 56, 7, tzinfo=UTC)
+    text = (
+        "{{char}}/{{ CHAR }}/<BOT>/{{user}}/{{ User }}/<USER>/{{date}}/{{time}}/{{weekday}}/"
+        "{{isodate}}/{{isotime}}/{{bot}}/{{random:a,b}}/{{original}}"
+    )
+    assert fill(text, "Sera", "Ana", moment) == (
+        "Sera/Sera/Sera/Ana/Ana/Ana/8 May 2023/13:56/Monday/"
+        "2023-05-08/13:56:07/{{bot}}/{{random:a,b}}/{{original}}"
+    )
+    assert fill("{{user}}", "Sera", None, moment) == "User"
