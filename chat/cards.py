@@ -18,7 +18,6 @@ from alma.chat.macros import fill
 from alma.domain import Actor, Alma, Character, InvalidInput, NewMessage
 from alma.domain.card_files import blank_png, png_with_cards, read_card_file
 from alma.domain.cards import V2, V3, card_document, card_fields
-from alma.domain.errors import AlreadyStarted
 from alma.stores.images import Images, digest_of
 
 CardFormat = Literal["v2", "v3", "png"]
@@ -74,10 +73,6 @@ class Cards:
         alternate one (`index` n), or one of them at random (None), its macros filled, recorded
         as the character's message. Returns its id, index and text."""
         instance = self.app.instance(tenant, instance_id)
-        if instance.message_count:
-            raise AlreadyStarted(
-                f"instance {instance_id} has a conversation already: a greeting opens one"
-            )
         character = self.app.character(tenant, instance.character_id)
         greetings = [character.greeting, *character.alternate_greetings]
         if index is None:
@@ -93,5 +88,7 @@ class Cards:
             )
         text = fill(greetings[index], instance.name, instance.user_name, datetime.now(UTC))
         message = NewMessage("assistant", text, metadata={"greeting": index})
-        (message_id,) = self.app.import_messages(tenant, instance_id, [message], actor)
+        (message_id,) = self.app.import_messages(
+            tenant, instance_id, [message], actor, opening=True
+        )
         return message_id, index, text

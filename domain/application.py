@@ -22,7 +22,14 @@ from eventsourcing.popo import POPOApplicationRecorder
 from alma.domain.actor import Actor, ActorAsDict
 from alma.domain.character import Character
 from alma.domain.erasure import ShreddingMapper
-from alma.domain.errors import Erased, InvalidInput, NameTaken, NotFound, VersionConflict
+from alma.domain.errors import (
+    AlreadyStarted,
+    Erased,
+    InvalidInput,
+    NameTaken,
+    NotFound,
+    VersionConflict,
+)
 from alma.domain.fork import ForkPoint, copy_conversation, copy_memories
 from alma.domain.instance import Instance, InstanceName
 from alma.domain.keys import ApiKey, hash_secret, new_secret
@@ -334,10 +341,17 @@ class Alma(CachingApplication):
         return index.instance_id
 
     def import_messages(
-        self, tenant: str, instance_id: UUID, messages: list[NewMessage], actor: Actor
+        self,
+        tenant: str,
+        instance_id: UUID,
+        messages: list[NewMessage],
+        actor: Actor,
+        opening: bool = False,
     ) -> list[UUID]:
         """Records past turns as they were (no model is called); returns their ids. A message
-        of the assistant's without a `name` is named after the instance, as its replies are."""
+        of the assistant's without a `name` is named after the instance, as its replies are.
+        `opening`: only as the first messages of the conversation (AlreadyStarted otherwise,
+        also when another write wins the race to be first)."""
         checked = [
             (
                 *valid_message(m.role, m.content),
@@ -350,6 +364,10 @@ class Alma(CachingApplication):
 
         def attempt() -> list[UUID]:
             instance = self._current(Instance, tenant, instance_id)
+            if opening and instance.message_count:
+                raise AlreadyStarted(
+                    f"instance {instance_id} has a conversation already: a greeting opens one"
+                )
             now = datetime.now(UTC)
             ids = []
             for role, content, sent_at, metadata, name in checked:

@@ -14,14 +14,19 @@ import json
 import os
 import re
 import struct
+import threading
 import zipfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 import pytest
 
 from alma.chat.macros import fill
+from alma.domain import Actor
+from alma.domain.errors import AlreadyStarted
 from tests.conftest import Api, make_instance
 from tests.openai_stub import OpenAIStub
 
@@ -487,3 +492,23 @@ def test_every_macro_is_filled_however_written_and_an_unknown_one_is_left() -> N
         "2023-05-08/13:56:07/{{bot}}/{{random:a,b}}/{{original}}"
     )
     assert fill("{{user}}", "Sera", None, moment) == "User"
+
+
+def test_of_two_greetings_at_once_exactly_one_opens_the_conversation(api: Api) -> None:
+    character = imported(api, json.dumps(v2_card()).encode())
+    instance = make_instance(api, character["id"], name="Sera")
+    cards, actor = api.services.cards, Actor("acme", "test", "race")
+    barrier = threading.Barrier(2)
+
+    def greet(index: int) -> str:
+        barrier.wait()
+        try:
+            cards.greet("acme", UUID(instance["id"]), index, actor)
+        except AlreadyStarted:
+            return "refused"
+        return "greeted"
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = sorted(pool.map(greet, [1, 2]))
+    assert outcomes == ["greeted", "refused"]
+    assert api.services.app.instance("acme", UUID(instance["id"])).message_count == 1
