@@ -74,9 +74,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Uploads may carry audio up to its own limit (checked exactly by the route), plus the form.
     declare_reply_limit(app.openapi(), model_context(settings))
     upload_bytes = max(settings.max_body_bytes, settings.audio_max_bytes + 64 * 1024)
+    card_bytes = max(settings.max_body_bytes, settings.card_max_bytes)
     app.add_middleware(BreakerGate)
     app.add_middleware(TextCheck)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, upload_bytes=upload_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_body_bytes,
+        upload_bytes=upload_bytes,
+        card_bytes=card_bytes,
+    )
     app.add_middleware(InternalErrors)
     app.add_middleware(Observe)
     app.add_middleware(RequestId)
@@ -116,19 +122,34 @@ def is_upload(path: str) -> bool:
     )
 
 
+def is_card_import(path: str) -> bool:
+    return path.rstrip("/") == characters.IMPORT_PATH
+
+
 class BodyLimit:
     """Refuses bodies over the limit with 413 before any route reads them."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, upload_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        upload_bytes: int | None = None,
+        card_bytes: int | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.upload_bytes = upload_bytes or max_bytes
+        self.card_bytes = card_bytes or max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.upload_bytes if is_upload(scope["path"]) else self.max_bytes
+        limit = self.max_bytes
+        if is_upload(scope["path"]):
+            limit = self.upload_bytes
+        elif is_card_import(scope["path"]):
+            limit = self.card_bytes
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await self._refuse(scope, receive, send, limit)

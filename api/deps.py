@@ -19,6 +19,7 @@ from alma.api.probes import StoreProbes
 from alma.api.schemas import UtcTime
 from alma.api.security import RateLimiter
 from alma.api.services import ChatModelState, Services
+from alma.chat.cards import Cards
 from alma.chat.turns import Chat
 from alma.domain import Actor, Alma
 from alma.projections import Conversation, MemoryAudit, MemoryIndex, Period
@@ -75,6 +76,10 @@ async def _audit_caught_up(services: _Root) -> CaughtUp:
     return CaughtUp(services.memory_audit, services.settings.consistency_wait_s)
 
 
+async def _cards(services: _Root) -> Cards:
+    return services.cards
+
+
 async def _chat(services: _Root) -> Chat:
     return services.chat
 
@@ -104,6 +109,7 @@ ConversationCaughtUp = Annotated[CaughtUp, Depends(_conversation_caught_up)]
 Audit = Annotated[MemoryAudit, Depends(_audit)]  # how an instance's memory changed
 AuditCaughtUp = Annotated[CaughtUp, Depends(_audit_caught_up)]
 ChatTurns = Annotated[Chat, Depends(_chat)]  # a turn: recall, prompt, model, record
+CharacterCards = Annotated[Cards, Depends(_cards)]  # cards in and out, and greetings
 SpeechEngines = Annotated[Speech, Depends(_speech)]  # text to speech, speech to text
 Probes = Annotated[StoreProbes, Depends(_store_probes)]
 ChatModelNow = Annotated[ChatModelState, Depends(_chat_model)]  # which answers, and if it can

@@ -26,6 +26,7 @@ from alma.chat.openai_compat import NoUserTurn
 from alma.chat.prompt import PromptTooLarge
 from alma.chat.voice_turn import NothingSaid
 from alma.domain import DomainError, InvalidInput, NameTaken, NotFound, VersionConflict
+from alma.domain.errors import AlreadyStarted
 from alma.llm.client import ModelError
 from alma.voice import (
     AudioError,
@@ -159,6 +160,8 @@ def _from_domain(error: DomainError) -> ApiError:
         return ApiError(422, "invalid_input", str(error), {"field": error.field})
     if isinstance(error, NameTaken):
         return ApiError(409, "name_taken", str(error))
+    if isinstance(error, AlreadyStarted):
+        return ApiError(409, "conversation_started", str(error))
     if isinstance(error, PromptTooLarge):
         return ApiError(
             413,

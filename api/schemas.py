@@ -26,6 +26,7 @@ from alma.chat.turns import TurnResult
 from alma.chat.voice_turn import VoiceReply
 from alma.domain import Character, Instance, InvalidInput, Memory
 from alma.domain.rules import (
+    MAX_LIST,
     MAX_NAME,
     MAX_SNIPPET,
     MAX_TEXT,
@@ -140,7 +141,36 @@ class Voice(Request):
         return self
 
 
-class CharacterCreate(Request):
+TEXTS = Annotated[list[Annotated[str, Field(json_schema_extra=TEXT)]], Field(max_length=MAX_LIST)]
+
+
+class CardFields(Request):
+    """What a Character Card carries besides the persona (import fills them from a card)."""
+
+    alternate_greetings: TEXTS | None = Field(
+        default=None, description="openings besides `greeting` (POST .../greeting picks one)"
+    )
+    post_history_instructions: str | None = Field(
+        default=None,
+        description="a system message after the conversation, last in the prompt",
+        json_schema_extra=TEXT,
+    )
+    creator_notes: str | None = Field(default=None, json_schema_extra=TEXT)
+    tags: TEXTS | None = None
+    creator: str | None = Field(default=None, json_schema_extra=TEXT)
+    character_version: str | None = Field(default=None, json_schema_extra=TEXT)
+    nickname: str | None = Field(
+        default=None, description="the card's (V3); kept, not used", json_schema_extra=TEXT
+    )
+    card_extras: dict[str, Any] | None = Field(
+        default=None,
+        description="what the card carried that alma does not use, verbatim: "
+        '`{"card": top-level fields, "data": fields of data}` (extensions, character_book, '
+        "assets, ...); a PATCH merges into it",
+    )
+
+
+class CharacterCreate(CardFields):
     name: str = Field(examples=["Doña Rosa"], json_schema_extra=NAME)
     description: str = Field(
         examples=["Una curandera de Oaxaca que habla con refranes."], json_schema_extra=TEXT
@@ -149,7 +179,11 @@ class CharacterCreate(Request):
     scenario: str | None = Field(default=None, json_schema_extra=TEXT)
     greeting: str | None = Field(default=None, json_schema_extra=TEXT)
     example_dialogue: str | None = Field(default=None, json_schema_extra=TEXT)
-    system_prompt: str | None = Field(default=None, json_schema_extra=TEXT)
+    system_prompt: str | None = Field(
+        default=None,
+        description="replaces alma's instruction; `{{original}}` in it stands for alma's",
+        json_schema_extra=TEXT,
+    )
     voice: Voice | None = None
 
 
@@ -164,7 +198,7 @@ class Edit(Request):
         return self.model_dump(exclude_unset=True)
 
 
-class CharacterEdit(Edit):
+class CharacterEdit(Edit, CardFields):
     name: str | SkipJsonSchema[None] = Field(default=None, json_schema_extra=NAME)
     description: str | None = Field(default=None, json_schema_extra=TEXT)
     personality: str | None = Field(default=None, json_schema_extra=TEXT)
@@ -181,6 +215,11 @@ class InstanceCreate(Request):
         default="", examples=["Conoció al viajero en la feria de 1998."], json_schema_extra=TEXT
     )
     voice: Voice | None = Field(default=None, description="overrides the character's voice")
+    user_name: str | None = Field(
+        default=None,
+        description="the user's name in this instance's chats: a card's {{user}}",
+        json_schema_extra=NAME,
+    )
 
 
 class InstanceEdit(Edit):
@@ -190,6 +229,7 @@ class InstanceEdit(Edit):
         default=None,
         description="merged into the instance's voice settings; null: the character's voice again",
     )
+    user_name: str | None = Field(default=None, description='null: "User"', json_schema_extra=NAME)
 
 
 class InstanceFork(Request):
@@ -214,6 +254,17 @@ class CharacterOut(BaseModel):
     example_dialogue: str
     system_prompt: str
     voice: dict[str, Any] | None
+    alternate_greetings: list[str]
+    post_history_instructions: str
+    creator_notes: str
+    tags: list[str]
+    creator: str
+    character_version: str
+    nickname: str
+    card_extras: dict[str, Any] = Field(description="what its card carried that alma does not use")
+    image: str | None = Field(
+        description="the sha256 of the card's image (GET .../export?format=png gives it)"
+    )
     version: int
     created_at: datetime
     updated_at: datetime
@@ -230,6 +281,15 @@ class CharacterOut(BaseModel):
             example_dialogue=character.example_dialogue,
             system_prompt=character.system_prompt,
             voice=character.voice,
+            alternate_greetings=character.alternate_greetings,
+            post_history_instructions=character.post_history_instructions,
+            creator_notes=character.creator_notes,
+            tags=character.tags,
+            creator=character.creator,
+            character_version=character.character_version,
+            nickname=character.nickname,
+            card_extras=character.card_extras,
+            image=character.image,
             version=character.version,
             created_at=character.created_on,
             updated_at=character.modified_on,
@@ -243,6 +303,7 @@ class InstanceOut(BaseModel):
     memory: str
     forked_from: dict[str, Any] | None
     voice: dict[str, Any] | None = Field(description="overrides of the character's voice")
+    user_name: str | None = Field(description='the user\'s name in its chats; null: "User"')
     version: int
     created_at: datetime
     updated_at: datetime
@@ -256,6 +317,7 @@ class InstanceOut(BaseModel):
             memory=instance.memory,
             forked_from=instance.forked_from,
             voice=instance.voice,
+            user_name=instance.user_name,
             version=instance.version,
             created_at=instance.created_on,
             updated_at=instance.modified_on,
@@ -571,6 +633,20 @@ class ChatRequest(Request):
     stream: bool = False
     max_tokens: Annotated[int, Field(ge=1, le=MAX_REPLY_TOKENS), WHOLE] = 512
     temperature: float = Field(default=0.8, ge=0.0, le=2.0)
+    user_name: str | None = Field(
+        default=None,
+        description="who says the message (recorded as its name, and the card's {{user}}); "
+        "default: the instance's user_name",
+        json_schema_extra=NAME,
+    )
+
+
+class GreetingRequest(Request):
+    index: Annotated[int, Field(ge=0, le=MAX_LIST), WHOLE] | None = Field(
+        default=None,
+        description="0: the character's greeting, n: its alternate greeting n; null: one of "
+        "them at random",
+    )
 
 
 class MemoryUsed(BaseModel):
@@ -751,3 +827,9 @@ class ChatCompletionRequest(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_REPLY_TOKENS)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_REPLY_TOKENS)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+
+
+class GreetingOut(BaseModel):
+    id: UUID = Field(description="the message's id: the instance's first, the character's")
+    index: int = Field(description="0: the greeting, n: alternate greeting n")
+    content: str = Field(description="as recorded: its macros filled")

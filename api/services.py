@@ -15,6 +15,7 @@ from eventsourcing.utils import Environment
 
 from alma.api.breaker import DatabaseBreaker
 from alma.api.event_store import event_app
+from alma.chat.cards import Cards
 from alma.chat.formation import MemoryFormation
 from alma.chat.turns import Chat
 from alma.domain import Alma
@@ -42,6 +43,7 @@ from alma.projections import (
 )
 from alma.projections.ranking import weights_for
 from alma.settings import Settings
+from alma.stores.images import Images
 from alma.stores.sql import creating_tables, open_store
 from alma.voice import Speech
 
@@ -147,6 +149,10 @@ class Services:
             self.settings.chat_history_turns,
             self.settings.chat_memory_wait_s,
         )
+
+    @property
+    def cards(self) -> Cards:
+        return Cards(self.app, Images(self.settings.data_dir / "images"))
 
     @property
     def followers(self) -> list[Follower]:

@@ -1,8 +1,9 @@
 """Prompt assembly: the chat messages for one turn, filled by priority within the token budget.
 
 The budget is the model's context window less the room kept for the reply (`max_tokens`). Parts
-go in by priority: the persona (trimmed, longest fields first, only if it cannot fit whole), the
-new user message (always whole, or PromptTooLarge), the instance's own memory text (trimmed to
+go in by priority: the persona (trimmed, longest fields first, only if it cannot fit whole; a
+character's `post_history_instructions` are part of it, in a system message after the user's),
+the new user message (always whole, or PromptTooLarge), the instance's own memory text (trimmed to
 what is left), the retrieved recollections (most relevant first, each whole or not at all) and
 the recent turns (newest first, whole, shown oldest first). A part only gets room once every
 part above it is whole, so a lower priority never pushes out a higher one.
@@ -24,6 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from alma.chat.macros import day as _day
+from alma.chat.macros import fill
 from alma.domain.errors import DomainError
 
 CountText = Callable[[str], int]
@@ -33,14 +36,20 @@ _Priced = tuple[Message, int]  # a message with the tokens it adds to the reques
 
 ELLIPSIS = "…"
 _ZWJ = "\u200d"
-# Character cards (SillyTavern, TavernAI) write the character and the user as placeholders.
-_CHAR = re.compile(r"\{\{\s*char\s*\}\}|<BOT>", re.IGNORECASE)
-_USER = re.compile(r"\{\{\s*user\s*\}\}|<USER>", re.IGNORECASE)
+# A card's system prompt stands for the default instruction with this macro (V2 spec).
+_ORIGINAL = re.compile(r"\{\{\s*original\s*\}\}", re.IGNORECASE)
 _ROLES = ("user", "assistant")
 _MEMORY_HEADING = "## Your own memory"
 _RECOLLECTIONS_HEADING = "## Things you remember"
 # Persona fields that may be trimmed when the persona alone does not fit.
-_TRIMMABLE = ("system_prompt", "description", "personality", "scenario", "example_dialogue")
+_TRIMMABLE = (
+    "system_prompt",
+    "description",
+    "personality",
+    "scenario",
+    "example_dialogue",
+    "post_history_instructions",
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,7 @@ class Persona:
     scenario: str = ""
     example_dialogue: str = ""
     system_prompt: str = ""
+    post_history_instructions: str = ""  # a card's: after the conversation, last in the prompt
 
 
 @dataclass(frozen=True)
@@ -130,11 +140,14 @@ def build_prompt(
     max_tokens: int,
     count: CountText,
     count_messages: CountMessages,
+    user_name: str | None = None,
 ) -> Prompt:
     """The messages for one turn; `tokens` (by `count_messages`) never exceeds
     `context_window - max_tokens`. `turns` are the recent conversation, oldest first, without the
-    new message. Raises PromptTooLarge when the user message cannot fit even beside the smallest
-    persona, and ValueError on a budget that is not positive or a turn with an unknown role."""
+    new message. The persona's macros (`alma.chat.macros`) are filled with the instance's name
+    and `user_name` (default "User"). Raises PromptTooLarge when the user message cannot fit
+    even beside the smallest persona, and ValueError on a budget that is not positive or a turn
+    with an unknown role."""
     budget = context_window - max_tokens
     if budget <= 0:
         raise ValueError(f"max_tokens ({max_tokens}) leaves no room in {context_window} tokens")
@@ -142,7 +155,10 @@ def build_prompt(
         if turn.role not in _ROLES:
             raise ValueError(f"a turn's role must be user or assistant, not {turn.role!r}")
 
-    persona = replace(persona, **{f: _fill(getattr(persona, f), instance_name) for f in _TRIMMABLE})
+    persona = replace(
+        persona,
+        **{f: fill(getattr(persona, f), instance_name, user_name, now) for f in _TRIMMABLE},
+    )
     last = next((t.when for t in reversed(turns) if t.when is not None), None)
     parts = _Parts(
         instance=instance_name,
@@ -232,11 +248,10 @@ def _system(parts: _Parts) -> Message:
     persona = parts.persona
     # A character's own system prompt replaces the default even when the budget cut it short
     # (or to nothing), so the smallest persona is never larger than the whole one.
-    instruction = (
-        persona.system_prompt
-        if parts.own_instruction
-        else default_instruction(parts.instance, persona.character)
-    )
+    default = default_instruction(parts.instance, persona.character)
+    instruction = default
+    if parts.own_instruction:
+        instruction = _ORIGINAL.sub(lambda _: default, persona.system_prompt)
     about = [f"Name: {parts.instance}"]
     if not _same(parts.instance, persona.character):
         about[0] += f" (a variation of {persona.character})"
@@ -276,7 +291,9 @@ def _line(r: Recollection) -> str:
 
 
 def _messages(parts: _Parts, tail: Sequence[_Priced], user: Message) -> list[Message]:
-    return [_system(parts), *(message for message, _ in reversed(tail)), user]
+    after = parts.persona.post_history_instructions
+    last = [{"role": "system", "content": after}] if after.strip() else []
+    return [_system(parts), *(message for message, _ in reversed(tail)), user, *last]
 
 
 def _fit_persona(
@@ -481,35 +498,8 @@ def _bare(persona: Persona) -> Persona:
     return Persona(character=persona.character)
 
 
-def _fill(text: str, instance: str) -> str:
-    # Functions, not replacement strings: a backslash in a name must not read as an escape.
-    return _USER.sub(lambda _: "User", _CHAR.sub(lambda _: instance, text))
-
-
 def _same(a: str, b: str) -> bool:
     return a.strip().casefold() == b.strip().casefold()
-
-
-_MONTHS = (
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-)
-
-
-def _day(moment: datetime) -> str:
-    """`8 May 2023`: a date no reader takes for another (nor month for day), in the prompt's
-    language whatever the machine's locale."""
-    return f"{moment.day} {_MONTHS[moment.month - 1]} {moment.year}"
 
 
 def _oneline(text: str) -> str:

@@ -137,6 +137,7 @@ class Chat:
                 scenario=character.scenario,
                 example_dialogue=character.example_dialogue,
                 system_prompt=character.system_prompt,
+                post_history_instructions=character.post_history_instructions,
             ),
             instance.name,
             instance.memory,
@@ -148,6 +149,7 @@ class Chat:
             max_tokens=max_tokens,
             count=tokens.count,
             count_messages=tokens.count_messages,
+            user_name=name or instance.user_name,
         )
         return PreparedTurn(
             tenant,

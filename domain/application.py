@@ -22,7 +22,14 @@ from eventsourcing.popo import POPOApplicationRecorder
 from alma.domain.actor import Actor, ActorAsDict
 from alma.domain.character import Character
 from alma.domain.erasure import ShreddingMapper
-from alma.domain.errors import Erased, InvalidInput, NameTaken, NotFound, VersionConflict
+from alma.domain.errors import (
+    AlreadyStarted,
+    Erased,
+    InvalidInput,
+    NameTaken,
+    NotFound,
+    VersionConflict,
+)
 from alma.domain.fork import ForkPoint, copy_conversation, copy_memories
 from alma.domain.instance import Instance, InstanceName
 from alma.domain.keys import ApiKey, hash_secret, new_secret
@@ -187,14 +194,19 @@ class Alma(CachingApplication):
         forked_from: dict[str, Any] | None = None,
         voice: dict[str, Any] | None = None,
         copy: Callable[[Instance], list[Aggregate]] | None = None,
+        user_name: str | None = None,
     ) -> Instance:
-        """`copy` gives what a fork brings with it, saved in the same transaction."""
+        """`copy` gives what a fork brings with it, saved in the same transaction. `user_name`:
+        the user's name in the instance's chats (a card's {{user}})."""
         self._current(Character, tenant, character_id)
+        user_name = valid_speaker(user_name, "user_name")
 
         def attempt() -> Instance:
             instance = Instance.create(tenant, character_id, name, memory, actor, forked_from)
             if voice is not None:
                 instance.change_voice(voice, actor)
+            if user_name is not None:
+                instance.change_user_name(user_name, actor)
             brought = copy(instance) if copy is not None else []
             index = self._claim_name(tenant, instance.name, instance.id, actor)
             self.save(instance, index, *brought)
@@ -211,15 +223,18 @@ class Alma(CachingApplication):
         memory: str | Keep | None = Keep.KEEP,
         expected_version: int | None = None,
         voice: dict[str, Any] | Keep | None = Keep.KEEP,
+        user_name: str | Keep | None = Keep.KEEP,
     ) -> Instance:
         """A merge patch (RFC 7396) of the instance: KEEP leaves a field as it is, None clears
-        the memory text ("") and the voice overrides (the character's voice again) and is
-        refused for the name. `voice` merges into the instance's overrides of the character's
-        voice settings."""
+        the memory text (""), the voice overrides (the character's voice again) and the user's
+        name ("User" again) and is refused for the name. `voice` merges into the instance's
+        overrides of the character's voice settings."""
         if name is not Keep.KEEP:
             name = valid_name(name)
         if memory is not Keep.KEEP:
             memory = valid_text(memory or "", "memory")
+        if user_name is not Keep.KEEP:
+            user_name = valid_speaker(user_name, "user_name")
 
         def attempt() -> Instance:
             instance = self._current(Instance, tenant, instance_id, expected_version)
@@ -234,6 +249,8 @@ class Alma(CachingApplication):
             new_voice = instance.voice if voice is Keep.KEEP else merge_patch(instance.voice, voice)
             if new_voice != instance.voice:
                 instance.change_voice(new_voice, actor)
+            if user_name is not Keep.KEEP and user_name != instance.user_name:
+                instance.change_user_name(user_name, actor)
             self.save(*changed)
             return instance
 
@@ -305,6 +322,7 @@ class Alma(CachingApplication):
             forked_from={"instance_id": str(source.id), "version": source.version},
             voice=source.voice,
             copy=copy,
+            user_name=source.user_name,
         )
 
     def instance(
@@ -323,10 +341,17 @@ class Alma(CachingApplication):
         return index.instance_id
 
     def import_messages(
-        self, tenant: str, instance_id: UUID, messages: list[NewMessage], actor: Actor
+        self,
+        tenant: str,
+        instance_id: UUID,
+        messages: list[NewMessage],
+        actor: Actor,
+        opening: bool = False,
     ) -> list[UUID]:
         """Records past turns as they were (no model is called); returns their ids. A message
-        of the assistant's without a `name` is named after the instance, as its replies are."""
+        of the assistant's without a `name` is named after the instance, as its replies are.
+        `opening`: only as the first messages of the conversation (AlreadyStarted otherwise,
+        also when another write wins the race to be first)."""
         checked = [
             (
                 *valid_message(m.role, m.content),
@@ -339,6 +364,10 @@ class Alma(CachingApplication):
 
         def attempt() -> list[UUID]:
             instance = self._current(Instance, tenant, instance_id)
+            if opening and instance.message_count:
+                raise AlreadyStarted(
+                    f"instance {instance_id} has a conversation already: a greeting opens one"
+                )
             now = datetime.now(UTC)
             ids = []
             for role, content, sent_at, metadata, name in checked:

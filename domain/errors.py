@@ -39,3 +39,7 @@ class Erased(NotFound):
     def __init__(self, scope_id: UUID) -> None:
         super().__init__(f"{scope_id} was erased")
         self.scope_id = scope_id
+
+
+class AlreadyStarted(DomainError):
+    """Something only a conversation's first turn can do, asked of one already under way."""

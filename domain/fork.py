@@ -1,7 +1,7 @@
 """Forking an instance: the fork starts with everything the original remembered at the fork
-point (its memory text, voice, memory snippets and conversation, with what was withdrawn from
-recall), recorded as the fork's own events that each point at the original they copy; from there
-the two diverge."""
+point (its memory text, voice, user's name, memory snippets and conversation, with what was
+withdrawn from recall), recorded as the fork's own events that each point at the original they
+copy; from there the two diverge."""
 
 from __future__ import annotations
 

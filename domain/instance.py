@@ -28,6 +28,8 @@ class Instance(Aggregate):
     erased = False
     # Overrides the character's voice settings field by field; None: the character's as they are.
     voice: dict[str, Any] | None = None
+    # The user's name in this instance's chats (a card's {{user}}); None: "User".
+    user_name: str | None = None
 
     @event("Created")
     def __init__(
@@ -81,6 +83,10 @@ class Instance(Aggregate):
     @event("VoiceChanged")
     def change_voice(self, voice: dict[str, Any] | None, actor: Actor) -> None:
         self.voice = voice
+
+    @event("UserNameChanged")
+    def change_user_name(self, user_name: str | None, actor: Actor) -> None:
+        self.user_name = user_name
 
     @event("Erased")
     def erase(self, actor: Actor) -> None:

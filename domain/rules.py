@@ -7,6 +7,7 @@ import math
 import re
 import unicodedata
 from datetime import UTC, datetime
+from typing import Any
 
 from alma.domain.errors import InvalidInput
 
@@ -172,3 +173,38 @@ def valid_message(role: object, content: object) -> tuple[str, str]:
     if not isinstance(content, str) or blank(content):
         raise InvalidInput("content must not be empty or only whitespace", "content")
     return str(role), valid_text(content, "content")
+
+
+MAX_LIST = 1000
+MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
+
+
+def valid_texts(texts: object, field: str) -> list[str]:
+    """A list of at most MAX_LIST texts, each by the rules of texts."""
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise InvalidInput(f"{field} must be a list of strings", field)
+    if len(texts) > MAX_LIST:
+        raise InvalidInput(f"{field} has more than {MAX_LIST} items", field)
+    return [valid_text(t, field) for t in texts]
+
+
+def valid_document(document: object, field: str) -> dict[str, Any]:
+    """A JSON object kept as it is (what a Character Card carries that alma does not use): at
+    most MAX_DOCUMENT_BYTES as JSON, finite numbers, and only text every store can hold."""
+    if not isinstance(document, dict):
+        raise InvalidInput(f"{field} must be a JSON object", field)
+    try:
+        encoded = json.dumps(document, ensure_ascii=False, allow_nan=False)
+    except (ValueError, TypeError, RecursionError):
+        raise InvalidInput(f"{field} must be JSON with finite numbers", field) from None
+    if len(encoded.encode("utf-8", "surrogatepass")) > MAX_DOCUMENT_BYTES:
+        raise InvalidInput(f"{field} is larger than {MAX_DOCUMENT_BYTES} bytes as JSON", field)
+    storable(encoded, field)
+    return document
+
+
+def valid_digest(digest: object, field: str) -> str:
+    """A sha256 in hex, as the image store names what it keeps."""
+    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise InvalidInput(f"{field} must be a sha256 in lowercase hex", field)
+    return digest

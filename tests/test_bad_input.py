@@ -123,7 +123,7 @@ REFUSED: dict[tuple[str, str, str, str], dict[str, dict[str, Any]]] = {
         "personality over 100,000": {**NEW, "personality": TOO_LONG_TEXT},
     },
     ("create character", "POST", CHARACTERS, SCHEMA): {
-        "unknown field": {**NEW, "nickname": "Rosi"},
+        "unknown field": {**NEW, "mood": "alegre"},
         "unknown voice field": {**NEW, "voice": {"language": "es", "pitch": 2}},
         "number for name": {**NEW, "name": 42},
         "boolean for name": {**NEW, "name": True},

@@ -20,6 +20,17 @@ PERSONA = (
     "example_dialogue",
     "system_prompt",
 )
+# What a Character Card carries besides the persona: null clears each ("" or [] or {}).
+CARD = (
+    "alternate_greetings",
+    "post_history_instructions",
+    "creator_notes",
+    "tags",
+    "creator",
+    "character_version",
+    "nickname",
+    "card_extras",
+)
 
 
 def patch(api: Api, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -126,7 +137,7 @@ def test_the_schema_says_which_fields_can_be_null(api: Api) -> None:
             if any(option.get("type") == "null" for option in spec.get("anyOf", []))
         }
 
-    assert nullable("CharacterEdit") == {*PERSONA, "voice"}
-    assert nullable("InstanceEdit") == {"memory", "voice"}
+    assert nullable("CharacterEdit") == {*PERSONA, *CARD, "voice"}
+    assert nullable("InstanceEdit") == {"memory", "voice", "user_name"}
     # null resets occurred_at to when the snippet was recorded and clears the speaker
     assert nullable("MemoryEdit") == {"metadata", "importance", "occurred_at", "speaker"}

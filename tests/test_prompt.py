@@ -457,6 +457,19 @@ def test_a_persona_too_long_for_the_context_is_cut_longest_parts_first() -> None
     assert f"{ELLIPSIS}\n" in content
 
 
+def test_post_history_instructions_come_last_and_are_cut_within_the_budget() -> None:
+    persona = Persona(character="Marta", post_history_instructions="Stay as {{char}}, {{user}}.")
+    turns = [Turn("user", "hola"), Turn("assistant", "¿qué tal?")]
+    whole = build(persona=persona, turns=turns, user_name="Lucía")
+    assert [m["role"] for m in whole.messages] == ["system", "user", "assistant", "user", "system"]
+    assert whole.messages[-1]["content"] == "Stay as Marta, Lucía."
+
+    long = replace(persona, post_history_instructions=words(3, 3000))
+    cut = build(persona=long, turns=turns, context_window=1500, max_tokens=500)
+    assert cut.tokens <= 1000 and "post_history_instructions" in cut.truncated
+    assert cut.messages[-1]["content"].endswith(ELLIPSIS) and cut.messages[-2]["content"] == "hola"
+
+
 def test_a_message_that_cannot_fit_says_the_limit_in_tokens() -> None:
     persona = Persona(character="Marta", description=words(3, 500))
     limit = 0

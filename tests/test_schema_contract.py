@@ -184,8 +184,13 @@ def test_voices_and_languages_are_the_engines_own(api: Api) -> None:
     assert refused.status_code == 422, refused.text
 
 
-# Uploads take any bytes the schema calls a file; only audio is accepted (415 otherwise).
-UPLOADS = ("/v1/audio/transcriptions", "/v1/instances/{instance_id}/voice")
+# Uploads take any bytes the schema calls a file; only audio (415 otherwise) or a card (422) is
+# accepted.
+UPLOADS = (
+    "/v1/audio/transcriptions",
+    "/v1/instances/{instance_id}/voice",
+    "/v1/characters/import",
+)
 ANSWERS = [
     not_a_server_error,
     status_code_conformance,

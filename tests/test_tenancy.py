@@ -37,6 +37,8 @@ ENDPOINTS = {
     "edit character": Endpoint("PATCH", "/v1/characters/{character_id}", {"greeting": "¡Hola!"}),
     "delete character": Endpoint("DELETE", "/v1/characters/{character_id}", success=204),
     "character events": Endpoint("GET", "/v1/characters/{character_id}/events"),
+    "import character": Endpoint("POST", "/v1/characters/import", {"name": "Card"}, 201),
+    "export character": Endpoint("GET", "/v1/characters/{character_id}/export?format=v3"),
     "create instance": Endpoint(
         "POST", "/v1/characters/{character_id}/instances", {"name": "Nueva", "memory": ""}, 201
     ),
@@ -45,6 +47,7 @@ ENDPOINTS = {
     "edit instance": Endpoint("PATCH", "/v1/instances/{instance_id}", {"memory": "otra"}),
     "delete instance": Endpoint("DELETE", "/v1/instances/{instance_id}", success=204),
     "fork instance": Endpoint("POST", "/v1/instances/{instance_id}/fork", {"name": "Rama"}, 201),
+    "greeting": Endpoint("POST", "/v1/instances/{instance_id}/greeting", {"index": 0}, 201),
     "instance events": Endpoint("GET", "/v1/instances/{instance_id}/events"),
     "memory audit": Endpoint("GET", "/v1/instances/{instance_id}/memory/audit"),
     "add memory": Endpoint(
@@ -140,7 +143,9 @@ def shared_acme(shared_api: Api) -> AcmeWorld:
 
 
 def make_acme(api: Api) -> AcmeWorld:
-    character = make_character(api, name="Doña Rosa de Acme", description="Receta secreta")
+    character = make_character(
+        api, name="Doña Rosa de Acme", description="Receta secreta", greeting="¡Pásele!"
+    )
     instance = make_instance(api, character["id"], name="Rosa", memory="El mole lleva cacao.")
     edited = api.client.patch(
         f"/v1/instances/{instance['id']}",

@@ -29,8 +29,11 @@ def _fill(services: Services) -> list[UUID]:
         rosa = app.create_character(
             tenant, {"name": "Doña Rosa", "description": "Curandera"}, actor
         )
-        app.edit_character(tenant, rosa.id, {"personality": "Terca ☕", "voice": {"v": 1}}, actor)
+        card = {"tags": ["curandera"], "card_extras": {"data": {"extensions": {"x": [1, None]}}}}
+        edit = {"personality": "Terca ☕", "voice": {"v": 1}, **card}
+        app.edit_character(tenant, rosa.id, edit, actor)
         one = app.create_instance(tenant, rosa.id, "Rosa", "Vive en Oaxaca", actor)
+        app.edit_instance(tenant, one.id, actor, user_name="José Núñez")  # the fork has it too
         two = app.fork_instance(tenant, one.id, "Rosa bis", actor, app.fork_point(tenant, one.id))
         app.edit_instance(tenant, one.id, actor, name="Rosita", memory="Vive junto al río\n\nY más")
         dog = app.add_memory(tenant, one.id, "Su perro se llama Canelo", actor, {"k": "v"}, 0.9)

@@ -28,7 +28,14 @@ def chat(
 ) -> ChatResponse | StreamingResponse:
     """With `stream: true`: Server-Sent Events, `data: {"token": "..."}` for each piece of
     the reply, then `event: turn` with the same fields as the plain answer (or `event: error`)."""
-    turn = chat.prepare(caller.tenant, instance_id, body.message, body.max_tokens, body.temperature)
+    turn = chat.prepare(
+        caller.tenant,
+        instance_id,
+        body.message,
+        body.max_tokens,
+        body.temperature,
+        name=body.user_name,
+    )
     if not body.stream:
         return ChatResponse.of(chat.complete(turn, caller.actor))
     return StreamingResponse(

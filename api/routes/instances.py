@@ -1,5 +1,5 @@
 """Instances (Instancia): create under a character, list, read (now or back then), edit,
-delete, fork."""
+delete, fork, open the conversation with the character's greeting."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from alma.api.deps import (
     AsOf,
     Audit,
     AuditCaughtUp,
+    CharacterCards,
     CurrentCaller,
     Cursor,
     Erase,
@@ -19,7 +20,15 @@ from alma.api.deps import (
     Limit,
     Listing,
 )
-from alma.api.schemas import InstanceCreate, InstanceEdit, InstanceFork, InstanceOut, Page
+from alma.api.schemas import (
+    GreetingOut,
+    GreetingRequest,
+    InstanceCreate,
+    InstanceEdit,
+    InstanceFork,
+    InstanceOut,
+    Page,
+)
 from alma.domain import InvalidInput, Keep
 
 router = APIRouter(tags=["instances"])
@@ -31,7 +40,13 @@ def create_instance(
 ) -> InstanceOut:
     voice = body.voice.model_dump(exclude_none=True) if body.voice else None
     instance = app.create_instance(
-        caller.tenant, character_id, body.name, body.memory, caller.actor, voice=voice
+        caller.tenant,
+        character_id,
+        body.name,
+        body.memory,
+        caller.actor,
+        voice=voice,
+        user_name=body.user_name,
     )
     return InstanceOut.of(instance)
 
@@ -82,6 +97,7 @@ def edit_instance(
         memory=patch.get("memory", Keep.KEEP),
         expected_version=expected_version,
         voice=patch.get("voice", Keep.KEEP),
+        user_name=patch.get("user_name", Keep.KEEP),
     )
     return InstanceOut.of(instance)
 
@@ -122,3 +138,14 @@ def fork_instance(
         caller.tenant, instance_id, body.name, caller.actor, point, memories
     )
     return InstanceOut.of(instance)
+
+
+@router.post("/v1/instances/{instance_id}/greeting", status_code=201)
+def greet(
+    instance_id: UUID, caller: CurrentCaller, cards: CharacterCards, body: GreetingRequest
+) -> GreetingOut:
+    """Opens the conversation with the character's greeting or one of its alternates (its
+    Character Card's `first_mes` and `alternate_greetings`), recorded as the character's first
+    message; 409 once the conversation has started."""
+    message_id, index, content = cards.greet(caller.tenant, instance_id, body.index, caller.actor)
+    return GreetingOut(id=message_id, index=index, content=content)

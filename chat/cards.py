@@ -1,0 +1,94 @@
+"""Character Cards in and out, and the greeting a card opens a conversation with.
+
+A card file (JSON, PNG or CHARX: `alma.domain.card_files`) becomes a character
+(`alma.domain.cards`), its image kept in the image store (`alma.stores.images`) under the
+character; a character, now or at a past version, goes out as a V2 or V3 card, or as a PNG with
+both (its own image, or a blank one).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime
+from typing import Literal
+from uuid import UUID
+
+from alma.chat.macros import fill
+from alma.domain import Actor, Alma, Character, InvalidInput, NewMessage
+from alma.domain.card_files import blank_png, png_with_cards, read_card_file
+from alma.domain.cards import V2, V3, card_document, card_fields
+from alma.stores.images import Images, digest_of
+
+CardFormat = Literal["v2", "v3", "png"]
+
+
+class Cards:
+    def __init__(self, app: Alma, images: Images) -> None:
+        self.app = app
+        self.images = images
+
+    def import_card(self, tenant: str, content: bytes, actor: Actor) -> Character:
+        """A new character from a card file; nothing is written when the card is refused."""
+        found = read_card_file(content)
+        fields = card_fields(found.card)
+        if found.image is not None:
+            fields["image"] = digest_of(found.image)
+        character = self.app.create_character(tenant, fields, actor)
+        if found.image is not None:
+            self.images.keep(character.id, found.image)
+        return character
+
+    def export_card(
+        self,
+        tenant: str,
+        character_id: UUID,
+        card_format: CardFormat,
+        version: int | None = None,
+        at: datetime | None = None,
+    ) -> bytes:
+        """The character's card: V2 or V3 JSON, or a PNG carrying both (`chara`, `ccv3`)."""
+        character = self.app.character(tenant, character_id, version, at)
+        if card_format != "png":
+            card = card_document(character, V2 if card_format == "v2" else V3)
+            return json.dumps(card, ensure_ascii=False).encode("utf-8")
+        image = None
+        if character.image is not None:
+            image = self.images.get(character.id, character.image)
+        cards = {
+            "chara": json.dumps(card_document(character, V2), ensure_ascii=False),
+            "ccv3": json.dumps(card_document(character, V3), ensure_ascii=False),
+        }
+        return png_with_cards(image or blank_png(), cards)
+
+    def erase_character(self, tenant: str, character_id: UUID, actor: Actor) -> None:
+        """Erases the character (`Alma.erase_character`), and its images with it."""
+        self.app.erase_character(tenant, character_id, actor)
+        self.images.forget(character_id)
+
+    def greet(
+        self, tenant: str, instance_id: UUID, index: int | None, actor: Actor
+    ) -> tuple[UUID, int, str]:
+        """Opens the instance's conversation with its character's greeting (`index` 0) or an
+        alternate one (`index` n), or one of them at random (None), its macros filled, recorded
+        as the character's message. Returns its id, index and text."""
+        instance = self.app.instance(tenant, instance_id)
+        character = self.app.character(tenant, instance.character_id)
+        greetings = [character.greeting, *character.alternate_greetings]
+        if index is None:
+            choices = [n for n, text in enumerate(greetings) if text.strip()]
+            if not choices:
+                raise InvalidInput("the character has no greeting", "index")
+            index = random.choice(choices)
+        if index >= len(greetings) or not greetings[index].strip():
+            raise InvalidInput(
+                f"the character has no greeting {index} (0: greeting, 1 to "
+                f"{len(greetings) - 1}: alternate greetings)",
+                "index",
+            )
+        text = fill(greetings[index], instance.name, instance.user_name, datetime.now(UTC))
+        message = NewMessage("assistant", text, metadata={"greeting": index})
+        (message_id,) = self.app.import_messages(
+            tenant, instance_id, [message], actor, opening=True
+        )
+        return message_id, index, text

@@ -1,0 +1,179 @@
+"""The files a Character Card comes in: JSON, a PNG with the card in its `tEXt` chunks, a CHARX.
+
+As SillyTavern reads them: in a PNG, the `ccv3` chunk (base64 of a V3 card) wins over `chara`
+(base64 of a V2 card, or of a V3 one) wherever each stands and whatever each says; a CHARX is a
+zip with `card.json` at its root and its assets, the first `icon` asset the card's image. What
+is read of a zip is bounded (`MAX_INFLATED`), so a small zip that inflates to gigabytes is
+refused, not inflated. Every refusal is an InvalidInput that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from alma.domain.cards import parse_card
+from alma.domain.errors import InvalidInput
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_ZIP_SIGNATURE = b"PK\x03\x04"
+_CARD_KEYWORDS = ("ccv3", "chara")  # in the order they are preferred
+MAX_INFLATED = 32 * 1024 * 1024  # what a CHARX may inflate to, card.json and its icon together
+
+
+@dataclass(frozen=True)
+class CardFile:
+    """A card as read from a file: the card's JSON object, and its image (a PNG without the
+    card's chunks), if it came with one."""
+
+    card: dict[str, Any]
+    image: bytes | None = None
+
+
+def read_card_file(content: bytes) -> CardFile:
+    """The card in a JSON, PNG or CHARX file, told apart by their first bytes."""
+    if content.startswith(PNG_SIGNATURE):
+        return _read_png(content)
+    if content.startswith(_ZIP_SIGNATURE):
+        return _read_charx(content)
+    if not content.strip():
+        raise InvalidInput("the file is empty: send a card as JSON, PNG or CHARX", "file")
+    if content.lstrip()[:1] != b"{":
+        raise InvalidInput("the file is not a card: send JSON, a PNG or a CHARX (zip)", "file")
+    return CardFile(parse_card(content))
+
+
+def png_chunks(content: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, data) of every chunk of a PNG, each checked against its CRC."""
+    chunks = []
+    at = len(PNG_SIGNATURE)
+    while at < len(content):
+        if at + 8 > len(content):
+            raise InvalidInput(f"the PNG is cut short at byte {at}", "file")
+        length, kind = struct.unpack(">I4s", content[at : at + 8])
+        end = at + 12 + length
+        if end > len(content):
+            raise InvalidInput(f"the PNG's {_name(kind)} chunk at byte {at} is cut short", "file")
+        data = content[at + 8 : end - 4]
+        (crc,) = struct.unpack(">I", content[end - 4 : end])
+        if zlib.crc32(kind + data) != crc:
+            raise InvalidInput(
+                f"the PNG's {_name(kind)} chunk at byte {at} is corrupt (its CRC does not match)",
+                "file",
+            )
+        chunks.append((kind, data))
+        at = end
+        if kind == b"IEND":
+            break
+    return chunks
+
+
+def png_with_cards(image: bytes, cards: dict[str, str]) -> bytes:
+    """The PNG with a `tEXt` chunk per card (keyword: the card's JSON), before its end."""
+    chunks = [c for c in png_chunks(image) if _keyword(c) not in _CARD_KEYWORDS]
+    texts = [
+        (b"tEXt", keyword.encode("latin-1") + b"\0" + base64.b64encode(card.encode("utf-8")))
+        for keyword, card in cards.items()
+    ]
+    return _png([*chunks[:-1], *texts, chunks[-1]])
+
+
+def blank_png() -> bytes:
+    """A 1x1 transparent PNG, for a card exported without an image of its own."""
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 6, 0, 0, 0)
+    pixels = zlib.compress(b"\0\0\0\0\0")
+    return _png([(b"IHDR", header), (b"IDAT", pixels), (b"IEND", b"")])
+
+
+def _read_png(content: bytes) -> CardFile:
+    chunks = png_chunks(content)
+    if not chunks or chunks[-1][0] != b"IEND":
+        raise InvalidInput("the PNG has no end (IEND chunk): it is cut short", "file")
+    texts = {_keyword(c): c[1] for c in chunks if _keyword(c) in _CARD_KEYWORDS}
+    keyword = next((k for k in _CARD_KEYWORDS if k in texts), None)
+    if keyword is None:
+        raise InvalidInput("the PNG holds no card (no `chara` or `ccv3` tEXt chunk)", "file")
+    encoded = texts[keyword].split(b"\0", 1)[1].strip()
+    encoded += b"=" * (-len(encoded) % 4)  # some writers leave the padding out
+    try:
+        decoded = base64.b64decode(encoded, validate=False)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"the PNG's `{keyword}` chunk is not base64", "file") from None
+    card = parse_card(decoded, f"the PNG's `{keyword}` chunk")
+    image = _png([c for c in chunks if _keyword(c) not in _CARD_KEYWORDS])
+    return CardFile(card, image)
+
+
+def _read_charx(content: bytes) -> CardFile:
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(content))
+        names = set(archive.namelist())
+    except (zipfile.BadZipFile, ValueError, OSError) as error:
+        raise InvalidInput(f"the CHARX is not a valid zip: {error}", "file") from None
+    if "card.json" not in names:
+        raise InvalidInput("the CHARX has no card.json at its root", "file")
+    budget = [MAX_INFLATED]
+    card = parse_card(_inflate(archive, "card.json", budget), "the CHARX's card.json")
+    image = None
+    data = card.get("data")
+    assets = data.get("assets") if isinstance(data, dict) else None
+    for asset in assets if isinstance(assets, list) else []:
+        if not isinstance(asset, dict) or asset.get("type") != "icon":
+            continue
+        path = str(asset.get("uri", "")).removeprefix("embeded://").removeprefix("embedded://")
+        if path in names:
+            icon = _inflate(archive, path, budget)
+            if icon.startswith(PNG_SIGNATURE):  # only a PNG can carry the card out again
+                image = _read_image(icon)
+            break
+    return CardFile(card, image)
+
+
+def _read_image(content: bytes) -> bytes | None:
+    """A PNG icon without any card chunks of its own; None when it is not a sound PNG."""
+    try:
+        chunks = png_chunks(content)
+    except InvalidInput:
+        return None
+    return _png([c for c in chunks if _keyword(c) not in _CARD_KEYWORDS])
+
+
+def _inflate(archive: zipfile.ZipFile, name: str, budget: list[int]) -> bytes:
+    """A member's bytes, read no further than what is left of the budget: the sizes a zip
+    declares can lie."""
+    try:
+        with archive.open(name) as member:
+            content = member.read(budget[0] + 1)
+    except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, OSError) as error:
+        raise InvalidInput(f"the CHARX's {name} cannot be read: {error}", "file") from None
+    if len(content) > budget[0]:
+        raise InvalidInput(
+            f"the CHARX inflates past {MAX_INFLATED} bytes (at {name}): refused", "file"
+        )
+    budget[0] -= len(content)
+    return content
+
+
+def _keyword(chunk: tuple[bytes, bytes]) -> str | None:
+    kind, data = chunk
+    if kind != b"tEXt" or b"\0" not in data:
+        return None
+    return data.split(b"\0", 1)[0].decode("latin-1").lower()
+
+
+def _png(chunks: list[tuple[bytes, bytes]]) -> bytes:
+    out = [PNG_SIGNATURE]
+    for kind, data in chunks:
+        crc = zlib.crc32(kind + data)
+        out.append(struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc))
+    return b"".join(out)
+
+
+def _name(kind: bytes) -> str:
+    return kind.decode("latin-1") if kind.isalpha() else repr(kind)
