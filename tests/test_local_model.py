@@ -107,7 +107,7 @@ def test_a_split_model_is_joined_once_checked_and_joined_again_when_cut(tmp_path
 
 @pytest.fixture(scope="module")
 def local() -> Iterator[OpenAIModel]:
-    with local_model_client() as client:
+    with local_model_client("smollm2-135m") as client:
         yield client
 
 
@@ -144,13 +144,13 @@ def test_the_packaged_model_streams(local: OpenAIModel) -> None:
 
 @pytest.mark.slow
 def test_one_server_per_process(local: OpenAIModel) -> None:
-    with local_model_client() as again:
+    with local_model_client("smollm2-135m") as again:
         assert again.base_url == local.base_url
 
 
 @pytest.mark.slow
 def test_only_alma_may_use_the_port_and_close_stops_it() -> None:
-    server = LocalModelServer(context=512)
+    server = LocalModelServer("smollm2-135m", context=512)
     assert server.load_s > 0
     with (
         openai.OpenAI(api_key="local", base_url=server.base_url, max_retries=0) as stranger,
