@@ -2,8 +2,10 @@
 
 The budget is the model's context window less the room kept for the reply (`max_tokens`). Parts
 go in by priority: the persona (trimmed, longest fields first, only if it cannot fit whole), the
-new user message (always whole, or PromptTooLarge), the instance's own memory text (trimmed to
-what is left), the retrieved recollections (most relevant first, each whole or not at all) and
+new user message (always whole, or PromptTooLarge, with the start of the reply when the client
+wrote one), the client's own instructions (an OpenAI client's system message, a system message of
+their own after the persona's, trimmed to what is left), the instance's own memory text (trimmed
+to what is left), the retrieved recollections (most relevant first, each whole or not at all) and
 the recent turns (newest first, whole, shown oldest first). A part only gets room once every
 part above it is whole, so a lower priority never pushes out a higher one.
 
@@ -113,6 +115,7 @@ class _Parts:
     own_instruction: bool  # the character brings a system prompt: it replaces the default
     today: str
     last_talk: str | None
+    instructions: str = ""  # the client's own system message, shown after the persona's
     memory_text: str = ""
     recollections: list[Recollection] = field(default_factory=list)
 
@@ -130,11 +133,14 @@ def build_prompt(
     max_tokens: int,
     count: CountText,
     count_messages: CountMessages,
+    instructions: str = "",
+    prefill: str = "",
 ) -> Prompt:
     """The messages for one turn; `tokens` (by `count_messages`) never exceeds
     `context_window - max_tokens`. `turns` are the recent conversation, oldest first, without the
-    new message. Raises PromptTooLarge when the user message cannot fit even beside the smallest
-    persona, and ValueError on a budget that is not positive or a turn with an unknown role."""
+    new message. `instructions`: the client's own system message; `prefill`: the start of the
+    reply, which the model continues (both from an OpenAI client). Raises PromptTooLarge when the
+    user message cannot fit even beside the smallest persona, and ValueError on a budget that is not positive or a turn with an unknown role."""
     budget = context_window - max_tokens
     if budget <= 0:
         raise ValueError(f"max_tokens ({max_tokens}) leaves no room in {context_window} tokens")
@@ -151,10 +157,12 @@ def build_prompt(
         today=_day(now),
         last_talk=_day(last) if last is not None and _day(last) != _day(now) else None,
     )
-    user = {"role": "user", "content": user_message}
+    ending = [{"role": "user", "content": user_message}]
+    if prefill:
+        ending.append({"role": "assistant", "content": prefill})
 
     def exact(parts: _Parts, tail: Sequence[_Priced] = ()) -> int:
-        return count_messages(_messages(parts, tail, user))
+        return count_messages(_messages(parts, tail, ending))
 
     truncated: list[str] = []
     fitted = _fit_persona(parts, budget, count, exact, truncated)
@@ -168,6 +176,10 @@ def build_prompt(
 
     used: list[Recollection] = []
     tail: list[_Priced] = []
+    if instructions.strip():
+        parts, left = _add_instructions(parts, instructions, left, count, count_messages)
+        if parts.instructions != instructions:
+            truncated.append("instructions")
     if not truncated and memory_text.strip():
         parts, left = _add_memory_text(parts, memory_text, left, count)
         if parts.memory_text != memory_text:
@@ -196,11 +208,16 @@ def build_prompt(
             parts = replace(parts, memory_text=_fit_prefix(memory_text, target, count)[0])
             if "memory_text" not in truncated:
                 truncated.append("memory_text")
+        elif parts.instructions:
+            target = count(parts.instructions) - over
+            parts = replace(parts, instructions=_fit_prefix(instructions, target, count)[0])
+            if "instructions" not in truncated:
+                truncated.append("instructions")
         else:
             raise AssertionError("the persona alone was counted exactly")
         tokens = exact(parts, tail)
 
-    messages = _messages(parts, tail, user)
+    messages = _messages(parts, tail, ending)
     text = json.dumps(messages, ensure_ascii=False, separators=(",", ":"))
     return Prompt(
         messages=messages,
@@ -275,8 +292,9 @@ def _line(r: Recollection) -> str:
     return f"- [{_day(r.when)}] {prefix}{_oneline(r.text)}"
 
 
-def _messages(parts: _Parts, tail: Sequence[_Priced], user: Message) -> list[Message]:
-    return [_system(parts), *(message for message, _ in reversed(tail)), user]
+def _messages(parts: _Parts, tail: Sequence[_Priced], ending: Sequence[Message]) -> list[Message]:
+    client = [{"role": "system", "content": parts.instructions}] if parts.instructions else []
+    return [_system(parts), *client, *(message for message, _ in reversed(tail)), *ending]
 
 
 def _fit_persona(
@@ -346,6 +364,20 @@ def _add_memory_text(
         return parts, left
     kept, tokens = _fit_prefix(memory_text, room, count)
     return replace(parts, memory_text=kept), room - tokens if kept == memory_text else 0
+
+
+def _add_instructions(
+    parts: _Parts, instructions: str, left: int, count: CountText, count_messages: CountMessages
+) -> tuple[_Parts, int]:
+    """The client's instructions whole if they fit in what is left, else their beginning; with
+    what is left."""
+    room = left - (count_messages([{"role": "system", "content": ""}]) - count_messages([]))
+    if room <= 0:
+        return parts, left
+    kept, tokens = _fit_prefix(instructions, room, count)
+    if not kept:
+        return parts, left
+    return replace(parts, instructions=kept), room - tokens if kept == instructions else 0
 
 
 def _add_recollections(

@@ -30,6 +30,9 @@ _MIN_SECRET = 8  # shorter "keys" (e.g. "local") are not secrets; longer fragmen
 _MAX_DETAIL = 200
 
 Messages = Sequence[Mapping[str, str]]
+# Sampling fields beside max_tokens and temperature (stop, seed, top_p, the penalties, user,
+# logit_bias), sent to the model server as they are.
+Sampling = Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -72,10 +75,20 @@ class ModelClient(Protocol):
     model: str
     context_window: int
 
-    def complete(self, messages: Messages, max_tokens: int, temperature: float) -> Completion: ...
+    def complete(
+        self,
+        messages: Messages,
+        max_tokens: int,
+        temperature: float,
+        sampling: Sampling | None = None,
+    ) -> Completion: ...
 
     def stream(
-        self, messages: Messages, max_tokens: int, temperature: float
+        self,
+        messages: Messages,
+        max_tokens: int,
+        temperature: float,
+        sampling: Sampling | None = None,
     ) -> Iterator[str | Completion]:
         """Text deltas, then exactly one final `Completion`."""
         ...
@@ -141,14 +154,20 @@ class OpenAIModel:
 
     # -- complete ---------------------------------------------------------------------------
 
-    def complete(self, messages: Messages, max_tokens: int, temperature: float) -> Completion:
+    def complete(
+        self,
+        messages: Messages,
+        max_tokens: int,
+        temperature: float,
+        sampling: Sampling | None = None,
+    ) -> Completion:
         started = time.perf_counter()
         attempt = 0
         while True:
             attempt += 1
             try:
                 answer = self._client.chat.completions.create(
-                    **self._request(messages, max_tokens, temperature)
+                    **self._request(messages, max_tokens, temperature, sampling)
                 )
                 return self._completion(answer, messages, started, attempt)
             except Exception as exc:
@@ -186,7 +205,11 @@ class OpenAIModel:
     # -- stream -----------------------------------------------------------------------------
 
     def stream(
-        self, messages: Messages, max_tokens: int, temperature: float
+        self,
+        messages: Messages,
+        max_tokens: int,
+        temperature: float,
+        sampling: Sampling | None = None,
     ) -> Generator[str | Completion, None, None]:
         """Text deltas, then one `Completion`. Closing the generator early releases the HTTP
         stream (the server stops generating)."""
@@ -196,7 +219,7 @@ class OpenAIModel:
             attempt += 1
             parts: list[str] = []
             try:
-                request = self._request(messages, max_tokens, temperature)
+                request = self._request(messages, max_tokens, temperature, sampling)
                 if self.stream_usage:
                     request["stream_options"] = {"include_usage": True}
                 chunks = self._client.chat.completions.create(stream=True, **request)
@@ -241,8 +264,11 @@ class OpenAIModel:
 
     # -- shared -----------------------------------------------------------------------------
 
-    def _request(self, messages: Messages, max_tokens: int, temperature: float) -> dict[str, Any]:
+    def _request(
+        self, messages: Messages, max_tokens: int, temperature: float, sampling: Sampling | None
+    ) -> dict[str, Any]:
         return {
+            **(sampling or {}),
             "model": self.model,
             "messages": cast(Any, [dict(message) for message in messages]),
             "max_tokens": max_tokens,
