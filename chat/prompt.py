@@ -140,7 +140,8 @@ def build_prompt(
     `context_window - max_tokens`. `turns` are the recent conversation, oldest first, without the
     new message. `instructions`: the client's own system message; `prefill`: the start of the
     reply, which the model continues (both from an OpenAI client). Raises PromptTooLarge when the
-    user message cannot fit even beside the smallest persona, and ValueError on a budget that is not positive or a turn with an unknown role."""
+    user message cannot fit even beside the smallest persona, and ValueError on a budget that is
+    not positive or a turn with an unknown role."""
     budget = context_window - max_tokens
     if budget <= 0:
         raise ValueError(f"max_tokens ({max_tokens}) leaves no room in {context_window} tokens")
