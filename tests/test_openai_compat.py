@@ -1,0 +1,305 @@
+"""The OpenAI-compatible routes as OpenAI's own SDK (sync and async) uses them: the whole Chat
+Completions request shape, errors the SDK raises as its typed exceptions, models, embeddings and
+legacy completions, with the local stub server as the upstream model."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from alma.settings import Settings
+from tests.conftest import Api, running_api, stubbed_model
+from tests.openai_stub import OpenAIStub, Reply
+from tests.test_chat import _events, _sdk, _world
+
+
+def _ask(sdk: openai.OpenAI, instance: str, *messages: dict[str, Any], **fields: Any) -> Any:
+    return sdk.chat.completions.create(model=instance, messages=list(messages), **fields)
+
+
+def _user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}
+
+
+def _said(api: Api, instance: str) -> list[tuple[str, str]]:
+    response = api.client.get(f"/v1/instances/{instance}/messages", headers=api.acme)
+    return [(m["role"], m["content"]) for m in response.json()["items"]]
+
+
+def test_content_parts_are_one_text_and_an_image_is_refused_saying_so(
+    chat_api: Api, openai_stub: OpenAIStub
+) -> None:
+    _, instance = _world(chat_api)
+    sdk = _sdk(chat_api, chat_api.acme)
+    openai_stub.script(Reply("Claro que sí, mi niña."))
+    parts = [{"type": "text", "text": "¿Te acuerdas"}, {"type": "text", "text": "de Lucía?"}]
+    answer = _ask(sdk, instance, {"role": "user", "content": parts})
+    assert answer.choices[0].message.content == "Claro que sí, mi niña."
+    assert openai_stub.requests[-1]["messages"][-1] == _user("¿Te acuerdas\nde Lucía?")
+    assert _said(chat_api, instance)[0] == ("user", "¿Te acuerdas\nde Lucía?")
+
+    before, asked = chat_api.written(), len(openai_stub.requests)
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    with pytest.raises(openai.BadRequestError) as refused:
+        _ask(sdk, instance, {"role": "user", "content": [parts[0], image]})
+    assert refused.value.param == "messages[0].content[1]"
+    assert refused.value.code == "unsupported_parameter"
+    assert "image_url content is not supported" in refused.value.message
+    assert (chat_api.written(), len(openai_stub.requests)) == (before, asked)
+
+
+def test_every_sampling_field_reaches_the_model_and_replies_may_be_long(
+    chat_api: Api, openai_stub: OpenAIStub
+) -> None:
+    _, instance = _world(chat_api)
+    sdk = _sdk(chat_api, chat_api.acme)
+    sampling = {
+        "stop": ["\nUser:"],
+        "seed": 7,
+        "top_p": 0.9,
+        "presence_penalty": 0.5,
+        "frequency_penalty": -0.5,
+        "user": "caroline-42",
+        "logit_bias": {"50256": -100},
+    }
+    _ask(sdk, instance, _user("Hola"), max_tokens=8192, n=1, logprobs=False, **sampling)
+    sent = openai_stub.requests[-1]
+    assert {name: sent[name] for name in sampling} == sampling
+    assert sent["max_tokens"] == 8192
+
+    stream = _ask(
+        sdk, instance, _user("¿Sigues?"), max_completion_tokens=6000, stream=True, seed=11
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert (openai_stub.requests[-1]["seed"], openai_stub.requests[-1]["max_tokens"]) == (11, 6000)
+
+    before = chat_api.written()
+    with pytest.raises(openai.UnprocessableEntityError) as refused:
+        _ask(sdk, instance, _user("Hola"), max_tokens=16385)
+    assert refused.value.param == "max_tokens"
+    assert "below the model's context of 16385" in refused.value.message
+    assert chat_api.written() == before
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"n": 2}, "n"),
+        ({"logprobs": True}, "logprobs"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "weather", "parameters": {}}}]},
+            "tools",
+        ),
+        ({"extra_body": {"top_k": 5}}, "top_k"),
+    ],
+)
+def test_a_field_alma_cannot_honour_is_refused_by_name_not_dropped(
+    chat_api: Api, openai_stub: OpenAIStub, fields: dict[str, Any], param: str
+) -> None:
+    _, instance = _world(chat_api)
+    before = chat_api.written()
+    with pytest.raises(openai.BadRequestError) as refused:
+        _ask(_sdk(chat_api, chat_api.acme), instance, _user("Hola"), **fields)
+    error = refused.value.body
+    assert isinstance(error, dict)
+    assert (error["type"], error["param"], error["code"]) == (
+        "invalid_request_error",
+        param,
+        "unsupported_parameter",
+    )
+    assert error["message"].startswith(f"{param} is not supported: ")
+    assert (chat_api.written(), openai_stub.requests) == (before, [])
+
+
+@pytest.mark.parametrize("client_instructions", [True, False])
+def test_the_client_s_system_message_follows_the_persona_unless_turned_off(
+    settings: Settings, openai_stub: OpenAIStub, client_instructions: bool
+) -> None:
+    haiku = {"role": "system", "content": "Answer in a haiku."}
+    configured = stubbed_model(settings, openai_stub, chat_client_instructions=client_instructions)
+    with running_api(configured) as api:
+        _, instance = _world(api)
+        _ask(_sdk(api, api.acme), instance, haiku, _user("Hola, Rosa"))
+    persona, *rest = openai_stub.requests[-1]["messages"]
+    assert persona["role"] == "system" and "Doña Rosa" in persona["content"]
+    assert rest == ([haiku] if client_instructions else []) + [_user("Hola, Rosa")]
+
+
+def test_a_final_assistant_message_is_continued_and_recorded_whole(
+    chat_api: Api, openai_stub: OpenAIStub
+) -> None:
+    _, instance = _world(chat_api)
+    sdk = _sdk(chat_api, chat_api.acme)
+    openai_stub.script(Reply("ciudad de la luz."))
+    start = {"role": "assistant", "content": "Ah, Lisboa, "}
+    answer = _ask(sdk, instance, _user("Cuéntame de Lisboa"), start)
+    assert answer.choices[0].message.content == "ciudad de la luz."
+    assert openai_stub.requests[-1]["messages"][-2:] == [_user("Cuéntame de Lisboa"), start]
+    assert _said(chat_api, instance) == [
+        ("user", "Cuéntame de Lisboa"),
+        ("assistant", "Ah, Lisboa, ciudad de la luz."),
+    ]
+
+    # Continuing the reply the instance gave: its answer to the same message, not a new turn.
+    openai_stub.script(Reply(" Y del fado."))
+    said = {"role": "assistant", "content": "Ah, Lisboa, ciudad de la luz."}
+    stream = _ask(sdk, instance, _user("Cuéntame de Lisboa"), said, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == " Y del fado."
+    messages = _events(chat_api, instance, "MessageRecorded")
+    replies = _events(chat_api, instance, "ReplyRecorded")
+    assert len(messages) == 1
+    assert replies[-1]["data"]["content"] == "Ah, Lisboa, ciudad de la luz. Y del fado."
+    assert replies[-1]["data"]["in_reply_to"] == messages[0]["data"]["message_id"]
+
+
+def test_legacy_function_messages_are_accepted_and_a_final_tool_result_is_refused(
+    chat_api: Api, openai_stub: OpenAIStub
+) -> None:
+    _, instance = _world(chat_api)
+    sdk = _sdk(chat_api, chat_api.acme)
+    function = {"role": "function", "name": "weather", "content": "sunny"}
+    _ask(sdk, instance, _user("¿Qué tiempo hace?"), function, _user("¿Y mañana?"))
+    assert openai_stub.requests[-1]["messages"][-1] == _user("¿Y mañana?")
+
+    before = chat_api.written()
+    tool = {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}
+    with pytest.raises(openai.BadRequestError) as refused:
+        _ask(sdk, instance, _user("¿Qué tiempo hace?"), tool)
+    assert refused.value.param == "messages[1]"
+    assert chat_api.written() == before
+
+
+def test_openai_errors_name_the_way_to_the_models_and_the_sdk_types_them(
+    chat_api: Api, openai_stub: OpenAIStub
+) -> None:
+    _, instance = _world(chat_api)
+    sdk = _sdk(chat_api, chat_api.acme)
+    with pytest.raises(openai.NotFoundError) as unknown:
+        _ask(sdk, "gpt-4o", _user("Hola"))
+    assert "GET /v1/models lists them" in unknown.value.message
+    assert unknown.value.body["type"] == "not_found_error"  # type: ignore[index]
+
+    assert sdk.models.retrieve(instance).id == instance
+    assert sdk.models.retrieve("Doña Rosa/Rosa").id == instance
+    with pytest.raises(openai.NotFoundError):
+        _sdk(chat_api, chat_api.rival).models.retrieve(instance)
+
+    stranger = openai.OpenAI(
+        api_key="alma_not-a-key", base_url="http://testserver/v1", http_client=chat_api.client
+    )
+    for call in (
+        lambda: stranger.embeddings.create(model="any", input="hola"),
+        lambda: stranger.completions.create(model=instance, prompt="hola"),
+        lambda: stranger.models.retrieve(instance),
+    ):
+        with pytest.raises(openai.AuthenticationError) as refused:
+            call()
+        assert refused.value.body["type"] == "authentication_error"  # type: ignore[index]
+    assert openai_stub.requests == []
+
+
+def test_embeddings_come_from_alma_s_own_model(chat_api: Api, openai_stub: OpenAIStub) -> None:
+    sdk = _sdk(chat_api, chat_api.acme)
+    texts = ["My sister works as a nurse", "She is a nurse at the hospital", "Grandma's mole"]
+    answer = sdk.embeddings.create(model="text-embedding-3-small", input=texts)  # base64
+    vectors = [item.embedding for item in answer.data]
+    own = chat_api.services.memory_index.embedder
+    assert answer.model == own.model_name
+    for vector, expected in zip(vectors, own.encode(texts), strict=True):
+        assert vector == pytest.approx(expected, abs=1e-6)
+        assert math.isclose(sum(x * x for x in vector), 1.0, rel_tol=1e-4)
+
+    def similarity(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b, strict=True))
+
+    assert similarity(vectors[0], vectors[1]) > similarity(vectors[0], vectors[2])
+    assert answer.usage.prompt_tokens > 0
+
+    plain = chat_api.client.post(
+        "/v1/embeddings",
+        json={"model": "x", "input": "hola", "encoding_format": "float"},
+        headers=chat_api.acme,
+    )
+    assert plain.json()["data"][0]["embedding"] == pytest.approx(own.encode(["hola"])[0])
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.embeddings.create(model="x", input="hola", dimensions=1536)
+    assert refused.value.param == "dimensions"
+    with pytest.raises(openai.UnprocessableEntityError) as blank:
+        sdk.embeddings.create(model="x", input=["hola", "  "])
+    assert blank.value.param == "input"
+
+
+def test_a_legacy_completion_is_a_turn_streaming_and_not(
+    chat_api: Api, openai_stub: OpenAIStub
+) -> None:
+    _, instance = _world(chat_api)
+    sdk = _sdk(chat_api, chat_api.acme)
+    openai_stub.script(Reply("Lucía es mi hermana."), Reply("Y es enfermera."))
+    done = sdk.completions.create(model=instance, prompt="¿Quién es Lucía?", max_tokens=300)
+    assert done.object == "text_completion"
+    assert done.choices[0].text == "Lucía es mi hermana."
+    assert done.choices[0].finish_reason == "stop"
+    assert openai_stub.requests[-1]["messages"][-1] == _user("¿Quién es Lucía?")
+    assert openai_stub.requests[-1]["max_tokens"] == 300
+
+    stream = sdk.completions.create(model="Doña Rosa/Rosa", prompt="¿Y qué hace?", stream=True)
+    assert "".join(c.choices[0].text for c in stream if c.choices) == "Y es enfermera."
+    assert _said(chat_api, instance) == [
+        ("user", "¿Quién es Lucía?"),
+        ("assistant", "Lucía es mi hermana."),
+        ("user", "¿Y qué hace?"),
+        ("assistant", "Y es enfermera."),
+    ]
+
+    before = chat_api.written()
+    for fields, param in (({"echo": True}, "echo"), ({"prompt": ["a", "b"]}, "prompt")):
+        with pytest.raises(openai.BadRequestError) as refused:
+            sdk.completions.create(**{"model": instance, "prompt": "Hola", **fields})
+        assert refused.value.param == param
+    assert chat_api.written() == before
+
+
+@pytest.fixture
+def async_sdk(chat_api: Api) -> Iterator[openai.AsyncOpenAI]:
+    key = chat_api.acme["Authorization"].removeprefix("Bearer ")
+    transport = httpx.ASGITransport(app=chat_api.client.app)
+    yield openai.AsyncOpenAI(
+        api_key=key,
+        base_url="http://testserver/v1",
+        http_client=httpx.AsyncClient(transport=transport, base_url="http://testserver"),
+        max_retries=0,
+    )
+
+
+def test_the_async_sdk_chats_streams_and_embeds(
+    chat_api: Api, openai_stub: OpenAIStub, async_sdk: openai.AsyncOpenAI
+) -> None:
+    _, instance = _world(chat_api)
+    openai_stub.script(Reply("¡Hola, corazón!"), Reply("Aquí sigo."))
+    system = {"role": "system", "content": "Be brief."}
+
+    async def talk() -> tuple[str | None, str, int]:
+        done = await async_sdk.chat.completions.create(
+            model=instance, messages=[system, _user("Hola")], top_p=0.5
+        )
+        stream = await async_sdk.chat.completions.create(
+            model=instance,
+            messages=[{"role": "user", "content": [{"type": "text", "text": "¿Sigues?"}]}],
+            stream=True,
+        )
+        streamed = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        embedded = await async_sdk.embeddings.create(model="x", input="hola")
+        return done.choices[0].message.content, streamed, len(embedded.data[0].embedding)
+
+    said, streamed, size = asyncio.run(talk())
+    assert (said, streamed) == ("¡Hola, corazón!", "Aquí sigo.")
+    assert size == len(chat_api.services.memory_index.embedder.encode(["hola"])[0])
+    assert openai_stub.requests[0]["top_p"] == 0.5
+    assert openai_stub.requests[0]["messages"][1] == system
