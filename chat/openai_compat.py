@@ -6,8 +6,10 @@ earlier user/assistant messages stand in for the recent conversation (they are w
 shows), each matched to the turn the instance recorded, so none is recorded again or comes back
 as a recollection; alma's memory supplies everything else. The client's system messages follow
 the character's persona (unless the setting turns them off); a last assistant message is the
-start of the reply, which the model continues. Sampling fields go to the model as they are; a
-field alma cannot honour is refused by name (`Unsupported`), never dropped.
+start of the reply, which the model continues; the model's tool calls after the user's message
+and their results are what it goes on from. Sampling fields, tools and `response_format` go to
+the model as they are; a field alma cannot honour is refused by name (`Unsupported`), never
+dropped.
 """
 
 from __future__ import annotations
@@ -29,21 +31,18 @@ from alma.embeddings import Embedder
 from alma.llm import tokens
 from alma.projections import ListingView
 
-# Passed to the model as they are: hosted models and llama.cpp take them all.
+# Passed to the model as they are (llama.cpp takes the sampling fields; tools need a model that
+# calls them).
 SAMPLING = ("stop", "seed", "top_p", "presence_penalty", "frequency_penalty", "user", "logit_bias")
-# Change nothing here: usage always ends a stream; nothing is stored at OpenAI; no tools to run.
-IGNORED = ("stream_options", "store", "metadata", "service_tier", "parallel_tool_calls")
+TOOLS = ("tools", "tool_choice", "parallel_tool_calls", "functions", "function_call")
+PASSED = (*SAMPLING, *TOOLS, "response_format")
+# Change nothing here: usage always ends a stream; nothing is stored at OpenAI.
+IGNORED = ("stream_options", "store", "metadata", "service_tier")
 _SPEECH = "alma answers chat in text; /v1/audio/speech speaks it"
-_TOOLS = "tool calling is not passed to the model"
 NOT_HONOURED = {
     "n": "alma records one reply per turn: ask for one",
     "logprobs": "alma does not return log probabilities",
     "top_logprobs": "alma does not return log probabilities",
-    "tools": _TOOLS,
-    "tool_choice": _TOOLS,
-    "functions": _TOOLS,
-    "function_call": _TOOLS,
-    "response_format": "structured output is not passed to the model: ask for text",
     "modalities": _SPEECH,
     "audio": _SPEECH,
     "prediction": "predicted outputs are not supported",
@@ -55,16 +54,14 @@ _HARMLESS: dict[str, tuple[Any, ...]] = {
     "n": (1,),
     "logprobs": (False,),
     "top_logprobs": (0,),
-    "tools": ([],),
-    "tool_choice": ("none",),
-    "functions": ([],),
-    "response_format": ({"type": "text"},),
     "modalities": (["text"],),
 }
+_NOT_A_CHAT = "a legacy completion answers text; use /v1/chat/completions"
 TEXT_COMPLETION_REFUSED = {
     "echo": "the prompt is a turn of the conversation, not text to echo",
     "suffix": "alma answers the prompt; it does not insert text",
     "best_of": "alma records one reply per turn: ask for one",
+    **{name: _NOT_A_CHAT for name in (*TOOLS, "response_format")},
 }
 _TEXT_COMPLETION_HARMLESS: dict[str, tuple[Any, ...]] = {
     "echo": (False,),
@@ -96,6 +93,10 @@ class Message(Protocol):
     @property
     def name(self) -> str | None: ...
 
+    @property
+    def model_extra(self) -> dict[str, Any] | None:
+        """OpenAI's other fields: an assistant's `tool_calls`, a tool's `tool_call_id`."""
+
 
 @dataclass(frozen=True)
 class UserTurn:
@@ -104,6 +105,7 @@ class UserTurn:
     content: str
     role: str = "user"
     name: str | None = None
+    model_extra: dict[str, Any] | None = None
 
 
 class NoUserTurn(InvalidInput):
@@ -135,11 +137,11 @@ def sampling(
     for name, value in fields.items():
         if value is None or name in IGNORED or value in harmless.get(name, ()):
             continue
-        if name in SAMPLING:
+        if name in PASSED and name not in refused:
             passed[name] = value
             continue
         reason = refused.get(name) or (
-            "alma does not take it; the fields it passes to the model: " + ", ".join(SAMPLING)
+            "alma does not take it; the fields it passes to the model: " + ", ".join(PASSED)
         )
         raise Unsupported(f"{name} is not supported: {reason}", name)
     return passed
@@ -176,21 +178,23 @@ def answer(
     client_instructions: bool = True,
 ) -> Answer:
     """The instance named by `model` answers the last user message of `messages` (continuing
-    a last assistant message), streaming or not; `options` are the sampling fields."""
+    a last assistant message, or going on from the tool results after it), streaming or not;
+    `options` are the fields passed to the model."""
     instance_id = _instance_of(chat.app, tenant, model)
     texts = [_text(message, i) for i, message in enumerate(messages)]
     last = len(messages) - 1
     prefill = ""
-    if last >= 0 and messages[last].role in ("tool", "function"):
-        raise Unsupported(
-            f"a {messages[last].role} result cannot be answered: {_TOOLS}", f"messages[{last}]"
-        )
-    if last >= 1 and messages[last].role == "assistant" and texts[last]:
+    exchange: list[dict[str, Any]] = []
+    if last >= 1 and messages[last].role in ("tool", "function"):
+        while last >= 0 and messages[last].role != "user":
+            exchange.insert(0, _exchanged(messages[last], texts[last], last))
+            last -= 1
+    elif last >= 1 and messages[last].role == "assistant" and texts[last]:
         prefill, last = texts[last], last - 1
     if last < 0 or messages[last].role != "user" or not texts[last]:
         raise NoUserTurn(
-            "the last message must be the user's, with text content (or, to continue a reply, "
-            "the assistant's after it)",
+            "the last message must be the user's, with text content (or, after it, the start "
+            "of the reply, or tool results)",
             "messages",
         )
     for message in messages:  # the user's is recorded; every one is held to the same rule
@@ -215,6 +219,7 @@ def answer(
         name=messages[last].name,
         instructions="\n\n".join(instructions) if client_instructions else "",
         prefill=prefill,
+        exchange=exchange,
         sampling=options,
     )
     created = int(time.time())
@@ -230,7 +235,7 @@ def answer(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": result.reply[len(prefill) :]},
+                "message": _message(result),
                 "finish_reason": result.finish_reason,
             }
         ],
@@ -340,6 +345,33 @@ def _text(message: Message, index: int) -> str:
     return "\n".join(texts)
 
 
+def _exchanged(message: Message, text: str, index: int) -> dict[str, Any]:
+    """A message of a tool exchange, as the model reads it: an assistant's tool calls, or a
+    tool's (or a legacy function's) result."""
+    if message.role not in ("assistant", "tool", "function"):
+        raise NoUserTurn(
+            f"after the user's last message only tool calls and results may come, not a "
+            f"{message.role} message",
+            f"messages[{index}]",
+        )
+    extra = message.model_extra or {}
+    exchanged: dict[str, Any] = {"role": message.role, "content": text or None}
+    for field in ("tool_calls", "tool_call_id", "function_call"):
+        if extra.get(field) is not None:
+            exchanged[field] = extra[field]
+    if message.name is not None:
+        exchanged["name"] = message.name
+    return exchanged
+
+
+def _message(result: TurnResult) -> dict[str, Any]:
+    """The assistant's message in the answer: what the model wrote in this turn, and the tools
+    it called."""
+    if not result.tool_calls:
+        return {"role": "assistant", "content": result.text}
+    return {"role": "assistant", "content": result.text or None, "tool_calls": result.tool_calls}
+
+
 def _model(app: Alma, tenant: str, instance_id: UUID) -> dict[str, Any]:
     instance = app.instance(tenant, instance_id)
     return {
@@ -394,7 +426,7 @@ def _alma(result: TurnResult) -> dict[str, Any]:
 def _chunks(
     pieces: Iterator[str | TurnResult], model: str, created: int
 ) -> Iterator[dict[str, Any]]:
-    def chunk(delta: dict[str, str], finish: str | None, **extra: Any) -> dict[str, Any]:
+    def chunk(delta: dict[str, Any], finish: str | None, **extra: Any) -> dict[str, Any]:
         return {
             "id": f"chatcmpl-{created}",
             "object": "chat.completion.chunk",
@@ -407,6 +439,9 @@ def _chunks(
     yield chunk({"role": "assistant"}, None)
     for piece in pieces:
         if isinstance(piece, TurnResult):
+            if piece.tool_calls:  # each whole, in one delta: a client joins pieces, even one
+                calls = [{"index": i, **call} for i, call in enumerate(piece.tool_calls)]
+                yield chunk({"tool_calls": calls}, None)
             yield chunk({}, piece.finish_reason, usage=_usage(piece), alma=_alma(piece))
         else:
             yield chunk({"content": piece}, None)

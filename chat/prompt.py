@@ -2,12 +2,13 @@
 
 The budget is the model's context window less the room kept for the reply (`max_tokens`). Parts
 go in by priority: the persona (trimmed, longest fields first, only if it cannot fit whole), the
-new user message (always whole, or PromptTooLarge, with the start of the reply when the client
-wrote one), the client's own instructions (an OpenAI client's system message, a system message of
-their own after the persona's, trimmed to what is left), the instance's own memory text (trimmed
-to what is left), the retrieved recollections (most relevant first, each whole or not at all) and
-the recent turns (newest first, whole, shown oldest first). A part only gets room once every
-part above it is whole, so a lower priority never pushes out a higher one.
+new user message (always whole, or PromptTooLarge, with what follows it when the client sent it:
+the start of the reply, or a tool exchange to go on from), the client's own instructions (an
+OpenAI client's system message, a system message of their own after the persona's, trimmed to
+what is left), the instance's own memory text (trimmed to what is left), the retrieved
+recollections (most relevant first, each whole or not at all) and the recent turns (newest
+first, whole, shown oldest first). A part only gets room once every part above it is whole, so a
+lower priority never pushes out a higher one.
 
 Counting is injected (`count` for one text, `count_messages` for a message list, OpenAI's
 accounting), which keeps this module pure. The persona is counted exactly; the parts below it are
@@ -25,12 +26,13 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 from alma.domain.errors import DomainError
 
 CountText = Callable[[str], int]
-CountMessages = Callable[[list[dict[str, str]]], int]
-Message = dict[str, str]
+CountMessages = Callable[[list[dict[str, Any]]], int]
+Message = dict[str, Any]  # text, or a tool exchange's message (its `tool_calls`, `tool_call_id`)
 _Priced = tuple[Message, int]  # a message with the tokens it adds to the request
 
 ELLIPSIS = "…"
@@ -134,12 +136,13 @@ def build_prompt(
     count: CountText,
     count_messages: CountMessages,
     instructions: str = "",
-    prefill: str = "",
+    after: Sequence[Message] = (),
 ) -> Prompt:
     """The messages for one turn; `tokens` (by `count_messages`) never exceeds
     `context_window - max_tokens`. `turns` are the recent conversation, oldest first, without the
-    new message. `instructions`: the client's own system message; `prefill`: the start of the
-    reply, which the model continues (both from an OpenAI client). Raises PromptTooLarge when the
+    new message. `instructions`: the client's own system message; `after`: what follows the new
+    message, for the model to go on from (the start of the reply, or the model's tool calls and
+    their results), both from an OpenAI client. Raises PromptTooLarge when the
     user message cannot fit even beside the smallest persona, and ValueError on a budget that is
     not positive or a turn with an unknown role."""
     budget = context_window - max_tokens
@@ -158,9 +161,7 @@ def build_prompt(
         today=_day(now),
         last_talk=_day(last) if last is not None and _day(last) != _day(now) else None,
     )
-    ending = [{"role": "user", "content": user_message}]
-    if prefill:
-        ending.append({"role": "assistant", "content": prefill})
+    ending = [{"role": "user", "content": user_message}, *after]
 
     def exact(parts: _Parts, tail: Sequence[_Priced] = ()) -> int:
         return count_messages(_messages(parts, tail, ending))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -49,7 +49,8 @@ class PreparedTurn:
     memories_behind: bool = False  # the index lacked the instance's latest writes: without them
     sampling: Sampling | None = None  # stop, seed, top_p, ...: passed to the model as they are
     prefill: str = ""  # the start of the reply, written by the client: the model continues it
-    # The user's message when it is already recorded: a reply the client has the model continue.
+    # The user's message when it is already recorded: a reply the client has the model continue,
+    # or a tool exchange it goes on from.
     answered: UUID | None = None
 
 
@@ -66,6 +67,8 @@ class TurnResult:
     memories_unavailable: bool = False
     memories_behind: bool = False
     finish_reason: str = "stop"  # the model's: "length" when max_tokens cut the reply short
+    text: str = ""  # what the model wrote in this turn (the reply less the client's start)
+    tool_calls: tuple[dict[str, Any], ...] = ()  # the tools the model called (OpenAI's shape)
 
 
 class Chat:
@@ -101,6 +104,7 @@ class Chat:
         *,
         instructions: str = "",
         prefill: str = "",
+        exchange: Sequence[Mapping[str, Any]] = (),
         sampling: Sampling | None = None,
     ) -> PreparedTurn:
         """Checks the input and builds the prompt. The recent turns are the instance's own, as
@@ -108,8 +112,9 @@ class Chat:
         each turn matched to the recorded one. Retrieval waits, at most `memory_wait_s`, for the
         index to hold the instance's latest write, and leaves out what the prompt holds.
         `instructions` (the client's system message) follow the persona; `prefill` is the start
-        of the reply, continued by the model: when `message` is the instance's last recorded
-        message from the user, the continued reply answers it and it is not recorded again."""
+        of the reply, continued by the model; `exchange`, the model's tool calls since `message`
+        and their results, which it goes on from. When `message` is the instance's last recorded
+        message from the user, the reply then answers it and it is not recorded again."""
         valid_message("user", message)
         model = self.model()
         if max_tokens >= model.context_window:
@@ -117,6 +122,9 @@ class Chat:
                 f"max_tokens must be below the model's context of {model.context_window}",
                 "max_tokens",
             )
+        after = (
+            [{"role": "assistant", "content": prefill}] if prefill else list(map(dict, exchange))
+        )
         embedding = self.index.embed_soon(message)  # while the instance and its turns load
         instance = self.app.instance(tenant, instance_id)
         character = self.app.character(tenant, instance.character_id)
@@ -162,7 +170,7 @@ class Chat:
             count=tokens.count,
             count_messages=tokens.count_messages,
             instructions=instructions,
-            prefill=prefill,
+            after=after,
         )
         return PreparedTurn(
             tenant,
@@ -177,7 +185,7 @@ class Chat:
             name=name,
             sampling=sampling,
             prefill=prefill,
-            answered=_last_from_user(said, message) if prefill else None,
+            answered=_last_from_user(said, message) if prefill or exchange else None,
         )
 
     def complete(self, turn: PreparedTurn, actor: Actor) -> TurnResult:
@@ -234,6 +242,8 @@ class Chat:
         self, turn: PreparedTurn, message_id: UUID, completion: Completion, actor: Actor
     ) -> TurnResult:
         reply = turn.prefill + completion.text
+        if completion.tool_calls:  # recorded as what the character did, in words a reader follows
+            reply = "\n".join([*filter(None, [reply]), *map(_called, completion.tool_calls)])
         reply_id, version = self.app.record_reply(
             turn.tenant,
             turn.instance_id,
@@ -261,6 +271,8 @@ class Chat:
             memories_unavailable=turn.memories_unavailable,
             memories_behind=turn.memories_behind,
             finish_reason=completion.finish_reason,
+            text=completion.text,
+            tool_calls=completion.tool_calls,
         )
 
     def _record_failure(
@@ -333,3 +345,9 @@ def _last_from_user(said: Sequence[Any], message: str) -> UUID | None:
             same = chat_history.line(event.content) == chat_history.line(message)
             return UUID(str(event.message_id)) if same else None
     return None
+
+
+def _called(call: Mapping[str, Any]) -> str:
+    """`weather({"city": "Lisboa"})`: a tool call as the reply records it."""
+    function = call.get("function") or {}
+    return f"{function.get('name', '')}({function.get('arguments', '')})"

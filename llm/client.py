@@ -19,6 +19,7 @@ from typing import Any, Protocol, cast, runtime_checkable
 
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
 from openai.types.completion_usage import CompletionUsage
 
 from alma.llm import tokens
@@ -29,9 +30,10 @@ _KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_*\-]{4,}")  # OpenAI-style keys, masked
 _MIN_SECRET = 8  # shorter "keys" (e.g. "local") are not secrets; longer fragments are redacted
 _MAX_DETAIL = 200
 
-Messages = Sequence[Mapping[str, str]]
-# Sampling fields beside max_tokens and temperature (stop, seed, top_p, the penalties, user,
-# logit_bias), sent to the model server as they are.
+# OpenAI's chat messages: text, or a tool exchange (an assistant's `tool_calls`, a tool's result).
+Messages = Sequence[Mapping[str, Any]]
+# Fields beside max_tokens and temperature (stop, seed, top_p, the penalties, user, logit_bias,
+# tools, response_format, ...), sent to the model server as they are.
 Sampling = Mapping[str, Any]
 
 
@@ -46,6 +48,7 @@ class Completion:
     finish_reason: str
     latency_ms: float
     attempts: int = 1
+    tool_calls: tuple[dict[str, Any], ...] = ()  # OpenAI's shape: {id, type, function}
 
 
 class ModelError(Exception):
@@ -186,6 +189,9 @@ class OpenAIModel:
             text = choice.message.content or ""
             if not isinstance(text, str):
                 raise _Malformed("the reply's content is not text")
+            calls = tuple(
+                call.model_dump(exclude_none=True) for call in choice.message.tool_calls or ()
+            )
             prompt_tokens, completion_tokens = _usage(
                 getattr(answer, "usage", None), messages, text
             )
@@ -197,6 +203,7 @@ class OpenAIModel:
                 finish_reason=getattr(choice, "finish_reason", None) or "unknown",
                 latency_ms=_elapsed_ms(started),
                 attempts=attempt,
+                tool_calls=calls,
             )
         except (AttributeError, TypeError, IndexError) as exc:
             # The SDK builds models without validating them: missing fields show up here.
@@ -218,6 +225,7 @@ class OpenAIModel:
         while True:
             attempt += 1
             parts: list[str] = []
+            calls: dict[int, dict[str, Any]] = {}  # by index, their pieces joined
             try:
                 request = self._request(messages, max_tokens, temperature, sampling)
                 if self.stream_usage:
@@ -240,6 +248,8 @@ class OpenAIModel:
                             if content:
                                 parts.append(content)
                                 yield content
+                            for call in getattr(delta, "tool_calls", None) or ():
+                                _join(calls.setdefault(call.index, {}), call)
                             finish_reason = getattr(choice, "finish_reason", None) or finish_reason
                 if finish_reason is None:
                     raise _Malformed("the stream ended before the model finished its reply")
@@ -253,6 +263,7 @@ class OpenAIModel:
                     finish_reason=finish_reason,
                     latency_ms=_elapsed_ms(started),
                     attempts=attempt,
+                    tool_calls=tuple(calls[i] for i in sorted(calls)),
                 )
                 return
             except Exception as exc:
@@ -332,6 +343,18 @@ class OpenAIModel:
             for start in range(len(secret) - _MIN_SECRET + 1):
                 message = message.replace(secret[start : start + _MIN_SECRET], "***")
         return _KEY_LIKE.sub("***", message)
+
+
+def _join(call: dict[str, Any], piece: ChoiceDeltaToolCall) -> None:
+    """A streamed tool call's piece added to what came before: an id and a name once, the
+    arguments a piece at a time."""
+    if piece.id:
+        call["id"] = piece.id
+    call["type"] = piece.type or call.get("type", "function")
+    if piece.function is not None:
+        function = call.setdefault("function", {"name": "", "arguments": ""})
+        function["name"] += piece.function.name or ""
+        function["arguments"] += piece.function.arguments or ""
 
 
 def _usage(usage: CompletionUsage | None, messages: Messages, text: str) -> tuple[int, int]:

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from pydantic import BaseModel
 
 from alma.settings import Settings
 from tests.conftest import Api, running_api, stubbed_model
@@ -92,11 +93,7 @@ def test_every_sampling_field_reaches_the_model_and_replies_may_be_long(
     [
         ({"n": 2}, "n"),
         ({"logprobs": True}, "logprobs"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
-        (
-            {"tools": [{"type": "function", "function": {"name": "weather", "parameters": {}}}]},
-            "tools",
-        ),
+        ({"modalities": ["text", "audio"]}, "modalities"),
         ({"extra_body": {"top_k": 5}}, "top_k"),
     ],
 )
@@ -159,21 +156,121 @@ def test_a_final_assistant_message_is_continued_and_recorded_whole(
     assert replies[-1]["data"]["in_reply_to"] == messages[0]["data"]["message_id"]
 
 
-def test_legacy_function_messages_are_accepted_and_a_final_tool_result_is_refused(
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def test_tools_go_to_the_model_with_the_character_and_the_results_continue_the_turn(
     chat_api: Api, openai_stub: OpenAIStub
 ) -> None:
+    _, instance = _world(chat_api)
+    sdk = _sdk(chat_api, chat_api.acme)
+    question = _user("¿Qué tiempo hace en Lisboa? Lucía va mañana.")
+    call = Reply("", "tool_calls", tool_calls=(("weather", '{"city": "Lisboa"}'),))
+    openai_stub.script(call, Reply("Hace sol en Lisboa, mi niña."))
+    asked = _ask(sdk, instance, question, tools=[WEATHER], tool_choice="auto")
+    choice = asked.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    [called] = choice.message.tool_calls or []
+    assert (called.id, called.function.name, called.function.arguments) == (
+        "call_0",
+        "weather",
+        '{"city": "Lisboa"}',
+    )
+    sent = openai_stub.requests[-1]
+    assert (sent["tools"], sent["tool_choice"]) == ([WEATHER], "auto")
+    assert "Doña Rosa" in sent["messages"][0]["content"]  # the character's prompt and memories
+    assert "enfermera" in sent["messages"][0]["content"]
+
+    result = {"role": "tool", "tool_call_id": called.id, "content": "sunny, 24 °C"}
+    exchange = [question, choice.message.model_dump(exclude_none=True), result]
+    answer = _ask(sdk, instance, *exchange, tools=[WEATHER])
+    assert answer.choices[0].message.content == "Hace sol en Lisboa, mi niña."
+    assert openai_stub.requests[-1]["messages"][-3:] == [
+        question,
+        {"role": "assistant", "content": None, "tool_calls": call.calls()},
+        result,
+    ]
+    messages = _events(chat_api, instance, "MessageRecorded")
+    replies = _events(chat_api, instance, "ReplyRecorded")
+    assert [m["data"]["content"] for m in messages] == [question["content"]]
+    assert [r["data"]["content"] for r in replies] == [
+        'weather({"city": "Lisboa"})',
+        "Hace sol en Lisboa, mi niña.",
+    ]
+    assert {r["data"]["in_reply_to"] for r in replies} == {messages[0]["data"]["message_id"]}
+
+
+def test_streamed_tool_calls_come_back_in_openai_s_shape(
+    chat_api: Api, openai_stub: OpenAIStub
+) -> None:
+    _, instance = _world(chat_api)
+    calls = (("weather", '{"city": "Lisboa"}'), ("weather", '{"city": "Oaxaca"}'))
+    openai_stub.script(Reply("Miro el cielo.", "tool_calls", tool_calls=calls))
+    stream = _ask(
+        _sdk(chat_api, chat_api.acme),
+        instance,
+        _user("¿Y el tiempo?"),
+        tools=[WEATHER],
+        stream=True,
+    )
+    text, joined, finish = "", {}, None
+    for chunk in stream:
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+            finish = choice.finish_reason or finish
+            for piece in choice.delta.tool_calls or []:
+                whole = joined.setdefault(piece.index, {"name": "", "arguments": ""})
+                whole["name"] += piece.function.name or "" if piece.function else ""
+                whole["arguments"] += piece.function.arguments or "" if piece.function else ""
+    assert (text, finish) == ("Miro el cielo.", "tool_calls")
+    assert [(c["name"], c["arguments"]) for _, c in sorted(joined.items())] == list(calls)
+    [reply] = _events(chat_api, instance, "ReplyRecorded")
+    assert reply["data"]["content"] == (
+        'Miro el cielo.\nweather({"city": "Lisboa"})\nweather({"city": "Oaxaca"})'
+    )
+
+
+class Mood(BaseModel):
+    mood: str
+    intensity: int
+
+
+def test_structured_output_goes_to_the_model_and_the_sdk_parses_it(
+    chat_api: Api, openai_stub: OpenAIStub
+) -> None:
+    _, instance = _world(chat_api)
+    openai_stub.script(Reply('{"mood": "alegre", "intensity": 7}'))
+    parsed = _sdk(chat_api, chat_api.acme).chat.completions.parse(
+        model=instance, messages=[_user("¿Cómo te sientes hoy?")], response_format=Mood
+    )
+    assert parsed.choices[0].message.parsed == Mood(mood="alegre", intensity=7)
+    sent = openai_stub.requests[-1]["response_format"]
+    assert sent["type"] == "json_schema" and sent["json_schema"]["name"] == "Mood"
+
+
+def test_legacy_function_messages_are_accepted(chat_api: Api, openai_stub: OpenAIStub) -> None:
     _, instance = _world(chat_api)
     sdk = _sdk(chat_api, chat_api.acme)
     function = {"role": "function", "name": "weather", "content": "sunny"}
     _ask(sdk, instance, _user("¿Qué tiempo hace?"), function, _user("¿Y mañana?"))
     assert openai_stub.requests[-1]["messages"][-1] == _user("¿Y mañana?")
 
-    before = chat_api.written()
-    tool = {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}
-    with pytest.raises(openai.BadRequestError) as refused:
-        _ask(sdk, instance, _user("¿Qué tiempo hace?"), tool)
-    assert refused.value.param == "messages[1]"
-    assert chat_api.written() == before
+    legacy = {
+        "role": "assistant",
+        "content": None,
+        "function_call": {"name": "weather", "arguments": "{}"},
+    }
+    openai_stub.script(Reply("Sol."))
+    answer = _ask(sdk, instance, _user("¿Y hoy?"), legacy, function)
+    assert answer.choices[0].message.content == "Sol."
+    assert openai_stub.requests[-1]["messages"][-2:] == [legacy, function]
 
 
 def test_openai_errors_name_the_way_to_the_models_and_the_sdk_types_them(

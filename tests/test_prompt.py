@@ -547,10 +547,18 @@ def test_the_client_s_instructions_follow_the_persona_and_are_cut_to_the_budget(
     assert memory not in everything(small) and small.turns_used == 0
 
 
-def test_the_start_of_a_reply_ends_the_prompt_whole() -> None:
-    prompt = build(user_message="Cuéntame de Lisboa", prefill="Ah, Lisboa,")
-    assert prompt.messages[-2:] == [
-        {"role": "user", "content": "Cuéntame de Lisboa"},
-        {"role": "assistant", "content": "Ah, Lisboa,"},
-    ]
-    assert prompt.tokens == tokens.count_messages(prompt.messages)
+def test_what_follows_the_new_message_ends_the_prompt_whole() -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+    for after in (
+        [{"role": "assistant", "content": "Ah, Lisboa,"}],
+        [
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 24 °C"},
+        ],
+    ):
+        prompt = build(user_message="Cuéntame de Lisboa", after=after)
+        assert prompt.messages[-1 - len(after) :] == [
+            {"role": "user", "content": "Cuéntame de Lisboa"},
+            *after,
+        ]
+        assert prompt.tokens == tokens.count_messages(prompt.messages) <= prompt.budget
