@@ -5,6 +5,7 @@ legacy completions, with the local stub server as the upstream model."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -400,3 +401,30 @@ def test_the_async_sdk_chats_streams_and_embeds(
     assert size == len(chat_api.services.memory_index.embedder.encode(["hola"])[0])
     assert openai_stub.requests[0]["top_p"] == 0.5
     assert openai_stub.requests[0]["messages"][1] == system
+
+
+@pytest.mark.slow
+def test_the_local_model_takes_the_sampling_fields_and_a_json_schema(api: Api) -> None:
+    _, instance = _world(api)
+    sdk = _sdk(api, api.acme)
+    count = _user("Count from 1 to 10, separated by commas.")
+    plain = _ask(sdk, instance, count, temperature=0, max_tokens=40)
+    stopped = _ask(sdk, instance, count, temperature=0, max_tokens=40, stop=["4"], seed=1)
+    assert "4" in (plain.choices[0].message.content or "")
+    assert "4" not in (stopped.choices[0].message.content or "")
+    assert stopped.choices[0].message.content != plain.choices[0].message.content
+
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}},
+        "required": ["name"],
+    }
+    shaped = _ask(
+        sdk,
+        instance,
+        _user("Who are you? Answer in JSON."),
+        temperature=0,
+        max_tokens=60,
+        response_format={"type": "json_schema", "json_schema": {"name": "who", "schema": schema}},
+    )
+    assert isinstance(json.loads(shaped.choices[0].message.content or "")["name"], str)
