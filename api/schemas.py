@@ -739,10 +739,10 @@ class OpenAIMessage(BaseModel):
 
 
 class OpenAISampling(BaseModel):
-    """The sampling fields of OpenAI's requests: passed to the model, or refused by name (400)
-    when alma cannot honour them; other fields are refused too (`chat.openai_compat`)."""
+    """The fields of OpenAI's requests that alma takes: passed to the model, or without effect.
+    Any other is refused by name (400, `chat.openai_compat`), so the schema declares none."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": False})
 
     model: str = Field(description="an instance id, or '<character>/<instance>' by name")
     stream: bool = False
@@ -757,7 +757,16 @@ class OpenAISampling(BaseModel):
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
     user: str | None = None
-    n: int | None = Field(default=None, ge=1, description="1 only: one reply per turn")
+    # Above 1 is refused with the reason (400), which the schema declares as its maximum.
+    n: int | None = Field(
+        default=None, ge=1, description="one reply per turn", json_schema_extra={"maximum": 1}
+    )
+    stream_options: dict[str, Any] | None = Field(
+        default=None, description="without effect: the last streamed chunk carries `usage`"
+    )
+    store: bool | None = Field(default=None, description="without effect")
+    metadata: dict[str, str] | None = Field(default=None, description="without effect")
+    service_tier: str | None = Field(default=None, description="without effect")
 
     def fields(self) -> dict[str, Any]:
         """Every field but those the turn takes itself."""
@@ -771,23 +780,46 @@ class ChatCompletionRequest(OpenAISampling):
     max_completion_tokens: int | None = Field(
         default=None, ge=1, le=MAX_CONTEXT_TOKENS, description="below the model's context"
     )
+    tools: list[dict[str, Any]] | None = Field(default=None, description="passed to the model")
+    tool_choice: str | dict[str, Any] | None = Field(
+        default=None, description="passed to the model"
+    )
+    parallel_tool_calls: bool | None = Field(default=None, description="passed to the model")
+    functions: list[dict[str, Any]] | None = Field(
+        default=None, description="OpenAI's legacy tools: passed to the model"
+    )
+    function_call: str | dict[str, Any] | None = Field(
+        default=None, description="passed to the model"
+    )
+    response_format: dict[str, Any] | None = Field(
+        default=None, description="text, json_object or json_schema: passed to the model"
+    )
 
 
 class CompletionRequest(OpenAISampling):
     """OpenAI's legacy completion request: the prompt is the user's turn."""
 
-    prompt: str | list[str] = Field(description="the user's message (a list: of one)")
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] = Field(
+        description="the user's message (a list: of one)"
+    )
+
+
+EmbeddedText = Annotated[str, Field(json_schema_extra=text_rule(MAX_TEXT, visible=True))]
 
 
 class EmbeddingRequest(BaseModel):
     """OpenAI's embeddings request, answered with alma's own embedding model."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(description="any name: alma's embedding model answers (see `model`)")
-    input: str | list[str] = Field(description="a text or up to 2048 texts")
+    input: EmbeddedText | Annotated[list[EmbeddedText], Field(min_length=1, max_length=2048)] = (
+        Field(description="a text, or 1 to 2048 texts")
+    )
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1, description="the model's own only")
+    dimensions: int | None = Field(
+        default=None, ge=1, description="the model's own size only (else 400)"
+    )
     user: str | None = None
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from alma.chat.prompt import Turn
 from alma.chat.turns import Chat, TurnResult
 from alma.domain import Actor, Alma, InvalidInput, NotFound
-from alma.domain.rules import valid_speaker
+from alma.domain.rules import blank, valid_speaker, valid_text
 from alma.embeddings import Embedder
 from alma.llm import tokens
 from alma.projections import ListingView
@@ -157,11 +157,9 @@ def text_completion_sampling(fields: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def prompt_turn(prompt: str | Sequence[str]) -> list[UserTurn]:
-    """A legacy completion's prompt as the conversation: one user message."""
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    if len(prompts) != 1:
-        raise Unsupported("prompt must be one text: it is the user's turn", "prompt")
-    return [UserTurn(prompts[0])]
+    """A legacy completion's prompt (a text, or a list of one) as the conversation: one user
+    message."""
+    return [UserTurn(prompt if isinstance(prompt, str) else prompt[0])]
 
 
 def answer(
@@ -174,13 +172,16 @@ def answer(
     stream: bool,
     actor: Actor,
     *,
-    options: Mapping[str, Any] | None = None,
+    fields: Mapping[str, Any] | None = None,
+    legacy_completion: bool = False,
     client_instructions: bool = True,
 ) -> Answer:
     """The instance named by `model` answers the last user message of `messages` (continuing
-    a last assistant message, or going on from the tool results after it), streaming or not;
-    `options` are the fields passed to the model."""
+    a last assistant message, or going on from the tool results after it), streaming or not.
+    `fields`: the request's others, passed to the model or refused (as a legacy completion's
+    when `legacy_completion`), once the model is known to be an instance."""
     instance_id = _instance_of(chat.app, tenant, model)
+    options = (text_completion_sampling if legacy_completion else sampling)(fields or {})
     texts = [_text(message, i) for i, message in enumerate(messages)]
     last = len(messages) - 1
     prefill = ""
@@ -301,8 +302,9 @@ def embeddings(
     if not texts or len(texts) > MAX_EMBEDDING_INPUTS:
         raise InvalidInput(f"input must hold 1 to {MAX_EMBEDDING_INPUTS} texts", "input")
     for i, text in enumerate(texts):
-        if not text.strip():
-            raise InvalidInput(f"input[{i}] is blank", "input")
+        if blank(text):
+            raise InvalidInput(f"input[{i}] has no visible character", "input")
+        valid_text(text, "input")
     vectors = embedder.encode(texts)
     size = len(vectors[0])
     if dimensions is not None and dimensions != size:

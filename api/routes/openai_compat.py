@@ -39,7 +39,7 @@ def chat_completions(
         DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
         body.stream,
         caller.actor,
-        options=openai_compat.sampling(body.fields()),
+        fields=body.fields(),
         client_instructions=settings.chat_client_instructions,
     )
     return _answered(answer)
@@ -59,7 +59,8 @@ def completions(
         DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
         body.stream,
         caller.actor,
-        options=openai_compat.text_completion_sampling(body.fields()),
+        fields=body.fields(),
+        legacy_completion=True,
     )
     return _answered(openai_compat.as_text_completion(answer))
 
