@@ -15,6 +15,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    WithJsonSchema,
     model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
@@ -817,9 +818,12 @@ class EmbeddingRequest(BaseModel):
         Field(description="a text, or 1 to 2048 texts")
     )
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(
-        default=None, ge=1, description="the model's own size only (else 400)"
-    )
+    # The model's size is known once it loads, not when the schema is made: the schema says
+    # "leave it out", and the model's own size is accepted beside it.
+    dimensions: Annotated[
+        int | None,
+        WithJsonSchema({"type": "null", "description": "the model's own size only (else 400)"}),
+    ] = None
     user: str | None = None
 
 

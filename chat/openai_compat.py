@@ -394,11 +394,11 @@ def _instance_of(app: Alma, tenant: str, model: str) -> UUID:
             instance_id = app.instance_id_by_name(tenant, instance_name)
             character = app.character(tenant, app.instance(tenant, instance_id).character_id)
             if character_name and character_name.casefold() != character.name.casefold():
-                raise NotFound(model) from None
+                raise NotFound(f"no instance is named {model!r}") from None
         app.instance(tenant, instance_id)
-    except NotFound:
+    except NotFound as error:
         raise NotFound(
-            f"no instance is named {model!r}: the model is one of your instances, by id or as "
+            f"{error}: the model is one of your instances, by id or as "
             "'<character>/<instance>'; GET /v1/models lists them"
         ) from None
     return instance_id
