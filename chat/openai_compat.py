@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import UUID
@@ -268,8 +268,12 @@ def as_text_completion(chat_answer: Answer) -> Answer:
     return Answer(_text_chunks(body), chat_answer.memories_unavailable, chat_answer.memories_behind)
 
 
-def models(app: Alma, listings: ListingView, tenant: str) -> dict[str, Any]:
-    """Every instance of the tenant, as OpenAI lists models: its id is the `model` to send."""
+def models(
+    app: Alma, listings: ListingView, tenant: str, caught_up: Callable[[], None]
+) -> dict[str, Any]:
+    """Every instance of the tenant, as OpenAI lists models: its id is the `model` to send.
+    `caught_up` returns once the listings hold every write so far (read-your-writes)."""
+    caught_up()
     listed, after = [], 0
     while True:
         page = listings.select("instance", tenant, after, 500)

@@ -68,7 +68,7 @@ def completions(
 @router.get("/v1/models")
 def models(caller: CurrentCaller, app: AlmaApp, listing: Listing) -> dict[str, Any]:
     """Every instance this key can talk to; its id is the `model` to send."""
-    return openai_compat.models(app, listing.view, caller.tenant)
+    return openai_compat.models(app, listing.view, caller.tenant, listing.caught_up)
 
 
 @router.get("/v1/models/{model:path}")
