@@ -15,7 +15,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    WithJsonSchema,
     model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
@@ -818,12 +817,9 @@ class EmbeddingRequest(BaseModel):
         Field(description="a text, or 1 to 2048 texts")
     )
     encoding_format: Literal["float", "base64"] = "float"
-    # The model's size is known once it loads, not when the schema is made: the schema says
-    # "leave it out", and the model's own size is accepted beside it.
-    dimensions: Annotated[
-        int | None,
-        WithJsonSchema({"type": "null", "description": "the model's own size only (else 400)"}),
-    ] = None
+    # The model's own size only (else 400), which is known once the model loads, not when the
+    # schema is made: so the schema leaves it out.
+    dimensions: SkipJsonSchema[int | None] = None
     user: str | None = None
 
 
