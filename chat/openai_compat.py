@@ -27,7 +27,6 @@ from alma.chat.prompt import Turn
 from alma.chat.turns import Chat, TurnResult
 from alma.domain import Actor, Alma, InvalidInput, NotFound
 from alma.domain.rules import blank, valid_speaker, valid_text
-from alma.embeddings import Embedder
 from alma.llm import tokens
 from alma.projections import ListingView
 
@@ -296,12 +295,14 @@ def model(app: Alma, tenant: str, name: str) -> dict[str, Any]:
 
 
 def embeddings(
-    embedder: Embedder,
+    encode: Callable[[Sequence[str]], list[list[float]]],
+    model_name: str,
     inputs: str | Sequence[str],
     encoding_format: str = "float",
     dimensions: int | None = None,
 ) -> dict[str, Any]:
-    """OpenAI's embeddings answer, made with alma's own embedding model (unit vectors)."""
+    """OpenAI's embeddings answer, made with alma's own embedding model (`encode`, named
+    `model_name`: unit vectors)."""
     texts = [inputs] if isinstance(inputs, str) else list(inputs)
     if not texts or len(texts) > MAX_EMBEDDING_INPUTS:
         raise InvalidInput(f"input must hold 1 to {MAX_EMBEDDING_INPUTS} texts", "input")
@@ -309,11 +310,11 @@ def embeddings(
         if blank(text):
             raise InvalidInput(f"input[{i}] has no visible character", "input")
         valid_text(text, "input")
-    vectors = embedder.encode(texts)
+    vectors = encode(texts)
     size = len(vectors[0])
     if dimensions is not None and dimensions != size:
         raise Unsupported(
-            f"dimensions is not supported: {embedder.model_name} makes vectors of {size}",
+            f"dimensions is not supported: {model_name} makes vectors of {size}",
             "dimensions",
         )
     used = sum(tokens.count(text) for text in texts)
@@ -323,7 +324,7 @@ def embeddings(
             {"object": "embedding", "index": i, "embedding": _encoded(vector, encoding_format)}
             for i, vector in enumerate(vectors)
         ],
-        "model": embedder.model_name,
+        "model": model_name,
         "usage": {"prompt_tokens": used, "total_tokens": used},
     }
 

@@ -80,8 +80,9 @@ def model(model: str, caller: CurrentCaller, app: AlmaApp) -> dict[str, Any]:
 @router.post("/v1/embeddings")
 def embeddings(body: EmbeddingRequest, caller: CurrentCaller, index: Index) -> dict[str, Any]:
     """Vectors from alma's own embedding model, the one its memory index uses."""
+    embedder = index.embedder
     return openai_compat.embeddings(
-        index.embedder, body.input, body.encoding_format, body.dimensions
+        embedder.encode, embedder.model_name, body.input, body.encoding_format, body.dimensions
     )
 
 
