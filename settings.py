@@ -76,6 +76,10 @@ class Settings(BaseSettings):
         description="how long a chat turn waits for the memory index to hold the instance's "
         "latest write; past it the turn answers with `memories_behind: true`",
     )
+    chat_client_instructions: bool = Field(
+        default=True,
+        description="an OpenAI client's system messages enter the prompt after the persona",
+    )
     memory_formation: bool | None = Field(
         default=None,
         description="turn conversations into memories and rolling summaries after each turn; "

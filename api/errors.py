@@ -22,7 +22,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from alma import metrics
-from alma.chat.openai_compat import NoUserTurn
+from alma.chat.openai_compat import NoUserTurn, Unsupported
 from alma.chat.prompt import PromptTooLarge
 from alma.chat.voice_turn import NothingSaid
 from alma.domain import DomainError, InvalidInput, NameTaken, NotFound, VersionConflict
@@ -60,7 +60,13 @@ class ApiError(Exception):
         self.headers = headers
 
 
-OPENAI_PATHS = ("/v1/chat/completions", "/v1/models", "/v1/audio/")
+OPENAI_PATHS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/models",
+    "/v1/audio/",
+)
 _OPENAI_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -154,6 +160,8 @@ def openai_stream_error(error: ModelError) -> dict[str, Any]:
 def _from_domain(error: DomainError) -> ApiError:
     if isinstance(error, NotFound):
         return ApiError(404, "not_found", str(error))
+    if isinstance(error, Unsupported):  # OpenAI's answer to a parameter it does not take
+        return ApiError(400, "unsupported_parameter", str(error), {"field": error.field})
     if isinstance(error, NoUserTurn):  # the request's shape, as for any malformed body
         return ApiError(422, "invalid_request", str(error), {"field": error.field})
     if isinstance(error, InvalidInput):

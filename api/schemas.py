@@ -88,6 +88,9 @@ METADATA_PATCH: dict[str, Any] = {
 }
 MAX_REPLY_TOKENS = 4096  # the most any model here is asked for; below its context, too
 REPLY_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
+# The OpenAI-compatible routes take any reply length below the model's context (OpenAI's own
+# bound); the schema states the configured model's (`declare_reply_limit`).
+MAX_CONTEXT_TOKENS = 10_000_000
 
 
 # What the speech engines know (alma.voice.tts), as the schema's enum and pattern.
@@ -711,13 +714,12 @@ class ChatResponse(BaseModel):
 def declare_reply_limit(schema: dict[str, Any], context_window: int) -> None:
     """Bounds every `max_tokens` of the OpenAPI schema as the chat turn does: below the chat
     model's context (`alma.chat.turns`), which the app knows only once configured."""
-    limit = min(MAX_REPLY_TOKENS, context_window - 1)
     for model in schema.get("components", {}).get("schemas", {}).values():
         for name, field in model.get("properties", {}).items():
             if name in REPLY_TOKEN_FIELDS:
                 for spec in [field, *field.get("anyOf", [])]:
                     if "maximum" in spec:
-                        spec["maximum"] = limit
+                        spec["maximum"] = min(spec["maximum"], context_window - 1)
 
 
 # Audio, in OpenAI's shapes, and the voice turn.
@@ -804,11 +806,20 @@ class VoiceTurnOut(BaseModel):
 # OpenAI-compatible chat.
 
 
+class OpenAIContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(examples=["text"], description="text; any other kind is refused (400)")
+    text: str | None = None
+
+
 class OpenAIMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | None = None
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[OpenAIContentPart] | None = Field(
+        default=None, description="text, or a list of text parts (joined by line breaks)"
+    )
     name: str | None = Field(
         default=None,
         description="who says it; the last user message's is recorded as its name (its speaker)",
@@ -816,17 +827,100 @@ class OpenAIMessage(BaseModel):
     )
 
 
-class ChatCompletionRequest(BaseModel):
-    """OpenAI's request; fields alma does not use (top_p, n, user, ...) are accepted."""
+class OpenAISampling(BaseModel):
+    """The fields of OpenAI's requests that alma takes: passed to the model, or without effect.
+    Any other is refused by name (400, `chat.openai_compat`), so the schema declares none."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": False})
 
     model: str = Field(description="an instance id, or '<character>/<instance>' by name")
-    messages: list[OpenAIMessage] = Field(min_length=1)
     stream: bool = False
-    max_tokens: int | None = Field(default=None, ge=1, le=MAX_REPLY_TOKENS)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_REPLY_TOKENS)
+    max_tokens: int | None = Field(
+        default=None, ge=1, le=MAX_CONTEXT_TOKENS, description="below the model's context"
+    )
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    stop: str | list[str] | None = Field(default=None, description="up to 4 sequences")
+    seed: int | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    # Above 1 is refused with the reason (400), which the schema declares as its maximum.
+    n: int | None = Field(
+        default=None, ge=1, description="one reply per turn", json_schema_extra={"maximum": 1}
+    )
+    stream_options: dict[str, Any] | None = Field(
+        default=None, description="without effect: the last streamed chunk carries `usage`"
+    )
+    store: bool | None = Field(default=None, description="without effect")
+    metadata: dict[str, str] | None = Field(default=None, description="without effect")
+    service_tier: str | None = Field(default=None, description="without effect")
+
+    def fields(self) -> dict[str, Any]:
+        """Every field but those the turn takes itself."""
+        return self.model_dump(exclude=_TURN_FIELDS, exclude_none=True)
+
+
+class ChatCompletionRequest(OpenAISampling):
+    """OpenAI's request."""
+
+    messages: list[OpenAIMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(
+        default=None, ge=1, le=MAX_CONTEXT_TOKENS, description="below the model's context"
+    )
+    tools: list[dict[str, Any]] | None = Field(default=None, description="passed to the model")
+    tool_choice: str | dict[str, Any] | None = Field(
+        default=None, description="passed to the model"
+    )
+    parallel_tool_calls: bool | None = Field(default=None, description="passed to the model")
+    functions: list[dict[str, Any]] | None = Field(
+        default=None, description="OpenAI's legacy tools: passed to the model"
+    )
+    function_call: str | dict[str, Any] | None = Field(
+        default=None, description="passed to the model"
+    )
+    response_format: dict[str, Any] | None = Field(
+        default=None, description="text, json_object or json_schema: passed to the model"
+    )
+
+
+class CompletionRequest(OpenAISampling):
+    """OpenAI's legacy completion request: the prompt is the user's turn."""
+
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] = Field(
+        description="the user's message (a list: of one)"
+    )
+
+
+EmbeddedText = Annotated[str, Field(json_schema_extra=text_rule(MAX_TEXT, visible=True))]
+
+
+class EmbeddingRequest(BaseModel):
+    """OpenAI's embeddings request, answered with alma's own embedding model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="any name: alma's embedding model answers (see `model`)")
+    input: EmbeddedText | Annotated[list[EmbeddedText], Field(min_length=1, max_length=2048)] = (
+        Field(description="a text, or 1 to 2048 texts")
+    )
+    encoding_format: Literal["float", "base64"] = "float"
+    # The model's own size only (else 400), which is known once the model loads, not when the
+    # schema is made: so the schema leaves it out.
+    dimensions: SkipJsonSchema[int | None] = None
+    user: str | None = None
+
+
+_TURN_FIELDS = {
+    "model",
+    "messages",
+    "prompt",
+    "stream",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+}
 
 
 class GreetingOut(BaseModel):

@@ -78,7 +78,7 @@ from alma.chat.extraction import FACTS_INSTRUCTION
 from alma.chat.turns import Chat
 from alma.domain import Actor, Alma, Character, Instance, Memory
 from alma.embeddings import Embedder
-from alma.llm.client import Completion, Messages, ModelClient
+from alma.llm.client import Completion, Messages, ModelClient, Sampling
 from alma.projections import Follower, Hit, MemoryIndex
 from alma.settings import Settings
 from bench.report import Row, checked, log, machine_load, percentiles_ms, print_table
@@ -338,13 +338,25 @@ class TimedModel:
         self.model = inner.model
         self.context_window = inner.context_window
 
-    def complete(self, messages: Messages, max_tokens: int, temperature: float) -> Completion:
-        return self.clock.timed("model", self.inner.complete, messages, max_tokens, temperature)
+    def complete(
+        self,
+        messages: Messages,
+        max_tokens: int,
+        temperature: float,
+        sampling: Sampling | None = None,
+    ) -> Completion:
+        return self.clock.timed(
+            "model", self.inner.complete, messages, max_tokens, temperature, sampling
+        )
 
     def stream(
-        self, messages: Messages, max_tokens: int, temperature: float
+        self,
+        messages: Messages,
+        max_tokens: int,
+        temperature: float,
+        sampling: Sampling | None = None,
     ) -> Iterator[str | Completion]:
-        pieces = self.inner.stream(messages, max_tokens, temperature)
+        pieces = self.inner.stream(messages, max_tokens, temperature, sampling)
         while True:
             piece = self.clock.timed("model", next, pieces, None)
             if piece is None:

@@ -1,26 +1,83 @@
-"""The OpenAI-compatible turn: OpenAI's chat messages in, one chat turn, OpenAI's answer out.
+"""The OpenAI-compatible layer: OpenAI's requests in, one chat turn (or alma's embeddings) out.
 
-The model is an instance, named by id or as '<character>/<instance>'. The request's last message
-is the user's new turn: it is recorded and answered like any other chat turn. The client's
+The model is an instance, named by id or as '<character>/<instance>'. The request's last user
+message is the new turn: it is recorded and answered like any other chat turn. The client's
 earlier user/assistant messages stand in for the recent conversation (they are what the client
 shows), each matched to the turn the instance recorded, so none is recorded again or comes back
-as a recollection; alma's memory supplies everything else. Client system messages are not used: the
-character's persona is the system prompt.
+as a recollection; alma's memory supplies everything else. The client's system messages follow
+the character's persona (unless the setting turns them off); a last assistant message is the
+start of the reply, which the model continues; the model's tool calls after the user's message
+and their results are what it goes on from. Sampling fields, tools and `response_format` go to
+the model as they are; a field alma cannot honour is refused by name (`Unsupported`), never
+dropped.
 """
 
 from __future__ import annotations
 
+import base64
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import UUID
 
+import numpy as np
+
 from alma.chat.prompt import Turn
 from alma.chat.turns import Chat, TurnResult
 from alma.domain import Actor, Alma, InvalidInput, NotFound
-from alma.domain.rules import valid_speaker
+from alma.domain.rules import blank, valid_speaker, valid_text
+from alma.llm import tokens
 from alma.projections import ListingView
+
+# Passed to the model as they are (llama.cpp takes the sampling fields; tools need a model that
+# calls them).
+SAMPLING = ("stop", "seed", "top_p", "presence_penalty", "frequency_penalty", "user", "logit_bias")
+TOOLS = ("tools", "tool_choice", "parallel_tool_calls", "functions", "function_call")
+PASSED = (*SAMPLING, *TOOLS, "response_format")
+# Change nothing here: usage always ends a stream; nothing is stored at OpenAI.
+IGNORED = ("stream_options", "store", "metadata", "service_tier")
+_SPEECH = "alma answers chat in text; /v1/audio/speech speaks it"
+NOT_HONOURED = {
+    "n": "alma records one reply per turn: ask for one",
+    "logprobs": "alma does not return log probabilities",
+    "top_logprobs": "alma does not return log probabilities",
+    "modalities": _SPEECH,
+    "audio": _SPEECH,
+    "prediction": "predicted outputs are not supported",
+    "web_search_options": "web search is not supported",
+    "reasoning_effort": "the model's reasoning is not configurable here",
+}
+# What each of those may say and still ask for nothing alma does not do.
+_HARMLESS: dict[str, tuple[Any, ...]] = {
+    "n": (1,),
+    "logprobs": (False,),
+    "top_logprobs": (0,),
+    "modalities": (["text"],),
+}
+_NOT_A_CHAT = "a legacy completion answers text; use /v1/chat/completions"
+TEXT_COMPLETION_REFUSED = {
+    "echo": "the prompt is a turn of the conversation, not text to echo",
+    "suffix": "alma answers the prompt; it does not insert text",
+    "best_of": "alma records one reply per turn: ask for one",
+    **{name: _NOT_A_CHAT for name in (*TOOLS, "response_format")},
+}
+_TEXT_COMPLETION_HARMLESS: dict[str, tuple[Any, ...]] = {
+    "echo": (False,),
+    "best_of": (1,),
+    "suffix": ("",),
+}
+MAX_EMBEDDING_INPUTS = 2048  # as OpenAI's
+
+
+class Part(Protocol):
+    """One part of a message's content."""
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def text(self) -> str | None: ...
 
 
 class Message(Protocol):
@@ -30,14 +87,32 @@ class Message(Protocol):
     def role(self) -> str: ...
 
     @property
-    def content(self) -> str | None: ...
+    def content(self) -> str | Sequence[Part] | None: ...
 
     @property
     def name(self) -> str | None: ...
 
+    @property
+    def model_extra(self) -> dict[str, Any] | None:
+        """OpenAI's other fields: an assistant's `tool_calls`, a tool's `tool_call_id`."""
+
+
+@dataclass(frozen=True)
+class UserTurn:
+    """A user's message alone: a legacy completion's prompt."""
+
+    content: str
+    role: str = "user"
+    name: str | None = None
+    model_extra: dict[str, Any] | None = None
+
 
 class NoUserTurn(InvalidInput):
-    """The request's last message is not the user's, with text: there is nothing to answer."""
+    """The request has no user message with text to answer."""
+
+
+class Unsupported(InvalidInput):
+    """A request field alma cannot honour, refused rather than dropped (`field` names it)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +125,42 @@ class Answer:
     memories_behind: bool  # the index lacked the instance's latest writes: answered without
 
 
+def sampling(
+    fields: Mapping[str, Any],
+    refused: Mapping[str, str] = NOT_HONOURED,
+    harmless: Mapping[str, tuple[Any, ...]] = _HARMLESS,
+) -> dict[str, Any]:
+    """The request's sampling fields for the model; any other field that asks for something
+    raises `Unsupported` naming it and why."""
+    passed: dict[str, Any] = {}
+    for name, value in fields.items():
+        if value is None or name in IGNORED or value in harmless.get(name, ()):
+            continue
+        if name in PASSED and name not in refused:
+            passed[name] = value
+            continue
+        reason = refused.get(name) or (
+            "alma does not take it; the fields it passes to the model: " + ", ".join(PASSED)
+        )
+        raise Unsupported(f"{name} is not supported: {reason}", name)
+    return passed
+
+
+def text_completion_sampling(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """`sampling` for a legacy completion, which has fields of its own."""
+    return sampling(
+        fields,
+        {**NOT_HONOURED, **TEXT_COMPLETION_REFUSED},
+        {**_HARMLESS, **_TEXT_COMPLETION_HARMLESS},
+    )
+
+
+def prompt_turn(prompt: str | Sequence[str]) -> list[UserTurn]:
+    """A legacy completion's prompt (a text, or a list of one) as the conversation: one user
+    message."""
+    return [UserTurn(prompt if isinstance(prompt, str) else prompt[0])]
+
+
 def answer(
     chat: Chat,
     tenant: str,
@@ -59,27 +170,57 @@ def answer(
     temperature: float,
     stream: bool,
     actor: Actor,
+    *,
+    fields: Mapping[str, Any] | None = None,
+    legacy_completion: bool = False,
+    client_instructions: bool = True,
 ) -> Answer:
-    """The instance named by `model` answers the last of `messages`, streaming or not."""
+    """The instance named by `model` answers the last user message of `messages` (continuing
+    a last assistant message, or going on from the tool results after it), streaming or not.
+    `fields`: the request's others, passed to the model or refused (as a legacy completion's
+    when `legacy_completion`), once the model is known to be an instance."""
     instance_id = _instance_of(chat.app, tenant, model)
-    last = messages[-1] if messages else None
-    if last is None or last.role != "user" or not last.content:
-        raise NoUserTurn("the last message must be the user's, with text content", "messages")
-    for message in messages:  # the last one's is recorded; every one is held to the same rule
+    options = (text_completion_sampling if legacy_completion else sampling)(fields or {})
+    texts = [_text(message, i) for i, message in enumerate(messages)]
+    last = len(messages) - 1
+    prefill = ""
+    exchange: list[dict[str, Any]] = []
+    if last >= 1 and messages[last].role in ("tool", "function"):
+        while last >= 0 and messages[last].role != "user":
+            exchange.insert(0, _exchanged(messages[last], texts[last], last))
+            last -= 1
+    elif last >= 1 and messages[last].role == "assistant" and texts[last]:
+        prefill, last = texts[last], last - 1
+    if last < 0 or messages[last].role != "user" or not texts[last]:
+        raise NoUserTurn(
+            "the last message must be the user's, with text content (or, after it, the start "
+            "of the reply, or tool results)",
+            "messages",
+        )
+    for message in messages:  # the user's is recorded; every one is held to the same rule
         valid_speaker(message.name, "name")
     history = [
-        Turn(m.role, m.content)
-        for m in messages[:-1]
-        if m.role in ("user", "assistant") and m.content
+        Turn(m.role, text)
+        for m, text in zip(messages[:last], texts, strict=False)
+        if m.role in ("user", "assistant") and text
+    ]
+    instructions = [
+        text
+        for m, text in zip(messages, texts, strict=True)
+        if m.role in ("system", "developer") and text.strip()
     ]
     turn = chat.prepare(
         tenant,
         instance_id,
-        last.content,
+        texts[last],
         max_tokens,
         temperature,
         history=history or None,
-        name=last.name,
+        name=messages[last].name,
+        instructions="\n\n".join(instructions) if client_instructions else "",
+        prefill=prefill,
+        exchange=exchange,
+        sampling=options,
     )
     created = int(time.time())
     if stream:
@@ -94,8 +235,8 @@ def answer(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": result.reply},
-                "finish_reason": "stop",
+                "message": _message(result),
+                "finish_reason": result.finish_reason,
             }
         ],
         "usage": _usage(result),
@@ -104,8 +245,34 @@ def answer(
     return Answer(completion, turn.memories_unavailable, turn.memories_behind)
 
 
-def models(app: Alma, listings: ListingView, tenant: str) -> dict[str, Any]:
-    """Every instance of the tenant, as OpenAI lists models: its id is the `model` to send."""
+def as_text_completion(chat_answer: Answer) -> Answer:
+    """The same answer as a legacy `text_completion` (or its chunks): the reply is the text."""
+    body = chat_answer.body
+    if isinstance(body, dict):
+        choice = body["choices"][0]
+        text = {
+            **body,
+            "id": body["id"].replace("chatcmpl-", "cmpl-", 1),
+            "object": "text_completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "text": choice["message"]["content"],
+                    "logprobs": None,
+                    "finish_reason": choice["finish_reason"],
+                }
+            ],
+        }
+        return Answer(text, chat_answer.memories_unavailable, chat_answer.memories_behind)
+    return Answer(_text_chunks(body), chat_answer.memories_unavailable, chat_answer.memories_behind)
+
+
+def models(
+    app: Alma, listings: ListingView, tenant: str, caught_up: Callable[[], None]
+) -> dict[str, Any]:
+    """Every instance of the tenant, as OpenAI lists models: its id is the `model` to send.
+    `caught_up` returns once the listings hold every write so far (read-your-writes)."""
+    caught_up()
     listed, after = [], 0
     while True:
         page = listings.select("instance", tenant, after, 500)
@@ -116,31 +283,129 @@ def models(app: Alma, listings: ListingView, tenant: str) -> dict[str, Any]:
     data = []
     for entry in listed:
         try:
-            instance = app.instance(tenant, entry.id)
+            data.append(_model(app, tenant, entry.id))
         except NotFound:
             continue
-        data.append(
-            {
-                "id": str(instance.id),
-                "object": "model",
-                "created": int(instance.created_on.timestamp()),
-                "owned_by": tenant,
-                "name": instance.name,
-            }
-        )
     return {"object": "list", "data": data}
+
+
+def model(app: Alma, tenant: str, name: str) -> dict[str, Any]:
+    """One instance as OpenAI shows a model, named by id or as '<character>/<instance>'."""
+    return _model(app, tenant, _instance_of(app, tenant, name))
+
+
+def embeddings(
+    encode: Callable[[Sequence[str]], list[list[float]]],
+    model_name: str,
+    inputs: str | Sequence[str],
+    encoding_format: str = "float",
+    dimensions: int | None = None,
+) -> dict[str, Any]:
+    """OpenAI's embeddings answer, made with alma's own embedding model (`encode`, named
+    `model_name`: unit vectors)."""
+    texts = [inputs] if isinstance(inputs, str) else list(inputs)
+    if not texts or len(texts) > MAX_EMBEDDING_INPUTS:
+        raise InvalidInput(f"input must hold 1 to {MAX_EMBEDDING_INPUTS} texts", "input")
+    for i, text in enumerate(texts):
+        if blank(text):
+            raise InvalidInput(f"input[{i}] has no visible character", "input")
+        valid_text(text, "input")
+    vectors = encode(texts)
+    size = len(vectors[0])
+    if dimensions is not None and dimensions != size:
+        raise Unsupported(
+            f"dimensions is not supported: {model_name} makes vectors of {size}",
+            "dimensions",
+        )
+    used = sum(tokens.count(text) for text in texts)
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": _encoded(vector, encoding_format)}
+            for i, vector in enumerate(vectors)
+        ],
+        "model": model_name,
+        "usage": {"prompt_tokens": used, "total_tokens": used},
+    }
+
+
+def _encoded(vector: list[float], encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":  # what the openai SDK asks for: little-endian float32
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+    return vector
+
+
+def _text(message: Message, index: int) -> str:
+    """A message's text: its content, or its text parts joined by line breaks."""
+    content = message.content
+    if content is None or isinstance(content, str):
+        return content or ""
+    texts = []
+    for j, part in enumerate(content):
+        if part.type != "text":
+            raise Unsupported(
+                f"{part.type} content is not supported: the model alma talks to is given text "
+                "only; send text parts",
+                f"messages[{index}].content[{j}]",
+            )
+        texts.append(part.text or "")
+    return "\n".join(texts)
+
+
+def _exchanged(message: Message, text: str, index: int) -> dict[str, Any]:
+    """A message of a tool exchange, as the model reads it: an assistant's tool calls, or a
+    tool's (or a legacy function's) result."""
+    if message.role not in ("assistant", "tool", "function"):
+        raise NoUserTurn(
+            f"after the user's last message only tool calls and results may come, not a "
+            f"{message.role} message",
+            f"messages[{index}]",
+        )
+    extra = message.model_extra or {}
+    exchanged: dict[str, Any] = {"role": message.role, "content": text or None}
+    for field in ("tool_calls", "tool_call_id", "function_call"):
+        if extra.get(field) is not None:
+            exchanged[field] = extra[field]
+    if message.name is not None:
+        exchanged["name"] = message.name
+    return exchanged
+
+
+def _message(result: TurnResult) -> dict[str, Any]:
+    """The assistant's message in the answer: what the model wrote in this turn, and the tools
+    it called."""
+    if not result.tool_calls:
+        return {"role": "assistant", "content": result.text}
+    return {"role": "assistant", "content": result.text or None, "tool_calls": result.tool_calls}
+
+
+def _model(app: Alma, tenant: str, instance_id: UUID) -> dict[str, Any]:
+    instance = app.instance(tenant, instance_id)
+    return {
+        "id": str(instance.id),
+        "object": "model",
+        "created": int(instance.created_on.timestamp()),
+        "owned_by": tenant,
+        "name": instance.name,
+    }
 
 
 def _instance_of(app: Alma, tenant: str, model: str) -> UUID:
     try:
-        instance_id = UUID(model)
-    except ValueError:
-        character_name, _, instance_name = model.rpartition("/")
-        instance_id = app.instance_id_by_name(tenant, instance_name)
-        character = app.character(tenant, app.instance(tenant, instance_id).character_id)
-        if character_name and character_name.casefold() != character.name.casefold():
-            raise NotFound(f"no instance is named {model!r}") from None
-    app.instance(tenant, instance_id)
+        try:
+            instance_id = UUID(model)
+        except ValueError:
+            character_name, _, instance_name = model.rpartition("/")
+            instance_id = app.instance_id_by_name(tenant, instance_name)
+            character = app.character(tenant, app.instance(tenant, instance_id).character_id)
+            if character_name and character_name.casefold() != character.name.casefold():
+                raise NotFound(f"no instance is named {model!r}") from None
+        app.instance(tenant, instance_id)
+    except NotFound as error:
+        raise NotFound(
+            f"{error}: the model is one of your instances, by id or as "
+            "'<character>/<instance>'; GET /v1/models lists them"
+        ) from None
     return instance_id
 
 
@@ -168,7 +433,7 @@ def _alma(result: TurnResult) -> dict[str, Any]:
 def _chunks(
     pieces: Iterator[str | TurnResult], model: str, created: int
 ) -> Iterator[dict[str, Any]]:
-    def chunk(delta: dict[str, str], finish: str | None, **extra: Any) -> dict[str, Any]:
+    def chunk(delta: dict[str, Any], finish: str | None, **extra: Any) -> dict[str, Any]:
         return {
             "id": f"chatcmpl-{created}",
             "object": "chat.completion.chunk",
@@ -181,6 +446,29 @@ def _chunks(
     yield chunk({"role": "assistant"}, None)
     for piece in pieces:
         if isinstance(piece, TurnResult):
-            yield chunk({}, "stop", usage=_usage(piece), alma=_alma(piece))
+            if piece.tool_calls:  # each whole, in one delta: a client joins pieces, even one
+                calls = [{"index": i, **call} for i, call in enumerate(piece.tool_calls)]
+                yield chunk({"tool_calls": calls}, None)
+            yield chunk({}, piece.finish_reason, usage=_usage(piece), alma=_alma(piece))
         else:
             yield chunk({"content": piece}, None)
+
+
+def _text_chunks(chunks: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for chunk in chunks:
+        choice = chunk["choices"][0]
+        if choice["delta"].get("role"):
+            continue  # a text completion has no role to announce
+        yield {
+            **chunk,
+            "id": chunk["id"].replace("chatcmpl-", "cmpl-", 1),
+            "object": "text_completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "text": choice["delta"].get("content", ""),
+                    "logprobs": None,
+                    "finish_reason": choice["finish_reason"],
+                }
+            ],
+        }

@@ -3,10 +3,13 @@
 The budget is the model's context window less the room kept for the reply (`max_tokens`). Parts
 go in by priority: the persona (trimmed, longest fields first, only if it cannot fit whole; a
 character's `post_history_instructions` are part of it, in a system message after the user's),
-the new user message (always whole, or PromptTooLarge), the instance's own memory text (trimmed to
-what is left), the retrieved recollections (most relevant first, each whole or not at all) and
-the recent turns (newest first, whole, shown oldest first). A part only gets room once every
-part above it is whole, so a lower priority never pushes out a higher one.
+the new user message (always whole, or PromptTooLarge, with what follows it when the client sent
+it: the start of the reply, or a tool exchange to go on from), the client's own instructions (an
+OpenAI client's system message, a system message of their own after the persona's, trimmed to
+what is left), the instance's own memory text (trimmed to what is left), the retrieved
+recollections (most relevant first, each whole or not at all) and the recent turns (newest
+first, whole, shown oldest first). A part only gets room once every part above it is whole, so a
+lower priority never pushes out a higher one.
 
 Counting is injected (`count` for one text, `count_messages` for a message list, OpenAI's
 accounting), which keeps this module pure. The persona is counted exactly; the parts below it are
@@ -24,14 +27,15 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 from alma.chat.macros import day as _day
 from alma.chat.macros import fill
 from alma.domain.errors import DomainError
 
 CountText = Callable[[str], int]
-CountMessages = Callable[[list[dict[str, str]]], int]
-Message = dict[str, str]
+CountMessages = Callable[[list[dict[str, Any]]], int]
+Message = dict[str, Any]  # text, or a tool exchange's message (its `tool_calls`, `tool_call_id`)
 _Priced = tuple[Message, int]  # a message with the tokens it adds to the request
 
 ELLIPSIS = "…"
@@ -123,6 +127,7 @@ class _Parts:
     own_instruction: bool  # the character brings a system prompt: it replaces the default
     today: str
     last_talk: str | None
+    instructions: str = ""  # the client's own system message, shown after the persona's
     memory_text: str = ""
     recollections: list[Recollection] = field(default_factory=list)
 
@@ -141,13 +146,17 @@ def build_prompt(
     count: CountText,
     count_messages: CountMessages,
     user_name: str | None = None,
+    instructions: str = "",
+    after: Sequence[Message] = (),
 ) -> Prompt:
     """The messages for one turn; `tokens` (by `count_messages`) never exceeds
     `context_window - max_tokens`. `turns` are the recent conversation, oldest first, without the
     new message. The persona's macros (`alma.chat.macros`) are filled with the instance's name
-    and `user_name` (default "User"). Raises PromptTooLarge when the user message cannot fit
-    even beside the smallest persona, and ValueError on a budget that is not positive or a turn
-    with an unknown role."""
+    and `user_name` (default "User"). `instructions`: the client's own system message; `after`:
+    what follows the new message, for the model to go on from (the start of the reply, or the
+    model's tool calls and their results), both from an OpenAI client. Raises PromptTooLarge
+    when the user message cannot fit even beside the smallest persona, and ValueError on a
+    budget that is not positive or a turn with an unknown role."""
     budget = context_window - max_tokens
     if budget <= 0:
         raise ValueError(f"max_tokens ({max_tokens}) leaves no room in {context_window} tokens")
@@ -167,10 +176,10 @@ def build_prompt(
         today=_day(now),
         last_talk=_day(last) if last is not None and _day(last) != _day(now) else None,
     )
-    user = {"role": "user", "content": user_message}
+    ending = [{"role": "user", "content": user_message}, *after]
 
     def exact(parts: _Parts, tail: Sequence[_Priced] = ()) -> int:
-        return count_messages(_messages(parts, tail, user))
+        return count_messages(_messages(parts, tail, ending))
 
     truncated: list[str] = []
     fitted = _fit_persona(parts, budget, count, exact, truncated)
@@ -184,6 +193,10 @@ def build_prompt(
 
     used: list[Recollection] = []
     tail: list[_Priced] = []
+    if instructions.strip():
+        parts, left = _add_instructions(parts, instructions, left, count, count_messages)
+        if parts.instructions != instructions:
+            truncated.append("instructions")
     if not truncated and memory_text.strip():
         parts, left = _add_memory_text(parts, memory_text, left, count)
         if parts.memory_text != memory_text:
@@ -212,11 +225,16 @@ def build_prompt(
             parts = replace(parts, memory_text=_fit_prefix(memory_text, target, count)[0])
             if "memory_text" not in truncated:
                 truncated.append("memory_text")
+        elif parts.instructions:
+            target = count(parts.instructions) - over
+            parts = replace(parts, instructions=_fit_prefix(instructions, target, count)[0])
+            if "instructions" not in truncated:
+                truncated.append("instructions")
         else:
             raise AssertionError("the persona alone was counted exactly")
         tokens = exact(parts, tail)
 
-    messages = _messages(parts, tail, user)
+    messages = _messages(parts, tail, ending)
     text = json.dumps(messages, ensure_ascii=False, separators=(",", ":"))
     return Prompt(
         messages=messages,
@@ -290,10 +308,14 @@ def _line(r: Recollection) -> str:
     return f"- [{_day(r.when)}] {prefix}{_oneline(r.text)}"
 
 
-def _messages(parts: _Parts, tail: Sequence[_Priced], user: Message) -> list[Message]:
-    after = parts.persona.post_history_instructions
-    last = [{"role": "system", "content": after}] if after.strip() else []
-    return [_system(parts), *(message for message, _ in reversed(tail)), user, *last]
+def _messages(parts: _Parts, tail: Sequence[_Priced], ending: Sequence[Message]) -> list[Message]:
+    """The persona, the client's instructions, the recent turns, the user's message, a card's
+    post-history instructions, then what the model goes on from (a reply's start, tool calls)."""
+    client = [{"role": "system", "content": parts.instructions}] if parts.instructions else []
+    post = parts.persona.post_history_instructions
+    last = [{"role": "system", "content": post}] if post.strip() else []
+    history = [message for message, _ in reversed(tail)]
+    return [_system(parts), *client, *history, ending[0], *last, *ending[1:]]
 
 
 def _fit_persona(
@@ -363,6 +385,20 @@ def _add_memory_text(
         return parts, left
     kept, tokens = _fit_prefix(memory_text, room, count)
     return replace(parts, memory_text=kept), room - tokens if kept == memory_text else 0
+
+
+def _add_instructions(
+    parts: _Parts, instructions: str, left: int, count: CountText, count_messages: CountMessages
+) -> tuple[_Parts, int]:
+    """The client's instructions whole if they fit in what is left, else their beginning; with
+    what is left."""
+    room = left - (count_messages([{"role": "system", "content": ""}]) - count_messages([]))
+    if room <= 0:
+        return parts, left
+    kept, tokens = _fit_prefix(instructions, room, count)
+    if not kept:
+        return parts, left
+    return replace(parts, instructions=kept), room - tokens if kept == instructions else 0
 
 
 def _add_recollections(

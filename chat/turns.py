@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,7 +24,7 @@ from alma.chat.prompt import Persona, Prompt, Recollection, Turn, build_prompt
 from alma.domain import Actor, Alma, InvalidInput, Reply
 from alma.domain.rules import valid_message
 from alma.llm import tokens
-from alma.llm.client import Completion, ModelClient, ModelError
+from alma.llm.client import Completion, ModelClient, ModelError, Sampling
 from alma.projections import Hit, MemoryIndex
 
 log = logging.getLogger(__name__)
@@ -47,11 +47,16 @@ class PreparedTurn:
     name: str | None = None  # who says the user's message (OpenAI's field), if the client says
     memories_unavailable: bool = False  # the vector store was down: answered without recall
     memories_behind: bool = False  # the index lacked the instance's latest writes: without them
+    sampling: Sampling | None = None  # stop, seed, top_p, ...: passed to the model as they are
+    prefill: str = ""  # the start of the reply, written by the client: the model continues it
+    # The user's message when it is already recorded: a reply the client has the model continue,
+    # or a tool exchange it goes on from.
+    answered: UUID | None = None
 
 
 @dataclass(frozen=True)
 class TurnResult:
-    reply: str
+    reply: str  # the whole reply, with the start the client wrote (`PreparedTurn.prefill`)
     version: int
     message_id: UUID
     reply_id: UUID
@@ -61,6 +66,9 @@ class TurnResult:
     memories_used: list[Hit]
     memories_unavailable: bool = False
     memories_behind: bool = False
+    finish_reason: str = "stop"  # the model's: "length" when max_tokens cut the reply short
+    text: str = ""  # what the model wrote in this turn (the reply less the client's start)
+    tool_calls: tuple[dict[str, Any], ...] = ()  # the tools the model called (OpenAI's shape)
 
 
 class Chat:
@@ -93,11 +101,20 @@ class Chat:
         temperature: float,
         history: Sequence[Turn] | None = None,
         name: str | None = None,
+        *,
+        instructions: str = "",
+        prefill: str = "",
+        exchange: Sequence[Mapping[str, Any]] = (),
+        sampling: Sampling | None = None,
     ) -> PreparedTurn:
         """Checks the input and builds the prompt. The recent turns are the instance's own, as
         recorded up to now; `history` (an OpenAI-style client sends its own) stands in for them,
         each turn matched to the recorded one. Retrieval waits, at most `memory_wait_s`, for the
-        index to hold the instance's latest write, and leaves out what the prompt holds."""
+        index to hold the instance's latest write, and leaves out what the prompt holds.
+        `instructions` (the client's system message) follow the persona; `prefill` is the start
+        of the reply, continued by the model; `exchange`, the model's tool calls since `message`
+        and their results, which it goes on from. When `message` is the instance's last recorded
+        message from the user, the reply then answers it and it is not recorded again."""
         valid_message("user", message)
         model = self.model()
         if max_tokens >= model.context_window:
@@ -105,11 +122,15 @@ class Chat:
                 f"max_tokens must be below the model's context of {model.context_window}",
                 "max_tokens",
             )
+        after = (
+            [{"role": "assistant", "content": prefill}] if prefill else list(map(dict, exchange))
+        )
         embedding = self.index.embed_soon(message)  # while the instance and its turns load
         instance = self.app.instance(tenant, instance_id)
         character = self.app.character(tenant, instance.character_id)
         recent = max(self.history_turns, min(len(history or ()), MATCHED_TURNS))
-        held = chat_history.history(self.app.last_messages(instance_id, recent), history, message)
+        said = self.app.last_messages(instance_id, recent)
+        held = chat_history.history(said, history, message)
         behind = not self.index_wait(
             self.app.written_up_to(instance_id, held.ids), self.memory_wait_s
         )
@@ -150,6 +171,8 @@ class Chat:
             count=tokens.count,
             count_messages=tokens.count_messages,
             user_name=name or instance.user_name,
+            instructions=instructions,
+            after=after,
         )
         return PreparedTurn(
             tenant,
@@ -162,6 +185,9 @@ class Chat:
             memories_unavailable=unavailable,
             memories_behind=behind,
             name=name,
+            sampling=sampling,
+            prefill=prefill,
+            answered=_last_from_user(said, message) if prefill or exchange else None,
         )
 
     def complete(self, turn: PreparedTurn, actor: Actor) -> TurnResult:
@@ -169,7 +195,7 @@ class Chat:
         message_id = self._record_message(turn, actor)
         try:
             completion = self.model().complete(
-                turn.prompt.messages, turn.max_tokens, turn.temperature
+                turn.prompt.messages, turn.max_tokens, turn.temperature, turn.sampling
             )
         except ModelError as error:
             self._record_failure(turn, message_id, error, actor)
@@ -188,7 +214,7 @@ class Chat:
         finished = False
         try:
             for piece in self.model().stream(
-                turn.prompt.messages, turn.max_tokens, turn.temperature
+                turn.prompt.messages, turn.max_tokens, turn.temperature, turn.sampling
             ):
                 if isinstance(piece, Completion):
                     finished = True
@@ -208,6 +234,8 @@ class Chat:
                 self._record_interrupted(turn, message_id, "".join(parts), started, actor)
 
     def _record_message(self, turn: PreparedTurn, actor: Actor) -> UUID:
+        if turn.answered is not None:
+            return turn.answered
         return self.app.record_message(
             turn.tenant, turn.instance_id, turn.message, actor, turn.metadata, turn.name
         )
@@ -215,12 +243,15 @@ class Chat:
     def _record_reply(
         self, turn: PreparedTurn, message_id: UUID, completion: Completion, actor: Actor
     ) -> TurnResult:
+        reply = turn.prefill + completion.text
+        if completion.tool_calls:  # recorded as what the character did, in words a reader follows
+            reply = "\n".join([*filter(None, [reply]), *map(_called, completion.tool_calls)])
         reply_id, version = self.app.record_reply(
             turn.tenant,
             turn.instance_id,
             Reply(
                 in_reply_to=message_id,
-                content=completion.text,
+                content=reply,
                 model=completion.model,
                 prompt_tokens=completion.prompt_tokens,
                 completion_tokens=completion.completion_tokens,
@@ -231,7 +262,7 @@ class Chat:
             actor,
         )
         return TurnResult(
-            reply=completion.text,
+            reply=reply,
             version=version,
             message_id=message_id,
             reply_id=reply_id,
@@ -241,6 +272,9 @@ class Chat:
             memories_used=[turn.recalled[i] for i in turn.prompt.memories_used],
             memories_unavailable=turn.memories_unavailable,
             memories_behind=turn.memories_behind,
+            finish_reason=completion.finish_reason,
+            text=completion.text,
+            tool_calls=completion.tool_calls,
         )
 
     def _record_failure(
@@ -256,6 +290,7 @@ class Chat:
         """The client went away mid-stream: keep what it was shown."""
         if not partial:
             return
+        partial = turn.prefill + partial
         elapsed = (datetime.now(UTC) - started).total_seconds() * 1000
         self.app.record_reply(
             turn.tenant,
@@ -303,3 +338,18 @@ def _recollection(hit: Hit) -> Recollection:
         str(role) if role else None,
         doc.speaker,
     )
+
+
+def _last_from_user(said: Sequence[Any], message: str) -> UUID | None:
+    """The id of the instance's last recorded message from the user, if it says `message`."""
+    for event in reversed(said):
+        if getattr(event, "role", None) == "user":
+            same = chat_history.line(event.content) == chat_history.line(message)
+            return UUID(str(event.message_id)) if same else None
+    return None
+
+
+def _called(call: Mapping[str, Any]) -> str:
+    """`weather({"city": "Lisboa"})`: a tool call as the reply records it."""
+    function = call.get("function") or {}
+    return f"{function.get('name', '')}({function.get('arguments', '')})"

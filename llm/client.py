@@ -22,6 +22,7 @@ from typing import Any, Protocol, cast, runtime_checkable
 
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
 from openai.types.completion_usage import CompletionUsage
 
 from alma.llm import tokens
@@ -32,7 +33,11 @@ _KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_*\-]{4,}")  # OpenAI-style keys, masked
 _MIN_SECRET = 8  # shorter "keys" (e.g. "local") are not secrets; longer fragments are redacted
 _MAX_DETAIL = 200
 
-Messages = Sequence[Mapping[str, str]]
+# OpenAI's chat messages: text, or a tool exchange (an assistant's `tool_calls`, a tool's result).
+Messages = Sequence[Mapping[str, Any]]
+# Fields beside max_tokens and temperature (stop, seed, top_p, the penalties, user, logit_bias,
+# tools, response_format, ...), sent to the model server as they are.
+Sampling = Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,7 @@ class Completion:
     finish_reason: str
     latency_ms: float
     attempts: int = 1
+    tool_calls: tuple[dict[str, Any], ...] = ()  # OpenAI's shape: {id, type, function}
 
 
 class ModelError(Exception):
@@ -80,10 +86,20 @@ class ModelClient(Protocol):
     model: str
     context_window: int
 
-    def complete(self, messages: Messages, max_tokens: int, temperature: float) -> Completion: ...
+    def complete(
+        self,
+        messages: Messages,
+        max_tokens: int,
+        temperature: float,
+        sampling: Sampling | None = None,
+    ) -> Completion: ...
 
     def stream(
-        self, messages: Messages, max_tokens: int, temperature: float
+        self,
+        messages: Messages,
+        max_tokens: int,
+        temperature: float,
+        sampling: Sampling | None = None,
     ) -> Iterator[str | Completion]:
         """Text deltas, then exactly one final `Completion`."""
         ...
@@ -155,7 +171,13 @@ class OpenAIModel:
 
     # -- complete ---------------------------------------------------------------------------
 
-    def complete(self, messages: Messages, max_tokens: int, temperature: float) -> Completion:
+    def complete(
+        self,
+        messages: Messages,
+        max_tokens: int,
+        temperature: float,
+        sampling: Sampling | None = None,
+    ) -> Completion:
         started = time.perf_counter()
         attempt = 0
         with self._my_turn():
@@ -163,7 +185,7 @@ class OpenAIModel:
                 attempt += 1
                 try:
                     answer = self._client.chat.completions.create(
-                        **self._request(messages, max_tokens, temperature)
+                        **self._request(messages, max_tokens, temperature, sampling)
                     )
                     return self._completion(answer, messages, started, attempt)
                 except Exception as exc:
@@ -200,6 +222,9 @@ class OpenAIModel:
             text = choice.message.content or ""
             if not isinstance(text, str):
                 raise _Malformed("the reply's content is not text")
+            calls = tuple(
+                call.model_dump(exclude_none=True) for call in choice.message.tool_calls or ()
+            )
             prompt_tokens, completion_tokens = _usage(
                 getattr(answer, "usage", None), messages, text
             )
@@ -211,6 +236,7 @@ class OpenAIModel:
                 finish_reason=getattr(choice, "finish_reason", None) or "unknown",
                 latency_ms=_elapsed_ms(started),
                 attempts=attempt,
+                tool_calls=calls,
             )
         except (AttributeError, TypeError, IndexError) as exc:
             # The SDK builds models without validating them: missing fields show up here.
@@ -219,7 +245,11 @@ class OpenAIModel:
     # -- stream -----------------------------------------------------------------------------
 
     def stream(
-        self, messages: Messages, max_tokens: int, temperature: float
+        self,
+        messages: Messages,
+        max_tokens: int,
+        temperature: float,
+        sampling: Sampling | None = None,
     ) -> Generator[str | Completion, None, None]:
         """Text deltas, then one `Completion`. Closing the generator early releases the HTTP
         stream (the server stops generating)."""
@@ -229,8 +259,9 @@ class OpenAIModel:
             while True:
                 attempt += 1
                 parts: list[str] = []
+                calls: dict[int, dict[str, Any]] = {}  # by index, their pieces joined
                 try:
-                    request = self._request(messages, max_tokens, temperature)
+                    request = self._request(messages, max_tokens, temperature, sampling)
                     if self.stream_usage:
                         request["stream_options"] = {"include_usage": True}
                     chunks = self._client.chat.completions.create(stream=True, **request)
@@ -251,6 +282,8 @@ class OpenAIModel:
                                 if content:
                                     parts.append(content)
                                     yield content
+                                for call in getattr(delta, "tool_calls", None) or ():
+                                    _join(calls.setdefault(call.index, {}), call)
                                 finish_reason = (
                                     getattr(choice, "finish_reason", None) or finish_reason
                                 )
@@ -266,6 +299,7 @@ class OpenAIModel:
                         finish_reason=finish_reason,
                         latency_ms=_elapsed_ms(started),
                         attempts=attempt,
+                        tool_calls=tuple(calls[i] for i in sorted(calls)),
                     )
                     return
                 except Exception as exc:
@@ -277,8 +311,11 @@ class OpenAIModel:
 
     # -- shared -----------------------------------------------------------------------------
 
-    def _request(self, messages: Messages, max_tokens: int, temperature: float) -> dict[str, Any]:
+    def _request(
+        self, messages: Messages, max_tokens: int, temperature: float, sampling: Sampling | None
+    ) -> dict[str, Any]:
         return {
+            **(sampling or {}),
             "model": self.model,
             "messages": cast(Any, [dict(message) for message in messages]),
             "max_tokens": max_tokens,
@@ -342,6 +379,18 @@ class OpenAIModel:
             for start in range(len(secret) - _MIN_SECRET + 1):
                 message = message.replace(secret[start : start + _MIN_SECRET], "***")
         return _KEY_LIKE.sub("***", message)
+
+
+def _join(call: dict[str, Any], piece: ChoiceDeltaToolCall) -> None:
+    """A streamed tool call's piece added to what came before: an id and a name once, the
+    arguments a piece at a time."""
+    if piece.id:
+        call["id"] = piece.id
+    call["type"] = piece.type or call.get("type", "function")
+    if piece.function is not None:
+        function = call.setdefault("function", {"name": "", "arguments": ""})
+        function["name"] += piece.function.name or ""
+        function["arguments"] += piece.function.arguments or ""
 
 
 def _usage(usage: CompletionUsage | None, messages: Messages, text: str) -> tuple[int, int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import threading
@@ -18,6 +19,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from functools import cache, lru_cache
 from pathlib import Path
+from typing import Any
 
 import tiktoken
 
@@ -124,13 +126,16 @@ def count(text: str) -> int:
     return len(encode(text))
 
 
-def count_messages(messages: Sequence[Mapping[str, str]]) -> int:
-    """Prompt tokens of a chat request as gpt-3.5-turbo bills them, reply priming included."""
+def count_messages(messages: Sequence[Mapping[str, Any]]) -> int:
+    """Prompt tokens of a chat request as gpt-3.5-turbo bills them, reply priming included (a
+    value that is not text, such as an assistant's `tool_calls`, counted as its JSON)."""
     total = REPLY_PRIMING
     for message in messages:
         total += TOKENS_PER_MESSAGE
         for key, value in message.items():
-            total += count(value)
+            if value is None:
+                continue
+            total += count(value if isinstance(value, str) else json.dumps(value))
             if key == "name":
                 total += TOKENS_PER_NAME
     return total

@@ -171,19 +171,24 @@ def shared_api(module_settings: Settings) -> Iterator[Api]:
 @pytest.fixture
 def chat_api(settings: Settings, openai_stub: OpenAIStub) -> Iterator[Api]:
     """alma whose chat model is the local OpenAI-compatible stub server."""
-    stubbed = settings.model_copy(
+    with running_api(stubbed_model(settings, openai_stub)) as running:
+        yield running
+
+
+def stubbed_model(settings: Settings, stub: OpenAIStub, **more: object) -> Settings:
+    """`settings` with the stub server as the chat model (and `more` settings)."""
+    return settings.model_copy(
         update={
             "openai_api_key": SecretStr("sk-test-alma-0123456789"),
-            "openai_base_url": openai_stub.base_url,
+            "openai_base_url": stub.base_url,
             "model_timeout_s": 2.0,
             "model_max_retries": 1,
             # A turn's bound on waiting for the index: on a loaded machine embedding the
             # memory a test just wrote can take more than the default 2 s.
             "chat_memory_wait_s": 30.0,
+            **more,
         }
     )
-    with running_api(stubbed) as running:
-        yield running
 
 
 @contextmanager

@@ -1,8 +1,9 @@
 """A real local HTTP server that speaks OpenAI Chat Completions, with scripted behaviours.
 
 Tests point the official `openai` SDK (or alma's model client) at `stub.base_url`, queue what the
-next requests meet with `stub.script(...)` (a reply, an error status with `Retry-After`, a delay,
-malformed JSON, a stream that breaks) and assert on `stub.requests`, the JSON bodies received.
+next requests meet with `stub.script(...)` (a reply, tool calls, an error status with
+`Retry-After`, a delay, malformed JSON, a stream that breaks) and assert on `stub.requests`, the
+JSON bodies received.
 A request that finds the queue empty gets `stub.default` (a plain reply). A subclass may answer
 by content (`answer`) and note when a streamed reply's first word went out (`first_word_sent`),
 as bench/chat_turn.py does.
@@ -40,6 +41,15 @@ class Reply:
     chunk_delay_s: float = 0.0  # streaming: between deltas
     break_after: int | None = None  # streaming: drop the connection after this many deltas
     done: bool = True  # streaming: end with `data: [DONE]`
+    # Tools the model calls, as (name, arguments JSON); streamed with the arguments in two pieces.
+    tool_calls: tuple[tuple[str, str], ...] = ()
+
+    def calls(self) -> list[dict[str, Any]]:
+        """The tool calls in OpenAI's shape, with ids."""
+        return [
+            {"id": f"call_{i}", "type": "function", "function": {"name": n, "arguments": a}}
+            for i, (n, a) in enumerate(self.tool_calls)
+        ]
 
 
 @dataclass(frozen=True)
@@ -237,6 +247,13 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.break_after is not None:
             self.close_connection = True
             return
+        for index, call in enumerate(reply.calls()):
+            arguments = call["function"]["arguments"]
+            half = len(arguments) // 2
+            first = {**call, "function": {**call["function"], "arguments": arguments[:half]}}
+            for piece in (first, {"function": {"arguments": arguments[half:]}}):
+                delta = {"tool_calls": [{"index": index, **piece}]}
+                event([{"index": 0, "delta": delta, "finish_reason": None}])
         if reply.finish_reason is not None:
             event([{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}])
         if with_usage:
@@ -284,7 +301,12 @@ def _completion(reply: Reply, body: dict[str, Any]) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": reply.text, "refusal": None},
+                "message": {
+                    "role": "assistant",
+                    "content": reply.text or None,
+                    "refusal": None,
+                    **({"tool_calls": reply.calls()} if reply.tool_calls else {}),
+                },
                 "logprobs": None,
                 "finish_reason": reply.finish_reason,
             }

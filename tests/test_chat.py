@@ -383,7 +383,8 @@ def test_the_openai_turn_checks_the_model_before_the_messages(
     assert refused.status_code == 422
     assert refused.json()["error"] == {
         "code": "invalid_request",
-        "message": "the last message must be the user's, with text content",
+        "message": "the last message must be the user's, with text content (or, after it, the "
+        "start of the reply, or tool results)",
         "details": {"field": "messages"},
         "type": "invalid_request_error",
         "param": "messages",

@@ -538,3 +538,40 @@ def test_a_long_gap_since_the_last_turn_is_mentioned() -> None:
 def test_a_turn_with_an_unknown_role_is_refused() -> None:
     with pytest.raises(ValueError, match="role"):
         build(turns=[Turn("system", "obey")])
+
+
+def test_the_client_s_instructions_follow_the_persona_and_are_cut_to_the_budget() -> None:
+    turns = [Turn("user", "¿Te acuerdas de Lucía?"), Turn("assistant", "Claro, mi hermana.")]
+    memory = "Vive en Madrid con su gato Ñoño."
+    prompt = build(instructions="Answer in one sentence.", turns=turns, memory_text=memory)
+    assert [m["role"] for m in prompt.messages] == ["system", "system", "user", "assistant", "user"]
+    assert prompt.messages[1]["content"] == "Answer in one sentence."
+    assert memory in system(prompt) and prompt.truncated == []
+
+    # Too long for what the persona leaves: cut, and nothing of lower priority goes in.
+    long = words(2, 3000)
+    small = build(
+        instructions=long, turns=turns, memory_text=memory, context_window=600, max_tokens=100
+    )
+    assert small.tokens <= small.budget
+    assert small.truncated == ["instructions"]
+    assert small.messages[1]["content"].endswith(ELLIPSIS)
+    assert long.startswith(small.messages[1]["content"].removesuffix(ELLIPSIS).rstrip()[:200])
+    assert memory not in everything(small) and small.turns_used == 0
+
+
+def test_what_follows_the_new_message_ends_the_prompt_whole() -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+    for after in (
+        [{"role": "assistant", "content": "Ah, Lisboa,"}],
+        [
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 24 °C"},
+        ],
+    ):
+        prompt = build(user_message="Cuéntame de Lisboa", after=after)
+        assert prompt.messages[-1 - len(after) :] == [
+            {"role": "user", "content": "Cuéntame de Lisboa"},
+            *after,
+        ]
+        assert prompt.tokens == tokens.count_messages(prompt.messages) <= prompt.budget

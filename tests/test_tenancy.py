@@ -76,6 +76,11 @@ ENDPOINTS = {
         },
     ),
     "models": Endpoint("GET", "/v1/models"),
+    "model": Endpoint("GET", "/v1/models/{model}"),
+    "completions": Endpoint(
+        "POST", "/v1/completions", {"model": "{instance_id}", "prompt": "Hola", "max_tokens": 4}
+    ),
+    "embeddings": Endpoint("POST", "/v1/embeddings", {"model": "any", "input": "Hola"}),
     "speech": Endpoint("POST", "/v1/audio/speech", {"input": "Hola", "voice": "{instance_id}"}),
     "transcription": Endpoint(
         "POST", "/v1/audio/transcriptions", {}, upload=say("Hello there, my friend.", "en")
@@ -174,6 +179,7 @@ def call(api: Api, endpoint: Endpoint, world: AcmeWorld, headers: dict[str, str]
         character_id=world.character_id,
         instance_id=world.instance_id,
         memory_id=world.memory_id,
+        model=world.instance_id,  # the OpenAI-compatible name of an instance
     )
     body = endpoint.body
     if body is not None:  # ids in bodies too (the OpenAI-compatible `model`)

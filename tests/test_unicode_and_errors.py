@@ -54,7 +54,10 @@ class Server:
 
     def ids(self, path: str) -> str:
         return path.format(
-            character_id=self.character_id, instance_id=self.instance_id, memory_id=self.memory_id
+            character_id=self.character_id,
+            instance_id=self.instance_id,
+            memory_id=self.memory_id,
+            model=self.instance_id,  # the OpenAI-compatible name of an instance
         )
 
 

@@ -1,4 +1,4 @@
-"""OpenAI-compatible chat: point any OpenAI client at alma and name an instance as the model
+"""OpenAI-compatible routes: point any OpenAI client at alma and name an instance as the model
 (the turn itself is `chat.openai_compat`)."""
 
 from __future__ import annotations
@@ -10,31 +10,83 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from alma.api.deps import AlmaApp, ChatTurns, CurrentCaller, Listing
+from alma.api.deps import AlmaApp, AppSettings, ChatTurns, CurrentCaller, Index, Listing
 from alma.api.errors import openai_stream_error
-from alma.api.schemas import ChatCompletionRequest
+from alma.api.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from alma.chat import openai_compat
 from alma.llm.client import ModelError
 
 router = APIRouter(tags=["openai-compatible"])
 MEMORIES_UNAVAILABLE = "X-Alma-Memories-Unavailable"
 MEMORIES_BEHIND = "X-Alma-Memories-Behind"
+DEFAULT_MAX_TOKENS = 512
+DEFAULT_TEMPERATURE = 0.8
 
 
 @router.post("/v1/chat/completions", response_model=None)
 def chat_completions(
-    body: ChatCompletionRequest, caller: CurrentCaller, chat: ChatTurns
+    body: ChatCompletionRequest,
+    caller: CurrentCaller,
+    chat: ChatTurns,
+    settings: AppSettings,
 ) -> JSONResponse | StreamingResponse:
     answer = openai_compat.answer(
         chat,
         caller.tenant,
         body.model,
         body.messages,
-        body.max_completion_tokens or body.max_tokens or 512,
-        0.8 if body.temperature is None else body.temperature,
+        body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS,
+        DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
         body.stream,
         caller.actor,
+        fields=body.fields(),
+        client_instructions=settings.chat_client_instructions,
     )
+    return _answered(answer)
+
+
+@router.post("/v1/completions", response_model=None)
+def completions(
+    body: CompletionRequest, caller: CurrentCaller, chat: ChatTurns
+) -> JSONResponse | StreamingResponse:
+    """OpenAI's legacy completions: the prompt is the user's turn, the reply the completion."""
+    answer = openai_compat.answer(
+        chat,
+        caller.tenant,
+        body.model,
+        openai_compat.prompt_turn(body.prompt),
+        body.max_tokens or DEFAULT_MAX_TOKENS,
+        DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
+        body.stream,
+        caller.actor,
+        fields=body.fields(),
+        legacy_completion=True,
+    )
+    return _answered(openai_compat.as_text_completion(answer))
+
+
+@router.get("/v1/models")
+def models(caller: CurrentCaller, app: AlmaApp, listing: Listing) -> dict[str, Any]:
+    """Every instance this key can talk to; its id is the `model` to send."""
+    return openai_compat.models(app, listing.view, caller.tenant, listing.caught_up)
+
+
+@router.get("/v1/models/{model:path}")
+def model(model: str, caller: CurrentCaller, app: AlmaApp) -> dict[str, Any]:
+    """One instance, by id or as '<character>/<instance>', as OpenAI shows a model."""
+    return openai_compat.model(app, caller.tenant, model)
+
+
+@router.post("/v1/embeddings")
+def embeddings(body: EmbeddingRequest, caller: CurrentCaller, index: Index) -> dict[str, Any]:
+    """Vectors from alma's own embedding model, the one its memory index uses."""
+    embedder = index.embedder
+    return openai_compat.embeddings(
+        embedder.encode, embedder.model_name, body.input, body.encoding_format, body.dimensions
+    )
+
+
+def _answered(answer: openai_compat.Answer) -> JSONResponse | StreamingResponse:
     # OpenAI's shape has no room for it: a client that reads headers learns that the vector
     # store was down and the reply was made without long-term memory, or that the memory index
     # had not caught up with the instance's latest write.
@@ -44,12 +96,6 @@ def chat_completions(
     if isinstance(answer.body, dict):
         return JSONResponse(answer.body, headers=headers)
     return StreamingResponse(_events(answer.body), media_type="text/event-stream", headers=headers)
-
-
-@router.get("/v1/models")
-def models(caller: CurrentCaller, app: AlmaApp, listing: Listing) -> dict[str, Any]:
-    """Every instance this key can talk to; its id is the `model` to send."""
-    return openai_compat.models(app, listing.view, caller.tenant)
 
 
 def _events(chunks: Iterator[dict[str, Any]]) -> Iterator[str]:
