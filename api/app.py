@@ -20,6 +20,7 @@ from alma.api.routes import (
     events,
     health,
     instances,
+    lorebooks,
     memories,
     openai_compat,
 )
@@ -68,7 +69,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     install_security(app, settings)
-    for module in (characters, instances, events, memories, chat, openai_compat, audio, health):
+    for module in (
+        characters,
+        instances,
+        lorebooks,
+        events,
+        memories,
+        chat,
+        openai_compat,
+        audio,
+        health,
+    ):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     # Uploads may carry audio up to its own limit (checked exactly by the route), plus the form.
     declare_reply_limit(app.openapi(), model_context(settings))

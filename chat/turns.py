@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -20,7 +20,8 @@ import httpx
 
 from alma import metrics
 from alma.chat import history as chat_history
-from alma.chat.prompt import Persona, Prompt, Recollection, Turn, build_prompt
+from alma.chat.lore import Book, activate
+from alma.chat.prompt import LoreEntry, Persona, Prompt, Recollection, Turn, build_prompt
 from alma.domain import Actor, Alma, InvalidInput, Reply
 from alma.domain.rules import valid_message
 from alma.llm import tokens
@@ -47,6 +48,7 @@ class PreparedTurn:
     name: str | None = None  # who says the user's message (OpenAI's field), if the client says
     memories_unavailable: bool = False  # the vector store was down: answered without recall
     memories_behind: bool = False  # the index lacked the instance's latest writes: without them
+    lore: tuple[LoreEntry, ...] = ()  # the activated lorebook entries offered to the prompt
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class TurnResult:
     memories_used: list[Hit]
     memories_unavailable: bool = False
     memories_behind: bool = False
+    lore_used: list[LoreEntry] = field(default_factory=list)
 
 
 class Chat:
@@ -129,6 +132,11 @@ class Chat:
             log.warning("vector store unreachable, chatting without memories: %s", error)
             metrics.MEMORIES_UNAVAILABLE.inc()
             hits, unavailable = [], True
+        books = [
+            Book(book.id, book.settings, list(book.entries.values()))
+            for book in self.app.lorebooks_in_use(tenant, instance)
+        ]
+        lore = activate(books, [t.content for t in held.turns] + [message], tokens.count)
         prompt = build_prompt(
             Persona(
                 character=character.name,
@@ -148,6 +156,7 @@ class Chat:
             max_tokens=max_tokens,
             count=tokens.count,
             count_messages=tokens.count_messages,
+            lore=lore,
         )
         return PreparedTurn(
             tenant,
@@ -160,6 +169,7 @@ class Chat:
             memories_unavailable=unavailable,
             memories_behind=behind,
             name=name,
+            lore=tuple(lore),
         )
 
     def complete(self, turn: PreparedTurn, actor: Actor) -> TurnResult:
@@ -225,6 +235,7 @@ class Chat:
                 latency_ms=round(completion.latency_ms),
                 memory_ids=tuple(turn.prompt.memories_used),
                 prompt_sha256=turn.prompt.sha256,
+                lore_ids=tuple(turn.prompt.lore_used),
             ),
             actor,
         )
@@ -239,6 +250,7 @@ class Chat:
             memories_used=[turn.recalled[i] for i in turn.prompt.memories_used],
             memories_unavailable=turn.memories_unavailable,
             memories_behind=turn.memories_behind,
+            lore_used=[e for e in turn.lore if e.id in turn.prompt.lore_used],
         )
 
     def _record_failure(
@@ -268,6 +280,7 @@ class Chat:
                 memory_ids=tuple(turn.prompt.memories_used),
                 prompt_sha256=turn.prompt.sha256,
                 interrupted=True,
+                lore_ids=tuple(turn.prompt.lore_used),
             ),
             actor,
         )

@@ -1,0 +1,146 @@
+"""Lorebook activation for one chat turn: which entries the conversation's last messages (and,
+with recursive scanning, the entries already activated) call up, within each book's budget.
+
+It follows SillyTavern's world info: a key is a word or `/regex/flags`; an entry with secondary
+keys and `selective` activates by its logic (AND ANY, AND ALL, NOT ANY, NOT ALL); a constant
+entry is always in; each book scans its own depth (an entry may scan its own) and fills its
+token budget with constant entries first, then by priority (the insertion order when it has
+none), each whole, up to the first that does not fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from alma.chat.prompt import LoreEntry
+from alma.domain.lore_keys import compiled, matches
+
+MAX_RECURSION_STEPS = 10
+
+
+@dataclass(frozen=True)
+class Book:
+    """A lorebook as activation needs it: its id, its fields and its entries."""
+
+    id: UUID
+    settings: dict[str, Any]
+    entries: Sequence[dict[str, Any]]
+
+
+class _Scan:
+    """The texts an entry is matched against, by scan depth, each also lower-cased once."""
+
+    def __init__(self, messages: Sequence[str]) -> None:
+        self.messages = messages
+        self.recursed: list[str] = []
+        self._texts: dict[tuple[int, bool], tuple[str, str]] = {}
+
+    def text(self, depth: int, with_recursion: bool) -> tuple[str, str]:
+        key = (depth, with_recursion)
+        if key not in self._texts:
+            parts = list(self.messages[-depth:]) if depth > 0 else []
+            if with_recursion:
+                parts += self.recursed
+            text = "\n".join(parts)
+            self._texts[key] = (text, text.lower())
+        return self._texts[key]
+
+    def recurse(self, contents: list[str]) -> None:
+        self.recursed += contents
+        self._texts = {k: v for k, v in self._texts.items() if not k[1]}
+
+
+def activate(
+    books: Sequence[Book], messages: Sequence[str], count: Callable[[str], int]
+) -> list[LoreEntry]:
+    """The entries to offer the prompt, most important first (constant, then by priority),
+    each book within its own token budget. `messages`: the conversation's texts, oldest first,
+    ending with the new message."""
+    chosen: list[LoreEntry] = []
+    for book in books:
+        chosen += _within_budget(book, _activated(book, messages), count)
+    return sorted(chosen, key=_importance)
+
+
+def _activated(book: Book, messages: Sequence[str]) -> list[dict[str, Any]]:
+    scan = _Scan(messages)
+    waiting = [e for e in book.entries if e["enabled"] and e["content"].strip()]
+    found: list[dict[str, Any]] = []
+    for _ in range(MAX_RECURSION_STEPS):
+        new = [e for e in waiting if _called(e, book.settings, scan)]
+        if not new:
+            break
+        found += new
+        waiting = [e for e in waiting if e not in new]
+        if not book.settings["recursive_scanning"]:
+            break
+        contents = [e["content"] for e in new if not e["prevent_recursion"]]
+        if not contents:
+            break
+        scan.recurse(contents)
+    return found
+
+
+def _called(entry: dict[str, Any], settings: dict[str, Any], scan: _Scan) -> bool:
+    if entry["constant"]:
+        return True
+    depth = entry["scan_depth"] if entry["scan_depth"] is not None else settings["scan_depth"]
+    text, folded = scan.text(depth, with_recursion=not entry["exclude_recursion"])
+    if not text:
+        return False
+    case = bool(entry["case_sensitive"])
+    words = bool(entry["match_whole_words"])
+
+    def found(key: str) -> bool:
+        return matches(compiled(key), text, folded, case, words)
+
+    if not any(found(k) for k in entry["keys"]):
+        return False
+    secondary = [k for k in entry["secondary_keys"] if k.strip()]
+    if not entry["selective"] or not secondary:
+        return True
+    hits = [found(k) for k in secondary]
+    logic = entry["selective_logic"]
+    if logic == "and_any":
+        return any(hits)
+    if logic == "and_all":
+        return all(hits)
+    if logic == "not_any":
+        return not any(hits)
+    return not all(hits)  # not_all
+
+
+def _within_budget(
+    book: Book, entries: list[dict[str, Any]], count: Callable[[str], int]
+) -> list[LoreEntry]:
+    offered = sorted((_lore(book.id, e) for e in entries), key=_importance)
+    budget = book.settings["token_budget"]
+    if budget is None:
+        return offered
+    kept: list[LoreEntry] = []
+    for entry in offered:
+        budget -= count(entry.content)
+        if budget < 0:
+            break
+        kept.append(entry)
+    return kept
+
+
+def _importance(entry: LoreEntry) -> tuple[bool, int]:
+    return (not entry.constant, -entry.priority)
+
+
+def _lore(book_id: UUID, entry: dict[str, Any]) -> LoreEntry:
+    priority = entry["priority"] if entry["priority"] is not None else entry["insertion_order"]
+    return LoreEntry(
+        id=f"{book_id}:{entry['id']}",
+        content=entry["content"],
+        position=entry["position"],
+        depth=entry["depth"],
+        order=entry["insertion_order"],
+        priority=priority,
+        constant=entry["constant"],
+    )

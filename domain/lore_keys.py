@@ -1,0 +1,113 @@
+"""A lorebook entry's keys: plain words or `/regex/flags`, matched as SillyTavern matches them,
+with regular expressions bounded in time."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import regex  # type: ignore[import-untyped]
+
+from alma.domain.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+# SillyTavern's `parseRegexFromString`: the whole key between slashes, then JavaScript's flags.
+_REGEX_KEY = re.compile(r"^/(.+)/([a-z]*)$", re.DOTALL)
+# JavaScript's flags that mean something here; g, y, d and u change nothing in a yes/no search.
+_FLAGS = {"i": regex.IGNORECASE, "m": regex.MULTILINE, "s": regex.DOTALL}
+_HARMLESS = set("gyud")
+# A search longer than this is taken as no match (a turn's scan must stay quick).
+SEARCH_TIMEOUT_S = 0.02
+# At write time a key must answer these probes within this time, or it is refused.
+_PROBE_TIMEOUT_S = 0.05
+_PROBE_LENGTH = 3000
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key as the scan uses it: a compiled regular expression, or the text to look for."""
+
+    text: str
+    pattern: regex.Pattern[str] | None
+
+
+def is_regex(key: str) -> bool:
+    return _REGEX_KEY.match(key) is not None
+
+
+@lru_cache(maxsize=4096)
+def compiled(key: str) -> Key:
+    """The key ready for scanning; a regular expression that does not compile (it was checked
+    at write time, so only events from elsewhere can hold one) never matches."""
+    found = _REGEX_KEY.match(key)
+    if found is None:
+        return Key(key, None)
+    try:
+        return Key(key, _compile(found.group(1), found.group(2), "keys"))
+    except InvalidInput:
+        return Key(key, regex.compile(r"(?!)"))
+
+
+def checked_key(key: str, field: str) -> str:
+    """Refuses a regular expression key that is invalid, has a flag JavaScript does not know,
+    or backtracks for too long on simple probes (a catastrophic pattern)."""
+    found = _REGEX_KEY.match(key)
+    if found is None:
+        return key
+    pattern = _compile(found.group(1), found.group(2), field)
+    letters = {c for c in found.group(1) if c.isalnum() or c == " "} | {"a", "0", " "}
+    for letter in sorted(letters):
+        for probe in (letter * _PROBE_LENGTH + "!", (letter + " ") * (_PROBE_LENGTH // 2) + "!"):
+            try:
+                pattern.search(probe, timeout=_PROBE_TIMEOUT_S)
+            except TimeoutError:
+                raise InvalidInput(
+                    f"{field}: the regular expression {key!r} takes too long to match "
+                    "(catastrophic backtracking); simplify it",
+                    field,
+                ) from None
+    return key
+
+
+def _compile(body: str, flags: str, field: str) -> regex.Pattern[str]:
+    unknown = set(flags) - set(_FLAGS) - _HARMLESS
+    if unknown:
+        raise InvalidInput(
+            f"{field}: unknown regular expression flag {sorted(unknown)[0]!r}", field
+        )
+    value = 0
+    for flag in flags:
+        value |= _FLAGS.get(flag, 0)
+    try:
+        return regex.compile(body, value)
+    except (regex.error, ValueError, OverflowError) as error:
+        raise InvalidInput(
+            f"{field}: invalid regular expression /{body}/: {error}", field
+        ) from None
+
+
+def matches(key: Key, text: str, folded: str, case_sensitive: bool, whole_words: bool) -> bool:
+    """Whether `key` occurs in `text` (`folded`: the same text lower-cased). A regular
+    expression ignores the other options, as in SillyTavern; a whole-words key of one word must
+    stand between non-word characters, one of several words is looked for as written."""
+    if key.pattern is not None:
+        try:
+            return key.pattern.search(text, timeout=SEARCH_TIMEOUT_S) is not None
+        except TimeoutError:
+            log.warning("lorebook key %r timed out: taken as no match", key.text)
+            return False
+    needle = key.text.strip() if case_sensitive else key.text.strip().lower()
+    if not needle:
+        return False
+    haystack = text if case_sensitive else folded
+    if whole_words and len(needle.split()) == 1:
+        return _word(needle).search(haystack) is not None
+    return needle in haystack
+
+
+@lru_cache(maxsize=4096)
+def _word(needle: str) -> re.Pattern[str]:
+    return re.compile(rf"(?:^|\W)({re.escape(needle)})(?:$|\W)")
