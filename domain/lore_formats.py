@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from alma.domain.errors import InvalidInput
-from alma.domain.lorebook import BOOK_DEFAULTS, POSITIONS, SELECTIVE_LOGIC
+from alma.domain.lorebook import POSITIONS, SELECTIVE_LOGIC
 
 # SillyTavern's `world_info_position`: 0 before the character, 1 after, 4 at a depth; the
 # others (author's note, example messages, outlets) alma places before the character and keeps.
@@ -190,7 +190,7 @@ def _from_card_entry(given: dict[str, Any], n: int) -> dict[str, Any]:
 def to_character_book(settings: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any]:
     book: dict[str, Any] = {
         **settings["extra"],
-        **{f: settings[f] for f in _BOOK_FIELDS if settings[f] != BOOK_DEFAULTS.get(f)},
+        **{f: settings[f] for f in _BOOK_FIELDS if settings[f] is not None},
         "name": settings["name"],
         "extensions": settings["extensions"],
         "entries": [],
@@ -201,7 +201,8 @@ def to_character_book(settings: dict[str, Any], entries: list[dict[str, Any]]) -
         for field in _CARD_FIELDS:
             if field != "extensions" and entry[field] is not None:
                 card[field] = entry[field]
-        card["position"] = "after_char" if entry["position"] == "after_char" else "before_char"
+        # SillyTavern's reading: only its "before" is before_char.
+        card["position"] = "before_char" if _st_position(entry) == 0 else "after_char"
         extensions = {**entry["extensions"]}
         for alma, field in _CARD_EXTENSIONS.items():
             extensions[field] = entry[alma]

@@ -89,7 +89,7 @@ class Lorebook(Aggregate):
             if any(e["id"] == entry["id"] for e in checked):
                 raise InvalidInput(f"entries[{n}]: the id {entry['id']} is repeated", "entries")
             checked.append(entry)
-        return cls(tenant, valid_settings(settings, BOOK_DEFAULTS), checked, actor)
+        return cls(tenant, valid_settings(settings, {}), checked, actor)
 
     @property
     def name(self) -> str:
@@ -165,7 +165,8 @@ class AttachedLorebooks(Aggregate):
 
 
 def valid_settings(changes: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
-    """The book's fields with `changes` merged in (null: back to the default), checked."""
+    """The book's fields with `changes` merged into `current` (null: back to the default;
+    `current` empty: a new book), checked."""
     _known(changes, BOOK_DEFAULTS, "")
     merged = _merged(changes, current, BOOK_DEFAULTS)
     merged["name"] = valid_name(merged["name"])
@@ -180,7 +181,8 @@ def valid_settings(changes: dict[str, Any], current: dict[str, Any]) -> dict[str
 
 
 def valid_entry(changes: dict[str, Any], current: dict[str, Any], where: str) -> dict[str, Any]:
-    """An entry with `changes` merged into `current` (null: back to the default), checked;
+    """An entry with `changes` merged into `current` (null: back to the default; `current`
+    empty: a new entry), checked;
     refusals name `where` (`entries[3]`, `entry`) and the field."""
     _known(changes, ENTRY_DEFAULTS, f"{where}.")
     merged = _merged(changes, {k: v for k, v in current.items() if k != "id"}, ENTRY_DEFAULTS)
@@ -232,11 +234,12 @@ def _known(changes: dict[str, Any], defaults: dict[str, Any], prefix: str) -> No
 def _merged(
     changes: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any]
 ) -> dict[str, Any]:
+    """`current` empty: a new one, whose verbatim fields are taken as they are (nulls too)."""
     merged: dict[str, Any] = {**defaults, **current}
     for field, value in changes.items():
         if value is None:
             merged[field] = defaults[field]
-        elif field in ("extensions", "extra"):
+        elif field in ("extensions", "extra") and current:
             merged[field] = merge_patch(merged[field], value)
         else:
             merged[field] = value
