@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from alma.api.breaker import BreakerGate
 from alma.api.errors import InternalErrors, error_response, install_error_handlers
+from alma.api.message_import import declare_bodies
 from alma.api.observe import Observe
 from alma.api.routes import (
     audio,
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, responses=ERROR_RESPONSES)
     # Uploads may carry audio up to its own limit (checked exactly by the route), plus the form.
     declare_reply_limit(app.openapi(), model_context(settings))
+    declare_bodies(app.openapi())
     upload_bytes = max(settings.max_body_bytes, settings.audio_max_bytes + 64 * 1024)
     app.add_middleware(BreakerGate)
     app.add_middleware(TextCheck)
