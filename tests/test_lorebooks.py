@@ -3,13 +3,20 @@ prompt the model server receives; their history, tenancy, and bad input."""
 
 from __future__ import annotations
 
+import io
 import re
 import uuid
+from pathlib import Path
 from typing import Any
 
+from alma.api.services import Services, build_services
+from alma.domain import Actor, Character
+from alma.domain.transfer import export_tenant, import_events, read_events
 from alma.llm import tokens
+from alma.settings import Settings
 from tests.conftest import Api, make_character, make_instance
 from tests.openai_stub import OpenAIStub
+from tests.test_erasure import caught_up, erase, leftovers, marker
 
 MARK = re.compile(r"LORE-[A-Z0-9]+")
 
@@ -304,3 +311,72 @@ def test_bad_lorebooks_are_refused_and_write_nothing(api: Api) -> None:
     assert response.status_code == 422
     assert "repeated" in response.json()["error"]["message"]
     assert api.written() == written
+
+
+def test_a_fork_keeps_the_lorebooks_and_the_lore_its_replies_used(
+    chat_api: Api, openai_stub: OpenAIStub
+) -> None:
+    book = _book(chat_api, [{"keys": ["Lucía"], "content": "LORE-SISTER"}])
+    instance = _instance(chat_api, book)
+    body, _ = _turn(chat_api, openai_stub, instance, "¿Y Lucía?")
+    [used] = body["lore_used"]
+
+    forked = chat_api.client.post(
+        f"/v1/instances/{instance}/fork", json={"name": "Rosa bis"}, headers=chat_api.acme
+    )
+
+    assert forked.status_code == 201, forked.text
+    fork = forked.json()["id"]
+    attached = chat_api.client.get(f"/v1/instances/{fork}/lorebooks", headers=chat_api.acme)
+    assert attached.json() == {"lorebook_ids": [book["id"]]}
+    replies = chat_api.client.get(
+        f"/v1/instances/{fork}/events", params={"type": "ReplyRecorded"}, headers=chat_api.acme
+    ).json()["items"]
+    assert [r["data"]["lore_used"] for r in replies] == [[used["id"]]]
+    assert _marks(_turn(chat_api, openai_stub, fork, "Lucía otra vez")[1]) == ["LORE-SISTER"]
+
+
+def test_lorebooks_travel_with_their_tenant(services: Services, tmp_path: Path) -> None:
+    actor = Actor("acme", "test", "transfer")
+    app = services.app
+    book = app.create_lorebook(
+        "acme", {"name": "Sierra"}, [{"keys": ["/herman[ao]/i"], "content": "Lucía"}], actor
+    )
+    app.add_lorebook_entry("acme", book.id, {"keys": ["Tizón"], "content": "El gato"}, actor)
+    character = app.create_character("acme", {"name": "Rosa", "description": ""}, actor)
+    app.attach_lorebooks("acme", Character, character.id, [book.id], actor)
+    exported = io.StringIO()
+    export_tenant(app, "acme", exported)
+
+    target = build_services(Settings(data_dir=tmp_path / "target", _env_file=None))  # type: ignore[call-arg]
+    try:
+        import_events(target.app, read_events(target.app, exported.getvalue().splitlines()))
+        moved = target.app.lorebook("acme", book.id)
+        assert (moved.settings, moved.entries) == (
+            book.settings,
+            app.lorebook("acme", book.id).entries,
+        )
+        assert target.app.attached_lorebooks("acme", Character, character.id) == [book.id]
+    finally:
+        target.close()
+
+
+def test_an_erased_lorebook_leaves_no_text_and_activates_nowhere(
+    chat_api: Api, openai_stub: OpenAIStub, settings: Settings
+) -> None:
+    secret, name = marker("lore"), marker("book")
+    book = _book(
+        chat_api, [{"keys": [], "constant": True, "content": f"LORE-ERASED {secret}"}], name=name
+    )
+    instance = _instance(chat_api, book)
+    assert _marks(_turn(chat_api, openai_stub, instance, "Hola")[1]) == ["LORE-ERASED"]
+    caught_up(chat_api)
+    assert leftovers(settings, [name])  # the check can see: the listing holds its name
+
+    erase(chat_api, "lorebooks", book["id"])
+
+    assert leftovers(settings, [secret, name]) == {}
+    assert (
+        chat_api.client.get(f"/v1/lorebooks/{book['id']}", headers=chat_api.acme).status_code == 404
+    )
+    assert _marks(_turn(chat_api, openai_stub, instance, "Hola")[1]) == []
