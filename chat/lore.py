@@ -74,7 +74,8 @@ def _activated(book: Book, messages: Sequence[str]) -> list[dict[str, Any]]:
         if not new:
             break
         found += new
-        waiting = [e for e in waiting if e not in new]
+        called = {id(e) for e in new}
+        waiting = [e for e in waiting if id(e) not in called]
         if not book.settings["recursive_scanning"]:
             break
         contents = [e["content"] for e in new if not e["prevent_recursion"]]

@@ -104,10 +104,24 @@ def matches(key: Key, text: str, folded: str, case_sensitive: bool, whole_words:
         return False
     haystack = text if case_sensitive else folded
     if whole_words and len(needle.split()) == 1:
-        return _word(needle).search(haystack) is not None
+        return _as_word(needle, haystack)
     return needle in haystack
 
 
-@lru_cache(maxsize=4096)
-def _word(needle: str) -> re.Pattern[str]:
-    return re.compile(rf"(?:^|\W)({re.escape(needle)})(?:$|\W)")
+def _as_word(needle: str, haystack: str) -> bool:
+    r"""Whether `needle` occurs with no word character (a letter, digit or `_`, in any script)
+    right before or after it: SillyTavern's `(?:^|\W)key(?:$|\W)`, found with `str.find`,
+    which is some hundred times quicker than that pattern over a long conversation."""
+    start = haystack.find(needle)
+    while start != -1:
+        end = start + len(needle)
+        if (start == 0 or not _is_word(haystack[start - 1])) and (
+            end == len(haystack) or not _is_word(haystack[end])
+        ):
+            return True
+        start = haystack.find(needle, start + 1)
+    return False
+
+
+def _is_word(character: str) -> bool:
+    return character.isalnum() or character == "_"
