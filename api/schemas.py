@@ -709,6 +709,9 @@ class VoiceTurnOut(BaseModel):
     memories_behind: bool = Field(
         default=False, description="as in a chat turn's answer: the index lacked the newest"
     )
+    lore_used: list[LoreUsed] = Field(
+        default_factory=list, description="as in a chat turn's answer: the lorebook entries"
+    )
     usage: Usage
 
     @classmethod
@@ -727,6 +730,7 @@ class VoiceTurnOut(BaseModel):
             memories_used=chat.memories_used,
             memories_unavailable=chat.memories_unavailable,
             memories_behind=chat.memories_behind,
+            lore_used=chat.lore_used,
             usage=chat.usage,
         )
 

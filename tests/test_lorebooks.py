@@ -380,3 +380,17 @@ def test_an_erased_lorebook_leaves_no_text_and_activates_nowhere(
         chat_api.client.get(f"/v1/lorebooks/{book['id']}", headers=chat_api.acme).status_code == 404
     )
     assert _marks(_turn(chat_api, openai_stub, instance, "Hola")[1]) == []
+
+
+def test_the_openai_compatible_route_activates_lore_too(
+    chat_api: Api, openai_stub: OpenAIStub
+) -> None:
+    book = _book(chat_api, [{"keys": ["mezcal"], "content": "LORE-MEZCAL"}])
+    instance = _instance(chat_api, book)
+    body = {"model": instance, "messages": [{"role": "user", "content": "¿Un mezcal?"}]}
+
+    response = chat_api.client.post("/v1/chat/completions", json=body, headers=chat_api.acme)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["alma"]["lore_used"] == [f"{book['id']}:0"]
+    assert _marks(openai_stub.requests[-1]["messages"]) == ["LORE-MEZCAL"]
