@@ -169,6 +169,8 @@ def _from_card_entry(given: dict[str, Any], n: int) -> dict[str, Any]:
     }
     entry.setdefault("selective", False)  # the card spec's default, unlike SillyTavern's
     entry["extra"] = {k: v for k, v in given.items() if k not in _CARD_FIELDS}
+    if "id" in entry and not _whole_number(entry["id"]):
+        entry["extra"]["id"] = entry.pop("id")  # some editors write text ids: kept, not used
     for alma, field in _CARD_EXTENSIONS.items():
         if field in extensions:
             value = extensions.pop(field)
@@ -201,6 +203,7 @@ def to_character_book(settings: dict[str, Any], entries: list[dict[str, Any]]) -
         for field in _CARD_FIELDS:
             if field != "extensions" and entry[field] is not None:
                 card[field] = entry[field]
+        card["id"] = entry["extra"].get("id", card["id"])  # a text id it came with
         # SillyTavern's reading: only its "before" is before_char.
         card["position"] = "before_char" if _st_position(entry) == 0 else "after_char"
         extensions = {**entry["extensions"]}
@@ -220,6 +223,12 @@ def _st_position(entry: dict[str, Any]) -> int:
     if entry["position"] == "before_char" and isinstance(kept, int):
         return kept
     return _ST_NUMBER[entry["position"]]
+
+
+def _whole_number(value: Any) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, float) and value.is_integer()
+    )
 
 
 def _logic(value: Any, label: str) -> str:

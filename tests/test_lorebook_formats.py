@@ -302,3 +302,19 @@ def test_a_bad_lorebook_file_is_refused_and_writes_nothing(shared_api: Api) -> N
         assert response.status_code == 422, (body, response.text)
         assert said in response.json()["error"]["message"], response.text
     assert shared_api.written() == written
+
+
+def test_a_card_book_from_the_wild_keeps_what_alma_cannot_use(shared_api: Api) -> None:
+    messy = {
+        "entries": [
+            {"keys": [""], "content": "LORE-EMPTY", "id": "a1b2", "key_logic": "AND"},
+            {"keys": ["Rosa"], "content": "Rosa", "entry_id": 7, "extensions": {"x": None}},
+        ]
+    }
+    book = _import(shared_api, copy.deepcopy(messy))
+    empty, rosa = book["entries"]
+    assert empty["extra"] == {"id": "a1b2", "key_logic": "AND"}
+    assert (rosa["extra"], rosa["extensions"]) == ({"entry_id": 7}, {"x": None})
+    exported = _export(shared_api, book, "character_book")
+    _holds(exported, messy)
+    _same_book(_import(shared_api, exported), book)
