@@ -7,12 +7,14 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from alma.api.schemas import NAME, TEXT, WHOLE, Edit, Request
 from alma.domain import Lorebook
 from alma.domain.lorebook import MAX_ATTACHED, MAX_DEPTH, MAX_ENTRIES, MAX_KEYS
+from alma.domain.rules import MAX_NAME
 
-Keys = Annotated[list[str], Field(max_length=MAX_KEYS)]
+Keys = Annotated[list[Annotated[str, Field(max_length=MAX_NAME)]], Field(max_length=MAX_KEYS)]
 Depth = Annotated[int, Field(ge=0, le=MAX_DEPTH), WHOLE]
 Whole = Annotated[int, Field(ge=-(10**9), le=10**9), WHOLE]
 Logic = Literal["and_any", "and_all", "not_any", "not_all"]
@@ -59,7 +61,7 @@ class LoreEntryCreate(LoreEntryEdit):
 
 
 class LorebookEdit(Edit):
-    name: str | None = Field(default=None, json_schema_extra=NAME)
+    name: str | SkipJsonSchema[None] = Field(default=None, json_schema_extra=NAME)
     description: str | None = Field(default=None, json_schema_extra=TEXT)
     scan_depth: Depth | None = Field(default=None, description="messages scanned; default 2")
     token_budget: Annotated[int, Field(ge=1, le=10**7), WHOLE] | None = Field(
