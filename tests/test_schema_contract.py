@@ -137,7 +137,7 @@ def test_cursors_declare_exactly_what_the_server_reads(api: Api) -> None:
         for parameter in operation.get("parameters", [])
         if parameter["name"] == "cursor"
     ]
-    assert len(cursors) == 7
+    assert len(cursors) == 9
     pattern = cursors[0]["pattern"]
     assert all(cursor["pattern"] == pattern for cursor in cursors)
     for n in range(3):
@@ -156,7 +156,11 @@ def test_cursors_declare_exactly_what_the_server_reads(api: Api) -> None:
 
 def test_events_say_they_keep_answering_after_delete(api: Api) -> None:
     paths = _schema(api)["paths"]
-    for path in ("/v1/instances/{instance_id}/events", "/v1/characters/{character_id}/events"):
+    for path in (
+        "/v1/instances/{instance_id}/events",
+        "/v1/characters/{character_id}/events",
+        "/v1/lorebooks/{lorebook_id}/events",
+    ):
         assert "after `DELETE`" in paths[path]["get"]["description"], path
 
 
