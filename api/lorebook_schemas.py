@@ -127,7 +127,7 @@ class LorebookOut(BaseModel):
         return cls(
             id=book.id,
             **book.settings,
-            entries=[LoreEntryOut(**e) for e in sorted(book.entries.values(), key=_by_id)],
+            entries=[LoreEntryOut(**e) for e in book.in_order()],
             version=book.version,
             created_at=book.created_on,
             updated_at=book.modified_on,
@@ -147,7 +147,3 @@ class AttachedLorebooksIn(Request):
 
 class AttachedLorebooksOut(BaseModel):
     lorebook_ids: list[UUID]
-
-
-def _by_id(entry: dict[str, Any]) -> int:
-    return int(entry["id"])

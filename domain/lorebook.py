@@ -95,6 +95,10 @@ class Lorebook(Aggregate):
     def name(self) -> str:
         return str(self.settings["name"])
 
+    def in_order(self) -> list[dict[str, Any]]:
+        """The entries by id, as they are listed and exported."""
+        return [self.entries[entry_id] for entry_id in sorted(self.entries)]
+
     def edit(self, changes: dict[str, Any], actor: Actor) -> None:
         """A merge patch of the book's fields; one event, and none when nothing changes."""
         settings = valid_settings(changes, self.settings)

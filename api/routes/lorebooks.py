@@ -110,9 +110,8 @@ def export_lorebook(
 ) -> JSONResponse:
     """SillyTavern's world-info JSON, or a card's `character_book`."""
     book = app.lorebook(caller.tenant, lorebook_id, as_of.version, as_of.at)
-    entries = sorted(book.entries.values(), key=lambda e: int(e["id"]))
     exported = (to_sillytavern if format == "sillytavern" else to_character_book)(
-        book.settings, entries
+        book.settings, book.in_order()
     )
     return JSONResponse(exported)
 
