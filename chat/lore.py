@@ -16,7 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from alma.chat.prompt import LoreEntry
-from alma.domain.lore_keys import compiled, matches
+from alma.domain.lore_keys import compiled, is_regex, matches, needle, present
 
 MAX_RECURSION_STEPS = 10
 
@@ -26,17 +26,39 @@ class Book:
     """A lorebook as activation needs it: its id, its fields and its entries."""
 
     id: UUID
+    version: int
     settings: dict[str, Any]
     entries: Sequence[dict[str, Any]]
 
 
-class _Scan:
-    """The texts an entry is matched against, by scan depth, each also lower-cased once."""
+# The plain keys of recent versions of lorebooks, as they are looked for (by case sensitivity).
+_NEEDLES: dict[tuple[UUID, int, bool], frozenset[str]] = {}
+_NEEDLES_KEPT = 256
 
-    def __init__(self, messages: Sequence[str]) -> None:
+
+def _needles(book: Book, case_sensitive: bool) -> frozenset[str]:
+    kept = (book.id, book.version, case_sensitive)
+    found = _NEEDLES.get(kept)
+    if found is None:
+        if len(_NEEDLES) >= _NEEDLES_KEPT:
+            _NEEDLES.clear()
+        keys = [k for e in book.entries for k in (*e["keys"], *e["secondary_keys"])]
+        found = frozenset(needle(k, case_sensitive) for k in keys if not is_regex(k)) - {""}
+        _NEEDLES[kept] = found
+    return found
+
+
+class _Scan:
+    """The texts a book's entries are matched against, by scan depth, each also lower-cased
+    once, and which of the book's plain keys occur in each."""
+
+    def __init__(self, book: Book, messages: Sequence[str]) -> None:
+        self.book = book
         self.messages = messages
         self.recursed: list[str] = []
         self._texts: dict[tuple[int, bool], tuple[str, str]] = {}
+        self._present: dict[tuple[int, bool, bool], set[str]] = {}
+        self._recursed_present: dict[bool, set[str]] = {}  # in the activated entries' content
 
     def text(self, depth: int, with_recursion: bool) -> tuple[str, str]:
         key = (depth, with_recursion)
@@ -48,9 +70,29 @@ class _Scan:
             self._texts[key] = (text, text.lower())
         return self._texts[key]
 
+    def present(self, depth: int, with_recursion: bool, case_sensitive: bool) -> set[str]:
+        """The book's plain keys found in the text (the messages' part scanned once; each
+        recursion step scans only the content it adds)."""
+        kept = (depth, with_recursion, case_sensitive)
+        if kept not in self._present:
+            if with_recursion:
+                said = self.present(depth, False, case_sensitive)
+                self._present[kept] = said | self._recursed_present.get(case_sensitive, set())
+            else:
+                text, folded = self.text(depth, False)
+                needles = _needles(self.book, case_sensitive)
+                self._present[kept] = present(needles, text if case_sensitive else folded)
+        return self._present[kept]
+
     def recurse(self, contents: list[str]) -> None:
         self.recursed += contents
         self._texts = {k: v for k, v in self._texts.items() if not k[1]}
+        self._present = {k: v for k, v in self._present.items() if not k[1]}
+        added = "\n".join(contents)
+        for case in (False, True):
+            needles = _needles(self.book, case)
+            found = present(needles, added if case else added.lower())
+            self._recursed_present[case] = self._recursed_present.get(case, set()) | found
 
 
 def activate(
@@ -66,7 +108,7 @@ def activate(
 
 
 def _activated(book: Book, messages: Sequence[str]) -> list[dict[str, Any]]:
-    scan = _Scan(messages)
+    scan = _Scan(book, messages)
     waiting = [e for e in book.entries if e["enabled"] and e["content"].strip()]
     found: list[dict[str, Any]] = []
     for _ in range(MAX_RECURSION_STEPS):
@@ -89,14 +131,16 @@ def _called(entry: dict[str, Any], settings: dict[str, Any], scan: _Scan) -> boo
     if entry["constant"]:
         return True
     depth = entry["scan_depth"] if entry["scan_depth"] is not None else settings["scan_depth"]
-    text, folded = scan.text(depth, with_recursion=not entry["exclude_recursion"])
+    recursion = not entry["exclude_recursion"]
+    text, folded = scan.text(depth, recursion)
     if not text:
         return False
     case = bool(entry["case_sensitive"])
     words = bool(entry["match_whole_words"])
+    there = scan.present(depth, recursion, case)
 
     def found(key: str) -> bool:
-        return matches(compiled(key), text, folded, case, words)
+        return matches(compiled(key), text, folded, case, words, there)
 
     if not any(found(k) for k in entry["keys"]):
         return False

@@ -133,7 +133,7 @@ class Chat:
             metrics.MEMORIES_UNAVAILABLE.inc()
             hits, unavailable = [], True
         books = [
-            Book(book.id, book.settings, list(book.entries.values()))
+            Book(book.id, book.version, book.settings, list(book.entries.values()))
             for book in self.app.lorebooks_in_use(tenant, instance)
         ]
         lore = activate(books, [t.content for t in held.turns] + [message], tokens.count)

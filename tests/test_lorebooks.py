@@ -9,8 +9,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import hypothesis
+from hypothesis import strategies as st
+
 from alma.api.services import Services, build_services
 from alma.domain import Actor, Character
+from alma.domain.lore_keys import present
 from alma.domain.transfer import export_tenant, import_events, read_events
 from alma.llm import tokens
 from alma.settings import Settings
@@ -394,3 +398,13 @@ def test_the_openai_compatible_route_activates_lore_too(
     assert response.status_code == 200, response.text
     assert response.json()["alma"]["lore_used"] == [f"{book['id']}:0"]
     assert _marks(openai_stub.requests[-1]["messages"]) == ["LORE-MEZCAL"]
+
+
+@hypothesis.given(
+    needles=st.frozensets(st.text(alphabet="abñ. (", min_size=1, max_size=6), max_size=30),
+    haystack=st.text(alphabet="abñ. (\n", max_size=80),
+)
+def test_keys_are_found_in_one_pass_exactly_where_they_occur(
+    needles: frozenset[str], haystack: str
+) -> None:
+    assert present(needles, haystack) == {n for n in needles if n in haystack}
