@@ -41,6 +41,7 @@ BODIES: dict[str, Any] = {
 
 
 async def messages_sent(request: Request) -> list[NewMessage]:
+    """The turns a message import sends, by its content type."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == FORM:
         form = await request.form()
