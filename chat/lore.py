@@ -140,7 +140,7 @@ def _called(entry: dict[str, Any], settings: dict[str, Any], scan: _Scan) -> boo
     there = scan.present(depth, recursion, case)
 
     def found(key: str) -> bool:
-        return matches(compiled(key), text, folded, case, words, there)
+        return matches(compiled(key, case), text, folded, case, words, there)
 
     if not any(found(k) for k in entry["keys"]):
         return False

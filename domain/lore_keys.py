@@ -30,23 +30,27 @@ _PROBE_LENGTH = 3000
 
 @dataclass(frozen=True)
 class Key:
-    """One key as the scan uses it: a compiled regular expression, or the text to look for."""
+    """One key as the scan uses it: a compiled regular expression, or the text to look for
+    (`sought`, lower-cased unless the match is case-sensitive) and whether that is one word."""
 
     text: str
     pattern: regex.Pattern[str] | None
+    sought: str = ""
+    one_word: bool = False
 
 
 def is_regex(key: str) -> bool:
     return _REGEX_KEY.match(key) is not None
 
 
-@lru_cache(maxsize=4096)
-def compiled(key: str) -> Key:
+@lru_cache(maxsize=16384)
+def compiled(key: str, case_sensitive: bool) -> Key:
     """The key ready for scanning; a regular expression that does not compile (it was checked
     at write time, so only events from elsewhere can hold one) never matches."""
     found = _REGEX_KEY.match(key)
     if found is None:
-        return Key(key, None)
+        sought = needle(key, case_sensitive)
+        return Key(key, None, sought, len(sought.split()) == 1)
     try:
         return Key(key, _compile(found.group(1), found.group(2), "keys"))
     except InvalidInput:
@@ -105,7 +109,8 @@ def matches(
     whole_words: bool,
     present: Collection[str] | None = None,
 ) -> bool:
-    """Whether `key` occurs in `text` (`folded`: the same text lower-cased). A regular
+    """Whether `key` (compiled for `case_sensitive`) occurs in `text` (`folded`: the same text
+    lower-cased). A regular
     expression ignores the other options, as in SillyTavern; a whole-words key of one word must
     stand between non-word characters, one of several words is looked for as written.
     `present`: the plain needles known to occur in that text (`present`), if found already."""
@@ -115,11 +120,11 @@ def matches(
         except TimeoutError:
             log.warning("lorebook key %r timed out: taken as no match", key.text)
             return False
-    sought = needle(key.text, case_sensitive)
+    sought = key.sought
     haystack = text if case_sensitive else folded
     if not sought or not (sought in haystack if present is None else sought in present):
         return False
-    return not (whole_words and len(sought.split()) == 1) or _as_word(sought, haystack)
+    return not (whole_words and key.one_word) or _as_word(sought, haystack)
 
 
 def present(needles: frozenset[str], haystack: str) -> set[str]:
