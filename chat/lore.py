@@ -16,7 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from alma.chat.prompt import LoreEntry
-from alma.domain.lore_keys import compiled, is_regex, matches, needle, present
+from alma.domain.lore_keys import Key, compiled, matches, present
 
 MAX_RECURSION_STEPS = 10
 
@@ -31,21 +31,36 @@ class Book:
     entries: Sequence[dict[str, Any]]
 
 
-# The plain keys of recent versions of lorebooks, as they are looked for (by case sensitivity).
-_NEEDLES: dict[tuple[UUID, int, bool], frozenset[str]] = {}
-_NEEDLES_KEPT = 256
+@dataclass(frozen=True)
+class _Keys:
+    """A version of a lorebook's keys, ready for scanning: each entry's (by id) compiled for
+    its case sensitivity, and the plain ones of each case, which `present` looks for at once."""
+
+    of_entry: dict[int, tuple[tuple[Key, ...], tuple[Key, ...]]]
+    needles: dict[bool, frozenset[str]]
 
 
-def _needles(book: Book, case_sensitive: bool) -> frozenset[str]:
-    kept = (book.id, book.version, case_sensitive)
-    found = _NEEDLES.get(kept)
-    if found is None:
-        if len(_NEEDLES) >= _NEEDLES_KEPT:
-            _NEEDLES.clear()
-        keys = [k for e in book.entries for k in (*e["keys"], *e["secondary_keys"])]
-        found = frozenset(needle(k, case_sensitive) for k in keys if not is_regex(k)) - {""}
-        _NEEDLES[kept] = found
-    return found
+# Recent versions of lorebooks, so a turn does not prepare the same keys again.
+_PREPARED: dict[tuple[UUID, int], _Keys] = {}
+_PREPARED_KEPT = 256
+
+
+def _keys(book: Book) -> _Keys:
+    prepared = _PREPARED.get((book.id, book.version))
+    if prepared is None:
+        of_entry = {}
+        needles: dict[bool, set[str]] = {False: set(), True: set()}
+        for entry in book.entries:
+            case = bool(entry["case_sensitive"])
+            primary = tuple(compiled(k, case) for k in entry["keys"])
+            secondary = tuple(compiled(k, case) for k in entry["secondary_keys"] if k.strip())
+            of_entry[int(entry["id"])] = (primary, secondary)
+            needles[case].update(k.sought for k in primary + secondary if k.pattern is None)
+        prepared = _Keys(of_entry, {case: frozenset(n - {""}) for case, n in needles.items()})
+        if len(_PREPARED) >= _PREPARED_KEPT:
+            _PREPARED.clear()
+        _PREPARED[(book.id, book.version)] = prepared
+    return prepared
 
 
 class _Scan:
@@ -80,7 +95,7 @@ class _Scan:
                 self._present[kept] = said | self._recursed_present.get(case_sensitive, set())
             else:
                 text, folded = self.text(depth, False)
-                needles = _needles(self.book, case_sensitive)
+                needles = _keys(self.book).needles[case_sensitive]
                 self._present[kept] = present(needles, text if case_sensitive else folded)
         return self._present[kept]
 
@@ -90,7 +105,7 @@ class _Scan:
         self._present = {k: v for k, v in self._present.items() if not k[1]}
         added = "\n".join(contents)
         for case in (False, True):
-            needles = _needles(self.book, case)
+            needles = _keys(self.book).needles[case]
             found = present(needles, added if case else added.lower())
             self._recursed_present[case] = self._recursed_present.get(case, set()) | found
 
@@ -109,10 +124,11 @@ def activate(
 
 def _activated(book: Book, messages: Sequence[str]) -> list[dict[str, Any]]:
     scan = _Scan(book, messages)
+    keys = _keys(book)
     waiting = [e for e in book.entries if e["enabled"] and e["content"].strip()]
     found: list[dict[str, Any]] = []
     for _ in range(MAX_RECURSION_STEPS):
-        new = [e for e in waiting if _called(e, book.settings, scan)]
+        new = [e for e in waiting if _called(e, book.settings, scan, keys)]
         if not new:
             break
         found += new
@@ -127,7 +143,7 @@ def _activated(book: Book, messages: Sequence[str]) -> list[dict[str, Any]]:
     return found
 
 
-def _called(entry: dict[str, Any], settings: dict[str, Any], scan: _Scan) -> bool:
+def _called(entry: dict[str, Any], settings: dict[str, Any], scan: _Scan, keys: _Keys) -> bool:
     if entry["constant"]:
         return True
     depth = entry["scan_depth"] if entry["scan_depth"] is not None else settings["scan_depth"]
@@ -138,16 +154,15 @@ def _called(entry: dict[str, Any], settings: dict[str, Any], scan: _Scan) -> boo
     case = bool(entry["case_sensitive"])
     words = bool(entry["match_whole_words"])
     there = scan.present(depth, recursion, case)
-
-    def found(key: str) -> bool:
-        return matches(compiled(key, case), text, folded, case, words, there)
-
-    if not any(found(k) for k in entry["keys"]):
+    primary, secondary = keys.of_entry[int(entry["id"])]
+    for key in primary:
+        if matches(key, text, folded, case, words, there):
+            break
+    else:
         return False
-    secondary = [k for k in entry["secondary_keys"] if k.strip()]
     if not entry["selective"] or not secondary:
         return True
-    hits = [found(k) for k in secondary]
+    hits = [matches(key, text, folded, case, words, there) for key in secondary]
     logic = entry["selective_logic"]
     if logic == "and_any":
         return any(hits)
