@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from alma.api.breaker import BreakerGate
 from alma.api.errors import InternalErrors, error_response, install_error_handlers
+from alma.api.message_import import declare_bodies
 from alma.api.observe import Observe
 from alma.api.routes import (
     audio,
@@ -20,6 +21,7 @@ from alma.api.routes import (
     events,
     health,
     instances,
+    lorebooks,
     memories,
     openai_compat,
 )
@@ -69,10 +71,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     install_security(app, settings)
-    for module in (characters, instances, events, memories, chat, openai_compat, audio, health):
+    for module in (
+        characters,
+        instances,
+        lorebooks,
+        events,
+        memories,
+        chat,
+        openai_compat,
+        audio,
+        health,
+    ):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     # Uploads may carry audio up to its own limit (checked exactly by the route), plus the form.
     declare_reply_limit(app.openapi(), model_context(settings))
+    declare_bodies(app.openapi())
     upload_bytes = max(settings.max_body_bytes, settings.audio_max_bytes + 64 * 1024)
     card_bytes = max(settings.max_body_bytes, settings.card_max_bytes)
     app.add_middleware(BreakerGate)

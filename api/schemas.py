@@ -659,6 +659,13 @@ class MemoryUsed(BaseModel):
     source: str
 
 
+class LoreUsed(BaseModel):
+    id: str = Field(description="`<lorebook id>:<entry id>`, as the reply's event records it")
+    lorebook_id: UUID
+    entry_id: int
+    position: str = Field(description="before_char, after_char or at_depth")
+
+
 class TurnOut(BaseModel):
     version: int
     message_id: UUID
@@ -684,6 +691,9 @@ class ChatResponse(BaseModel):
         description="true when the memory index had not reached the instance's latest write "
         "within ALMA_CHAT_MEMORY_WAIT_S: the reply was made without what it lacked",
     )
+    lore_used: list[LoreUsed] = Field(
+        default_factory=list, description="the lorebook entries the prompt held"
+    )
     usage: Usage
 
     @classmethod
@@ -705,6 +715,15 @@ class ChatResponse(BaseModel):
             ],
             memories_unavailable=result.memories_unavailable,
             memories_behind=result.memories_behind,
+            lore_used=[
+                LoreUsed(
+                    id=entry.id,
+                    lorebook_id=UUID(entry.id.split(":")[0]),
+                    entry_id=int(entry.id.split(":")[1]),
+                    position=entry.position,
+                )
+                for entry in result.lore_used
+            ],
             usage=Usage(
                 prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens
             ),
@@ -781,6 +800,9 @@ class VoiceTurnOut(BaseModel):
     memories_behind: bool = Field(
         default=False, description="as in a chat turn's answer: the index lacked the newest"
     )
+    lore_used: list[LoreUsed] = Field(
+        default_factory=list, description="as in a chat turn's answer: the lorebook entries"
+    )
     usage: Usage
 
     @classmethod
@@ -799,6 +821,7 @@ class VoiceTurnOut(BaseModel):
             memories_used=chat.memories_used,
             memories_unavailable=chat.memories_unavailable,
             memories_behind=chat.memories_behind,
+            lore_used=chat.lore_used,
             usage=chat.usage,
         )
 

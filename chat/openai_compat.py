@@ -427,6 +427,7 @@ def _alma(result: TurnResult) -> dict[str, Any]:
             {"id": h.doc.doc_id, "text": h.doc.text, "score": round(h.score, 6)}
             for h in result.memories_used
         ],
+        "lore_used": [e.id for e in result.lore_used],
     }
 
 

@@ -6,7 +6,8 @@ character's `post_history_instructions` are part of it, in a system message afte
 the new user message (always whole, or PromptTooLarge, with what follows it when the client sent
 it: the start of the reply, or a tool exchange to go on from), the client's own instructions (an
 OpenAI client's system message, a system message of their own after the persona's, trimmed to
-what is left), the instance's own memory text (trimmed to what is left), the retrieved
+what is left), the instance's own memory text (trimmed to what is left), the activated lorebook
+entries (most important first, each whole or not at all; see chat/lore.py), the retrieved
 recollections (most relevant first, each whole or not at all) and the recent turns (newest
 first, whole, shown oldest first). A part only gets room once every part above it is whole, so a
 lower priority never pushes out a higher one.
@@ -45,6 +46,8 @@ _ORIGINAL = re.compile(r"\{\{\s*original\s*\}\}", re.IGNORECASE)
 _ROLES = ("user", "assistant")
 _MEMORY_HEADING = "## Your own memory"
 _RECOLLECTIONS_HEADING = "## Things you remember"
+# What a message adds to a request beyond its content (OpenAI's accounting), for pricing.
+_MESSAGE_OVERHEAD = 4
 # Persona fields that may be trimmed when the persona alone does not fit.
 _TRIMMABLE = (
     "system_prompt",
@@ -84,6 +87,22 @@ class Recollection:
 
 
 @dataclass(frozen=True)
+class LoreEntry:
+    """An activated lorebook entry: where it goes (before or after the character's description
+    in the system message, or as a system message `depth` messages from the end of the
+    conversation), its place among its neighbours (`order`, lower first) and how much it matters
+    when room runs out (`priority`, higher kept first; constant entries before all)."""
+
+    id: str
+    content: str
+    position: str  # "before_char" | "after_char" | "at_depth"
+    depth: int = 4
+    order: int = 100
+    priority: int = 100
+    constant: bool = False
+
+
+@dataclass(frozen=True)
 class Turn:
     """One message of the recent conversation."""
 
@@ -101,6 +120,7 @@ class Prompt:
     budget: int
     memories_used: list[str]
     turns_used: int
+    lore_used: list[str]
     truncated: list[str]  # the parts that were cut short: persona field names, "memory_text"
     sha256: str
 
@@ -130,6 +150,7 @@ class _Parts:
     instructions: str = ""  # the client's own system message, shown after the persona's
     memory_text: str = ""
     recollections: list[Recollection] = field(default_factory=list)
+    lore: list[LoreEntry] = field(default_factory=list)
 
 
 def build_prompt(
@@ -148,6 +169,7 @@ def build_prompt(
     user_name: str | None = None,
     instructions: str = "",
     after: Sequence[Message] = (),
+    lore: Sequence[LoreEntry] = (),
 ) -> Prompt:
     """The messages for one turn; `tokens` (by `count_messages`) never exceeds
     `context_window - max_tokens`. `turns` are the recent conversation, oldest first, without the
@@ -202,6 +224,7 @@ def build_prompt(
         if parts.memory_text != memory_text:
             truncated.append("memory_text")
     if not truncated:
+        parts, left = _add_lore(parts, lore, left, count)
         parts, used, left = _add_recollections(parts, recollections, left, count)
         tail = _add_turns(turns, left, count, count_messages)
 
@@ -219,6 +242,8 @@ def build_prompt(
             dropped = parts.recollections[-1]
             del used[used.index(dropped) :]
             parts = replace(parts, recollections=parts.recollections[:-1])
+        elif parts.lore:
+            parts = replace(parts, lore=parts.lore[:-1])
         elif parts.memory_text:
             used = []  # pieces of the memory text may no longer be in it
             target = count(parts.memory_text) - over
@@ -242,6 +267,7 @@ def build_prompt(
         budget=budget,
         memories_used=[r.id for r in used],
         turns_used=len(tail),
+        lore_used=[entry.id for entry in parts.lore],
         truncated=truncated,
         sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
     )
@@ -283,7 +309,13 @@ def _system(parts: _Parts) -> Message:
     when = f"Today is {parts.today}."
     if parts.last_talk is not None:
         when += f" You last talked with the user on {parts.last_talk}."
-    sections = [instruction, "## About you\n" + "\n".join(about), when]
+    sections = [
+        instruction,
+        _lore_text(parts.lore, "before_char"),
+        "## About you\n" + "\n".join(about),
+        _lore_text(parts.lore, "after_char"),
+        when,
+    ]
     if parts.memory_text:
         sections.append(f"{_MEMORY_HEADING}\n{parts.memory_text}")
     if parts.recollections:
@@ -309,13 +341,49 @@ def _line(r: Recollection) -> str:
 
 
 def _messages(parts: _Parts, tail: Sequence[_Priced], ending: Sequence[Message]) -> list[Message]:
-    """The persona, the client's instructions, the recent turns, the user's message, a card's
-    post-history instructions, then what the model goes on from (a reply's start, tool calls)."""
-    client = [{"role": "system", "content": parts.instructions}] if parts.instructions else []
+    """The system message and the client's instructions; the conversation up to the user's
+    message, with the lore placed at a depth between its messages (depth 0: after the last;
+    deeper than the conversation: before its first); a card's post-history instructions; then
+    what the model goes on from (a reply's start, tool calls)."""
+    said = [*(message for message, _ in reversed(tail)), ending[0]]
+    deep = [e for e in parts.lore if e.position == "at_depth"]
+    messages = [_system(parts)]
+    if parts.instructions:
+        messages.append({"role": "system", "content": parts.instructions})
+    for n in range(len(said) + 1):
+        here = [e for e in deep if min(e.depth, len(said)) == len(said) - n]
+        if here:
+            text = "\n".join(e.content for e in sorted(here, key=lambda e: e.order))
+            messages.append({"role": "system", "content": text})
+        if n < len(said):
+            messages.append(said[n])
     post = parts.persona.post_history_instructions
-    last = [{"role": "system", "content": post}] if post.strip() else []
-    history = [message for message, _ in reversed(tail)]
-    return [_system(parts), *client, *history, ending[0], *last, *ending[1:]]
+    if post.strip():
+        messages.append({"role": "system", "content": post})
+    return [*messages, *ending[1:]]
+
+
+def _lore_text(lore: Sequence[LoreEntry], position: str) -> str:
+    """The entries placed at `position` of the system message, by their order."""
+    placed = sorted((e for e in lore if e.position == position), key=lambda e: e.order)
+    return "\n".join(e.content for e in placed)
+
+
+def _add_lore(
+    parts: _Parts, lore: Sequence[LoreEntry], left: int, count: CountText
+) -> tuple[_Parts, int]:
+    """The activated entries in the order given (most important first), each whole, up to the
+    first that does not fit."""
+    kept: list[LoreEntry] = []
+    for entry in lore:
+        cost = _count_upto(entry.content + "\n\n", left, count) + (
+            _MESSAGE_OVERHEAD if entry.position == "at_depth" else 0
+        )
+        if cost > left:
+            break
+        kept.append(entry)
+        left -= cost
+    return replace(parts, lore=kept), left
 
 
 def _fit_persona(

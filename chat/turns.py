@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -20,7 +20,8 @@ import httpx
 
 from alma import metrics
 from alma.chat import history as chat_history
-from alma.chat.prompt import Persona, Prompt, Recollection, Turn, build_prompt
+from alma.chat.lore import Book, activate
+from alma.chat.prompt import LoreEntry, Persona, Prompt, Recollection, Turn, build_prompt
 from alma.domain import Actor, Alma, InvalidInput, Reply
 from alma.domain.rules import valid_message
 from alma.llm import tokens
@@ -52,6 +53,7 @@ class PreparedTurn:
     # The user's message when it is already recorded: a reply the client has the model continue,
     # or a tool exchange it goes on from.
     answered: UUID | None = None
+    lore: tuple[LoreEntry, ...] = ()  # the activated lorebook entries offered to the prompt
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class TurnResult:
     finish_reason: str = "stop"  # the model's: "length" when max_tokens cut the reply short
     text: str = ""  # what the model wrote in this turn (the reply less the client's start)
     tool_calls: tuple[dict[str, Any], ...] = ()  # the tools the model called (OpenAI's shape)
+    lore_used: list[LoreEntry] = field(default_factory=list)
 
 
 class Chat:
@@ -150,6 +153,11 @@ class Chat:
             log.warning("vector store unreachable, chatting without memories: %s", error)
             metrics.MEMORIES_UNAVAILABLE.inc()
             hits, unavailable = [], True
+        books = [
+            Book(book.id, book.version, book.settings, list(book.entries.values()))
+            for book in self.app.lorebooks_in_use(tenant, instance)
+        ]
+        lore = activate(books, [t.content for t in held.turns] + [message], tokens.count)
         prompt = build_prompt(
             Persona(
                 character=character.name,
@@ -173,6 +181,7 @@ class Chat:
             user_name=name or instance.user_name,
             instructions=instructions,
             after=after,
+            lore=lore,
         )
         return PreparedTurn(
             tenant,
@@ -188,6 +197,7 @@ class Chat:
             sampling=sampling,
             prefill=prefill,
             answered=_last_from_user(said, message) if prefill or exchange else None,
+            lore=tuple(lore),
         )
 
     def complete(self, turn: PreparedTurn, actor: Actor) -> TurnResult:
@@ -258,6 +268,7 @@ class Chat:
                 latency_ms=round(completion.latency_ms),
                 memory_ids=tuple(turn.prompt.memories_used),
                 prompt_sha256=turn.prompt.sha256,
+                lore_ids=tuple(turn.prompt.lore_used),
             ),
             actor,
         )
@@ -275,6 +286,7 @@ class Chat:
             finish_reason=completion.finish_reason,
             text=completion.text,
             tool_calls=completion.tool_calls,
+            lore_used=[e for e in turn.lore if e.id in turn.prompt.lore_used],
         )
 
     def _record_failure(
@@ -305,6 +317,7 @@ class Chat:
                 memory_ids=tuple(turn.prompt.memories_used),
                 prompt_sha256=turn.prompt.sha256,
                 interrupted=True,
+                lore_ids=tuple(turn.prompt.lore_used),
             ),
             actor,
         )

@@ -6,6 +6,7 @@ from alma.domain.character import Character
 from alma.domain.errors import DomainError, InvalidInput, NameTaken, NotFound, VersionConflict
 from alma.domain.instance import Instance, InstanceName
 from alma.domain.keys import ApiKey
+from alma.domain.lorebook import AttachedLorebooks, Lorebook
 from alma.domain.memory import Memory
 from alma.domain.topics import register_legacy_topics
 
@@ -15,12 +16,14 @@ __all__ = [
     "Actor",
     "Alma",
     "ApiKey",
+    "AttachedLorebooks",
     "Character",
     "DomainError",
     "Instance",
     "InstanceName",
     "InvalidInput",
     "Keep",
+    "Lorebook",
     "Memory",
     "NameTaken",
     "NewMessage",

@@ -35,6 +35,7 @@ from alma.domain.instance import Instance, InstanceName
 from alma.domain.keys import ApiKey, hash_secret, new_secret
 from alma.domain.keystore import KeyStore, KeyStoreFactory, MemoryKeys
 from alma.domain.library import CachingApplication
+from alma.domain.lorebook import MAX_ATTACHED, AttachedLorebooks, Lorebook
 from alma.domain.memory import Memory
 from alma.domain.patch import merge_patch
 from alma.domain.rules import (
@@ -69,6 +70,7 @@ class Reply:
     memory_ids: tuple[str, ...]
     prompt_sha256: str
     interrupted: bool = False
+    lore_ids: tuple[str, ...] = ()  # the lorebook entries in the prompt
 
 
 class Keep(Enum):
@@ -296,7 +298,7 @@ class Alma(CachingApplication):
         """A new instance of the same character with what this one remembered at `point`: its
         memory text and voice, its conversation up to that version (with what was withdrawn
         from recall by then), and the `memories` (snippet ids, each at its version then), all
-        saved at once."""
+        saved at once. The lorebooks attached to it now are attached to the fork."""
         source = self.owned(Instance, tenant, instance_id, point.version)
         originals = [self.owned(Memory, tenant, m, version) for m, version in memories]
         if any(m.instance_id != instance_id or m.forgotten for m in originals):
@@ -307,11 +309,17 @@ class Alma(CachingApplication):
             if isinstance(e, (*SAID, Instance.MessagesWithdrawnFromRecall))
         ]
 
+        attached = self._attached(tenant, instance_id)
+
         def copy(fork: Instance) -> list[Aggregate]:
-            copies = copy_memories(originals, fork, actor)
+            copies: list[Aggregate] = list(copy_memories(originals, fork, actor))
             ids = {str(o.id): str(c.id) for o, c in zip(originals, copies, strict=True)}
             copy_conversation(said, fork, ids, actor)
-            return list(copies)
+            if attached is not None and attached.lorebook_ids:
+                lore = AttachedLorebooks(tenant=tenant, owner_id=fork.id, actor=actor)
+                lore.change(attached.lorebook_ids, actor)
+                copies.append(lore)
+            return copies
 
         return self.create_instance(
             tenant,
@@ -431,6 +439,7 @@ class Alma(CachingApplication):
                 reply.interrupted,
                 actor,
                 name=instance.name,
+                lore_used=list(reply.lore_ids),
             )
             self.save(instance)
             return message_id, instance.version
@@ -452,6 +461,180 @@ class Alma(CachingApplication):
             self.save(instance)
 
         self._retrying(attempt)
+
+    # Lorebooks
+
+    def create_lorebook(
+        self,
+        tenant: str,
+        settings: dict[str, Any],
+        entries: list[dict[str, Any]],
+        actor: Actor,
+    ) -> Lorebook:
+        lorebook = Lorebook.create(tenant, settings, entries, actor)
+        self.save(lorebook)
+        return lorebook
+
+    def edit_lorebook(
+        self,
+        tenant: str,
+        lorebook_id: UUID,
+        changes: dict[str, Any],
+        actor: Actor,
+        expected_version: int | None = None,
+    ) -> Lorebook:
+        """A merge patch of the book's own fields (not its entries)."""
+        return self._changing_lorebook(
+            tenant, lorebook_id, expected_version, lambda book: book.edit(changes, actor)
+        )
+
+    def add_lorebook_entry(
+        self,
+        tenant: str,
+        lorebook_id: UUID,
+        fields: dict[str, Any],
+        actor: Actor,
+        expected_version: int | None = None,
+    ) -> tuple[Lorebook, dict[str, Any]]:
+        added: list[dict[str, Any]] = []
+
+        def change(book: Lorebook) -> None:
+            added[:] = [book.new_entry(fields, actor)]
+
+        book = self._changing_lorebook(tenant, lorebook_id, expected_version, change)
+        return book, added[0]
+
+    def edit_lorebook_entry(
+        self,
+        tenant: str,
+        lorebook_id: UUID,
+        entry_id: int,
+        changes: dict[str, Any],
+        actor: Actor,
+        expected_version: int | None = None,
+    ) -> tuple[Lorebook, dict[str, Any]]:
+        """A merge patch of one entry."""
+        edited: list[dict[str, Any]] = []
+
+        def change(book: Lorebook) -> None:
+            edited[:] = [book.edit_entry(self._entry_of(book, entry_id), changes, actor)]
+
+        book = self._changing_lorebook(tenant, lorebook_id, expected_version, change)
+        return book, edited[0]
+
+    def remove_lorebook_entry(
+        self,
+        tenant: str,
+        lorebook_id: UUID,
+        entry_id: int,
+        actor: Actor,
+        expected_version: int | None = None,
+    ) -> None:
+        self._changing_lorebook(
+            tenant,
+            lorebook_id,
+            expected_version,
+            lambda book: book.remove_entry(self._entry_of(book, entry_id), actor),
+        )
+
+    def archive_lorebook(
+        self, tenant: str, lorebook_id: UUID, actor: Actor, expected_version: int | None = None
+    ) -> None:
+        """It stops activating wherever it is attached; its history stays."""
+        self._changing_lorebook(
+            tenant, lorebook_id, expected_version, lambda book: book.archive(actor)
+        )
+
+    def erase_lorebook(self, tenant: str, lorebook_id: UUID, actor: Actor) -> None:
+        self._erase(Lorebook, tenant, lorebook_id, actor)
+
+    def lorebook(
+        self,
+        tenant: str,
+        lorebook_id: UUID,
+        version: int | None = None,
+        at: datetime | None = None,
+    ) -> Lorebook:
+        return self._state(Lorebook, tenant, lorebook_id, version, at)
+
+    def attach_lorebooks(
+        self,
+        tenant: str,
+        owner_type: type[Character] | type[Instance],
+        owner_id: UUID,
+        lorebook_ids: Sequence[UUID],
+        actor: Actor,
+    ) -> list[UUID]:
+        """Sets the lorebooks attached to a character or an instance (all of this tenant's and
+        live), in the order given; returns them."""
+        wanted = list(dict.fromkeys(lorebook_ids))
+        if len(wanted) > MAX_ATTACHED:
+            raise InvalidInput(f"at most {MAX_ATTACHED} lorebooks can be attached", "lorebook_ids")
+
+        def attempt() -> list[UUID]:
+            self._current(owner_type, tenant, owner_id)
+            for lorebook_id in wanted:
+                self._current(Lorebook, tenant, lorebook_id)
+            attached = self._attached(tenant, owner_id)
+            if attached is None:
+                attached = AttachedLorebooks(tenant=tenant, owner_id=owner_id, actor=actor)
+            if attached.lorebook_ids != wanted:
+                attached.change(wanted, actor)
+                self.save(attached)
+            return wanted
+
+        return self._retrying(attempt)
+
+    def attached_lorebooks(
+        self, tenant: str, owner_type: type[Character] | type[Instance], owner_id: UUID
+    ) -> list[UUID]:
+        """The live lorebooks attached to a character or an instance, in their order."""
+        self._current(owner_type, tenant, owner_id)
+        return [book.id for book in self._live_lorebooks(tenant, [owner_id])]
+
+    def lorebooks_in_use(self, tenant: str, instance: Instance) -> list[Lorebook]:
+        """What a chat turn with the instance scans: its character's lorebooks, then its own."""
+        return self._live_lorebooks(tenant, [instance.character_id, instance.id])
+
+    def _live_lorebooks(self, tenant: str, owner_ids: Sequence[UUID]) -> list[Lorebook]:
+        ids: list[UUID] = []
+        for owner_id in owner_ids:
+            attached = self._attached(tenant, owner_id)
+            ids += attached.lorebook_ids if attached is not None else []
+        books = []
+        for lorebook_id in dict.fromkeys(ids):
+            with suppress(NotFound):  # archived or erased since: it no longer activates
+                books.append(self._current(Lorebook, tenant, lorebook_id))
+        return books
+
+    def _attached(self, tenant: str, owner_id: UUID) -> AttachedLorebooks | None:
+        try:
+            attached = self.repository.get(AttachedLorebooks.create_id(tenant, owner_id))
+        except AggregateNotFoundError:
+            return None
+        assert isinstance(attached, AttachedLorebooks)
+        return attached
+
+    def _changing_lorebook(
+        self,
+        tenant: str,
+        lorebook_id: UUID,
+        expected_version: int | None,
+        change: Callable[[Lorebook], None],
+    ) -> Lorebook:
+        def attempt() -> Lorebook:
+            book = self._current(Lorebook, tenant, lorebook_id, expected_version)
+            change(book)
+            self.save(book)
+            return book
+
+        return self._retrying(attempt)
+
+    @staticmethod
+    def _entry_of(book: Lorebook, entry_id: int) -> int:
+        if entry_id not in book.entries:
+            raise NotFound(f"no entry {entry_id} in lorebook {book.id}")
+        return entry_id
 
     # Memories (snippets)
 

@@ -1,5 +1,5 @@
-"""Erasure by crypto-shredding: the events of a character or an instance (with its memories and
-messages) are stored encrypted with a key of their own; erasing destroys the key."""
+"""Erasure by crypto-shredding: the events of a character, a lorebook or an instance (with its
+memories and messages) are stored encrypted with a key of their own; erasing destroys the key."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from eventsourcing.persistence import AggregateRecorder, Mapper, StoredEvent, Tr
 from alma.domain.character import Character
 from alma.domain.instance import Instance
 from alma.domain.keystore import KeyStore
+from alma.domain.lorebook import Lorebook
 from alma.domain.memory import Memory
 from alma.domain.topics import topics_of
 
@@ -67,9 +68,9 @@ class ShreddingMapper(Mapper[UUID]):
     def _scope_of(self, event: object) -> UUID | None:
         if isinstance(event, Snapshot):
             return event.originator_id if event.topic in _SNAPSHOTTED else None
-        if isinstance(event, Instance.Erased | Character.Erased):
+        if isinstance(event, Instance.Erased | Character.Erased | Lorebook.Erased):
             return None
-        if isinstance(event, Instance.Event | Character.Event):
+        if isinstance(event, Instance.Event | Character.Event | Lorebook.Event):
             return event.originator_id
         if isinstance(event, Memory.Added):
             instance_id: UUID = getattr(event, "instance_id")  # noqa: B009

@@ -95,6 +95,7 @@ def copy_conversation(
                 actor,
                 forked_from=origin,
                 name=speaker_of(event),
+                lore_used=getattr(event, "lore_used", None),
             )
 
 

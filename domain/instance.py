@@ -128,10 +128,13 @@ class Instance(Aggregate):
         actor: Actor,
         forked_from: dict[str, str] | None = None,
         name: str | None = None,
+        lore_used: list[str] | None = None,
     ) -> None:
         """The character's reply, with what the audit needs to say why it said it: the model,
         its usage and latency, the memories in the prompt and a hash of the exact prompt.
-        `name`: the instance's name when it replied (events from before it have none)."""
+        `name`: the instance's name when it replied (events from before it have none).
+        `lore_used`: the lorebook entries in the prompt, `<lorebook id>:<entry id>` (events
+        from before lorebooks have none)."""
         self.message_count += 1
 
     @event("ReplyFailed")

@@ -5,7 +5,8 @@ One line per event, in the order of the log:
 `{"id": aggregate id, "version": n, "topic": event class, "state": the event's fields}`, the
 fields as the store's JSON transcoder writes them (UUIDs and times tagged with their types).
 
-What goes: every event of the tenant's characters, instances, instance names and memories.
+What goes: every event of the tenant's characters, instances, instance names, memories,
+lorebooks and the lists of lorebooks attached to its characters and instances.
 What stays: API keys (hashes of secrets that belong to the old store: issue new keys), snapshots
 and read models (the target rebuilds them from the events), and erased data — an aggregate's
 history is exported up to its first event that can no longer be decoded.
@@ -26,11 +27,19 @@ from alma.domain.application import Alma
 from alma.domain.character import Character
 from alma.domain.errors import Erased, InvalidInput
 from alma.domain.instance import Instance, InstanceName
+from alma.domain.lorebook import AttachedLorebooks, Lorebook
 from alma.domain.memory import Memory
 from alma.domain.rules import valid_tenant
 from alma.domain.topics import is_domain_topic
 
-EXPORTED = (Character.Event, Instance.Event, InstanceName.Event, Memory.Event)
+EXPORTED = (
+    Character.Event,
+    Instance.Event,
+    InstanceName.Event,
+    Memory.Event,
+    Lorebook.Event,
+    AttachedLorebooks.Event,
+)
 _PAGE = 500
 
 

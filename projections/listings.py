@@ -1,4 +1,5 @@
-"""The listings read model: which characters and instances each tenant has, for paginated lists.
+"""The listings read model: which characters, instances and lorebooks each tenant has, for
+paginated lists.
 
 Rows hold only what listing and filtering need (ids, names, search text, order); the API renders
 each listed aggregate from the event store, so a listing is never staler than its ids.
@@ -21,7 +22,7 @@ from eventsourcing.projection import Projection
 from eventsourcing.sqlite import SQLiteTrackingRecorder
 from psycopg.sql import SQL
 
-from alma.domain import Character, Instance
+from alma.domain import Character, Instance, Lorebook
 from alma.projections.ranking import fold
 from alma.stores.sqlite import truncate_wal
 
@@ -77,6 +78,14 @@ class ListingView(TrackingRecorder, ABC):
             value = fold(value)
         statement = _UPDATE.replace("{column}", column)
         self._write(tracking, statement, {"id": str(aggregate_id), "value": value})
+
+    def rename(self, tracking: Tracking, aggregate_id: UUID, name: str, description: str) -> None:
+        """A new name and description at once (a lorebook's fields change in one event)."""
+        statement = (
+            "UPDATE {table} SET name = %(name)s, description = %(description)s WHERE id = %(id)s"
+        )
+        params = {"id": str(aggregate_id), "name": fold(name), "description": fold(description)}
+        self._write(tracking, statement, params)
 
     def remove(self, tracking: Tracking, aggregate_id: UUID) -> None:
         """Forgets an erased character or instance, leaving nothing of it in the store. The
@@ -259,6 +268,26 @@ class Listings(Projection[ListingView]):
             "",
         )
 
+    @process_event.register(Lorebook.Created)
+    def _(self, domain_event: Any, tracking: Tracking) -> None:
+        settings = domain_event.settings
+        self.view.add(
+            tracking,
+            "lorebook",
+            domain_event.originator_id,
+            domain_event.tenant,
+            None,
+            settings["name"],
+            settings["description"],
+        )
+
+    @process_event.register(Lorebook.Changed)
+    def _(self, domain_event: Any, tracking: Tracking) -> None:
+        settings = domain_event.settings
+        self.view.rename(
+            tracking, domain_event.originator_id, settings["name"], settings["description"]
+        )
+
     @process_event.register(Character.Renamed)
     @process_event.register(Instance.Renamed)
     def _(self, domain_event: Any, tracking: Tracking) -> None:
@@ -272,10 +301,12 @@ class Listings(Projection[ListingView]):
 
     @process_event.register(Character.Erased)
     @process_event.register(Instance.Erased)
+    @process_event.register(Lorebook.Erased)
     def _(self, domain_event: Any, tracking: Tracking) -> None:
         self.view.remove(tracking, domain_event.originator_id)
 
     @process_event.register(Character.Archived)
     @process_event.register(Instance.Archived)
+    @process_event.register(Lorebook.Archived)
     def _(self, domain_event: Any, tracking: Tracking) -> None:
         self.view.update(tracking, domain_event.originator_id, "archived", True)

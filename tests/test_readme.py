@@ -6,8 +6,9 @@ chat model is the local OpenAI-compatible test server, `tests/openai_stub.py`). 
 would fill in by hand is filled from what the server answered before:
 
 - `alma_...` is the key `alma serve` printed at its first start (README says to copy it);
-- `<character id>`, `<instance id>`, `<fork id>` and `<memory id>` are the ids of the character,
-  instance, forked instance and memory snippet last answered by an earlier example;
+- `<character id>`, `<instance id>`, `<fork id>`, `<memory id>` and `<lorebook id>` are the ids
+  of the character, instance, forked instance, memory snippet and lorebook last answered by an
+  earlier example;
 - `<next_cursor>` is the last `next_cursor` answered; `<timestamp>` is the present time;
 - `localhost:8011` is the port the test's server listens on;
 - `NAME=...` lines (like `KEY=...`) are run once, and the variable is set for the commands after.
@@ -216,6 +217,8 @@ class Reader:
             self.known["fork id" if body.get("forked_from") else "instance id"] = body["id"]
         elif "instance_id" in body and "importance" in body:
             self.known["memory id"] = body["id"]
+        elif "entries" in body and "scan_depth" in body:
+            self.known["lorebook id"] = body["id"]
 
     def bash(self, script: str, where: str) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(

@@ -79,7 +79,8 @@ def small_bodies(module_settings: Settings) -> Iterator[tuple[Api, AcmeWorld]]:
     with running_api(small) as api:
         character = make_character(api)
         instance = make_instance(api, character["id"])
-        yield api, AcmeWorld(str(character["id"]), str(instance["id"]), str(instance["id"]), ())
+        ids = (str(character["id"]), str(instance["id"]), str(instance["id"]), str(instance["id"]))
+        yield api, AcmeWorld(*ids, ())
 
 
 @pytest.mark.parametrize("endpoint", list(BODIES.values()), ids=list(BODIES))

@@ -97,6 +97,31 @@ ENDPOINTS = {
         {"messages": [{"role": "user", "content": "hola"}]},
         201,
     ),
+    "create lorebook": Endpoint("POST", "/v1/lorebooks", {"name": "L", "entries": []}, 201),
+    "import lorebook": Endpoint("POST", "/v1/lorebooks/import", {"entries": {}}, 201),
+    "list lorebooks": Endpoint("GET", "/v1/lorebooks"),
+    "get lorebook": Endpoint("GET", "/v1/lorebooks/{lorebook_id}"),
+    "edit lorebook": Endpoint("PATCH", "/v1/lorebooks/{lorebook_id}", {"description": "otra"}),
+    "delete lorebook": Endpoint("DELETE", "/v1/lorebooks/{lorebook_id}", success=204),
+    "export lorebook": Endpoint("GET", "/v1/lorebooks/{lorebook_id}/export"),
+    "lorebook events": Endpoint("GET", "/v1/lorebooks/{lorebook_id}/events"),
+    "add lorebook entry": Endpoint(
+        "POST", "/v1/lorebooks/{lorebook_id}/entries", {"content": "x"}, 201
+    ),
+    "edit lorebook entry": Endpoint(
+        "PATCH", "/v1/lorebooks/{lorebook_id}/entries/{entry_id}", {"content": "y"}
+    ),
+    "remove lorebook entry": Endpoint(
+        "DELETE", "/v1/lorebooks/{lorebook_id}/entries/{entry_id}", success=204
+    ),
+    "attach to character": Endpoint(
+        "PUT", "/v1/characters/{character_id}/lorebooks", {"lorebook_ids": ["{lorebook_id}"]}
+    ),
+    "character lorebooks": Endpoint("GET", "/v1/characters/{character_id}/lorebooks"),
+    "attach to instance": Endpoint(
+        "PUT", "/v1/instances/{instance_id}/lorebooks", {"lorebook_ids": ["{lorebook_id}"]}
+    ),
+    "instance lorebooks": Endpoint("GET", "/v1/instances/{instance_id}/lorebooks"),
 }
 
 # Reads of a resource as it was. Its owner is told that version 99 is out of range (422);
@@ -116,6 +141,10 @@ BACK_THEN = {
         "POST", "/v1/instances/{instance_id}/fork", {"name": "R", "at_version": 1}, 201
     ),
     "events after version 1": Endpoint("GET", "/v1/instances/{instance_id}/events?after_version=1"),
+    "lorebook at version 1": Endpoint("GET", "/v1/lorebooks/{lorebook_id}?version=1"),
+    "lorebook at version 99": Endpoint(
+        "GET", "/v1/lorebooks/{lorebook_id}?version=99", success=422
+    ),
 }
 
 WITH_AN_ID = {name: e for name, e in ENDPOINTS.items() if "{" in e.path}
@@ -132,6 +161,7 @@ class AcmeWorld:
     character_id: str
     instance_id: str
     memory_id: str
+    lorebook_id: str
     secrets: tuple[str, ...]
 
 
@@ -164,14 +194,28 @@ def make_acme(api: Api) -> AcmeWorld:
         headers=api.acme,
     )
     assert memory.status_code == 201, memory.text
+    lorebook = api.client.post(
+        "/v1/lorebooks",
+        json={"name": "Recetario", "entries": [{"keys": ["mole"], "content": "El mole negro"}]},
+        headers=api.acme,
+    )
+    assert lorebook.status_code == 201, lorebook.text
     secrets = (
         "Doña Rosa de Acme",
         "Receta secreta",
         "El mole lleva cacao",
         "receta del mole",
         "acme",
+        "Recetario",
+        "El mole negro",
     )
-    return AcmeWorld(str(character["id"]), str(instance["id"]), memory.json()["id"], secrets)
+    return AcmeWorld(
+        str(character["id"]),
+        str(instance["id"]),
+        memory.json()["id"],
+        lorebook.json()["id"],
+        secrets,
+    )
 
 
 def call(api: Api, endpoint: Endpoint, world: AcmeWorld, headers: dict[str, str]) -> httpx.Response:
@@ -180,10 +224,13 @@ def call(api: Api, endpoint: Endpoint, world: AcmeWorld, headers: dict[str, str]
         instance_id=world.instance_id,
         memory_id=world.memory_id,
         model=world.instance_id,  # the OpenAI-compatible name of an instance
+        lorebook_id=world.lorebook_id,
+        entry_id=0,
     )
     body = endpoint.body
-    if body is not None:  # ids in bodies too (the OpenAI-compatible `model`)
-        body = json.loads(json.dumps(body).replace("{instance_id}", world.instance_id))
+    if body is not None:  # ids in bodies too (the OpenAI-compatible `model`, lorebooks)
+        text = json.dumps(body).replace("{instance_id}", world.instance_id)
+        body = json.loads(text.replace("{lorebook_id}", world.lorebook_id))
     if endpoint.upload is not None:
         files = {"file": ("speech.wav", endpoint.upload, "audio/wav")}
         return api.client.request(endpoint.method, path, data=body, files=files, headers=headers)

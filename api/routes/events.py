@@ -23,7 +23,7 @@ EventType = Annotated[
 ]
 
 
-def _events_page(
+def events_page(
     app: Alma,
     caller: CurrentCaller,
     aggregate_type: type[Aggregate],
@@ -51,7 +51,7 @@ def instance_events(
 ) -> Page[EventOut]:
     """The instance's own events, oldest first. It keeps answering after `DELETE`: a deleted
     (archived) instance's events are kept for audit."""
-    return _events_page(app, caller, Instance, instance_id, after_version, cursor, limit, type)
+    return events_page(app, caller, Instance, instance_id, after_version, cursor, limit, type)
 
 
 @router.get("/v1/characters/{character_id}/events")
@@ -66,7 +66,7 @@ def character_events(
 ) -> Page[EventOut]:
     """The character's own events, oldest first. It keeps answering after `DELETE`: a deleted
     (archived) character's events are kept for audit."""
-    return _events_page(app, caller, Character, character_id, after_version, cursor, limit, type)
+    return events_page(app, caller, Character, character_id, after_version, cursor, limit, type)
 
 
 @router.get("/v1/instances/{instance_id}/memory/audit")

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from alma.api.deps import (
@@ -20,6 +21,7 @@ from alma.api.deps import (
     Limit,
     Within,
 )
+from alma.api.message_import import BODIES, messages_sent
 from alma.api.pagination import decode_cursor, encode_cursor
 from alma.api.schemas import (
     MemoryCreate,
@@ -27,7 +29,6 @@ from alma.api.schemas import (
     MemoryForgotten,
     MemoryOut,
     MessageOut,
-    MessagesImport,
     MessagesImported,
     Page,
     SearchResult,
@@ -35,7 +36,9 @@ from alma.api.schemas import (
     WithdrawnMessage,
 )
 from alma.chat.forgetting import forget_with_messages
-from alma.domain import Instance, NewMessage, NotFound
+from alma.domain import Instance, NotFound
+from alma.domain.chat_file import write_chat_file
+from alma.projections import Conversation, Message
 
 router = APIRouter(tags=["memories"])
 
@@ -154,7 +157,11 @@ def forget_memory(
     return JSONResponse(body.model_dump(mode="json"))
 
 
-@router.get("/v1/instances/{instance_id}/messages")
+@router.get(
+    "/v1/instances/{instance_id}/messages",
+    response_model=Page[MessageOut],
+    responses={200: {"content": {"application/jsonl": {}}}},
+)
 def list_messages(
     instance_id: UUID,
     caller: CurrentCaller,
@@ -163,21 +170,45 @@ def list_messages(
     caught_up: ConversationCaughtUp,
     limit: Limit = 50,
     cursor: Cursor = None,
-) -> Page[MessageOut]:
+    format: Annotated[
+        Literal["alma", "sillytavern"],
+        Query(description="sillytavern: the whole conversation as a SillyTavern chat file"),
+    ] = "alma",
+) -> Page[MessageOut] | Response:
     """The conversation, oldest first: imported turns, the user's messages and the replies."""
-    app.owned(Instance, caller.tenant, instance_id, None)
+    instance = app.owned(Instance, caller.tenant, instance_id, None)
     caught_up()
+    if format == "sillytavern":
+        said = _whole_conversation(conversation, instance_id)
+        users = [m.name for m in said if m.role == "user" and m.name]
+        user = max(set(users), key=users.count) if users else "User"
+        return Response(
+            write_chat_file(said, user, instance.name),
+            media_type="application/jsonl",
+            headers={"Content-Disposition": f'attachment; filename="{instance_id}.jsonl"'},
+        )
     messages = conversation.messages(instance_id, decode_cursor(cursor), limit)
     next_cursor = encode_cursor(messages[-1].position) if len(messages) == limit else None
     return Page[MessageOut](items=[MessageOut.of(m) for m in messages], next_cursor=next_cursor)
 
 
-@router.post("/v1/instances/{instance_id}/messages", status_code=201)
-def import_messages(
-    instance_id: UUID, body: MessagesImport, caller: CurrentCaller, app: AlmaApp
+def _whole_conversation(conversation: Conversation, instance_id: UUID) -> list[Message]:
+    said: list[Message] = []
+    while True:
+        page = conversation.messages(instance_id, said[-1].position if said else 0, 1000)
+        said += page
+        if len(page) < 1000:
+            return said
+
+
+@router.post("/v1/instances/{instance_id}/messages", status_code=201, openapi_extra=BODIES)
+async def import_messages(
+    instance_id: UUID, request: Request, caller: CurrentCaller, app: AlmaApp
 ) -> MessagesImported:
-    messages = [
-        NewMessage(m.role, m.content, m.timestamp, m.metadata, m.name) for m in body.messages
-    ]
-    ids = app.import_messages(caller.tenant, instance_id, messages, caller.actor)
+    """Past turns, as they were (no model is called): alma's JSON, or a SillyTavern chat file
+    (`.jsonl`) uploaded as the form field `file`, its speakers and send dates kept."""
+    messages = await messages_sent(request)
+    ids = await run_in_threadpool(
+        app.import_messages, caller.tenant, instance_id, messages, caller.actor
+    )
     return MessagesImported(ids=ids)
