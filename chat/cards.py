@@ -2,8 +2,9 @@
 
 A card file (JSON, PNG or CHARX: `alma.domain.card_files`) becomes a character
 (`alma.domain.cards`), its image kept in the image store (`alma.stores.images`) under the
-character; a character, now or at a past version, goes out as a V2 or V3 card, or as a PNG with
-both (its own image, or a blank one).
+character, and its `character_book` a lorebook attached to it (`alma.domain.lore_formats`); a
+character, now or at a past version, goes out as a V2 or V3 card, or as a PNG with both (its own
+image, or a blank one), its first attached lorebook (as it is now) as the card's book.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from __future__ import annotations
 import json
 import random
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 from alma.chat.macros import fill
 from alma.domain import Actor, Alma, Character, InvalidInput, NewMessage
 from alma.domain.card_files import blank_png, png_with_cards, read_card_file
 from alma.domain.cards import V2, V3, card_document, card_fields
+from alma.domain.lore_formats import from_character_book, to_character_book
+from alma.domain.lorebook import Lorebook
 from alma.stores.images import Images, digest_of
 
 CardFormat = Literal["v2", "v3", "png"]
@@ -32,11 +35,15 @@ class Cards:
         """A new character from a card file; nothing is written when the card is refused."""
         found = read_card_file(content)
         fields = card_fields(found.card)
+        book = _book_of(tenant, fields, actor)  # checked before anything is written
         if found.image is not None:
             fields["image"] = digest_of(found.image)
         character = self.app.create_character(tenant, fields, actor)
         if found.image is not None:
             self.images.keep(character.id, found.image)
+        if book is not None:
+            self.app.save(book)
+            self.app.attach_lorebooks(tenant, Character, character.id, [book.id], actor)
         return character
 
     def export_card(
@@ -49,15 +56,20 @@ class Cards:
     ) -> bytes:
         """The character's card: V2 or V3 JSON, or a PNG carrying both (`chara`, `ccv3`)."""
         character = self.app.character(tenant, character_id, version, at)
+        attached = self.app.attached_lorebooks(tenant, Character, character_id)
+        book = None
+        if attached:
+            lorebook = self.app.lorebook(tenant, attached[0])
+            book = to_character_book(lorebook.settings, lorebook.in_order())
         if card_format != "png":
-            card = card_document(character, V2 if card_format == "v2" else V3)
+            card = card_document(character, V2 if card_format == "v2" else V3, book)
             return json.dumps(card, ensure_ascii=False).encode("utf-8")
         image = None
         if character.image is not None:
             image = self.images.get(character.id, character.image)
         cards = {
-            "chara": json.dumps(card_document(character, V2), ensure_ascii=False),
-            "ccv3": json.dumps(card_document(character, V3), ensure_ascii=False),
+            "chara": json.dumps(card_document(character, V2, book), ensure_ascii=False),
+            "ccv3": json.dumps(card_document(character, V3, book), ensure_ascii=False),
         }
         return png_with_cards(image or blank_png(), cards)
 
@@ -92,3 +104,20 @@ class Cards:
             tenant, instance_id, [message], actor, opening=True
         )
         return message_id, index, text
+
+
+def _book_of(tenant: str, fields: dict[str, Any], actor: Actor) -> Lorebook | None:
+    """The lorebook of the card's `character_book`, taken out of what the character keeps
+    verbatim (`card_extras`), checked but not saved; None when the card has none."""
+    extras = fields.get("card_extras", {})
+    given = extras.get("data", {}).pop("character_book", None)
+    if given is None:
+        return None
+    if not extras["data"]:
+        del extras["data"]
+    if not extras:
+        del fields["card_extras"]
+    if not isinstance(given, dict) or not isinstance(given.get("entries"), list):
+        raise InvalidInput("the card's `character_book` must be an object with `entries`", "file")
+    settings, entries = from_character_book(given)
+    return Lorebook.create(tenant, settings, entries, actor)

@@ -105,11 +105,16 @@ def card_fields(card: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def card_document(character: Any, spec: str) -> dict[str, Any]:
-    """The card (V2 or V3) of a character: its fields, and what its card carried besides."""
+def card_document(
+    character: Any, spec: str, character_book: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The card (V2 or V3) of a character: its fields, what its card carried besides, and its
+    lorebook as the card's `character_book` when it has one."""
     extras = character.card_extras
     data: dict[str, Any] = {key: getattr(character, field) for field, key in FIELDS.items()}
     data.update(extras.get("data", {}))
+    if character_book is not None:
+        data["character_book"] = character_book
     for key, kind in _REQUIRED_EMPTY.items():
         if key == "extensions" or spec == V3:
             data.setdefault(key, kind())

@@ -171,7 +171,7 @@ def test_a_v2_card_maps_onto_the_character_and_keeps_everything_else(shared_api:
     assert (character["creator"], character["character_version"]) == ("someone", "1.2")
     extras = character["card_extras"]
     assert extras["data"]["extensions"] == card["data"]["extensions"]
-    assert extras["data"]["character_book"] == card["data"]["character_book"]
+    assert "character_book" not in extras["data"]  # a lorebook of its own: see below
     assert extras["data"]["future_field"] == {"kept": True}
     assert extras["card"] == {"creatorcomment": "an old SillyTavern field"}
 
@@ -448,6 +448,52 @@ def test_the_cards_macros_system_prompt_and_post_history_reach_the_model(
         openai_stub.requests[-1]["messages"][-1]["content"]
         == "Answer Bea as Sera, in two sentences."
     )
+
+
+def test_a_cards_book_becomes_the_characters_lorebook_in_chat_and_in_its_export(
+    chat_api: Api, openai_stub: OpenAIStub
+) -> None:
+    card = v2_card()
+    card["data"]["character_book"]["entries"].append(
+        {"keys": ["river"], "content": "The river sings at night.", "extensions": {}, "id": "r1"}
+    )
+    character = imported(chat_api, json.dumps(card).encode())
+    attached = chat_api.client.get(
+        f"/v1/characters/{character['id']}/lorebooks", headers=chat_api.acme
+    ).json()["lorebook_ids"]
+    assert len(attached) == 1
+    book = chat_api.client.get(f"/v1/lorebooks/{attached[0]}", headers=chat_api.acme).json()
+    assert book["name"] == "Glade lore"
+
+    instance = make_instance(chat_api, character["id"], "Sera")
+    chat = f"/v1/instances/{instance['id']}/chat"
+    answer = chat_api.client.post(
+        chat, json={"message": "Is the glade safe?"}, headers=chat_api.acme
+    )
+    assert answer.status_code == 200, answer.text
+    prompt = json.dumps(openai_stub.requests[-1]["messages"])
+    assert "The glade heals." in prompt and "The river sings" not in prompt
+    [used] = answer.json()["lore_used"]
+    assert used["lorebook_id"] == attached[0]
+
+    # Out with the card, and in again as the same book (its defaults now written out).
+    book_out = json.loads(exported(chat_api, character["id"], "v2"))["data"]["character_book"]
+    given = card["data"]["character_book"]["entries"]
+    assert [(e["keys"], e["content"]) for e in book_out["entries"]] == [
+        (e["keys"], e["content"]) for e in given
+    ]
+    assert book_out["entries"][1]["id"] == "r1"  # an editor's text id, kept
+    again = imported(chat_api, exported(chat_api, character["id"], "png"), "image/png")
+    assert json.loads(exported(chat_api, again["id"], "v2"))["data"]["character_book"] == book_out
+
+
+def test_a_card_whose_book_is_not_a_book_is_refused_and_nothing_is_written(api: Api) -> None:
+    card = v2_card(character_book={"name": "no entries"})
+    before = api.client.get("/v1/characters", headers=api.acme).json()
+    response = api.client.post("/v1/characters/import", json=card, headers=api.acme)
+    assert response.status_code == 422, response.text
+    assert "character_book" in response.json()["error"]["message"]
+    assert api.client.get("/v1/characters", headers=api.acme).json() == before
 
 
 def test_the_users_name_is_the_instances_and_its_forks_until_cleared(api: Api) -> None:
