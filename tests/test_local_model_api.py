@@ -80,12 +80,12 @@ def test_a_cut_copy_of_a_joined_model_is_joined_again_at_start(
     settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="alma.llm.local")
-    named = LOCAL_MODELS["qwen2.5-coder-0.5b"]
+    named = LOCAL_MODELS[DEFAULT_LOCAL_MODEL]  # the one ./scripts/test installs
     cached = tmp_path / "cache" / "local" / named.file
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"GGUF" + bytes(1000))  # a join killed half-way under the real name
     local = settings.model_copy(
-        update={"local_model": "qwen2.5-coder-0.5b", "model_cache_dir": tmp_path / "cache"}
+        update={"local_model": DEFAULT_LOCAL_MODEL, "model_cache_dir": tmp_path / "cache"}
     )
     with running_api(local) as api:
         chat_model = api.client.get("/health").json()["chat_model"]
@@ -93,14 +93,14 @@ def test_a_cut_copy_of_a_joined_model_is_joined_again_at_start(
         assert chat_model["file"] == str(cached)
         assert cached.stat().st_size == named.size
         said = [r.getMessage() for r in caplog.records if r.name == "alma.llm.local"]
-        assert said == [f"joining qwen2.5-coder-0.5b from 6 packages into {cached} (once)"]
+        assert said == [f"joining {DEFAULT_LOCAL_MODEL} from 22 packages into {cached} (once)"]
         answer = api.client.post(
             f"/v1/instances/{_instance(api)}/chat",
             json={"message": "¿Cómo te llamas?", "max_tokens": 8, "temperature": 0},
             headers=api.acme,
         )
         assert answer.status_code == 200, answer.text
-        assert answer.json()["model"] == "local/qwen2.5-coder-0.5b-instruct"
+        assert answer.json()["model"] == "local/qwen2.5-coder-1.5b-instruct"
 
 
 @pytest.mark.slow

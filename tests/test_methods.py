@@ -16,7 +16,14 @@ METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 def _paths(api: Api) -> dict[str, set[str]]:
     """Each path of the schema, its placeholders filled, with the methods the schema gives it."""
     schema: dict[str, Any] = api.client.get("/openapi.json").json()
-    ids = {"character_id": uuid.uuid4(), "instance_id": uuid.uuid4(), "memory_id": uuid.uuid4()}
+    ids = {
+        "character_id": uuid.uuid4(),
+        "instance_id": uuid.uuid4(),
+        "memory_id": uuid.uuid4(),
+        "lorebook_id": uuid.uuid4(),
+        "entry_id": 1,
+        "model": uuid.uuid4(),  # the OpenAI-compatible name of an instance
+    }
     return {
         path.format(**ids): {method.upper() for method in operations}
         for path, operations in schema["paths"].items()

@@ -7,6 +7,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from tests.conftest import Api, make_character, make_instance, search
 
 HEADER = {
@@ -171,4 +173,28 @@ def test_a_bad_chat_file_is_refused_naming_its_line_and_writes_nothing(api: Api)
         == 404
     )
     assert _upload(api, instance, _file(LINES), headers=api.rival).status_code == 404
+    assert api.written() == written
+
+
+@pytest.mark.slow
+def test_months_of_chat_come_in_past_the_general_body_limit_up_to_the_imports(api: Api) -> None:
+    """A real chat file is bigger than an API request: it has the import limit (10 MiB), not the
+    body limit (1 MiB), and past it is refused whole."""
+    instance = str(make_instance(api, make_character(api)["id"])["id"])
+    said = "Ayer subimos al cerro a buscar ruda, romero y hierba del sapo para el té de Lucía. "
+    lines = [
+        {"name": ("Rosa", "Caroline")[n % 2], "is_user": bool(n % 2), "mes": f"{n}. {said * 18}"}
+        for n in range(800)
+    ]
+    months = _file(lines)
+    assert 1024 * 1024 < len(months) < 10 * 1024 * 1024
+
+    response = _upload(api, instance, months)
+
+    assert response.status_code == 201, response.text
+    assert len(response.json()["ids"]) == 800
+    written = api.written()
+    too_big = _upload(api, instance, _file(lines * 9))
+    assert too_big.status_code == 413, too_big.text
+    assert too_big.json()["error"]["code"] == "payload_too_large"
     assert api.written() == written

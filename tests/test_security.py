@@ -75,7 +75,8 @@ BODIES = {name: e for name, e in ENDPOINTS.items() if e.body is not None or e.up
 def small_bodies(module_settings: Settings) -> Iterator[tuple[Api, AcmeWorld]]:
     """alma with small body limits and acme's character and instance, shared by the tests that
     are refused and check that nothing was written."""
-    small = module_settings.model_copy(update={"max_body_bytes": 4096, "audio_max_bytes": 4096})
+    limits = {"max_body_bytes": 4096, "audio_max_bytes": 4096, "import_max_bytes": 4096}
+    small = module_settings.model_copy(update=limits)
     with running_api(small) as api:
         character = make_character(api)
         instance = make_instance(api, character["id"])

@@ -48,6 +48,8 @@ class Server:
     character_id: str
     instance_id: str
     memory_id: str
+    lorebook_id: str
+    entry_id: int
 
     def written(self) -> int:
         return self.store.recorder.max_notification_id() or 0
@@ -57,6 +59,8 @@ class Server:
             character_id=self.character_id,
             instance_id=self.instance_id,
             memory_id=self.memory_id,
+            lorebook_id=self.lorebook_id,
+            entry_id=self.entry_id,
             model=self.instance_id,  # the OpenAI-compatible name of an instance
         )
 
@@ -88,6 +92,9 @@ def server(module_settings: Settings) -> Iterator[Server]:
                 json={"text": "Su hermana Lucía es enfermera."},
             )
             assert memory.status_code == 201, memory.text
+            entry = {"keys": ["Oaxaca"], "content": "Hace frío."}
+            lorebook = http.post("/v1/lorebooks", json={"name": "La sierra", "entries": [entry]})
+            assert lorebook.status_code == 201, lorebook.text
             store = open_app(settings)
             try:
                 yield Server(
@@ -97,6 +104,8 @@ def server(module_settings: Settings) -> Iterator[Server]:
                     character.json()["id"],
                     instance.json()["id"],
                     memory.json()["id"],
+                    lorebook.json()["id"],
+                    lorebook.json()["entries"][0]["id"],
                 )
             finally:
                 store.close()

@@ -8,7 +8,6 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
-from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import UploadFile
 
 from alma.api.deps import (
@@ -28,22 +27,6 @@ from alma.domain import InvalidInput
 
 router = APIRouter(prefix="/v1/characters", tags=["characters"])
 
-
-class CharacterId(Convertor[str]):
-    """A character's id in a path: anything but `import`, which is the import's path alone (so
-    a GET of it is a 405, not a malformed id); a malformed id still reaches its route, which
-    answers 422 naming it."""
-
-    regex = "(?!import$)[^/]+"
-
-    def convert(self, value: str) -> str:
-        return value
-
-    def to_string(self, value: str) -> str:
-        return value
-
-
-register_url_convertor("character_id", CharacterId())
 
 IMPORT_PATH = "/v1/characters/import"
 _FILE = {"type": "string", "format": "binary"}
@@ -130,7 +113,7 @@ def list_characters(
     return Page[CharacterOut](items=items, next_cursor=next_cursor)
 
 
-@router.get("/{character_id:character_id}")
+@router.get("/{character_id:id}")
 def get_character(
     character_id: UUID,
     caller: CurrentCaller,
@@ -141,7 +124,7 @@ def get_character(
     return CharacterOut.of(character)
 
 
-@router.patch("/{character_id:character_id}")
+@router.patch("/{character_id:id}")
 def edit_character(
     character_id: UUID,
     body: CharacterEdit,
@@ -155,7 +138,7 @@ def edit_character(
     return CharacterOut.of(character)
 
 
-@router.delete("/{character_id:character_id}", status_code=204)
+@router.delete("/{character_id:id}", status_code=204)
 def delete_character(
     character_id: UUID,
     caller: CurrentCaller,

@@ -42,6 +42,7 @@ from alma.domain.lore_formats import (
 )
 
 router = APIRouter(tags=["lorebooks"])
+IMPORT_PATH = "/v1/lorebooks/import"
 
 
 @router.post("/v1/lorebooks", status_code=201)
@@ -50,7 +51,7 @@ def create_lorebook(body: LorebookCreate, caller: CurrentCaller, app: AlmaApp) -
     return LorebookOut.of(book)
 
 
-@router.post("/v1/lorebooks/import", status_code=201)
+@router.post(IMPORT_PATH, status_code=201)
 def import_lorebook(
     caller: CurrentCaller,
     app: AlmaApp,
@@ -93,7 +94,7 @@ def list_lorebooks(
     return Page[LorebookOut](items=items, next_cursor=next_cursor)
 
 
-@router.get("/v1/lorebooks/{lorebook_id}")
+@router.get("/v1/lorebooks/{lorebook_id:id}")
 def get_lorebook(
     lorebook_id: UUID, caller: CurrentCaller, app: AlmaApp, as_of: AsOf
 ) -> LorebookOut:
@@ -116,7 +117,7 @@ def export_lorebook(
     return JSONResponse(exported)
 
 
-@router.patch("/v1/lorebooks/{lorebook_id}")
+@router.patch("/v1/lorebooks/{lorebook_id:id}")
 def edit_lorebook(
     lorebook_id: UUID,
     body: LorebookEdit,
@@ -130,7 +131,7 @@ def edit_lorebook(
     return LorebookOut.of(book)
 
 
-@router.delete("/v1/lorebooks/{lorebook_id}", status_code=204)
+@router.delete("/v1/lorebooks/{lorebook_id:id}", status_code=204)
 def delete_lorebook(
     lorebook_id: UUID,
     caller: CurrentCaller,
