@@ -1,10 +1,13 @@
-"""The files a Character Card comes in: JSON, a PNG with the card in its `tEXt` chunks, a CHARX.
+"""The files a Character Card comes in: JSON, a PNG with the card in its text chunks, a CHARX.
 
 As SillyTavern reads them: in a PNG, the `ccv3` chunk (base64 of a V3 card) wins over `chara`
-(base64 of a V2 card, or of a V3 one) wherever each stands and whatever each says; a CHARX is a
+(base64 of a V2 card, or of a V3 one) wherever each stands and whatever each says, each in a
+`tEXt` chunk as front-ends write them or, as some image tools rewrite them, in a compressed
+`zTXt` or an international `iTXt` one; a CHARX is a
 zip with `card.json` at its root and its assets, the first `icon` asset the card's image. What
-is read of a zip is bounded (`MAX_INFLATED`), so a small zip that inflates to gigabytes is
-refused, not inflated. Every refusal is an InvalidInput that says what is wrong.
+is read of a zip or a compressed chunk is bounded (`MAX_INFLATED`), so a small file that
+inflates to gigabytes is refused, not inflated. Every refusal is an InvalidInput that says what
+is wrong.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from alma.domain.errors import InvalidInput
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _ZIP_SIGNATURE = b"PK\x03\x04"
 _CARD_KEYWORDS = ("ccv3", "chara")  # in the order they are preferred
+_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
 MAX_INFLATED = 32 * 1024 * 1024  # what a CHARX may inflate to, card.json and its icon together
 
 
@@ -95,11 +99,11 @@ def _read_png(content: bytes) -> CardFile:
     chunks = png_chunks(content)
     if not chunks or chunks[-1][0] != b"IEND":
         raise InvalidInput("the PNG has no end (IEND chunk): it is cut short", "file")
-    texts = {_keyword(c): c[1] for c in chunks if _keyword(c) in _CARD_KEYWORDS}
+    texts = {_keyword(c): c for c in chunks if _keyword(c) in _CARD_KEYWORDS}
     keyword = next((k for k in _CARD_KEYWORDS if k in texts), None)
     if keyword is None:
-        raise InvalidInput("the PNG holds no card (no `chara` or `ccv3` tEXt chunk)", "file")
-    encoded = texts[keyword].split(b"\0", 1)[1].strip()
+        raise InvalidInput("the PNG holds no card (no `chara` or `ccv3` text chunk)", "file")
+    encoded = _text(texts[keyword], keyword).strip()
     encoded += b"=" * (-len(encoded) % 4)  # some writers leave the padding out
     try:
         decoded = base64.b64decode(encoded, validate=False)
@@ -162,9 +166,37 @@ def _inflate(archive: zipfile.ZipFile, name: str, budget: list[int]) -> bytes:
 
 def _keyword(chunk: tuple[bytes, bytes]) -> str | None:
     kind, data = chunk
-    if kind != b"tEXt" or b"\0" not in data:
+    if kind not in _TEXT_CHUNKS or b"\0" not in data:
         return None
     return data.split(b"\0", 1)[0].decode("latin-1").lower()
+
+
+def _text(chunk: tuple[bytes, bytes], keyword: str) -> bytes:
+    """The text of a `tEXt`, `zTXt` or `iTXt` chunk (after its keyword), inflated if need be."""
+    kind, data = chunk
+    text = data.split(b"\0", 1)[1]
+    compressed = kind == b"zTXt"
+    if kind == b"zTXt":
+        text = text[1:]  # the compression method: 0, zlib, the only one PNG defines
+    elif kind == b"iTXt":
+        flag, text = text[:1], text[2:]  # then the language tag and the translated keyword
+        compressed = flag == b"\1"
+        parts = text.split(b"\0", 2)
+        if len(parts) < 3:
+            raise InvalidInput(f"the PNG's `{keyword}` iTXt chunk is malformed", "file")
+        text = parts[2]
+    if not compressed:
+        return text
+    inflater = zlib.decompressobj()
+    try:
+        inflated = inflater.decompress(text, MAX_INFLATED)
+    except zlib.error:
+        raise InvalidInput(f"the PNG's `{keyword}` chunk does not inflate", "file") from None
+    if inflater.unconsumed_tail:
+        raise InvalidInput(
+            f"the PNG's `{keyword}` chunk inflates past {MAX_INFLATED} bytes", "file"
+        )
+    return inflated
 
 
 def _png(chunks: list[tuple[bytes, bytes]]) -> bytes:

@@ -238,6 +238,28 @@ def test_a_png_card_is_read_from_its_chunks_and_ccv3_wins(
     assert character["image"] is not None
 
 
+def compressed_chunk(kind: bytes, keyword: str, text: bytes) -> bytes:
+    """A `zTXt` or a compressed `iTXt` chunk, as some image tools rewrite a card's `tEXt`."""
+    if kind == b"zTXt":
+        return chunk(kind, keyword.encode("latin-1") + b"\0\0" + zlib.compress(text))
+    # compressed, zlib, a language tag, a translated keyword
+    header = keyword.encode("latin-1") + b"\0\1\0es\0chara\0"
+    return chunk(kind, header + zlib.compress(text))
+
+
+@pytest.mark.parametrize("kind", [b"zTXt", b"iTXt"])
+def test_a_png_card_rewritten_into_compressed_text_chunks_is_read(
+    shared_api: Api, kind: bytes
+) -> None:
+    encoded = base64.b64encode(json.dumps(v3_card(name="Comprimida")).encode())
+    content = png(compressed_chunk(kind, "ccv3", encoded))
+
+    character = uploaded(shared_api, content, "card.png")
+
+    assert character["name"] == "Comprimida"
+    assert image_data(exported(shared_api, character["id"], "png")) == image_data(content)
+
+
 def test_a_png_card_of_several_megabytes_comes_back_with_its_image_and_both_chunks(
     shared_api: Api,
 ) -> None:
@@ -333,6 +355,8 @@ def _corrupt() -> bytes:
         (json.dumps({"description": "no name"}).encode(), 422, "has no name"),
         (_charx_without_card(), 422, "no card.json"),
         (_bomb(), 422, "inflates past"),
+        (png(compressed_chunk(b"zTXt", "chara", b" " * (64 * 1024 * 1024))), 422, "inflates past"),
+        (png(chunk(b"zTXt", b"chara\0\0not zlib")), 422, "does not inflate"),
         (b"GIF89a", 422, "not a card"),
         (png(text_chunk("chara", v2_card(alternate_greetings=[3]))), 422, "list of strings"),
         (b"\x89PNG\r\n\x1a\n" + b"\0" * (11 * 1024 * 1024), 413, "larger than"),
@@ -346,6 +370,8 @@ def _corrupt() -> bytes:
         "no-name",
         "charx-without-card",
         "zip-bomb",
+        "ztxt-bomb",
+        "ztxt-not-zlib",
         "not-a-card",
         "wrong-type",
         "over-the-limit",
