@@ -47,6 +47,11 @@ class LoreEntryEdit(Edit):
     scan_depth: Depth | None = Field(default=None, description="default: the book's")
     exclude_recursion: bool | None = None
     prevent_recursion: bool | None = None
+    vectorized: bool | None = Field(
+        default=None,
+        description="also called up by meaning, when the new message is about its content"
+        " (default false)",
+    )
     extensions: dict[str, Any] | None = Field(default=None, description="a card's, verbatim")
     extra: dict[str, Any] | None = Field(
         default=None, description="fields of imported formats alma does not use, verbatim"
@@ -69,6 +74,11 @@ class LorebookEdit(Edit):
     )
     recursive_scanning: bool | None = Field(
         default=None, description="activated entries' content activates others; default false"
+    )
+    min_score: Annotated[float, Field(ge=-1, le=1)] | None = Field(
+        default=None,
+        description="how close in meaning a message must be to call up a vectorized entry;"
+        " default: the embedding model's own",
     )
     extensions: dict[str, Any] | None = None
     extra: dict[str, Any] | None = None
@@ -104,6 +114,7 @@ class LoreEntryOut(BaseModel):
     scan_depth: int | None
     exclude_recursion: bool
     prevent_recursion: bool
+    vectorized: bool
     extensions: dict[str, Any]
     extra: dict[str, Any]
 
@@ -115,6 +126,7 @@ class LorebookOut(BaseModel):
     scan_depth: int
     token_budget: int | None
     recursive_scanning: bool
+    min_score: float | None
     extensions: dict[str, Any]
     extra: dict[str, Any]
     entries: list[LoreEntryOut]

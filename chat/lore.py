@@ -5,7 +5,9 @@ It follows SillyTavern's world info: a key is a word or `/regex/flags`; an entry
 keys and `selective` activates by its logic (AND ANY, AND ALL, NOT ANY, NOT ALL); a constant
 entry is always in; each book scans its own depth (an entry may scan its own) and fills its
 token budget with constant entries first, then by priority (the insertion order when it has
-none), each whole, up to the first that does not fit.
+none), each whole, up to the first that does not fit. Beyond SillyTavern's keys, a `vectorized`
+entry may also be called up by meaning (chat/lore_meaning.py): of a book's vectorized entries,
+the one the new message is most about, when it is close enough.
 """
 
 from __future__ import annotations
@@ -110,25 +112,36 @@ class _Scan:
             self._recursed_present[case] = self._recursed_present.get(case, set()) | found
 
 
+Meaning = Callable[[Sequence[str]], Sequence[float]]
+
+
 def activate(
-    books: Sequence[Book], messages: Sequence[str], count: Callable[[str], int]
+    books: Sequence[Book],
+    messages: Sequence[str],
+    count: Callable[[str], int],
+    meaning: Meaning | None = None,
+    min_score: float = 0.5,
 ) -> list[LoreEntry]:
     """The entries to offer the prompt, most important first (constant, then by priority),
     each book within its own token budget. `messages`: the conversation's texts, oldest first,
-    ending with the new message."""
+    ending with the new message; `meaning`: how close in meaning each text is to the new
+    message, which calls up a vectorized entry from `min_score` (or its book's own)."""
     chosen: list[LoreEntry] = []
     for book in books:
-        chosen += _within_budget(book, _activated(book, messages), count)
+        chosen += _within_budget(book, _activated(book, messages, meaning, min_score), count)
     return sorted(chosen, key=_importance)
 
 
-def _activated(book: Book, messages: Sequence[str]) -> list[dict[str, Any]]:
+def _activated(
+    book: Book, messages: Sequence[str], meaning: Meaning | None, min_score: float
+) -> list[dict[str, Any]]:
     scan = _Scan(book, messages)
     keys = _keys(book)
     waiting = [e for e in book.entries if e["enabled"] and e["content"].strip()]
+    meant = _by_meaning(book, waiting, meaning, min_score)
     found: list[dict[str, Any]] = []
     for _ in range(MAX_RECURSION_STEPS):
-        new = [e for e in waiting if _called(e, book.settings, scan, keys)]
+        new = [e for e in waiting if e is meant or _called(e, book.settings, scan, keys)]
         if not new:
             break
         found += new
@@ -141,6 +154,19 @@ def _activated(book: Book, messages: Sequence[str]) -> list[dict[str, Any]]:
             break
         scan.recurse(contents)
     return found
+
+
+def _by_meaning(
+    book: Book, waiting: list[dict[str, Any]], meaning: Meaning | None, min_score: float
+) -> dict[str, Any] | None:
+    """Of the book's vectorized entries, the one the new message is most about, if close enough."""
+    candidates = [e for e in waiting if e["vectorized"] and not e["constant"]]
+    if meaning is None or not candidates:
+        return None
+    scores = meaning([e["content"] for e in candidates])
+    best = max(range(len(candidates)), key=scores.__getitem__)
+    own = book.settings["min_score"]
+    return candidates[best] if scores[best] >= (min_score if own is None else own) else None
 
 
 def _called(entry: dict[str, Any], settings: dict[str, Any], scan: _Scan, keys: _Keys) -> bool:

@@ -21,6 +21,7 @@ import httpx
 from alma import metrics
 from alma.chat import history as chat_history
 from alma.chat.lore import Book, activate
+from alma.chat.lore_meaning import Meaning
 from alma.chat.prompt import LoreEntry, Persona, Prompt, Recollection, Turn, build_prompt
 from alma.domain import Actor, Alma, InvalidInput, Reply
 from alma.domain.rules import valid_message
@@ -89,6 +90,7 @@ class Chat:
         `position`, False when `timeout` seconds pass first (`Follower.wait`)."""
         self.app = app
         self.index = index
+        self.meaning = Meaning(index.embedder)
         self.index_wait = index_wait
         self.model = model
         self.memories = memories
@@ -157,7 +159,13 @@ class Chat:
             Book(book.id, book.version, book.settings, list(book.entries.values()))
             for book in self.app.lorebooks_in_use(tenant, instance)
         ]
-        lore = activate(books, [t.content for t in held.turns] + [message], tokens.count)
+        lore = activate(
+            books,
+            [t.content for t in held.turns] + [message],
+            tokens.count,
+            lambda texts: self.meaning.scores(embedding.result(), texts),
+            self.meaning.min_score,
+        )
         prompt = build_prompt(
             Persona(
                 character=character.name,

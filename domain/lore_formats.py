@@ -36,6 +36,7 @@ _ST_FIELDS = {
     "scan_depth": "scanDepth",
     "case_sensitive": "caseSensitive",
     "match_whole_words": "matchWholeWords",
+    "vectorized": "vectorized",
 }
 _ST_NAMES = {st: alma for alma, st in _ST_FIELDS.items()}
 # Older SillyTavern files, and books converted by hand, name some fields as the cards do: read
@@ -56,6 +57,7 @@ _CARD_EXTENSIONS = {
     "scan_depth": "scan_depth",
     "match_whole_words": "match_whole_words",
     "case_sensitive": "case_sensitive",
+    "vectorized": "vectorized",
 }
 _CARD_FIELDS = (
     "id",

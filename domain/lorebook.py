@@ -43,6 +43,7 @@ ENTRY_DEFAULTS: dict[str, Any] = {
     "scan_depth": None,
     "exclude_recursion": False,
     "prevent_recursion": False,
+    "vectorized": False,  # SillyTavern's name: also called up by meaning, not only by its keys
     "extensions": {},
     "extra": {},
 }
@@ -52,6 +53,7 @@ BOOK_DEFAULTS: dict[str, Any] = {
     "scan_depth": 2,
     "token_budget": None,
     "recursive_scanning": False,
+    "min_score": None,  # what calls up a vectorized entry by meaning; None: the model's own
     "extensions": {},
     "extra": {},
 }
@@ -71,8 +73,8 @@ class Lorebook(Aggregate):
         self, tenant: str, settings: dict[str, Any], entries: list[dict[str, Any]], actor: Actor
     ) -> None:
         self.tenant = tenant
-        self.settings = settings
-        self.entries = {int(e["id"]): e for e in entries}
+        self.settings = {**BOOK_DEFAULTS, **settings}
+        self.entries = {int(e["id"]): {**ENTRY_DEFAULTS, **e} for e in entries}
         self.archived = False
 
     @classmethod
@@ -107,7 +109,7 @@ class Lorebook(Aggregate):
 
     @event("Changed")
     def change(self, settings: dict[str, Any], actor: Actor) -> None:
-        self.settings = settings
+        self.settings = {**BOOK_DEFAULTS, **settings}
 
     def new_entry(self, fields: dict[str, Any], actor: Actor) -> dict[str, Any]:
         if len(self.entries) >= MAX_ENTRIES:
@@ -119,7 +121,7 @@ class Lorebook(Aggregate):
 
     @event("EntryAdded")
     def add_entry(self, entry: dict[str, Any], actor: Actor) -> None:
-        self.entries = {**self.entries, int(entry["id"]): entry}
+        self.entries = {**self.entries, int(entry["id"]): {**ENTRY_DEFAULTS, **entry}}
 
     def edit_entry(self, entry_id: int, changes: dict[str, Any], actor: Actor) -> dict[str, Any]:
         """A merge patch of one entry; records nothing when nothing changes."""
@@ -132,7 +134,7 @@ class Lorebook(Aggregate):
 
     @event("EntryChanged")
     def change_entry(self, entry: dict[str, Any], actor: Actor) -> None:
-        self.entries = {**self.entries, int(entry["id"]): entry}
+        self.entries = {**self.entries, int(entry["id"]): {**ENTRY_DEFAULTS, **entry}}
 
     @event("EntryRemoved")
     def remove_entry(self, entry_id: int, actor: Actor) -> None:
@@ -179,6 +181,8 @@ def valid_settings(changes: dict[str, Any], current: dict[str, Any]) -> dict[str
     if merged["token_budget"] is not None:
         merged["token_budget"] = _whole(merged["token_budget"], "token_budget", 1, 10**7)
     merged["recursive_scanning"] = _flag(merged["recursive_scanning"], "recursive_scanning")
+    if merged["min_score"] is not None:
+        merged["min_score"] = _score(merged["min_score"], "min_score")
     for field in ("extensions", "extra"):
         merged[field] = _verbatim(merged[field], field)
     return merged
@@ -204,7 +208,8 @@ def valid_entry(changes: dict[str, Any], current: dict[str, Any], where: str) ->
             if len(key) > MAX_NAME:
                 raise InvalidInput(f"{at(field)}: a key is over {MAX_NAME} characters", at(field))
             checked_key(storable(key, at(field)), at(field))
-    for field in ("selective", "constant", "enabled", "exclude_recursion", "prevent_recursion"):
+    flags = ("selective", "constant", "enabled", "exclude_recursion", "prevent_recursion")
+    for field in (*flags, "vectorized"):
         merged[field] = _flag(merged[field], at(field))
     for field in ("case_sensitive", "match_whole_words"):
         if merged[field] is not None:
@@ -268,6 +273,12 @@ def _whole(value: Any, field: str, low: int = -(10**9), high: int = 10**9) -> in
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise InvalidInput(f"{field} must be a whole number from {low} to {high}", field)
     return value
+
+
+def _score(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not -1 <= value <= 1:
+        raise InvalidInput(f"{field} must be a number from -1 to 1", field)
+    return float(value)
 
 
 def _verbatim(value: Any, field: str) -> dict[str, Any]:

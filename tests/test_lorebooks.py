@@ -400,6 +400,40 @@ def test_the_openai_compatible_route_activates_lore_too(
     assert _marks(openai_stub.requests[-1]["messages"]) == ["LORE-MEZCAL"]
 
 
+WORLD = {
+    "dragon": "Smaug, a great red wyrm, sleeps in the Lonely Mountain on the dwarves' gold.",
+    "guild": "The Guild of Thieves meets at night in the sewers under the old market.",
+    "captain": "Captain Elena Vargas commands the harbour guard and distrusts foreigners.",
+}
+
+
+def test_a_vectorized_entry_is_called_up_by_meaning_without_its_words(
+    chat_api: Api, openai_stub: OpenAIStub
+) -> None:
+    entries = [
+        {"keys": ["Smaug"], "vectorized": True, "content": WORLD["dragon"]},
+        {"keys": ["Guild"], "vectorized": True, "content": WORLD["guild"]},
+        {"keys": ["Vargas"], "content": WORLD["captain"]},  # called up by its key alone
+    ]
+    book = _book(chat_api, entries)
+    strict = _book(chat_api, entries, min_score=0.95)
+
+    def called_up(message: str, lorebook: dict[str, Any] = book) -> list[str]:
+        answer, messages = _turn(chat_api, openai_stub, _instance(chat_api, lorebook), message)
+        prompt = "\n".join(m["content"] for m in messages)
+        seen = [name for name, text in WORLD.items() if text in prompt]
+        used = sorted(entries[e["entry_id"]]["content"] for e in answer["lore_used"])
+        assert used == sorted(WORLD[name] for name in seen)  # what the turn records it used
+        return seen
+
+    assert called_up("Is there a dragon living up on the mountain?") == ["dragon"]
+    assert called_up("Where do the burglars gather?") == ["guild"]
+    assert called_up("Who is in charge of the port's soldiers?") == []  # not vectorized
+    assert called_up("Tell me a joke.") == []
+    assert called_up("Is there a dragon living up on the mountain?", strict) == []
+    assert called_up("Have you seen Vargas or Smaug?", strict) == ["dragon", "captain"]
+
+
 @hypothesis.given(
     needles=st.frozensets(st.text(alphabet="abñ. (", min_size=1, max_size=6), max_size=30),
     haystack=st.text(alphabet="abñ. (\n", max_size=80),
