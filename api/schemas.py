@@ -265,6 +265,10 @@ class CharacterOut(BaseModel):
     character_version: str
     nickname: str
     card_extras: dict[str, Any] = Field(description="what its card carried that alma does not use")
+    assets: dict[str, str] = Field(
+        description="the files its CHARX carried besides card.json, by their path in it: each"
+        " file's sha256 (GET .../export?format=charx gives them back)"
+    )
     image: str | None = Field(
         description="the sha256 of the card's image (GET .../export?format=png gives it)"
     )
@@ -292,6 +296,7 @@ class CharacterOut(BaseModel):
             character_version=character.character_version,
             nickname=character.nickname,
             card_extras=character.card_extras,
+            assets=character.assets,
             image=character.image,
             version=character.version,
             created_at=character.created_on,

@@ -3,8 +3,9 @@
 A card file (JSON, PNG or CHARX: `alma.domain.card_files`) becomes a character
 (`alma.domain.cards`), its image kept in the image store (`alma.stores.images`) under the
 character, and its `character_book` a lorebook attached to it (`alma.domain.lore_formats`); a
-character, now or at a past version, goes out as a V2 or V3 card, or as a PNG with both (its own
-image, or a blank one), its first attached lorebook (as it is now) as the card's book.
+character, now or at a past version, goes out as a V2 or V3 card, as a PNG with both (its own
+image, or a blank one), or as a CHARX (V3, with the files its CHARX came with, or its image as
+the icon), its first attached lorebook (as it is now) as the card's book.
 """
 
 from __future__ import annotations
@@ -17,13 +18,22 @@ from uuid import UUID
 
 from alma.chat.macros import fill
 from alma.domain import Actor, Alma, Character, InvalidInput, NewMessage
-from alma.domain.card_files import blank_png, png_with_cards, read_card_file
+from alma.domain.card_files import (
+    blank_png,
+    charx_with_card,
+    icon_path,
+    png_with_cards,
+    read_card_file,
+)
 from alma.domain.cards import V2, V3, card_document, card_fields
 from alma.domain.lore_formats import from_character_book, to_character_book
 from alma.domain.lorebook import Lorebook
 from alma.stores.images import Images, digest_of
 
-CardFormat = Literal["v2", "v3", "png"]
+CardFormat = Literal["v2", "v3", "png", "charx"]
+ASSET = ".asset"  # a CHARX's file in the image store
+# Where a CHARX export puts the image when the card says no place (`ccdefault:`, the default).
+_ICON = "assets/icon/images/main.png"
 
 
 class Cards:
@@ -38,9 +48,12 @@ class Cards:
         book = _book_of(tenant, fields, actor)  # checked before anything is written
         if found.image is not None:
             fields["image"] = digest_of(found.image)
+        fields["assets"] = {path: digest_of(content) for path, content in found.assets.items()}
         character = self.app.create_character(tenant, fields, actor)
         if found.image is not None:
             self.images.keep(character.id, found.image)
+        for content in found.assets.values():
+            self.images.keep(character.id, content, ASSET)
         if book is not None:
             self.app.save(book)
             self.app.attach_lorebooks(tenant, Character, character.id, [book.id], actor)
@@ -54,24 +67,40 @@ class Cards:
         version: int | None = None,
         at: datetime | None = None,
     ) -> bytes:
-        """The character's card: V2 or V3 JSON, or a PNG carrying both (`chara`, `ccv3`)."""
+        """The character's card: V2 or V3 JSON, a PNG carrying both (`chara`, `ccv3`), or a
+        CHARX."""
         character = self.app.character(tenant, character_id, version, at)
         attached = self.app.attached_lorebooks(tenant, Character, character_id)
         book = None
         if attached:
             lorebook = self.app.lorebook(tenant, attached[0])
             book = to_character_book(lorebook.settings, lorebook.in_order())
-        if card_format != "png":
+        if card_format in ("v2", "v3"):
             card = card_document(character, V2 if card_format == "v2" else V3, book)
             return json.dumps(card, ensure_ascii=False).encode("utf-8")
         image = None
         if character.image is not None:
             image = self.images.get(character.id, character.image)
+        if card_format == "charx":
+            return self._charx(character, book, image)
         cards = {
             "chara": json.dumps(card_document(character, V2, book), ensure_ascii=False),
             "ccv3": json.dumps(card_document(character, V3, book), ensure_ascii=False),
         }
         return png_with_cards(image or blank_png(), cards)
+
+    def _charx(
+        self, character: Character, book: dict[str, Any] | None, image: bytes | None
+    ) -> bytes:
+        card = card_document(character, V3, book)
+        assets = {
+            path: content
+            for path, digest in character.assets.items()
+            if (content := self.images.get(character.id, digest, ASSET)) is not None
+        }
+        if image is not None:
+            assets.setdefault(icon_path(card) or _ICON, image)
+        return charx_with_card(json.dumps(card, ensure_ascii=False), assets)
 
     def erase_character(self, tenant: str, character_id: UUID, actor: Actor) -> None:
         """Erases the character (`Alma.erase_character`), and its images with it."""

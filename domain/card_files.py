@@ -4,7 +4,9 @@ As SillyTavern reads them: in a PNG, the `ccv3` chunk (base64 of a V3 card) wins
 (base64 of a V2 card, or of a V3 one) wherever each stands and whatever each says, each in a
 `tEXt` chunk as front-ends write them or, as some image tools rewrite them, in a compressed
 `zTXt` or an international `iTXt` one; a CHARX is a
-zip with `card.json` at its root and its assets, the first `icon` asset the card's image. What
+zip with `card.json` at its root and its assets: the first `icon` asset is the card's image
+(with no such asset, or one at `ccdefault:`, the first PNG under `assets/icon/`), every other
+file is kept by its path and given back by a CHARX export. What
 is read of a zip or a compressed chunk is bounded (`MAX_INFLATED`), so a small file that
 inflates to gigabytes is refused, not inflated. Every refusal is an InvalidInput that says what
 is wrong.
@@ -15,10 +17,12 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import posixpath
 import struct
 import zipfile
 import zlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from alma.domain.cards import parse_card
@@ -28,16 +32,19 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _ZIP_SIGNATURE = b"PK\x03\x04"
 _CARD_KEYWORDS = ("ccv3", "chara")  # in the order they are preferred
 _TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
-MAX_INFLATED = 32 * 1024 * 1024  # what a CHARX may inflate to, card.json and its icon together
+MAX_INFLATED = 32 * 1024 * 1024  # what a CHARX may inflate to, card.json and its assets together
+MAX_ASSETS = 1000
+MAX_ASSET_PATH = 500
 
 
 @dataclass(frozen=True)
 class CardFile:
-    """A card as read from a file: the card's JSON object, and its image (a PNG without the
-    card's chunks), if it came with one."""
+    """A card as read from a file: the card's JSON object, its image (a PNG without the card's
+    chunks), if it came with one, and a CHARX's other files by their path in it."""
 
     card: dict[str, Any]
     image: bytes | None = None
+    assets: Mapping[str, bytes] = field(default_factory=dict)
 
 
 def read_card_file(content: bytes) -> CardFile:
@@ -124,19 +131,57 @@ def _read_charx(content: bytes) -> CardFile:
         raise InvalidInput("the CHARX has no card.json at its root", "file")
     budget = [MAX_INFLATED]
     card = parse_card(_inflate(archive, "card.json", budget), "the CHARX's card.json")
+    files = [n for n in archive.namelist() if n != "card.json" and not n.endswith("/")]
+    if len(files) > MAX_ASSETS:
+        raise InvalidInput(f"the CHARX holds more than {MAX_ASSETS} files", "file")
+    assets = {asset_path(name): _inflate(archive, name, budget) for name in files}
+    path = icon_path(card)
+    if path is None:  # the format's default icon: the first PNG among the icons
+        icons = [p for p in assets if p.startswith("assets/icon/") and p.endswith(".png")]
+        path = icons[0] if icons else None
     image = None
+    icon = assets.get(path or "")
+    if icon is not None and icon.startswith(PNG_SIGNATURE):  # only a PNG carries a card out
+        image = _read_image(icon)
+        if image is not None:
+            assets.pop(path or "")  # the image, given back where the card says on export
+    return CardFile(card, image, assets)
+
+
+def icon_path(card: dict[str, Any]) -> str | None:
+    """Where in a CHARX the card's first `icon` asset is (`embeded://<path>`); None when it
+    has none there (`ccdefault:`, the format's default, or no `assets` at all)."""
     data = card.get("data")
-    assets = data.get("assets") if isinstance(data, dict) else None
-    for asset in assets if isinstance(assets, list) else []:
-        if not isinstance(asset, dict) or asset.get("type") != "icon":
-            continue
-        path = str(asset.get("uri", "")).removeprefix("embeded://").removeprefix("embedded://")
-        if path in names:
-            icon = _inflate(archive, path, budget)
-            if icon.startswith(PNG_SIGNATURE):  # only a PNG can carry the card out again
-                image = _read_image(icon)
-            break
-    return CardFile(card, image)
+    listed = data.get("assets") if isinstance(data, dict) else None
+    for asset in listed if isinstance(listed, list) else []:
+        if isinstance(asset, dict) and asset.get("type") == "icon":
+            uri = str(asset.get("uri", ""))
+            for scheme in ("embeded://", "embedded://"):
+                if uri.startswith(scheme):
+                    return uri.removeprefix(scheme)
+            return None
+    return None
+
+
+def asset_path(name: object) -> str:
+    """A file's path in a CHARX, refused when unzipping it could write outside the folder it is
+    unzipped in (`../`, an absolute path) or when it is not a plain relative path."""
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_ASSET_PATH:
+        raise InvalidInput(f"a CHARX path must be 1 to {MAX_ASSET_PATH} characters", "file")
+    clean = posixpath.normpath(name)
+    if clean != name or name.startswith("/") or clean.split("/")[0] == ".." or "\\" in name:
+        raise InvalidInput(f"the CHARX path {name!r} is not a plain relative path", "file")
+    return name
+
+
+def charx_with_card(card: str, assets: Mapping[str, bytes]) -> bytes:
+    """A CHARX: `card.json` and the assets at their paths."""
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as charx:
+        charx.writestr("card.json", card)
+        for path, content in assets.items():
+            charx.writestr(path, content)
+    return archive.getvalue()
 
 
 def _read_image(content: bytes) -> bytes | None:

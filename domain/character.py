@@ -20,7 +20,8 @@ PERSONA_FIELDS = (
 )
 # What a Character Card carries besides the persona (they came with card import): texts, lists
 # of texts, and `card_extras`, everything of a card alma does not use, kept verbatim so that an
-# export gives it back. `image`: the sha256 of the card's image, kept in the image store.
+# export gives it back. `image`: the sha256 of the card's image, kept in the image store;
+# `assets`: a CHARX's other files, by their path in it, each a sha256 in the image store too.
 CARD_TEXTS = (
     "post_history_instructions",
     "creator_notes",
@@ -50,6 +51,7 @@ class Character(Aggregate):
     alternate_greetings = cast("list[str]", [])
     tags = cast("list[str]", [])
     card_extras = cast("dict[str, Any]", {})
+    assets = cast("dict[str, str]", {})  # a CHARX's files: path -> sha256, in the image store
 
     @event("Created")
     def __init__(
@@ -67,7 +69,7 @@ class Character(Aggregate):
         card: dict[str, Any] | None = None,
     ) -> None:
         """`card`: the card fields beside the persona (CARD_TEXTS, CARD_LISTS, `card_extras`,
-        `image`), when it was imported from one."""
+        `image`, `assets`), when it was imported from one."""
         self.tenant = tenant
         self.name = name
         self.description = description
@@ -93,6 +95,10 @@ class Character(Aggregate):
         }
         if fields.get("image"):
             card["image"] = valid_digest(fields["image"], "image")
+        if fields.get("assets"):
+            card["assets"] = {
+                path: valid_digest(digest, "assets") for path, digest in fields["assets"].items()
+            }
         return cls(
             tenant=tenant,
             name=valid_name(fields["name"]),

@@ -288,14 +288,80 @@ def test_a_charx_brings_its_card_and_its_icon(shared_api: Api) -> None:
     assert image_data(exported(shared_api, character["id"], "png")) == image_data(icon)
 
 
-@pytest.mark.parametrize("card_format", ["v2", "v3", "png"])
+def charx(card: dict[str, Any], files: dict[str, bytes]) -> bytes:
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+        zipped.writestr("card.json", json.dumps(card))
+        for path, content in files.items():
+            zipped.writestr(path, content)
+    return archive.getvalue()
+
+
+def unzipped(content: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(content)) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def test_a_charx_keeps_every_file_it_brings_and_gives_them_back(shared_api: Api) -> None:
+    icon = png(pixels=b"\0\x01\x02\x03\x04")
+    files = {
+        "assets/icon/images/main.png": icon,
+        "assets/background/images/glade.png": png(pixels=b"\0\x09\x08\x07\x06"),
+        "assets/emotion/images/joy.webp": b"RIFF\x00\x00\x00\x00WEBPVP8 " + os.urandom(64),
+        "module.risum": os.urandom(200),
+    }
+    listed = [
+        {
+            "type": "icon",
+            "uri": "embeded://assets/icon/images/main.png",
+            "name": "main",
+            "ext": "png",
+        },
+        {
+            "type": "background",
+            "uri": "embeded://assets/background/images/glade.png",
+            "name": "glade",
+            "ext": "png",
+        },
+        {
+            "type": "emotion",
+            "uri": "embeded://assets/emotion/images/joy.webp",
+            "name": "joy",
+            "ext": "webp",
+        },
+    ]
+    first = uploaded(shared_api, charx(v3_card(assets=listed), files), "seraphina.charx")
+    assert sorted(first["assets"]) == sorted(set(files) - {"assets/icon/images/main.png"})
+
+    out = exported(shared_api, first["id"], "charx")
+
+    given_back = unzipped(out)
+    assert json.loads(given_back.pop("card.json"))["data"]["assets"] == listed
+    assert given_back == files
+    second = uploaded(shared_api, out, "again.charx")
+    assert fields(second) == fields(first)
+
+
+@pytest.mark.parametrize("path", ["../../outside.png", "/etc/passwd", "assets/../../x", "a\\b"])
+def test_a_charx_with_a_path_that_escapes_its_folder_is_refused(shared_api: Api, path: str) -> None:
+    before = shared_api.written()
+    content = charx(v3_card(), {path: b"x"})
+    response = shared_api.client.post(
+        "/v1/characters/import", files={"file": ("evil.charx", content)}, headers=shared_api.acme
+    )
+    assert response.status_code == 422, response.text
+    assert "not a plain relative path" in response.json()["error"]["message"]
+    assert shared_api.written() == before
+
+
+@pytest.mark.parametrize("card_format", ["v2", "v3", "png", "charx"])
 def test_import_export_import_is_lossless(shared_api: Api, card_format: str) -> None:
     card = v3_card(future_field=[1, {"two": None}], system_prompt="{{original}} Be brief.")
     card["top_level_extra"] = {"x": 1}
     first = imported(shared_api, png(text_chunk("ccv3", card)), "image/png")
 
     second = uploaded(shared_api, exported(shared_api, first["id"], card_format), "card")
-    if card_format != "png":  # a JSON card has no image
+    if card_format in ("v2", "v3"):  # a JSON card has no image
         assert second["image"] is None
         second["image"] = first["image"]
     assert fields(second) == fields(first)

@@ -41,7 +41,12 @@ _CARD_BODY = {
         "application/zip": {"schema": _FILE},
     },
 }
-_MEDIA_TYPES = {"v2": "application/json", "v3": "application/json", "png": "image/png"}
+_MEDIA_TYPES = {
+    "v2": "application/json",
+    "v3": "application/json",
+    "png": "image/png",
+    "charx": "application/zip",
+}
 
 
 @router.post("", status_code=201)
@@ -76,7 +81,7 @@ async def _card_file(request: Request) -> bytes:
 @router.get(
     "/{character_id}/export",
     response_class=Response,
-    responses={200: {"content": {"application/json": {}, "image/png": {}}}},
+    responses={200: {"content": {"application/json": {}, "image/png": {}, "application/zip": {}}}},
 )
 def export_character(
     character_id: UUID,
@@ -85,8 +90,9 @@ def export_character(
     as_of: AsOf,
     card_format: Annotated[CardFormat, Query(alias="format")] = "v2",
 ) -> Response:
-    """Its Character Card (now, or at `version` / `at`): V2 or V3 JSON, or a PNG carrying both
-    (`chara` and `ccv3` chunks) in its card's image, or a blank one."""
+    """Its Character Card (now, or at `version` / `at`): V2 or V3 JSON, a PNG carrying both
+    (`chara` and `ccv3` chunks) in its card's image, or a blank one, or a CHARX (a zip: V3
+    `card.json` and the files its CHARX came with, or its image as the icon)."""
     card = cards.export_card(caller.tenant, character_id, card_format, as_of.version, as_of.at)
     return Response(card, media_type=_MEDIA_TYPES[card_format])
 
