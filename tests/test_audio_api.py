@@ -136,6 +136,19 @@ def test_transcriptions_in_every_response_format(api: Api) -> None:
 
 
 @pytest.mark.slow
+def test_a_prompt_spells_the_names_the_speech_says(api: Api) -> None:
+    file = ("rosa.mp3", say("Doña Rosa vive con Lucía en Triana.", "es", "mp3"), "audio/mpeg")
+    sdk = _sdk(api, api.acme)
+    plain = sdk.audio.transcriptions.create(model="whisper-1", file=file, language="es")
+    prompted = sdk.audio.transcriptions.create(
+        model="whisper-1", file=file, language="es", prompt="Doña Rosa, Lucía, Triana."
+    )
+    names = {"lucía", "triana"}
+    assert not names <= set(words(plain.text)), plain.text  # "Núcia, Entriada" was heard
+    assert names <= set(words(prompted.text)), prompted.text
+
+
+@pytest.mark.slow
 # The SDK marks `audio.translations` deprecated (OpenAI plans to retire it in 2027); it works.
 @pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
 def test_translations_turn_spanish_speech_into_english_text(api: Api) -> None:
