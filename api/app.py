@@ -130,7 +130,7 @@ class RequestId:
 
 def is_upload(path: str) -> bool:
     """The routes that take an audio file."""
-    return path == "/v1/audio/transcriptions" or (
+    return path in ("/v1/audio/transcriptions", "/v1/audio/translations") or (
         path.startswith("/v1/instances/") and path.endswith("/voice")
     )
 

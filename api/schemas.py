@@ -748,7 +748,7 @@ def declare_reply_limit(schema: dict[str, Any], context_window: int) -> None:
 
 # Audio, in OpenAI's shapes, and the voice turn.
 
-AudioFormat = Literal["mp3", "wav", "opus"]
+AudioFormat = Literal["mp3", "wav", "opus", "flac", "aac", "pcm"]
 
 
 class SpeechRequest(BaseModel):
@@ -784,8 +784,12 @@ class SpeechRequest(BaseModel):
 
 class TranscriptionOut(BaseModel):
     text: str
-    language: str
+    language: str = Field(description="of the text")
     duration: float
+
+
+class TranslationOut(TranscriptionOut):
+    spoken_language: str = Field(description="the language heard: given, or detected")
 
 
 class VoiceTurnOut(BaseModel):

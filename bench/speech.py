@@ -1,6 +1,7 @@
 """Speech benchmark: transcription real-time factor (base, tiny.en) on a 30-second clip,
-first-request latency including the lazy model load, offline synthesis of a 20-word sentence,
-and 4 concurrent transcriptions through `alma serve` while /health is timed.
+first-request latency including the lazy model load, offline synthesis of a 20-word sentence in
+every response format, and 4 concurrent transcriptions through `alma serve` while /health is
+timed.
 
 Run: .venv/bin/python bench/speech.py
 """
@@ -91,7 +92,7 @@ def synthesis() -> None:
     speaker = Speaker(preferred="espeak")
     settings = VoiceSettings(language="en")
     speaker.speak("warm up", settings, "wav")
-    for response_format in ("wav", "mp3", "opus"):
+    for response_format in ("wav", "mp3", "opus", "flac", "aac", "pcm"):
         times = []
         for _ in range(20):
             started = time.perf_counter()

@@ -20,8 +20,9 @@ ids, times), so the documentation never shows a field the API does not send, nor
 
 Skipped, each for its reason (see SKIPPED): commands that install or start alma (`./scripts/*`,
 `pip install`, `alma serve`: the test starts its own server), Docker (`docker compose`, the
-`.env` it reads), and the routes that need the speech-to-text model (transcriptions and voice
-turns; tests/test_audio_api.py covers them), which this test does not load to stay fast.
+`.env` it reads), and the routes that need the speech-to-text model (transcriptions,
+translations and voice turns; tests/test_audio_api.py covers them), which this test does not
+load to stay fast.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ SKIPPED = {
     ),
     "needs Docker": re.compile(r"^(docker |cp \.env\.example )"),
     "needs the speech-to-text model, which this test does not load (see test_audio_api.py)": (
-        re.compile(r"/v1/audio/transcriptions|/v1/instances/[^/]+/voice\b")
+        re.compile(r"/v1/audio/(transcriptions|translations)|/v1/instances/[^/]+/voice\b")
     ),
 }
 EXPECTED = re.compile(r"#\s*answers (\d{3})(?: (\w+))?")

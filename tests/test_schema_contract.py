@@ -195,6 +195,7 @@ def test_voices_and_languages_are_the_engines_own(api: Api) -> None:
 # either.
 UPLOADS = (
     "/v1/audio/transcriptions",
+    "/v1/audio/translations",
     "/v1/instances/{instance_id}/voice",
     "/v1/characters/import",
     "/v1/lorebooks/import",

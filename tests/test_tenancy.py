@@ -85,6 +85,9 @@ ENDPOINTS = {
     "transcription": Endpoint(
         "POST", "/v1/audio/transcriptions", {}, upload=say("Hello there, my friend.", "en")
     ),
+    "translation": Endpoint(
+        "POST", "/v1/audio/translations", {}, upload=say("Hello there, my friend.", "en")
+    ),
     "voice turn": Endpoint(
         "POST",
         "/v1/instances/{instance_id}/voice",

@@ -25,7 +25,8 @@ from alma.voice import (
     decode,
 )
 from alma.voice.audio import encode
-from alma.voice.stt import assemble_base
+from alma.voice.stt import Segment, assemble_base
+from alma.voice.subtitles import srt, vtt
 from alma.voice.tts import guess_language
 from tests.speech_samples import ENGLISH, SPANISH, say, word_error_rate
 
@@ -95,15 +96,45 @@ def test_base_is_assembled_once_from_its_two_packages(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["whisper-base"]  # no half-built folder left
 
 
-@pytest.mark.parametrize("response_format", ["mp3", "wav", "opus"])
-def test_offline_speech_decodes_in_every_format(response_format: str) -> None:
+@pytest.mark.parametrize(
+    ("response_format", "container_format", "codec"),
+    [
+        ("mp3", "mp3", "mp3"),
+        ("wav", "wav", "pcm_s16le"),
+        ("opus", "ogg", "opus"),
+        ("flac", "flac", "flac"),
+        ("aac", "aac", "aac"),
+    ],
+)
+def test_offline_speech_decodes_in_every_format(
+    response_format: str, container_format: str, codec: str
+) -> None:
     spoken = Speaker(preferred="espeak").speak(
         "Hola, ¿cómo estás?", VoiceSettings(language="es"), response_format
     )
     assert spoken.engine == "espeak" and spoken.fallback is None
     with av.open(io.BytesIO(spoken.audio)) as container:
-        assert container.format.name.split(",")[0] in {"mp3", "wav", "ogg"}
+        assert container.format.name.split(",")[0] == container_format
+        assert codec in container.streams.audio[0].codec_context.name  # mp3 reads as mp3float
     assert 0.8 < decode(spoken.audio, 60).seconds < 3
+
+
+def test_pcm_is_headerless_16_bit_little_endian_mono_at_24_khz() -> None:
+    """OpenAI's pcm: the same speech as the wav, as bare samples a player must be told about."""
+    speaker, settings = Speaker(preferred="espeak"), VoiceSettings(language="en")
+    pcm = speaker.speak(ENGLISH[2], settings, "pcm")
+    assert pcm.media_type == "audio/pcm"
+    wav = decode(speaker.speak(ENGLISH[2], settings, "wav").audio, 60, rate=24_000)
+    samples = np.frombuffer(pcm.audio, "<i2").astype(np.float32) / 32768
+    assert len(pcm.audio) == pytest.approx(wav.seconds * 24_000 * 2, abs=40)
+    # The same signal, give or take the two resamplers' delays (a few samples): a header,
+    # another byte order or another rate would not line up (0.9 measured; under 0.3 off by 20).
+    shortest = min(len(samples), len(wav.samples)) - 8
+    same = max(
+        np.corrcoef(samples[4 + lag : 4 + lag + shortest], wav.samples[4 : 4 + shortest])[0, 1]
+        for lag in range(-4, 5)
+    )
+    assert same > 0.85
 
 
 def test_speed_changes_the_length_of_the_speech() -> None:
@@ -178,3 +209,19 @@ def test_an_undeclared_duration_is_cut_off_while_decoding() -> None:
     ogg = encode(long_clip, "opus")
     with pytest.raises(AudioTooLong):
         decode(ogg, 60)
+
+
+def test_subtitles_number_and_time_the_spoken_segments() -> None:
+    segments = [
+        Segment(0.0, 2.5, "Hola, corazón."),
+        Segment(2.5, 3.0, ""),  # nothing said: no cue
+        Segment(3.0, 3725.0416, "¿Cómo estás?"),
+    ]
+    assert srt(segments) == (
+        "1\n00:00:00,000 --> 00:00:02,500\nHola, corazón.\n\n"
+        "2\n00:00:03,000 --> 01:02:05,042\n¿Cómo estás?\n"
+    )
+    assert vtt(segments) == (
+        "WEBVTT\n\n00:00:00.000 --> 00:00:02.500\nHola, corazón.\n\n"
+        "00:00:03.000 --> 01:02:05.042\n¿Cómo estás?\n"
+    )

@@ -12,7 +12,7 @@ from alma.voice.audio import (
     decode,
 )
 from alma.voice.speech import Speech
-from alma.voice.stt import Busy, Transcriber, Transcript, UnknownLanguage
+from alma.voice.stt import Busy, CannotTranslate, Options, Transcriber, Transcript, UnknownLanguage
 from alma.voice.tts import Speaker, Spoken, UnknownVoice, VoiceSettings
 
 __all__ = [
@@ -21,9 +21,11 @@ __all__ = [
     "AudioTooLong",
     "BadAudio",
     "Busy",
+    "CannotTranslate",
     "Clip",
     "NoSpeech",
     "NotAudio",
+    "Options",
     "Speaker",
     "Speech",
     "Spoken",

@@ -1,6 +1,6 @@
 """Audio in and out through PyAV: uploads decoded to mono samples with every check a bad file
 needs (not audio, empty, corrupt or truncated, too long, silent), and speech encoded to mp3,
-wav or opus (Ogg)."""
+wav, opus (Ogg), flac, aac (ADTS) or pcm (raw samples, as OpenAI gives them)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,12 @@ FORMATS = {
     "mp3": ("mp3", "libmp3lame", 22_050, "audio/mpeg"),
     "wav": ("wav", "pcm_s16le", None, "audio/wav"),
     "opus": ("ogg", "libopus", 48_000, "audio/ogg"),
+    "flac": ("flac", "flac", None, "audio/flac"),
+    "aac": ("adts", "aac", 24_000, "audio/aac"),
+    # OpenAI's pcm: 16-bit little-endian mono samples at 24 kHz, no header.
+    "pcm": ("s16le", "pcm_s16le", 24_000, "audio/pcm"),
 }
-READABLE = "mp3, wav, ogg/opus, webm, m4a or flac"
+READABLE = "mp3, wav, ogg/opus, webm, m4a, aac or flac"
 SILENCE_RMS = 0.003  # about -50 dBFS: below it there is nothing to transcribe
 
 
@@ -140,7 +144,7 @@ def _too_long(limit: float, seconds: float | None) -> AudioTooLong:
 
 
 def encode(clip: Clip, response_format: str) -> bytes:
-    """`clip` as a complete file of `response_format` (mp3, wav or opus in Ogg)."""
+    """`clip` as a complete file of `response_format` (see FORMATS)."""
     container_format, codec, codec_rate, _ = FORMATS[response_format]
     rate = codec_rate or clip.rate
     pcm = np.clip(clip.samples * 32767, -32768, 32767).astype(np.int16).reshape(1, -1)

@@ -11,7 +11,7 @@ from anyio import to_thread
 
 from alma.settings import Settings
 from alma.voice.audio import Clip, NoSpeech, check_size, decode
-from alma.voice.stt import Transcriber, Transcript, whisper_language
+from alma.voice.stt import Options, Transcriber, Transcript, whisper_language
 from alma.voice.tts import Speaker, Spoken, VoiceSettings
 
 
@@ -48,15 +48,18 @@ class Speech:
         check_size(len(data), self.max_bytes)
         return decode(data, self.max_seconds)
 
-    async def hear(self, data: bytes, language: str | None = None) -> Transcript:
-        """What an upload says, in `language` or the one detected. Every check that can refuse
-        it (language, size, format and duration, silence) runs before a transcription worker is
-        asked; decoding runs off the event loop and outside those workers."""
+    async def hear(
+        self, data: bytes, language: str | None = None, options: Options | None = None
+    ) -> Transcript:
+        """What an upload says, in `language` or the one detected (or in English, translated).
+        Every check that can refuse it (language, size, format and duration, silence) runs before
+        a transcription worker is asked; decoding runs off the event loop and outside those
+        workers."""
         code = whisper_language(language) if language else None
         clip = await to_thread.run_sync(self.clip, data)
         if clip.silent:
             raise NoSpeech("the audio is silent")
-        return await asyncio.wrap_future(self.transcriber.submit(clip, code))
+        return await asyncio.wrap_future(self.transcriber.submit(clip, code, options or Options()))
 
     def speak(
         self, text: str, voice: Sequence[Mapping[str, Any] | None], response_format: str

@@ -1,7 +1,8 @@
 """Speech to text with faster-whisper. The model loads once, lazily, from an installed package
 by default (Whisper `base`, multilingual, assembled from its two packages into a cache folder;
-`tiny.en`, English only, as shipped); transcriptions run in a bounded pool of workers, so the
-API keeps answering while audio is being processed."""
+`tiny.en`, English only, as shipped); transcriptions (and translations into English, which only
+a multilingual model makes) run in a bounded pool of workers, so the API keeps answering while
+audio is being processed."""
 
 from __future__ import annotations
 
@@ -25,6 +26,19 @@ class Busy(AudioError):
 
 class UnknownLanguage(AudioError):
     """A language Whisper does not know."""
+
+
+class CannotTranslate(AudioError):
+    """A translation asked of an English-only model, which cannot make one."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """What OpenAI's audio requests may ask of Whisper besides the language."""
+
+    translate: bool = False  # into English (Whisper's `task="translate"`)
+    prompt: str | None = None  # text the speech follows: names, spelling, style
+    temperature: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -122,7 +136,9 @@ class Transcriber:
                 )
             return self._model
 
-    def submit(self, clip: Clip, language: str | None = None) -> Future[Transcript]:
+    def submit(
+        self, clip: Clip, language: str | None = None, options: Options = Options()
+    ) -> Future[Transcript]:
         """Queues a transcription; Busy when `max_pending` are already running or waiting."""
         with self._lock:
             if self._pending >= self.max_pending:
@@ -132,26 +148,36 @@ class Transcriber:
                 )
             self._pending += 1
         try:
-            return self._pool.submit(self._transcribe, clip, language)
+            return self._pool.submit(self._transcribe, clip, language, options)
         except BaseException:
             self._done()
             raise
 
-    def transcribe(self, clip: Clip, language: str | None = None) -> Transcript:
-        return self.submit(clip, language).result()
+    def transcribe(
+        self, clip: Clip, language: str | None = None, options: Options = Options()
+    ) -> Transcript:
+        return self.submit(clip, language, options).result()
 
-    def _transcribe(self, clip: Clip, language: str | None) -> Transcript:
+    def _transcribe(self, clip: Clip, language: str | None, options: Options) -> Transcript:
         try:
             model = self.load()
             if not model.model.is_multilingual:
+                if options.translate:
+                    raise CannotTranslate(
+                        f"the speech-to-text model {self.model_name!r} is English only and "
+                        "cannot translate (ALMA_STT_MODEL=base can)",
+                        {"model": self.model_name},
+                    )
                 language = "en"
             # One decoding pass (no temperature fallback): the fallback re-decodes unclear audio
             # up to five times, which made transcription several times slower for little gain.
             pieces, info = model.transcribe(
                 clip.samples,
                 language=language,
+                task="translate" if options.translate else "transcribe",
+                initial_prompt=options.prompt,
                 beam_size=self.beam_size,
-                temperature=0.0,
+                temperature=options.temperature,
                 condition_on_previous_text=False,
             )
             segments = [Segment(round(s.start, 3), round(s.end, 3), s.text.strip()) for s in pieces]

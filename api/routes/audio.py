@@ -1,6 +1,6 @@
-"""Audio in OpenAI's shapes (its SDK's `audio.speech` and `audio.transcriptions` work against
-alma), and spoken conversations: the user's speech in, the character's reply out in its voice
-(the voice turn itself is `chat.voice_turn`).
+"""Audio in OpenAI's shapes (its SDK's `audio.speech`, `audio.transcriptions` and
+`audio.translations` work against alma), and spoken conversations: the user's speech in, the
+character's reply out in its voice (the voice turn itself is `chat.voice_turn`).
 
 Every check that can refuse an upload (size, format, duration, silence) runs before a
 transcription worker is asked, and a voice turn records nothing until its transcript is known.
@@ -21,15 +21,26 @@ from alma.api.schemas import (
     AudioFormat,
     SpeechRequest,
     TranscriptionOut,
+    TranslationOut,
     VoiceTurnOut,
 )
 from alma.chat.voice_turn import Spoken, reply_by_voice
 from alma.domain import Alma, NotFound
-from alma.voice import NoSpeech
+from alma.voice import NoSpeech, Options, Speech, Transcript
+from alma.voice.audio import FORMATS, READABLE
+from alma.voice.subtitles import srt, vtt
 
 router = APIRouter(tags=["audio"])
 
-_AUDIO_TYPES: dict[str, Any] = {"audio/mpeg": {}, "audio/wav": {}, "audio/ogg": {}}
+_AUDIO_TYPES: dict[str, Any] = {media: {} for *_, media in FORMATS.values()}
+TextFormat = Literal["json", "text", "verbose_json", "srt", "vtt"]
+Upload = Annotated[UploadFile, File(description=READABLE)]
+Language = Annotated[str | None, Form(min_length=2, max_length=35, description="unset: detected")]
+Prompt = Annotated[
+    str | None, Form(max_length=2000, description="text the speech follows: names, spelling")
+]
+Temperature = Annotated[float, Form(ge=0.0, le=1.0)]
+Model = Annotated[str, Form(max_length=100, description="accepted, not used")]
 
 
 @router.post(
@@ -56,28 +67,77 @@ def speech(
 async def transcriptions(
     caller: CurrentCaller,
     engines: SpeechEngines,
-    file: Annotated[UploadFile, File(description="mp3, wav, ogg/opus, webm, m4a or flac")],
-    language: Annotated[
-        str | None, Form(min_length=2, max_length=35, description="unset: detected")
-    ] = None,
-    response_format: Annotated[Literal["json", "text", "verbose_json"], Form()] = "json",
+    file: Upload,
+    language: Language = None,
+    prompt: Prompt = None,
+    response_format: Annotated[TextFormat, Form()] = "json",
+    temperature: Temperature = 0.0,
+    model: Model = "whisper-1",
 ) -> Any:
-    """OpenAI's shape; `verbose_json` adds the segments with their times."""
-    transcript = await engines.hear(await file.read(), language)
-    if not transcript.text:
-        raise NoSpeech("no speech was recognized in the audio")
-    if response_format == "text":
-        return PlainTextResponse(transcript.text)
+    """OpenAI's shape; `verbose_json` adds the segments with their times, `srt` and `vtt` give
+    them as subtitles."""
+    options = Options(prompt=prompt, temperature=temperature)
+    transcript = await _heard(engines, file, language, options)
     out = TranscriptionOut(
         text=transcript.text, language=transcript.language, duration=transcript.duration
     )
+    return _written(transcript, out, response_format, "transcribe")
+
+
+@router.post(
+    "/v1/audio/translations",
+    response_model=None,
+    responses={200: {"model": TranslationOut, "content": {"text/plain": {}}}},
+)
+async def translations(
+    caller: CurrentCaller,
+    engines: SpeechEngines,
+    file: Upload,
+    prompt: Prompt = None,
+    response_format: Annotated[TextFormat, Form()] = "json",
+    temperature: Temperature = 0.0,
+    model: Model = "whisper-1",
+    language: Language = None,
+) -> Any:
+    """OpenAI's shape: speech in any language Whisper knows, as English text. `language` (alma's:
+    the language spoken) helps when the clip is too short for it to be told."""
+    options = Options(translate=True, prompt=prompt, temperature=temperature)
+    transcript = await _heard(engines, file, language, options)
+    out = TranslationOut(
+        text=transcript.text,
+        language="en",
+        duration=transcript.duration,
+        spoken_language=transcript.language,
+    )
+    return _written(transcript, out, response_format, "translate")
+
+
+async def _heard(
+    engines: Speech, file: UploadFile, language: str | None, options: Options
+) -> Transcript:
+    transcript = await engines.hear(await file.read(), language, options)
+    if not transcript.text:
+        raise NoSpeech("no speech was recognized in the audio")
+    return transcript
+
+
+def _written(
+    transcript: Transcript, out: TranscriptionOut, response_format: TextFormat, task: str
+) -> Any:
+    """The text in the asked format: plain, subtitles, or JSON (verbose: with the segments)."""
+    if response_format == "text":
+        return PlainTextResponse(transcript.text)
+    if response_format == "srt":
+        return PlainTextResponse(srt(transcript.segments))
+    if response_format == "vtt":
+        return PlainTextResponse(vtt(transcript.segments))
     if response_format == "json":
         return out
     segments = [
         {"id": n, "start": s.start, "end": s.end, "text": s.text}
         for n, s in enumerate(transcript.segments)
     ]
-    return {"task": "transcribe", **out.model_dump(), "segments": segments}
+    return {"task": task, **out.model_dump(), "segments": segments}
 
 
 @router.post("/v1/instances/{instance_id}/voice")
@@ -89,9 +149,7 @@ async def voice_turn(
     response: Response,
     file: Annotated[UploadFile, File(description="the user's speech")],
     response_format: Annotated[AudioFormat, Form()] = "mp3",
-    language: Annotated[
-        str | None, Form(min_length=2, max_length=35, description="unset: detected")
-    ] = None,
+    language: Language = None,
     max_tokens: Annotated[int, Form(ge=1, le=MAX_REPLY_TOKENS)] = 512,
     temperature: Annotated[float, Form(ge=0.0, le=2.0)] = 0.8,
 ) -> VoiceTurnOut:
