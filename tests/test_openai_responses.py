@@ -74,7 +74,10 @@ def test_instructions_follow_the_persona_unless_turned_off(
     configured = stubbed_model(settings, openai_stub, chat_client_instructions=client_instructions)
     with running_api(configured) as api:
         _, instance = _world(api)
-        parts = [{"type": "input_text", "text": "Hola,"}, {"type": "input_text", "text": "Rosa"}]
+        parts: list[Any] = [
+            {"type": "input_text", "text": "Hola,"},
+            {"type": "input_text", "text": "Rosa"},
+        ]
         response = _sdk(api, api.acme).responses.create(
             model=instance,
             instructions="Answer in a haiku.",
@@ -127,6 +130,33 @@ def test_streamed_deltas_make_the_final_text_in_the_sdk_s_event_order(
     assert failed[-2].code == "model_unavailable"  # type: ignore[union-attr]
     assert failed[-1].response.status == "failed"  # type: ignore[union-attr]
     assert [f["data"]["status"] for f in _events(chat_api, instance, "ReplyFailed")] == [502]
+
+
+def test_earlier_input_messages_stand_in_for_the_conversation(
+    chat_api: Api, openai_stub: OpenAIStub
+) -> None:
+    _, instance = _world(chat_api)
+    openai_stub.script(Reply("Claro, Tizón."))
+    said = [
+        _user("Mi gato se llama Tizón"),
+        {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "¡Qué bonito!"}],
+        },
+        _user("¿Te acuerdas de mi gato?"),
+    ]
+    response = _sdk(chat_api, chat_api.acme).responses.create(model=instance, input=said)  # type: ignore[arg-type]
+    assert response.output_text == "Claro, Tizón."
+    assert _turns(openai_stub) == [
+        said[0],
+        {"role": "assistant", "content": "¡Qué bonito!"},
+        said[2],
+    ]
+    assert _said(chat_api, instance) == [
+        ("user", "¿Te acuerdas de mi gato?"),
+        ("assistant", "Claro, Tizón."),
+    ]
 
 
 def test_previous_response_id_goes_on_from_that_turn_as_recorded(
@@ -232,11 +262,12 @@ def test_function_tools_round_trip_as_function_call_items(
 ) -> None:
     _, instance = _world(chat_api)
     sdk = _sdk(chat_api, chat_api.acme)
-    tool = {"type": "function", **WEATHER["function"]}
+    function: Any = WEATHER["function"]
+    tool: Any = {"type": "function", **function}
     call = Reply("", "tool_calls", tool_calls=(("weather", '{"city": "Lisboa"}'),))
     openai_stub.script(call, Reply("Hace sol en Lisboa, mi niña."))
-    question = _user("¿Qué tiempo hace en Lisboa?")
-    asked = sdk.responses.create(model=instance, input=[question], tools=[tool])  # type: ignore[list-item]
+    question: Any = _user("¿Qué tiempo hace en Lisboa?")
+    asked = sdk.responses.create(model=instance, input=[question], tools=[tool])
     [called] = asked.output
     assert called.type == "function_call"
     assert (called.call_id, called.name, called.arguments) == (
