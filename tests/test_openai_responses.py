@@ -280,7 +280,7 @@ def test_function_tools_round_trip_as_function_call_items(
 
     result = {"type": "function_call_output", "call_id": called.call_id, "output": "sunny"}
     exchange = [question, called.model_dump(exclude_none=True), result]
-    answered = sdk.responses.create(model=instance, input=exchange, tools=[tool])  # type: ignore[arg-type]
+    answered = sdk.responses.create(model=instance, input=exchange, tools=[tool])
     assert answered.output_text == "Hace sol en Lisboa, mi niña."
     assert openai_stub.requests[-1]["messages"][-3:] == [
         question,
