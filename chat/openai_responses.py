@@ -318,6 +318,7 @@ def _messages(given: str | Sequence[Mapping[str, Any]]) -> list[TextMessage]:
     if isinstance(given, str):
         return [TextMessage(given)]
     messages: list[TextMessage] = []
+    called: set[str] = set()
     for i, item in enumerate(given):
         kind = item.get("type") or "message"
         if kind == "message":
@@ -328,6 +329,7 @@ def _messages(given: str | Sequence[Mapping[str, Any]]) -> list[TextMessage]:
                 "type": "function",
                 "function": {"name": item["name"], "arguments": item["arguments"]},
             }
+            called.add(item["call_id"])
             before = messages[-1] if messages else None
             if before is not None and before.role == "assistant":
                 calls = [*(before.model_extra or {}).get("tool_calls", []), call]
@@ -335,6 +337,13 @@ def _messages(given: str | Sequence[Mapping[str, Any]]) -> list[TextMessage]:
             else:
                 messages.append(TextMessage(None, "assistant", model_extra={"tool_calls": [call]}))
         elif kind == "function_call_output":
+            if item["call_id"] not in called:
+                raise InvalidInput(
+                    f"function_call_output {item['call_id']} answers no function_call of the "
+                    "input: send the call before its output (alma records what the character "
+                    "did as text, not the call)",
+                    f"input[{i}]",
+                )
             output = _text(item["output"], i, "output")
             messages.append(
                 TextMessage(output, "tool", model_extra={"tool_call_id": item["call_id"]})

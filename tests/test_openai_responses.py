@@ -279,6 +279,14 @@ def test_function_tools_round_trip_as_function_call_items(
     assert sent["tools"] == [WEATHER]
 
     result = {"type": "function_call_output", "call_id": called.call_id, "output": "sunny"}
+    before, asked_model = chat_api.written(), len(openai_stub.requests)
+    with pytest.raises(openai.UnprocessableEntityError) as alone:  # the call is not recorded
+        sdk.responses.create(
+            model=instance, input=[result], previous_response_id=asked.id, tools=[tool]
+        )
+    assert alone.value.param == "input[0]"
+    assert "send the call before its output" in alone.value.message
+    assert (chat_api.written(), len(openai_stub.requests)) == (before, asked_model)
     exchange = [question, called.model_dump(exclude_none=True), result]
     answered = sdk.responses.create(model=instance, input=exchange, tools=[tool])
     assert answered.output_text == "Hace sol en Lisboa, mi niña."
