@@ -278,7 +278,7 @@ def test_function_tools_round_trip_as_function_call_items(
     sent = openai_stub.requests[-1]
     assert sent["tools"] == [WEATHER]
 
-    result = {"type": "function_call_output", "call_id": called.call_id, "output": "sunny"}
+    result: Any = {"type": "function_call_output", "call_id": called.call_id, "output": "sunny"}
     before, asked_model = chat_api.written(), len(openai_stub.requests)
     with pytest.raises(openai.UnprocessableEntityError) as alone:  # the call is not recorded
         sdk.responses.create(
@@ -297,6 +297,19 @@ def test_function_tools_round_trip_as_function_call_items(
     ]
     messages = _events(chat_api, instance, "MessageRecorded")
     assert [m["data"]["content"] for m in messages] == [question["content"]]
+
+    openai_stub.script(Reply("Miro el cielo.", "tool_calls", tool_calls=call.tool_calls))
+    with sdk.responses.stream(model=instance, input="¿Y mañana?", tools=[tool]) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert "response.function_call_arguments.done" in kinds
+    said, streamed = final.output
+    assert (final.output_text, said.type, streamed.type) == (
+        "Miro el cielo.",
+        "message",
+        "function_call",
+    )
+    assert (streamed.name, streamed.arguments) == ("weather", '{"city": "Lisboa"}')  # type: ignore[union-attr]
 
 
 class Mood(BaseModel):
