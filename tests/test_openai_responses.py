@@ -37,10 +37,17 @@ def test_a_response_is_a_recorded_turn_with_the_character_s_memories(
     sdk = _sdk(chat_api, chat_api.acme)
     openai_stub.script(Reply("Lucía es enfermera, mi niña."))
     response = sdk.responses.create(
-        model="Doña Rosa/Rosa", input="¿A qué se dedica mi hermana Lucía?", max_output_tokens=300
+        model="Doña Rosa/Rosa",
+        input="¿A qué se dedica mi hermana Lucía?",
+        max_output_tokens=300,
+        store=False,  # without effect: every turn is recorded
     )
     assert response.output_text == "Lucía es enfermera, mi niña."
-    assert (response.status, response.model) == ("completed", "Doña Rosa/Rosa")
+    assert (response.status, response.model, response.store) == (
+        "completed",
+        "Doña Rosa/Rosa",
+        True,
+    )
     assert response.usage is not None and response.usage.output_tokens > 0
     assert response.usage.total_tokens == response.usage.input_tokens + response.usage.output_tokens
     assert LUCIA in _persona(openai_stub)  # the memory reached the prompt
