@@ -67,6 +67,7 @@ OPENAI_PATHS = (
     "/v1/embeddings",
     "/v1/models",
     "/v1/audio/",
+    "/v1/responses",
 )
 _OPENAI_TYPES = {
     400: "invalid_request_error",
@@ -160,7 +161,8 @@ def openai_stream_error(error: ModelError) -> dict[str, Any]:
 
 def _from_domain(error: DomainError) -> ApiError:
     if isinstance(error, NotFound):
-        return ApiError(404, "not_found", str(error))
+        details = {"field": error.field} if error.field else None
+        return ApiError(404, "not_found", str(error), details)
     if isinstance(error, Unsupported):  # OpenAI's answer to a parameter it does not take
         return ApiError(400, "unsupported_parameter", str(error), {"field": error.field})
     if isinstance(error, NoUserTurn):  # the request's shape, as for any malformed body

@@ -14,7 +14,9 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
@@ -923,6 +925,127 @@ class CompletionRequest(OpenAISampling):
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] = Field(
         description="the user's message (a list: of one)"
     )
+
+
+class ResponsesContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(
+        examples=["input_text"], description="input_text or output_text; any other is refused (400)"
+    )
+    text: str | None = None
+
+
+ResponsesContent = str | list[ResponsesContentPart]
+
+
+class ResponsesMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: ResponsesContent = Field(description="text, or text parts (joined by line breaks)")
+
+
+class ResponsesFunctionCall(BaseModel):
+    """A tool the model called, as an earlier response gave it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["function_call"]
+    call_id: str
+    name: str
+    arguments: str
+
+
+class ResponsesFunctionCallOutput(BaseModel):
+    """What the client's tool answered to a call."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["function_call_output"]
+    call_id: str
+    output: ResponsesContent
+
+
+class ResponsesOtherItem(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="any other kind of item is refused (400)")
+
+
+def _item_kind(item: Any) -> str:
+    kind = item.get("type", "message") if isinstance(item, dict) else getattr(item, "type", None)
+    return kind if kind in ("message", "function_call", "function_call_output") else "other"
+
+
+ResponsesItem = Annotated[
+    Annotated[ResponsesMessage, Tag("message")]
+    | Annotated[ResponsesFunctionCall, Tag("function_call")]
+    | Annotated[ResponsesFunctionCallOutput, Tag("function_call_output")]
+    | Annotated[ResponsesOtherItem, Tag("other")],
+    Discriminator(_item_kind),
+]
+
+
+class ResponsesRequest(BaseModel):
+    """OpenAI's Responses request. The fields alma takes are declared; any other is refused by
+    name (400, `chat.openai_responses`), so the schema declares none."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": False})
+
+    model: str = Field(description="an instance id, or '<character>/<instance>' by name")
+    input: str | Annotated[list[ResponsesItem], Field(min_length=1)] = Field(
+        description="the user's message, or items: messages (the last user one is the new "
+        "turn), function calls and their outputs"
+    )
+    instructions: str | None = Field(
+        default=None, description="as the client's system message: after the persona"
+    )
+    previous_response_id: str | None = Field(
+        default=None, description="go on from the recorded turns up to this response's reply"
+    )
+    stream: bool = False
+    max_output_tokens: int | None = Field(
+        default=None, ge=1, le=MAX_CONTEXT_TOKENS, description="below the model's context"
+    )
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    user: str | None = None
+    tools: list[dict[str, Any]] | None = Field(
+        default=None, description="function tools, passed to the model"
+    )
+    tool_choice: str | dict[str, Any] | None = Field(
+        default=None, description="passed to the model"
+    )
+    parallel_tool_calls: bool | None = Field(default=None, description="passed to the model")
+    text: dict[str, Any] | None = Field(
+        default=None, description="format: text, json_object or json_schema, passed to the model"
+    )
+    store: bool | None = Field(default=None, description="without effect: every turn is recorded")
+    metadata: dict[str, str] | None = Field(default=None, description="without effect")
+    service_tier: str | None = Field(default=None, description="without effect")
+
+    def input_items(self) -> str | list[dict[str, Any]]:
+        """The input as text, or its items as they were sent."""
+        if isinstance(self.input, str):
+            return self.input
+        return [item.model_dump(exclude_none=True) for item in self.input]
+
+    def fields(self) -> dict[str, Any]:
+        """Every field but those the turn takes itself."""
+        return self.model_dump(exclude=_RESPONSE_FIELDS, exclude_none=True)
+
+
+_RESPONSE_FIELDS = {
+    "model",
+    "input",
+    "instructions",
+    "previous_response_id",
+    "stream",
+    "max_output_tokens",
+    "temperature",
+}
 
 
 EmbeddedText = Annotated[str, Field(json_schema_extra=text_rule(MAX_TEXT, visible=True))]

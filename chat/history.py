@@ -45,7 +45,7 @@ class History:
 def history(said: Sequence[Any], resent: Sequence[Turn] | None, message: str) -> History:
     """`said`: the instance's last messages and replies, oldest first, as events. `resent`: the
     client's own history, oldest first, which stands in for them when given."""
-    recorded = [(str(e.message_id), _turn(e)) for e in said]
+    recorded = [(str(e.message_id), as_turn(e)) for e in said]
     recorded = [(message_id, turn) for message_id, turn in recorded if turn.role in _ROLES]
     if resent is None:
         turns, ids = [turn for _, turn in recorded], {message_id for message_id, _ in recorded}
@@ -80,7 +80,8 @@ def _matched(
     return turns[::-1], ids
 
 
-def _turn(event: Any) -> Turn:
+def as_turn(event: Any) -> Turn:
+    """A recorded message or reply (its event) as a turn of the conversation."""
     role = getattr(event, "role", "assistant")  # a reply's event names no role
     when = getattr(event, "sent_at", None) or event.timestamp
     return Turn(role, event.content, when)

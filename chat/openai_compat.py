@@ -98,10 +98,11 @@ class Message(Protocol):
 
 
 @dataclass(frozen=True)
-class UserTurn:
-    """A user's message alone: a legacy completion's prompt."""
+class TextMessage:
+    """A message made here from another request's shape: a legacy completion's prompt (the
+    user's), or a Responses input item."""
 
-    content: str
+    content: str | None
     role: str = "user"
     name: str | None = None
     model_extra: dict[str, Any] | None = None
@@ -123,6 +124,7 @@ class Answer:
     body: dict[str, Any] | Iterator[dict[str, Any]]
     memories_unavailable: bool  # the vector store was down: answered without long-term memory
     memories_behind: bool  # the index lacked the instance's latest writes: answered without
+    reply_id: UUID | None = None  # the reply's, known before it is recorded
 
 
 def sampling(
@@ -155,10 +157,10 @@ def text_completion_sampling(fields: Mapping[str, Any]) -> dict[str, Any]:
     )
 
 
-def prompt_turn(prompt: str | Sequence[str]) -> list[UserTurn]:
+def prompt_turn(prompt: str | Sequence[str]) -> list[TextMessage]:
     """A legacy completion's prompt (a text, or a list of one) as the conversation: one user
     message."""
-    return [UserTurn(prompt if isinstance(prompt, str) else prompt[0])]
+    return [TextMessage(prompt if isinstance(prompt, str) else prompt[0])]
 
 
 def answer(
@@ -179,7 +181,7 @@ def answer(
     a last assistant message, or going on from the tool results after it), streaming or not.
     `fields`: the request's others, passed to the model or refused (as a legacy completion's
     when `legacy_completion`), once the model is known to be an instance."""
-    instance_id = _instance_of(chat.app, tenant, model)
+    instance_id = instance_of(chat.app, tenant, model)
     options = (text_completion_sampling if legacy_completion else sampling)(fields or {})
     texts = [_text(message, i) for i, message in enumerate(messages)]
     last = len(messages) - 1
@@ -225,7 +227,7 @@ def answer(
     created = int(time.time())
     if stream:
         chunks = _chunks(chat.stream(turn, actor), model, created)
-        return Answer(chunks, turn.memories_unavailable, turn.memories_behind)
+        return Answer(chunks, turn.memories_unavailable, turn.memories_behind, turn.reply_id)
     result = chat.complete(turn, actor)
     completion = {
         "id": f"chatcmpl-{result.reply_id.hex}",
@@ -242,7 +244,7 @@ def answer(
         "usage": _usage(result),
         "alma": _alma(result),
     }
-    return Answer(completion, turn.memories_unavailable, turn.memories_behind)
+    return Answer(completion, turn.memories_unavailable, turn.memories_behind, turn.reply_id)
 
 
 def as_text_completion(chat_answer: Answer) -> Answer:
@@ -291,7 +293,7 @@ def models(
 
 def model(app: Alma, tenant: str, name: str) -> dict[str, Any]:
     """One instance as OpenAI shows a model, named by id or as '<character>/<instance>'."""
-    return _model(app, tenant, _instance_of(app, tenant, name))
+    return _model(app, tenant, instance_of(app, tenant, name))
 
 
 def embeddings(
@@ -390,7 +392,8 @@ def _model(app: Alma, tenant: str, instance_id: UUID) -> dict[str, Any]:
     }
 
 
-def _instance_of(app: Alma, tenant: str, model: str) -> UUID:
+def instance_of(app: Alma, tenant: str, model: str) -> UUID:
+    """The instance a request's `model` names, by id or as '<character>/<instance>'."""
     try:
         try:
             instance_id = UUID(model)

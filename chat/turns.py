@@ -14,7 +14,7 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import httpx
 
@@ -55,6 +55,9 @@ class PreparedTurn:
     # or a tool exchange it goes on from.
     answered: UUID | None = None
     lore: tuple[LoreEntry, ...] = ()  # the activated lorebook entries offered to the prompt
+    # The id the reply will be recorded with, known before the model answers (a streamed
+    # Responses answer names it first).
+    reply_id: UUID = field(default_factory=uuid4)
 
 
 @dataclass(frozen=True)
@@ -277,6 +280,7 @@ class Chat:
                 memory_ids=tuple(turn.prompt.memories_used),
                 prompt_sha256=turn.prompt.sha256,
                 lore_ids=tuple(turn.prompt.lore_used),
+                id=turn.reply_id,
             ),
             actor,
         )
@@ -326,6 +330,7 @@ class Chat:
                 prompt_sha256=turn.prompt.sha256,
                 interrupted=True,
                 lore_ids=tuple(turn.prompt.lore_used),
+                id=turn.reply_id,
             ),
             actor,
         )

@@ -71,6 +71,7 @@ class Reply:
     prompt_sha256: str
     interrupted: bool = False
     lore_ids: tuple[str, ...] = ()  # the lorebook entries in the prompt
+    id: UUID | None = None  # chosen before it is recorded, to name it first (None: a new one)
 
 
 class Keep(Enum):
@@ -422,7 +423,7 @@ class Alma(CachingApplication):
     ) -> tuple[UUID, int]:
         """Records the character's answer to `reply.in_reply_to`; returns the reply's id and
         the instance's version with it."""
-        message_id = uuid4()
+        message_id = reply.id or uuid4()
 
         def attempt() -> tuple[UUID, int]:
             instance = self._current(Instance, tenant, instance_id)
@@ -777,10 +778,13 @@ class Alma(CachingApplication):
             if len(page) < 500:
                 return
 
-    def last_messages(self, instance_id: UUID, limit: int) -> list[DomainEvent]:
+    def last_messages(
+        self, instance_id: UUID, limit: int, up_to: int | None = None
+    ) -> list[DomainEvent]:
         """The instance's last `limit` messages and replies (its `MessageRecorded` and
         `ReplyRecorded` events) that are not withdrawn from recall, oldest first: read from its
-        own events, so current however far the read models lag."""
+        own events, so current however far the read models lag. `up_to`: the last as of that
+        version of the instance (withdrawals after it count too)."""
         found: list[DomainEvent] = []
         # Read newest first, a withdrawal comes before the messages it names.
         withdrawn: set[str] = set()
@@ -792,7 +796,11 @@ class Alma(CachingApplication):
                 kind = type(event)  # (not isinstance: the event classes are typed DomainEvent)
                 if kind is Instance.MessagesWithdrawnFromRecall:
                     withdrawn.update(event.message_ids)
-                elif kind in SAID and str(event.message_id) not in withdrawn:
+                elif (
+                    kind in SAID
+                    and str(event.message_id) not in withdrawn
+                    and (up_to is None or event.originator_version <= up_to)
+                ):
                     found.append(event)
                     if len(found) == limit:
                         break
@@ -800,6 +808,21 @@ class Alma(CachingApplication):
                 break
             below = events[-1].originator_version - 1
         return found[::-1]
+
+    def reply(self, tenant: str, instance_id: UUID, reply_id: UUID) -> DomainEvent:
+        """The instance's recorded reply `reply_id` (its `ReplyRecorded` event), looked for
+        newest first; NotFound when the instance (of this tenant) has none."""
+        self.owned(Instance, tenant, instance_id, None)
+        below: int | None = None
+        while True:
+            events: list[Any] = list(self.events.get(instance_id, lte=below, desc=True, limit=500))
+            for event in events:
+                kind = type(event)  # (not isinstance: the event classes are typed DomainEvent)
+                if kind is Instance.ReplyRecorded and str(event.message_id) == str(reply_id):
+                    return cast(DomainEvent, event)
+            if len(events) < 500:
+                raise NotFound(f"instance {instance_id} has no reply {reply_id}")
+            below = events[-1].originator_version - 1
 
     def written_up_to(self, instance_id: UUID, held: Collection[str] = ()) -> int:
         """The log position a reader must reach to hold every write about the instance: its

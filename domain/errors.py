@@ -10,7 +10,12 @@ class DomainError(Exception):
 
 
 class NotFound(DomainError):
-    """No such aggregate for this tenant (or it belongs to another tenant)."""
+    """No such aggregate for this tenant (or it belongs to another tenant). `field`: the request
+    field that named it, when not the path."""
+
+    def __init__(self, message: str = "", field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class InvalidInput(DomainError):

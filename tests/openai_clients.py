@@ -51,6 +51,36 @@ def langchain(base: str, key: str, model: str) -> dict[str, Callable[[], Any]]:
         answered = calling.invoke([question, asked, result])
         return {"call": [call["name"], call["args"]], "answer": answered.content}
 
+    responses = ChatOpenAI(
+        model=model,
+        base_url=base,
+        api_key=key,
+        max_retries=0,
+        timeout=60,
+        use_responses_api=True,
+    )
+
+    def responses_tools() -> Any:
+        calling = responses.bind_tools([WEATHER])
+        question = HumanMessage("[tool] ¿Qué tiempo hace en Lisboa?")
+        asked = calling.invoke([question])
+        [call] = asked.tool_calls
+        result = ToolMessage(content="sunny, 24 °C", tool_call_id=call["id"])
+        answered = calling.invoke([question, asked, result])
+        return {"call": [call["name"], call["args"]], "answer": answered.text}
+
+    def previous_response() -> Any:
+        # LangChain sends the messages after the last response and that response's id: what
+        # it holds of the earlier turn (here not what was said) never reaches alma.
+        going_on = responses.model_copy(update={"use_previous_response_id": True})
+        first = going_on.invoke("Mi gato se llama Tizón")
+        held = [
+            HumanMessage("(no lo que dije)"),
+            AIMessage("(no lo que dijo)", response_metadata=first.response_metadata),
+            HumanMessage("¿Cómo se llama mi gato?"),
+        ]
+        return going_on.invoke(held).text
+
     return {
         "plain": lambda: chat.invoke("Hola, Rosa").content,
         "streaming": lambda: "".join(str(c.content) for c in chat.stream("¿Sigues ahí?")),
@@ -86,6 +116,15 @@ def langchain(base: str, key: str, model: str) -> dict[str, Callable[[], Any]]:
         "structured output": lambda: (
             chat.with_structured_output(Mood).invoke("[json] ¿Cómo te sientes?").model_dump()
         ),
+        "responses: plain": lambda: responses.invoke("Hola, Rosa").text,
+        "responses: streaming": lambda: "".join(c.text for c in responses.stream("¿Sigues ahí?")),
+        "responses: history": lambda: (
+            responses.invoke(
+                [HumanMessage("Hola"), AIMessage("Sí: Hola"), HumanMessage("¿Y Lucía?")]
+            ).text
+        ),
+        "responses: previous response": previous_response,
+        "responses: tools": responses_tools,
         "embeddings": lambda: len(
             OpenAIEmbeddings(
                 model="any", base_url=base, api_key=key, check_embedding_ctx_length=False

@@ -23,6 +23,7 @@ def _paths(api: Api) -> dict[str, set[str]]:
         "lorebook_id": uuid.uuid4(),
         "entry_id": 1,
         "model": uuid.uuid4(),  # the OpenAI-compatible name of an instance
+        "response_id": f"resp_{uuid.uuid4().hex}{uuid.uuid4().hex}",
     }
     return {
         path.format(**ids): {method.upper() for method in operations}

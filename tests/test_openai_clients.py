@@ -110,6 +110,14 @@ def test_langchain_litellm_and_llama_index_talk_to_a_character(
         "langchain: prefill": " ciudad de la luz.",
         "langchain: tools": {"call": ["weather", {"city": "Lisboa"}], "answer": "Hace sol."},
         "langchain: structured output": {"mood": "alegre", "intensity": 7},
+        "langchain: responses: plain": "Sí: Hola, Rosa",
+        "langchain: responses: streaming": "Sí: ¿Sigues ahí?",
+        "langchain: responses: history": "Sí: ¿Y Lucía?",
+        "langchain: responses: previous response": "Sí: ¿Cómo se llama mi gato?",
+        "langchain: responses: tools": {
+            "call": ["weather", {"city": "Lisboa"}],
+            "answer": "Hace sol.",
+        },
         "langchain: embeddings": size,
         "litellm: plain": "Sí: Hola, Rosa",
         "litellm: streaming": "Sí: ¿Sigues ahí?",
@@ -129,4 +137,13 @@ def test_langchain_litellm_and_llama_index_talk_to_a_character(
     assert not wrong, json.dumps(wrong, ensure_ascii=False, indent=1)
     sampled = [r for r in stub.requests if r["messages"][-1]["content"] == "Con muestreo"]
     assert [(r["top_p"], r["seed"], r["max_tokens"]) for r in sampled] == [(0.5, 3, 8192)] * 2
+    # LangChain sent only the new message and the previous response's id: the turn before it
+    # came from alma's record, as it was said.
+    [going_on] = [
+        r for r in stub.requests if r["messages"][-1]["content"] == "¿Cómo se llama mi gato?"
+    ]
+    assert going_on["messages"][-3:-1] == [
+        {"role": "user", "content": "Mi gato se llama Tizón"},
+        {"role": "assistant", "content": "Sí: Mi gato se llama Tizón"},
+    ]
     assert sys.executable != clients_python  # they ran in their own environment

@@ -6,9 +6,9 @@ chat model is the local OpenAI-compatible test server, `tests/openai_stub.py`). 
 would fill in by hand is filled from what the server answered before:
 
 - `alma_...` is the key `alma serve` printed at its first start (README says to copy it);
-- `<character id>`, `<instance id>`, `<fork id>`, `<memory id>` and `<lorebook id>` are the ids
-  of the character, instance, forked instance, memory snippet and lorebook last answered by an
-  earlier example;
+- `<character id>`, `<instance id>`, `<fork id>`, `<memory id>`, `<lorebook id>` and
+  `<response id>` are the ids of the character, instance, forked instance, memory snippet,
+  lorebook and OpenAI response last answered by an earlier example;
 - `<next_cursor>` is the last `next_cursor` answered; `<timestamp>` is the present time;
 - `localhost:8011` is the port the test's server listens on;
 - `NAME=...` lines (like `KEY=...`) are run once, and the variable is set for the commands after.
@@ -220,6 +220,8 @@ class Reader:
             self.known["memory id"] = body["id"]
         elif "entries" in body and "scan_depth" in body:
             self.known["lorebook id"] = body["id"]
+        elif body.get("object") == "response":
+            self.known["response id"] = body["id"]
 
     def bash(self, script: str, where: str) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(

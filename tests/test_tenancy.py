@@ -11,11 +11,12 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 import httpx
 import pytest
 
-from alma.domain import Actor
+from alma.domain import Actor, Reply
 from tests.conftest import Api, make_character, make_instance
 from tests.speech_samples import say
 
@@ -80,6 +81,10 @@ ENDPOINTS = {
     "completions": Endpoint(
         "POST", "/v1/completions", {"model": "{instance_id}", "prompt": "Hola", "max_tokens": 4}
     ),
+    "responses": Endpoint(
+        "POST", "/v1/responses", {"model": "{instance_id}", "input": "Hola", "max_output_tokens": 4}
+    ),
+    "response": Endpoint("GET", "/v1/responses/{response_id}"),
     "embeddings": Endpoint("POST", "/v1/embeddings", {"model": "any", "input": "Hola"}),
     "speech": Endpoint("POST", "/v1/audio/speech", {"input": "Hola", "voice": "{instance_id}"}),
     "transcription": Endpoint(
@@ -165,6 +170,7 @@ class AcmeWorld:
     instance_id: str
     memory_id: str
     lorebook_id: str
+    response_id: str  # a turn of acme's other instance (the first has no conversation)
     secrets: tuple[str, ...]
 
 
@@ -211,14 +217,26 @@ def make_acme(api: Api) -> AcmeWorld:
         "acme",
         "Recetario",
         "El mole negro",
+        "Pásele, que el mole ya está",
     )
     return AcmeWorld(
         str(character["id"]),
         str(instance["id"]),
         memory.json()["id"],
         lorebook.json()["id"],
+        _a_turn(api, character["id"], secrets[-1]),
         secrets,
     )
+
+
+def _a_turn(api: Api, character_id: object, said: str) -> str:
+    """The response id of a turn recorded on another instance of acme's character."""
+    talk = UUID(str(make_instance(api, character_id, name="Rosa de la cocina")["id"]))
+    app, actor = api.services.app, Actor("acme", "cli", "setup")
+    asked = app.record_message("acme", talk, "¿Ya está el mole?", actor)
+    reply = Reply(asked, said, "local/test", 1, 1, 1, (), "")
+    reply_id, _ = app.record_reply("acme", talk, reply, actor)
+    return f"resp_{talk.hex}{reply_id.hex}"
 
 
 def call(api: Api, endpoint: Endpoint, world: AcmeWorld, headers: dict[str, str]) -> httpx.Response:
@@ -229,6 +247,7 @@ def call(api: Api, endpoint: Endpoint, world: AcmeWorld, headers: dict[str, str]
         model=world.instance_id,  # the OpenAI-compatible name of an instance
         lorebook_id=world.lorebook_id,
         entry_id=0,
+        response_id=world.response_id,
     )
     body = endpoint.body
     if body is not None:  # ids in bodies too (the OpenAI-compatible `model`, lorebooks)
@@ -457,7 +476,10 @@ def test_a_model_named_after_another_tenants_instance_is_not_found(
     assert api.written() == before
     assert api.client.get("/v1/models", headers=api.rival).json()["data"] == []
     listed = api.client.get("/v1/models", headers=api.acme).json()["data"]
-    assert [m["id"] for m in listed] == [acme.instance_id]
+    assert sorted((m["name"], m["id"] == acme.instance_id) for m in listed) == [
+        ("Rosa", True),
+        ("Rosa de la cocina", False),
+    ]
 
 
 @pytest.mark.parametrize("kind", ["characters", "instances"])

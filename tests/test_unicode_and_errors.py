@@ -62,6 +62,7 @@ class Server:
             lorebook_id=self.lorebook_id,
             entry_id=self.entry_id,
             model=self.instance_id,  # the OpenAI-compatible name of an instance
+            response_id=f"resp_{uuid.UUID(self.instance_id).hex}{uuid.uuid4().hex}",
         )
 
 

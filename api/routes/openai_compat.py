@@ -11,9 +11,14 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from alma.api.deps import AlmaApp, AppSettings, ChatTurns, CurrentCaller, Index, Listing
-from alma.api.errors import openai_stream_error
-from alma.api.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from alma.chat import openai_compat
+from alma.api.errors import model_failure, openai_stream_error
+from alma.api.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ResponsesRequest,
+)
+from alma.chat import openai_compat, openai_responses
 from alma.llm.client import ModelError
 
 router = APIRouter(tags=["openai-compatible"])
@@ -65,6 +70,42 @@ def completions(
     return _answered(openai_compat.as_text_completion(answer))
 
 
+@router.post("/v1/responses", response_model=None)
+def responses(
+    body: ResponsesRequest,
+    caller: CurrentCaller,
+    chat: ChatTurns,
+    settings: AppSettings,
+) -> JSONResponse | StreamingResponse:
+    """OpenAI's Responses API: the input's last user message is the turn; streaming, the
+    Responses events (`event:` and `data:` lines)."""
+    answer = openai_responses.answer(
+        chat,
+        caller.tenant,
+        body.model,
+        body.input_items(),
+        body.instructions,
+        body.previous_response_id,
+        body.max_output_tokens or DEFAULT_MAX_TOKENS,
+        DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
+        body.stream,
+        caller.actor,
+        fields=body.fields(),
+        client_instructions=settings.chat_client_instructions,
+    )
+    if isinstance(answer.body, openai_responses.Events):
+        return StreamingResponse(
+            _response_events(answer.body), media_type="text/event-stream", headers=_headers(answer)
+        )
+    return JSONResponse(answer.body, headers=_headers(answer))
+
+
+@router.get("/v1/responses/{response_id}")
+def response(response_id: str, caller: CurrentCaller, app: AlmaApp) -> dict[str, Any]:
+    """A response as its reply is recorded."""
+    return openai_responses.stored(app, caller.tenant, response_id)
+
+
 @router.get("/v1/models")
 def models(caller: CurrentCaller, app: AlmaApp, listing: Listing) -> dict[str, Any]:
     """Every instance this key can talk to; its id is the `model` to send."""
@@ -87,15 +128,20 @@ def embeddings(body: EmbeddingRequest, caller: CurrentCaller, index: Index) -> d
 
 
 def _answered(answer: openai_compat.Answer) -> JSONResponse | StreamingResponse:
+    headers = _headers(answer)
+    if isinstance(answer.body, dict):
+        return JSONResponse(answer.body, headers=headers)
+    return StreamingResponse(_events(answer.body), media_type="text/event-stream", headers=headers)
+
+
+def _headers(answer: openai_compat.Answer) -> dict[str, str]:
     # OpenAI's shape has no room for it: a client that reads headers learns that the vector
     # store was down and the reply was made without long-term memory, or that the memory index
     # had not caught up with the instance's latest write.
     headers = {MEMORIES_UNAVAILABLE: "true"} if answer.memories_unavailable else {}
     if answer.memories_behind:
         headers[MEMORIES_BEHIND] = "true"
-    if isinstance(answer.body, dict):
-        return JSONResponse(answer.body, headers=headers)
-    return StreamingResponse(_events(answer.body), media_type="text/event-stream", headers=headers)
+    return headers
 
 
 def _events(chunks: Iterator[dict[str, Any]]) -> Iterator[str]:
@@ -105,3 +151,16 @@ def _events(chunks: Iterator[dict[str, Any]]) -> Iterator[str]:
     except ModelError as error:
         yield f"data: {json.dumps(openai_stream_error(error), ensure_ascii=False)}\n\n"
     yield "data: [DONE]\n\n"
+
+
+def _response_events(events: openai_responses.Events) -> Iterator[str]:
+    def sent(event: dict[str, Any]) -> str:
+        return f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n"
+
+    try:
+        for event in events:
+            yield sent(event)
+    except ModelError as error:
+        failure = model_failure(error)
+        for event in events.failed(failure.code, failure.message):
+            yield sent(event)
