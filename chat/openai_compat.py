@@ -25,7 +25,7 @@ import numpy as np
 
 from alma.chat.prompt import Turn
 from alma.chat.turns import Chat, TurnResult
-from alma.domain import Actor, Alma, InvalidInput, NotFound
+from alma.domain import Actor, Alma, InvalidInput, NotFound, ToolResult
 from alma.domain.rules import blank, valid_speaker, valid_text
 from alma.llm import tokens
 from alma.projections import ListingView
@@ -199,6 +199,7 @@ def answer(
         )
     for message in messages:  # the user's is recorded; every one is held to the same rule
         valid_speaker(message.name, "name")
+    results = _tool_results(exchange, last + 1)
     history = [
         Turn(m.role, text)
         for m, text in zip(messages[:last], texts, strict=False)
@@ -220,6 +221,7 @@ def answer(
         instructions="\n\n".join(instructions) if client_instructions else "",
         prefill=prefill,
         exchange=exchange,
+        tool_results=results,
         sampling=options,
     )
     created = int(time.time())
@@ -369,6 +371,42 @@ def _exchanged(message: Message, text: str, index: int) -> dict[str, Any]:
     if message.name is not None:
         exchanged["name"] = message.name
     return exchanged
+
+
+def _tool_results(exchange: Sequence[Mapping[str, Any]], first: int) -> list[ToolResult]:
+    """The tool (and legacy function) results of an exchange that starts at `messages[first]`,
+    checked before anything is recorded. A tool's names the call it answers (`tool_call_id`,
+    required) and, unless it says its own `name`, that call's function."""
+    called = _called_functions(exchange)
+    results = []
+    for i, message in enumerate(exchange, first):
+        role, where = message["role"], f"messages[{i}]."
+        if role == "assistant":
+            continue
+        call_id = message.get("tool_call_id") if role == "tool" else None
+        if role == "tool" and not isinstance(call_id, str):
+            raise InvalidInput(
+                "a tool message needs the tool_call_id of the call it answers",
+                where + "tool_call_id",
+            )
+        name = message.get("name") or (called.get(call_id) if call_id else None)
+        results.append(ToolResult.checked(call_id, name, message["content"] or "", where))
+    return results
+
+
+def _called_functions(exchange: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """The function each of the exchange's tool calls names, by the call's id (what a client
+    sends is taken as it comes: a call not in OpenAI's shape names none)."""
+    called = {}
+    for message in exchange:
+        calls = message.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            function = call.get("function") if isinstance(call, Mapping) else None
+            if isinstance(function, Mapping):
+                call_id, name = call.get("id"), function.get("name")
+                if isinstance(call_id, str) and isinstance(name, str):
+                    called[call_id] = name
+    return called
 
 
 def _message(result: TurnResult) -> dict[str, Any]:

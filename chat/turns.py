@@ -1,6 +1,7 @@
 """One chat turn with an instance: recall, assemble the prompt, ask the model, record it all.
 
-Every turn leaves events on the instance: the user's message first (so it is never lost), then
+Every turn leaves events on the instance: the user's message first (so it is never lost), and
+the tool results a client sent back after it (each once, however often it is resent), then
 either the reply (with the model, its usage and latency, the memories in the prompt and a hash
 of the exact prompt) or the failure. A streamed reply that the client abandons is recorded as
 far as it got, marked interrupted.
@@ -22,7 +23,7 @@ from alma import metrics
 from alma.chat import history as chat_history
 from alma.chat.lore import Book, activate
 from alma.chat.prompt import LoreEntry, Persona, Prompt, Recollection, Turn, build_prompt
-from alma.domain import Actor, Alma, InvalidInput, Reply
+from alma.domain import Actor, Alma, InvalidInput, Reply, ToolResult
 from alma.domain.rules import valid_message
 from alma.llm import tokens
 from alma.llm.client import Completion, ModelClient, ModelError, Sampling
@@ -54,6 +55,7 @@ class PreparedTurn:
     # or a tool exchange it goes on from.
     answered: UUID | None = None
     lore: tuple[LoreEntry, ...] = ()  # the activated lorebook entries offered to the prompt
+    tool_results: tuple[ToolResult, ...] = ()  # the exchange's, recorded after the message
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ class Chat:
         instructions: str = "",
         prefill: str = "",
         exchange: Sequence[Mapping[str, Any]] = (),
+        tool_results: Sequence[ToolResult] = (),
         sampling: Sampling | None = None,
     ) -> PreparedTurn:
         """Checks the input and builds the prompt. The recent turns are the instance's own, as
@@ -116,8 +119,9 @@ class Chat:
         index to hold the instance's latest write, and leaves out what the prompt holds.
         `instructions` (the client's system message) follow the persona; `prefill` is the start
         of the reply, continued by the model; `exchange`, the model's tool calls since `message`
-        and their results, which it goes on from. When `message` is the instance's last recorded
-        message from the user, the reply then answers it and it is not recorded again."""
+        and their results, which it goes on from (`tool_results`, those results, are recorded
+        with the turn, each once). When `message` is the instance's last recorded message from
+        the user, the reply then answers it and it is not recorded again."""
         valid_message("user", message)
         model = self.model()
         if max_tokens >= model.context_window:
@@ -198,6 +202,7 @@ class Chat:
             prefill=prefill,
             answered=_last_from_user(said, message) if prefill or exchange else None,
             lore=tuple(lore),
+            tool_results=tuple(tool_results),
         )
 
     def complete(self, turn: PreparedTurn, actor: Actor) -> TurnResult:
@@ -244,11 +249,18 @@ class Chat:
                 self._record_interrupted(turn, message_id, "".join(parts), started, actor)
 
     def _record_message(self, turn: PreparedTurn, actor: Actor) -> UUID:
-        if turn.answered is not None:
-            return turn.answered
-        return self.app.record_message(
-            turn.tenant, turn.instance_id, turn.message, actor, turn.metadata, turn.name
-        )
+        """The user's message (unless it is recorded already), then the tool results that
+        follow it: the turn is on record before the model is asked."""
+        message_id = turn.answered
+        if message_id is None:
+            message_id = self.app.record_message(
+                turn.tenant, turn.instance_id, turn.message, actor, turn.metadata, turn.name
+            )
+        if turn.tool_results:
+            self.app.record_tool_results(
+                turn.tenant, turn.instance_id, message_id, turn.tool_results, actor
+            )
+        return message_id
 
     def _record_reply(
         self, turn: PreparedTurn, message_id: UUID, completion: Completion, actor: Actor
@@ -269,6 +281,7 @@ class Chat:
                 memory_ids=tuple(turn.prompt.memories_used),
                 prompt_sha256=turn.prompt.sha256,
                 lore_ids=tuple(turn.prompt.lore_used),
+                tool_calls=completion.tool_calls,
             ),
             actor,
         )
