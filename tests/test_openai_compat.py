@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from alma.settings import Settings
-from tests.conftest import Api, running_api, search, stubbed_model
+from tests.conftest import Api, make_character, make_instance, running_api, search, stubbed_model
 from tests.openai_stub import OpenAIStub, Reply
 from tests.test_chat import _events, _sdk, _world
 
@@ -472,6 +472,48 @@ def test_a_legacy_completion_is_a_turn_streaming_and_not(
         sdk.completions.create(model=instance, prompt=["Hola", "Adiós"])
     assert (many.value.param or "").startswith("prompt")
     assert chat_api.written() == before
+
+
+class Person(BaseModel):
+    name: str
+    age: int
+
+
+@pytest.mark.slow
+def test_the_packaged_smollm2_keeps_to_a_json_schema_and_to_json(settings: Settings) -> None:
+    """llama.cpp turns `response_format` into a grammar: the reply is JSON whatever the model
+    would have written."""
+    with running_api(settings.model_copy(update={"local_model": "smollm2-135m"})) as api:
+        character, instance = _world(api)
+        sdk = _sdk(api, api.acme)
+        question = _user("Who are you, and how old are you?")
+        twin = str(make_instance(api, character, name="Rosa bis")["id"])  # no turns of its own
+        free = _ask(sdk, twin, question, temperature=0).choices[0].message.content or ""
+        with pytest.raises(ValidationError):  # on its own, SmolLM2 answers in prose
+            Person.model_validate_json(free)
+        parsed = sdk.chat.completions.parse(
+            model=instance, messages=[question], response_format=Person, temperature=0
+        )
+        assert isinstance(parsed.choices[0].message.parsed, Person)  # the SDK validated it
+
+        schema = Person.model_json_schema()
+        shaped = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema}}
+        asked = _user("¿Quién eres y cuántos años tienes?")
+        stream = _ask(sdk, instance, asked, response_format=shaped, temperature=0, stream=True)
+        streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        Person.model_validate_json(streamed)  # raises unless it keeps to the schema
+
+        character = make_character(api, name="Doña Elena")
+        plain = str(make_instance(api, character["id"], name="Elena")["id"])
+        json_object = {"type": "json_object"}
+        hello = _user("Hello! How old are you?")
+        answer = _ask(
+            sdk, plain, hello, response_format=json_object, temperature=0, max_tokens=120
+        ).choices[0]
+        # A bare JSON object has no end a small model must reach: it may run to max_tokens.
+        assert (answer.message.content or "").startswith("{")
+        if answer.finish_reason == "stop":
+            assert isinstance(json.loads(answer.message.content or ""), dict)
 
 
 @pytest.fixture
