@@ -25,7 +25,7 @@ import numpy as np
 
 from alma.chat.prompt import Turn
 from alma.chat.turns import Chat, TurnResult
-from alma.domain import Actor, Alma, InvalidInput, NotFound, ToolResult
+from alma.domain import Actor, Alma, Instance, InvalidInput, NotFound, ToolResult
 from alma.domain.rules import blank, valid_speaker, valid_text
 from alma.llm import tokens
 from alma.projections import ListingView
@@ -179,7 +179,7 @@ def answer(
     a last assistant message, or going on from the tool results after it), streaming or not.
     `fields`: the request's others, passed to the model or refused (as a legacy completion's
     when `legacy_completion`), once the model is known to be an instance."""
-    instance_id = _instance_of(chat.app, tenant, model)
+    instance = _instance_of(chat.app, tenant, model)
     options = (text_completion_sampling if legacy_completion else sampling)(fields or {})
     texts = [_text(message, i) for i, message in enumerate(messages)]
     last = len(messages) - 1
@@ -212,7 +212,7 @@ def answer(
     ]
     turn = chat.prepare(
         tenant,
-        instance_id,
+        instance.id,
         texts[last],
         max_tokens,
         temperature,
@@ -223,6 +223,7 @@ def answer(
         exchange=exchange,
         tool_results=results,
         sampling=options,
+        instance=instance,
     )
     created = int(time.time())
     if stream:
@@ -285,7 +286,7 @@ def models(
     data = []
     for entry in listed:
         try:
-            data.append(_model(app, tenant, entry.id))
+            data.append(_model(tenant, app.instance(tenant, entry.id)))
         except NotFound:
             continue
     return {"object": "list", "data": data}
@@ -293,7 +294,7 @@ def models(
 
 def model(app: Alma, tenant: str, name: str) -> dict[str, Any]:
     """One instance as OpenAI shows a model, named by id or as '<character>/<instance>'."""
-    return _model(app, tenant, _instance_of(app, tenant, name))
+    return _model(tenant, _instance_of(app, tenant, name))
 
 
 def embeddings(
@@ -417,8 +418,7 @@ def _message(result: TurnResult) -> dict[str, Any]:
     return {"role": "assistant", "content": result.text or None, "tool_calls": result.tool_calls}
 
 
-def _model(app: Alma, tenant: str, instance_id: UUID) -> dict[str, Any]:
-    instance = app.instance(tenant, instance_id)
+def _model(tenant: str, instance: Instance) -> dict[str, Any]:
     return {
         "id": str(instance.id),
         "object": "model",
@@ -428,23 +428,28 @@ def _model(app: Alma, tenant: str, instance_id: UUID) -> dict[str, Any]:
     }
 
 
-def _instance_of(app: Alma, tenant: str, model: str) -> UUID:
+def _instance_of(app: Alma, tenant: str, model: str) -> Instance:
+    """The instance `model` names, by id or as '<character>/<instance>', loaded once (a turn
+    goes on with it)."""
     try:
-        try:
-            instance_id = UUID(model)
-        except ValueError:
-            character_name, _, instance_name = model.rpartition("/")
-            instance_id = app.instance_id_by_name(tenant, instance_name)
-            character = app.character(tenant, app.instance(tenant, instance_id).character_id)
-            if character_name and character_name.casefold() != character.name.casefold():
-                raise NotFound(f"no instance is named {model!r}") from None
-        app.instance(tenant, instance_id)
+        instance_id: UUID | None = UUID(model)
+    except ValueError:
+        instance_id = None
+    try:
+        if instance_id is not None:
+            return app.instance(tenant, instance_id)
+        character_name, _, instance_name = model.rpartition("/")
+        instance = app.instance(tenant, app.instance_id_by_name(tenant, instance_name))
+        if character_name:
+            character = app.character(tenant, instance.character_id)
+            if character_name.casefold() != character.name.casefold():
+                raise NotFound(f"no instance is named {model!r}")
+        return instance
     except NotFound as error:
         raise NotFound(
             f"{error}: the model is one of your instances, by id or as "
             "'<character>/<instance>'; GET /v1/models lists them"
         ) from None
-    return instance_id
 
 
 def _usage(result: TurnResult) -> dict[str, int]:

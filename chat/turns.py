@@ -23,7 +23,7 @@ from alma import metrics
 from alma.chat import history as chat_history
 from alma.chat.lore import Book, activate
 from alma.chat.prompt import LoreEntry, Persona, Prompt, Recollection, Turn, build_prompt
-from alma.domain import Actor, Alma, InvalidInput, Reply, ToolResult
+from alma.domain import Actor, Alma, Instance, InvalidInput, Reply, ToolResult
 from alma.domain.rules import valid_message
 from alma.llm import tokens
 from alma.llm.client import Completion, ModelClient, ModelError, Sampling
@@ -112,6 +112,7 @@ class Chat:
         exchange: Sequence[Mapping[str, Any]] = (),
         tool_results: Sequence[ToolResult] = (),
         sampling: Sampling | None = None,
+        instance: Instance | None = None,
     ) -> PreparedTurn:
         """Checks the input and builds the prompt. The recent turns are the instance's own, as
         recorded up to now; `history` (an OpenAI-style client sends its own) stands in for them,
@@ -121,7 +122,8 @@ class Chat:
         of the reply, continued by the model; `exchange`, the model's tool calls since `message`
         and their results, which it goes on from (`tool_results`, those results, are recorded
         with the turn, each once). When `message` is the instance's last recorded message from
-        the user, the reply then answers it and it is not recorded again."""
+        the user, the reply then answers it and it is not recorded again. `instance`: the
+        instance as the caller just loaded it (read again otherwise)."""
         valid_message("user", message)
         model = self.model()
         if max_tokens >= model.context_window:
@@ -133,7 +135,7 @@ class Chat:
             [{"role": "assistant", "content": prefill}] if prefill else list(map(dict, exchange))
         )
         embedding = self.index.embed_soon(message)  # while the instance and its turns load
-        instance = self.app.instance(tenant, instance_id)
+        instance = instance or self.app.instance(tenant, instance_id)
         character = self.app.character(tenant, instance.character_id)
         recent = max(self.history_turns, min(len(history or ()), MATCHED_TURNS))
         said = self.app.last_messages(instance_id, recent)
