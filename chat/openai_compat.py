@@ -25,7 +25,7 @@ import numpy as np
 
 from alma.chat.prompt import Turn
 from alma.chat.turns import Chat, TurnResult
-from alma.domain import Actor, Alma, InvalidInput, NotFound
+from alma.domain import Actor, Alma, Instance, InvalidInput, NotFound, ToolResult
 from alma.domain.rules import blank, valid_speaker, valid_text
 from alma.llm import tokens
 from alma.projections import ListingView
@@ -181,7 +181,7 @@ def answer(
     a last assistant message, or going on from the tool results after it), streaming or not.
     `fields`: the request's others, passed to the model or refused (as a legacy completion's
     when `legacy_completion`), once the model is known to be an instance."""
-    instance_id = instance_of(chat.app, tenant, model)
+    instance = instance_of(chat.app, tenant, model)
     options = (text_completion_sampling if legacy_completion else sampling)(fields or {})
     texts = [_text(message, i) for i, message in enumerate(messages)]
     last = len(messages) - 1
@@ -201,6 +201,7 @@ def answer(
         )
     for message in messages:  # the user's is recorded; every one is held to the same rule
         valid_speaker(message.name, "name")
+    results = _tool_results(exchange, last + 1)
     history = [
         Turn(m.role, text)
         for m, text in zip(messages[:last], texts, strict=False)
@@ -213,7 +214,7 @@ def answer(
     ]
     turn = chat.prepare(
         tenant,
-        instance_id,
+        instance.id,
         texts[last],
         max_tokens,
         temperature,
@@ -222,7 +223,9 @@ def answer(
         instructions="\n\n".join(instructions) if client_instructions else "",
         prefill=prefill,
         exchange=exchange,
+        tool_results=results,
         sampling=options,
+        instance=instance,
     )
     created = int(time.time())
     if stream:
@@ -285,7 +288,7 @@ def models(
     data = []
     for entry in listed:
         try:
-            data.append(_model(app, tenant, entry.id))
+            data.append(_model(tenant, app.instance(tenant, entry.id)))
         except NotFound:
             continue
     return {"object": "list", "data": data}
@@ -293,7 +296,7 @@ def models(
 
 def model(app: Alma, tenant: str, name: str) -> dict[str, Any]:
     """One instance as OpenAI shows a model, named by id or as '<character>/<instance>'."""
-    return _model(app, tenant, instance_of(app, tenant, name))
+    return _model(tenant, instance_of(app, tenant, name))
 
 
 def embeddings(
@@ -373,6 +376,42 @@ def _exchanged(message: Message, text: str, index: int) -> dict[str, Any]:
     return exchanged
 
 
+def _tool_results(exchange: Sequence[Mapping[str, Any]], first: int) -> list[ToolResult]:
+    """The tool (and legacy function) results of an exchange that starts at `messages[first]`,
+    checked before anything is recorded. A tool's names the call it answers (`tool_call_id`,
+    required) and, unless it says its own `name`, that call's function."""
+    called = _called_functions(exchange)
+    results = []
+    for i, message in enumerate(exchange, first):
+        role, where = message["role"], f"messages[{i}]."
+        if role == "assistant":
+            continue
+        call_id = message.get("tool_call_id") if role == "tool" else None
+        if role == "tool" and not isinstance(call_id, str):
+            raise InvalidInput(
+                "a tool message needs the tool_call_id of the call it answers",
+                where + "tool_call_id",
+            )
+        name = message.get("name") or (called.get(call_id) if call_id else None)
+        results.append(ToolResult.checked(call_id, name, message["content"] or "", where))
+    return results
+
+
+def _called_functions(exchange: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """The function each of the exchange's tool calls names, by the call's id (what a client
+    sends is taken as it comes: a call not in OpenAI's shape names none)."""
+    called = {}
+    for message in exchange:
+        calls = message.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            function = call.get("function") if isinstance(call, Mapping) else None
+            if isinstance(function, Mapping):
+                call_id, name = call.get("id"), function.get("name")
+                if isinstance(call_id, str) and isinstance(name, str):
+                    called[call_id] = name
+    return called
+
+
 def _message(result: TurnResult) -> dict[str, Any]:
     """The assistant's message in the answer: what the model wrote in this turn, and the tools
     it called."""
@@ -381,8 +420,7 @@ def _message(result: TurnResult) -> dict[str, Any]:
     return {"role": "assistant", "content": result.text or None, "tool_calls": result.tool_calls}
 
 
-def _model(app: Alma, tenant: str, instance_id: UUID) -> dict[str, Any]:
-    instance = app.instance(tenant, instance_id)
+def _model(tenant: str, instance: Instance) -> dict[str, Any]:
     return {
         "id": str(instance.id),
         "object": "model",
@@ -392,24 +430,28 @@ def _model(app: Alma, tenant: str, instance_id: UUID) -> dict[str, Any]:
     }
 
 
-def instance_of(app: Alma, tenant: str, model: str) -> UUID:
-    """The instance a request's `model` names, by id or as '<character>/<instance>'."""
+def instance_of(app: Alma, tenant: str, model: str) -> Instance:
+    """The instance a request's `model` names, by id or as '<character>/<instance>', loaded
+    once (a turn goes on with it)."""
     try:
-        try:
-            instance_id = UUID(model)
-        except ValueError:
-            character_name, _, instance_name = model.rpartition("/")
-            instance_id = app.instance_id_by_name(tenant, instance_name)
-            character = app.character(tenant, app.instance(tenant, instance_id).character_id)
-            if character_name and character_name.casefold() != character.name.casefold():
-                raise NotFound(f"no instance is named {model!r}") from None
-        app.instance(tenant, instance_id)
+        instance_id: UUID | None = UUID(model)
+    except ValueError:
+        instance_id = None
+    try:
+        if instance_id is not None:
+            return app.instance(tenant, instance_id)
+        character_name, _, instance_name = model.rpartition("/")
+        instance = app.instance(tenant, app.instance_id_by_name(tenant, instance_name))
+        if character_name:
+            character = app.character(tenant, instance.character_id)
+            if character_name.casefold() != character.name.casefold():
+                raise NotFound(f"no instance is named {model!r}")
+        return instance
     except NotFound as error:
         raise NotFound(
             f"{error}: the model is one of your instances, by id or as "
             "'<character>/<instance>'; GET /v1/models lists them"
         ) from None
-    return instance_id
 
 
 def _usage(result: TurnResult) -> dict[str, int]:

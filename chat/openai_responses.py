@@ -69,7 +69,7 @@ def answer(
     after the turns up to `previous_response_id`'s reply and the input's earlier items; the
     answer's body is a `response` or, streaming, its `Events`. `fields`: the request's others,
     passed to the model or refused by name."""
-    instance_id = openai_compat.instance_of(chat.app, tenant, model)
+    instance_id = openai_compat.instance_of(chat.app, tenant, model).id
     passed = openai_compat.sampling(_chat_fields(fields), REFUSED, _HARMLESS)
     messages = [TextMessage(instructions, "system")] if instructions else []
     if previous_response_id is not None:

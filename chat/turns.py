@@ -1,6 +1,7 @@
 """One chat turn with an instance: recall, assemble the prompt, ask the model, record it all.
 
-Every turn leaves events on the instance: the user's message first (so it is never lost), then
+Every turn leaves events on the instance: the user's message first (so it is never lost), and
+the tool results a client sent back after it (each once, however often it is resent), then
 either the reply (with the model, its usage and latency, the memories in the prompt and a hash
 of the exact prompt) or the failure. A streamed reply that the client abandons is recorded as
 far as it got, marked interrupted.
@@ -23,7 +24,7 @@ from alma.chat import history as chat_history
 from alma.chat.lore import Book, activate
 from alma.chat.lore_meaning import Meaning
 from alma.chat.prompt import LoreEntry, Persona, Prompt, Recollection, Turn, build_prompt
-from alma.domain import Actor, Alma, InvalidInput, Reply
+from alma.domain import Actor, Alma, Instance, InvalidInput, Reply, ToolResult
 from alma.domain.rules import valid_message
 from alma.llm import tokens
 from alma.llm.client import Completion, ModelClient, ModelError, Sampling
@@ -55,6 +56,7 @@ class PreparedTurn:
     # or a tool exchange it goes on from.
     answered: UUID | None = None
     lore: tuple[LoreEntry, ...] = ()  # the activated lorebook entries offered to the prompt
+    tool_results: tuple[ToolResult, ...] = ()  # the exchange's, recorded after the message
     # The id the reply will be recorded with, known before the model answers (a streamed
     # Responses answer names it first).
     reply_id: UUID = field(default_factory=uuid4)
@@ -113,7 +115,9 @@ class Chat:
         instructions: str = "",
         prefill: str = "",
         exchange: Sequence[Mapping[str, Any]] = (),
+        tool_results: Sequence[ToolResult] = (),
         sampling: Sampling | None = None,
+        instance: Instance | None = None,
     ) -> PreparedTurn:
         """Checks the input and builds the prompt. The recent turns are the instance's own, as
         recorded up to now; `history` (an OpenAI-style client sends its own) stands in for them,
@@ -121,8 +125,10 @@ class Chat:
         index to hold the instance's latest write, and leaves out what the prompt holds.
         `instructions` (the client's system message) follow the persona; `prefill` is the start
         of the reply, continued by the model; `exchange`, the model's tool calls since `message`
-        and their results, which it goes on from. When `message` is the instance's last recorded
-        message from the user, the reply then answers it and it is not recorded again."""
+        and their results, which it goes on from (`tool_results`, those results, are recorded
+        with the turn, each once). When `message` is the instance's last recorded message from
+        the user, the reply then answers it and it is not recorded again. `instance`: the
+        instance as the caller just loaded it (read again otherwise)."""
         valid_message("user", message)
         model = self.model()
         if max_tokens >= model.context_window:
@@ -134,7 +140,7 @@ class Chat:
             [{"role": "assistant", "content": prefill}] if prefill else list(map(dict, exchange))
         )
         embedding = self.index.embed_soon(message)  # while the instance and its turns load
-        instance = self.app.instance(tenant, instance_id)
+        instance = instance or self.app.instance(tenant, instance_id)
         character = self.app.character(tenant, instance.character_id)
         recent = max(self.history_turns, min(len(history or ()), MATCHED_TURNS))
         said = self.app.last_messages(instance_id, recent)
@@ -209,6 +215,7 @@ class Chat:
             prefill=prefill,
             answered=_last_from_user(said, message) if prefill or exchange else None,
             lore=tuple(lore),
+            tool_results=tuple(tool_results),
         )
 
     def complete(self, turn: PreparedTurn, actor: Actor) -> TurnResult:
@@ -255,11 +262,18 @@ class Chat:
                 self._record_interrupted(turn, message_id, "".join(parts), started, actor)
 
     def _record_message(self, turn: PreparedTurn, actor: Actor) -> UUID:
-        if turn.answered is not None:
-            return turn.answered
-        return self.app.record_message(
-            turn.tenant, turn.instance_id, turn.message, actor, turn.metadata, turn.name
-        )
+        """The user's message (unless it is recorded already), then the tool results that
+        follow it: the turn is on record before the model is asked."""
+        message_id = turn.answered
+        if message_id is None:
+            message_id = self.app.record_message(
+                turn.tenant, turn.instance_id, turn.message, actor, turn.metadata, turn.name
+            )
+        if turn.tool_results:
+            self.app.record_tool_results(
+                turn.tenant, turn.instance_id, message_id, turn.tool_results, actor
+            )
+        return message_id
 
     def _record_reply(
         self, turn: PreparedTurn, message_id: UUID, completion: Completion, actor: Actor
@@ -280,6 +294,7 @@ class Chat:
                 memory_ids=tuple(turn.prompt.memories_used),
                 prompt_sha256=turn.prompt.sha256,
                 lore_ids=tuple(turn.prompt.lore_used),
+                tool_calls=completion.tool_calls,
                 id=turn.reply_id,
             ),
             actor,

@@ -1,7 +1,7 @@
 """The event-sourced domain: characters, instances, API keys and the application service."""
 
 from alma.domain.actor import Actor
-from alma.domain.application import Alma, Keep, NewMessage, Reply
+from alma.domain.application import Alma, Keep, NewMessage, Reply, ToolResult
 from alma.domain.character import Character
 from alma.domain.errors import DomainError, InvalidInput, NameTaken, NotFound, VersionConflict
 from alma.domain.instance import Instance, InstanceName
@@ -29,5 +29,6 @@ __all__ = [
     "NewMessage",
     "NotFound",
     "Reply",
+    "ToolResult",
     "VersionConflict",
 ]

@@ -71,7 +71,29 @@ class Reply:
     prompt_sha256: str
     interrupted: bool = False
     lore_ids: tuple[str, ...] = ()  # the lorebook entries in the prompt
+    tool_calls: tuple[dict[str, Any], ...] = ()  # the tools it called, in OpenAI's shape
     id: UUID | None = None  # chosen before it is recorded, to name it first (None: a new one)
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """What a tool answered to a call of the character's, as the client sends it back."""
+
+    tool_call_id: str | None  # the call it answers; None: a legacy function's result
+    name: str | None  # the function's
+    content: str
+
+    @classmethod
+    def checked(
+        cls, tool_call_id: str | None, name: str | None, content: str, where: str = ""
+    ) -> ToolResult:
+        """A result by the rules: its id and name those of names, its content a text's;
+        `where` goes before the fields errors name (`messages[2].`)."""
+        return cls(
+            None if tool_call_id is None else valid_name(tool_call_id, where + "tool_call_id"),
+            valid_speaker(name, where + "name"),
+            valid_text(content, where + "content"),
+        )
 
 
 class Keep(Enum):
@@ -307,7 +329,9 @@ class Alma(CachingApplication):
         said = [
             e
             for e in self.events.get(instance_id, lte=point.version)
-            if isinstance(e, (*SAID, Instance.MessagesWithdrawnFromRecall))
+            if isinstance(
+                e, (*SAID, Instance.ToolResultRecorded, Instance.MessagesWithdrawnFromRecall)
+            )
         ]
 
         attached = self._attached(tenant, instance_id)
@@ -441,9 +465,38 @@ class Alma(CachingApplication):
                 actor,
                 name=instance.name,
                 lore_used=list(reply.lore_ids),
+                tool_calls=list(reply.tool_calls),
             )
             self.save(instance)
             return message_id, instance.version
+
+        return self._retrying(attempt)
+
+    def record_tool_results(
+        self,
+        tenant: str,
+        instance_id: UUID,
+        in_reply_to: UUID,
+        results: Sequence[ToolResult],
+        actor: Actor,
+    ) -> list[UUID]:
+        """Records the tool results of the turn that answers `in_reply_to` that it has not
+        recorded yet (a client resends every earlier one with each request): once per
+        `tool_call_id`, a legacy function's by its order. Returns the new ones' ids."""
+        checked = [ToolResult.checked(r.tool_call_id, r.name, r.content) for r in results]
+
+        def attempt() -> list[UUID]:
+            instance = self._current(Instance, tenant, instance_id)
+            ids = [r.tool_call_id for r in checked]
+            new = [checked[i] for i in instance.unrecorded_tool_results(in_reply_to, ids)]
+            recorded = [uuid4() for _ in new]
+            for message_id, result in zip(recorded, new, strict=True):
+                instance.record_tool_result(
+                    message_id, in_reply_to, result.tool_call_id, result.name, result.content, actor
+                )
+            if recorded:
+                self.save(instance)
+            return recorded
 
         return self._retrying(attempt)
 

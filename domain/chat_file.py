@@ -128,6 +128,8 @@ def write_chat_file(messages: Iterable[Any], user_name: str, character_name: str
     conversation read model's); a message without a name gets the user's or the character's."""
     lines = []
     for message in messages:
+        if message.role == "tool":
+            continue  # a chat file has no tool results: the reply's line says the call
         is_user = message.role == "user"
         lines.append(
             {

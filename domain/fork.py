@@ -54,9 +54,10 @@ def copy_memories(originals: Iterable[Memory], fork: Instance, actor: Actor) -> 
 def copy_conversation(
     said: Sequence[Any], fork: Instance, memory_ids: dict[str, str], actor: Actor
 ) -> None:
-    """Records the original's messages and replies (`said`, in order) as the fork's own; a
-    reply's memories become the fork's copies of them. The messages `said` withdraws from
-    recall are withdrawn in the fork too, for the original's memory that was forgotten."""
+    """Records the original's messages, replies and tool results (`said`, in order) as the
+    fork's own; a reply's memories become the fork's copies of them. The messages `said`
+    withdraws from recall are withdrawn in the fork too, for the original's memory that was
+    forgotten."""
     message_ids: dict[UUID, UUID] = {}
     for event in said:
         kind = type(event)
@@ -69,7 +70,17 @@ def copy_conversation(
             continue
         origin = _origin(event.originator_id, "message_id", event.message_id)
         message_ids[event.message_id] = uuid4()
-        if kind is Instance.MessageRecorded:
+        if kind is Instance.ToolResultRecorded:
+            fork.record_tool_result(
+                message_ids[event.message_id],
+                message_ids.get(event.in_reply_to, event.in_reply_to),
+                event.tool_call_id,
+                event.name,
+                event.content,
+                actor,
+                forked_from=origin,
+            )
+        elif kind is Instance.MessageRecorded:
             fork.record_message(
                 message_ids[event.message_id],
                 event.role,
@@ -96,6 +107,7 @@ def copy_conversation(
                 forked_from=origin,
                 name=speaker_of(event),
                 lore_used=getattr(event, "lore_used", None),
+                tool_calls=getattr(event, "tool_calls", None),
             )
 
 

@@ -3,6 +3,7 @@ and memory, plus the name index that keeps instance names unique within a tenant
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, ClassVar, cast
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -21,6 +22,7 @@ class Instance(Aggregate):
     MemoryRewritten: ClassVar[type[DomainEvent]]
     MessageRecorded: ClassVar[type[DomainEvent]]
     ReplyRecorded: ClassVar[type[DomainEvent]]
+    ToolResultRecorded: ClassVar[type[DomainEvent]]
     ReplyFailed: ClassVar[type[DomainEvent]]
     MessagesWithdrawnFromRecall: ClassVar[type[DomainEvent]]
     VoiceChanged: ClassVar[type[DomainEvent]]
@@ -30,6 +32,11 @@ class Instance(Aggregate):
     voice: dict[str, Any] | None = None
     # The user's name in this instance's chats (a card's {{user}}); None: "User".
     user_name: str | None = None
+    # The tool results recorded in the latest turn that had any: the user's message they follow
+    # and their `tool_call_id`s (None for a legacy function's result, which has no id). State
+    # from before tool results were recorded has none.
+    tool_turn: UUID | None = None
+    tool_call_ids: Sequence[str | None] = ()
 
     @event("Created")
     def __init__(
@@ -129,13 +136,54 @@ class Instance(Aggregate):
         forked_from: dict[str, str] | None = None,
         name: str | None = None,
         lore_used: list[str] | None = None,
+        tool_calls: list[dict[str, Any]] | None = None,
     ) -> None:
         """The character's reply, with what the audit needs to say why it said it: the model,
         its usage and latency, the memories in the prompt and a hash of the exact prompt.
         `name`: the instance's name when it replied (events from before it have none).
         `lore_used`: the lorebook entries in the prompt, `<lorebook id>:<entry id>` (events
-        from before lorebooks have none)."""
+        from before lorebooks have none). `tool_calls`: the tools the model called, in
+        OpenAI's shape `{id, type, function: {name, arguments}}` (events from before they were
+        kept have none; their content says the calls in words)."""
         self.message_count += 1
+
+    @event("ToolResultRecorded")
+    def record_tool_result(
+        self,
+        message_id: UUID,
+        in_reply_to: UUID,
+        tool_call_id: str | None,
+        name: str | None,
+        content: str,
+        actor: Actor,
+        forked_from: dict[str, str] | None = None,
+    ) -> None:
+        """A tool's result that the client sent back for a call the character's reply made,
+        in the turn that answers the user's message `in_reply_to`. `tool_call_id` names the
+        call (None: a legacy function's result); `name` is the function's. Part of the
+        conversation, not of what is recalled: no memory is formed from it."""
+        if in_reply_to != self.tool_turn:
+            self.tool_turn, self.tool_call_ids = in_reply_to, ()
+        self.tool_call_ids = [*self.tool_call_ids, tool_call_id]
+
+    def unrecorded_tool_results(self, in_reply_to: UUID, ids: Sequence[str | None]) -> list[int]:
+        """Which of a turn's tool results, by their `tool_call_id`s, are not recorded yet: their
+        indexes in `ids`. A legacy function's result has no id (None): those are told apart by
+        their order, the first ones being the recorded ones."""
+        recorded = list(self.tool_call_ids) if in_reply_to == self.tool_turn else []
+        seen = {call_id for call_id in recorded if call_id is not None}
+        functions = recorded.count(None)
+        new = []
+        for i, call_id in enumerate(ids):
+            if call_id is None:
+                if functions:
+                    functions -= 1
+                else:
+                    new.append(i)
+            elif call_id not in seen:
+                seen.add(call_id)
+                new.append(i)
+        return new
 
     @event("ReplyFailed")
     def record_failure(self, in_reply_to: UUID, status: int, error: str, actor: Actor) -> None:

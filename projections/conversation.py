@@ -1,5 +1,6 @@
 """The conversation read model: each instance's messages in order, imported turns and chat turns
-alike. It embeds nothing, so it keeps up with the log however far the memory index lags."""
+alike, with the tool results a client sent back. It embeds nothing, so it keeps up with the log
+however far the memory index lags."""
 
 from __future__ import annotations
 
@@ -29,9 +30,11 @@ _Row = tuple[str, str, str, str, str, str, int, str, str | None]
 class Message:
     id: UUID
     instance_id: UUID
-    role: str  # "user", "assistant" or "system"
+    role: str  # "user", "assistant", "system", or "tool" (a tool's result)
     content: str
-    metadata: dict[str, Any]  # as recorded; a reply's holds its model
+    # As recorded; a reply's holds its model (and its `tool_calls`), a tool result its
+    # `tool_call_id`.
+    metadata: dict[str, Any]
     sent_at: datetime  # when it was said (a reply: when it was recorded)
     position: int  # its event's in the log
     name: str | None  # who said it, when known
@@ -101,7 +104,14 @@ def _said(event: Any, position: int) -> _Row:
 
 
 def _replied(event: Any, position: int) -> _Row:
-    return _row(event, "assistant", {"model": event.model}, event.timestamp, position)
+    calls = getattr(event, "tool_calls", None)  # events from before they were kept have none
+    metadata = {"model": event.model, **({"tool_calls": calls} if calls else {})}
+    return _row(event, "assistant", metadata, event.timestamp, position)
+
+
+def _tool_result(event: Any, position: int) -> _Row:
+    metadata = {} if event.tool_call_id is None else {"tool_call_id": event.tool_call_id}
+    return _row(event, "tool", metadata, event.timestamp, position)
 
 
 def _row(event: Any, role: str, metadata: dict[str, Any], sent_at: datetime, position: int) -> _Row:
@@ -121,6 +131,7 @@ def _row(event: Any, role: str, metadata: dict[str, Any], sent_at: datetime, pos
 _MESSAGES: dict[type, Callable[[Any, int], _Row]] = {
     Instance.MessageRecorded: _said,
     Instance.ReplyRecorded: _replied,
+    Instance.ToolResultRecorded: _tool_result,
 }
 
 

@@ -23,6 +23,7 @@ from alma.domain import (
     NameTaken,
     NewMessage,
     NotFound,
+    ToolResult,
     VersionConflict,
 )
 from alma.domain.rules import bad_character
@@ -177,6 +178,48 @@ def test_long_histories_load_from_snapshots(services: Services, actor: Actor) ->
     assert snapshot_versions == [50, 100]
     assert app.instance("acme", instance.id).memory == "m119"
     assert app.instance("acme", instance.id, version=75).memory == "m73"
+
+
+def test_a_turn_s_tool_results_are_recorded_once_by_any_process_and_after_a_snapshot(
+    services: Services, actor: Actor
+) -> None:
+    first = services.app
+    env = services.settings.event_store_env("events")
+    second = Alma(env, keys=open_keys)
+    try:
+        character = first.create_character("acme", {"name": "Lola", "description": ""}, actor)
+        instance = first.create_instance("acme", character.id, "Lolita", "", actor)
+        asked = first.record_message("acme", instance.id, "¿Qué tiempo hace?", actor)
+        sunny = ToolResult("call_0", "weather", "sunny")
+        noon = ToolResult(None, "clock", "noon")  # a legacy function's: no id
+        assert len(first.record_tool_results("acme", instance.id, asked, [sunny], actor)) == 1
+        assert second.record_tool_results("acme", instance.id, asked, [sunny], actor) == []
+        assert (
+            len(second.record_tool_results("acme", instance.id, asked, [sunny, noon], actor)) == 1
+        )
+        # The first process's copy is behind the store: its save loses and is tried again.
+        assert first.record_tool_results("acme", instance.id, asked, [sunny, noon], actor) == []
+        for n in range(50):
+            first.edit_instance("acme", instance.id, actor, memory=f"m{n}")
+        assert first.snapshots is not None and list(first.snapshots.get(instance.id))
+        third = Alma(env, keys=open_keys)  # nothing cached: the instance loads from its snapshot
+        try:
+            again = [sunny, noon, sunny]
+            assert third.record_tool_results("acme", instance.id, asked, again, actor) == []
+            later = third.record_message("acme", instance.id, "¿Y mañana?", actor)
+            # Another turn: the same id (some servers number calls from call_0 every time) is new.
+            assert len(third.record_tool_results("acme", instance.id, later, again, actor)) == 2
+        finally:
+            third.close()
+    finally:
+        second.close()
+    recorded = [e for e in first.events.get(instance.id) if type(e) is Instance.ToolResultRecorded]
+    assert [(e.in_reply_to, e.tool_call_id) for e in recorded] == [
+        (asked, "call_0"),
+        (asked, None),
+        (later, "call_0"),
+        (later, None),
+    ]
 
 
 def test_two_processes_writing_one_instance_lose_nothing_and_honour_if_match(

@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from alma.settings import Settings
-from tests.conftest import Api, running_api, stubbed_model
+from tests.conftest import Api, make_character, make_instance, running_api, search, stubbed_model
 from tests.openai_stub import OpenAIStub, Reply
 from tests.test_chat import _events, _sdk, _world
 
@@ -208,6 +208,114 @@ def test_tools_go_to_the_model_with_the_character_and_the_results_continue_the_t
     assert {r["data"]["in_reply_to"] for r in replies} == {messages[0]["data"]["message_id"]}
 
 
+def test_a_tool_round_trip_is_recorded_once_however_often_the_history_comes_back(
+    chat_api: Api, openai_stub: OpenAIStub
+) -> None:
+    _, instance = _world(chat_api)
+    sdk = _sdk(chat_api, chat_api.acme)
+    question = _user("¿Qué tiempo hace en Lisboa?")
+    call = Reply("", "tool_calls", tool_calls=(("weather", '{"city": "Lisboa"}'),))
+    openai_stub.script(call, Reply("Hace sol, mi niña."), Reply("Sí, con sol."))
+    openai_stub.script(Reply("Lucía vuelve el lunes."), Reply("Tizón duerme."))
+    asked = _ask(sdk, instance, question, tools=[WEATHER]).choices[0].message
+    result = {"role": "tool", "tool_call_id": "call_0", "content": "sunny, 24 °C"}
+    history = [question, asked.model_dump(exclude_none=True), result]
+    answered = _ask(sdk, instance, *history, tools=[WEATHER]).choices[0].message
+    _ask(sdk, instance, *history, tools=[WEATHER])  # the client retries the same request
+    history.append({"role": "assistant", "content": answered.content})
+    for text in ("¿Y Lucía?", "¿Y Tizón?"):  # every request resends the whole history
+        history.append(_user(text))
+        said = _ask(sdk, instance, *history).choices[0].message.content
+        history.append({"role": "assistant", "content": said})
+
+    [recorded] = _events(chat_api, instance, "ToolResultRecorded")
+    question_id = _events(chat_api, instance, "MessageRecorded")[0]["data"]["message_id"]
+    assert {k: recorded["data"][k] for k in ("tool_call_id", "name", "content", "in_reply_to")} == {
+        "tool_call_id": "call_0",
+        "name": "weather",  # the function of the call it answers
+        "content": "sunny, 24 °C",
+        "in_reply_to": question_id,
+    }
+    replies = _events(chat_api, instance, "ReplyRecorded")
+    assert [r["data"]["tool_calls"] for r in replies] == [call.calls(), [], [], [], []]
+    assert replies[0]["version"] < recorded["version"] < replies[1]["version"]
+    assert [m["role"] for m in _listed(chat_api, instance)] == [
+        "user", "assistant", "tool", "assistant", "assistant", "user", "assistant", "user",
+        "assistant",
+    ]  # fmt: skip
+    listed_call, listed_result = _listed(chat_api, instance)[1:3]
+    assert listed_call["metadata"]["tool_calls"] == call.calls()
+    assert (listed_result["content"], listed_result["name"], listed_result["metadata"]) == (
+        "sunny, 24 °C",
+        "weather",
+        {"tool_call_id": "call_0"},
+    )
+    chat_file = chat_api.client.get(
+        f"/v1/instances/{instance}/messages",
+        params={"format": "sillytavern"},
+        headers=chat_api.acme,
+    ).text.splitlines()
+    assert len(chat_file) == 1 + 8 and "sunny" not in "".join(chat_file)  # no place for it there
+    # Not a memory: searching finds what was said, not the tool's output.
+    assert not [hit for hit in search(chat_api, instance, "sunny 24 °C") if "sunny" in hit["text"]]
+
+    fork = chat_api.client.post(
+        f"/v1/instances/{instance}/fork", json={"name": "Rosa bis"}, headers=chat_api.acme
+    ).json()
+    [copied] = _events(chat_api, fork["id"], "ToolResultRecorded")
+    assert copied["data"]["forked_from"]["message_id"] == recorded["data"]["message_id"]
+    [first, *_] = _events(chat_api, fork["id"], "MessageRecorded")
+    assert copied["data"]["in_reply_to"] == first["data"]["message_id"]
+
+
+def test_a_legacy_function_s_results_are_recorded_by_their_order(
+    chat_api: Api, openai_stub: OpenAIStub
+) -> None:
+    _, instance = _world(chat_api)
+    sdk = _sdk(chat_api, chat_api.acme)
+    exchange: list[dict[str, Any]] = [_user("¿Qué tiempo hace hoy y mañana?")]
+    for day in ("hoy", "mañana"):
+        called = {"name": "weather", "arguments": json.dumps({"day": day})}
+        exchange.append({"role": "assistant", "content": None, "function_call": called})
+        exchange.append({"role": "function", "name": "weather", "content": "sunny"})
+        _ask(sdk, instance, *exchange)
+    _ask(sdk, instance, *exchange)  # sent again: nothing new
+    recorded = _events(chat_api, instance, "ToolResultRecorded")
+    assert [(r["data"]["tool_call_id"], r["data"]["content"]) for r in recorded] == [
+        (None, "sunny"),
+        (None, "sunny"),
+    ]
+
+
+def test_a_tool_result_without_the_call_it_answers_is_refused_writing_nothing(
+    chat_api: Api, openai_stub: OpenAIStub
+) -> None:
+    _, instance = _world(chat_api)
+    calls = Reply(tool_calls=(("weather", "{}"),)).calls()
+    called = {"role": "assistant", "content": None, "tool_calls": calls}
+    long = "x" * 100_001
+    before = chat_api.written()
+    for result, param in (
+        ({"role": "tool", "content": "sunny"}, "tool_call_id"),
+        ({"role": "tool", "tool_call_id": " ", "content": "sunny"}, "tool_call_id"),
+        ({"role": "tool", "tool_call_id": "call_0", "content": long}, "content"),
+    ):
+        with pytest.raises(openai.UnprocessableEntityError) as refused:
+            _ask(_sdk(chat_api, chat_api.acme), instance, _user("¿Y el tiempo?"), called, result)
+        assert refused.value.param == f"messages[2].{param}"
+    odd = {"role": "assistant", "content": None, "tool_calls": [{"id": [1], "function": "w"}, 5]}
+    with pytest.raises(openai.UnprocessableEntityError) as refused:
+        _ask(_sdk(chat_api, chat_api.acme), instance, _user("¿Y?"), odd, {"role": "tool"})
+    assert refused.value.param == "messages[2].tool_call_id"  # odd calls: a 422, not a 500
+    assert (chat_api.written(), openai_stub.requests) == (before, [])
+
+
+def _listed(api: Api, instance: str) -> list[dict[str, Any]]:
+    response = api.client.get(f"/v1/instances/{instance}/messages", headers=api.acme)
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
 def test_streamed_tool_calls_come_back_in_openai_s_shape(
     chat_api: Api, openai_stub: OpenAIStub
 ) -> None:
@@ -364,6 +472,48 @@ def test_a_legacy_completion_is_a_turn_streaming_and_not(
         sdk.completions.create(model=instance, prompt=["Hola", "Adiós"])
     assert (many.value.param or "").startswith("prompt")
     assert chat_api.written() == before
+
+
+class Person(BaseModel):
+    name: str
+    age: int
+
+
+@pytest.mark.slow
+def test_the_packaged_smollm2_keeps_to_a_json_schema_and_to_json(settings: Settings) -> None:
+    """llama.cpp turns `response_format` into a grammar: the reply is JSON whatever the model
+    would have written."""
+    with running_api(settings.model_copy(update={"local_model": "smollm2-135m"})) as api:
+        character, instance = _world(api)
+        sdk = _sdk(api, api.acme)
+        question = _user("Who are you, and how old are you?")
+        twin = str(make_instance(api, character, name="Rosa bis")["id"])  # no turns of its own
+        free = _ask(sdk, twin, question, temperature=0).choices[0].message.content or ""
+        with pytest.raises(ValidationError):  # on its own, SmolLM2 answers in prose
+            Person.model_validate_json(free)
+        parsed = sdk.chat.completions.parse(
+            model=instance, messages=[question], response_format=Person, temperature=0
+        )
+        assert isinstance(parsed.choices[0].message.parsed, Person)  # the SDK validated it
+
+        schema = Person.model_json_schema()
+        shaped = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema}}
+        asked = _user("¿Quién eres y cuántos años tienes?")
+        stream = _ask(sdk, instance, asked, response_format=shaped, temperature=0, stream=True)
+        streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        Person.model_validate_json(streamed)  # raises unless it keeps to the schema
+
+        character = make_character(api, name="Doña Elena")
+        plain = str(make_instance(api, character["id"], name="Elena")["id"])
+        json_object = {"type": "json_object"}
+        hello = _user("Hello! How old are you?")
+        answer = _ask(
+            sdk, plain, hello, response_format=json_object, temperature=0, max_tokens=120
+        ).choices[0]
+        # A bare JSON object has no end a small model must reach: it may run to max_tokens.
+        assert (answer.message.content or "").startswith("{")
+        if answer.finish_reason == "stop":
+            assert isinstance(json.loads(answer.message.content or ""), dict)
 
 
 @pytest.fixture
