@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from alma.chat.lore import Book, activate
-from alma.chat.lore_meaning import MIN_SCORE, Meaning
 from alma.domain.lorebook import BOOK_DEFAULTS, ENTRY_DEFAULTS
 from alma.embeddings import MULTILINGUAL_MODEL, PACKAGED_MODEL, Embedder
 from alma.llm import tokens
+from alma.projections.lore_meaning import MIN_SCORE, Meaning
 
 TARGET_P95_MS = 3.0
 RUNS = 500

@@ -6,8 +6,8 @@ keys and `selective` activates by its logic (AND ANY, AND ALL, NOT ANY, NOT ALL)
 entry is always in; each book scans its own depth (an entry may scan its own) and fills its
 token budget with constant entries first, then by priority (the insertion order when it has
 none), each whole, up to the first that does not fit. Beyond SillyTavern's keys, a `vectorized`
-entry may also be called up by meaning (chat/lore_meaning.py): of a book's vectorized entries,
-the one the new message is most about, when it is close enough.
+entry may also be called up by meaning (projections/lore_meaning.py): of a book's vectorized
+entries, the one the new message is most about, when it is close enough.
 """
 
 from __future__ import annotations

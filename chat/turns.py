@@ -22,13 +22,13 @@ import httpx
 from alma import metrics
 from alma.chat import history as chat_history
 from alma.chat.lore import Book, activate
-from alma.chat.lore_meaning import Meaning
 from alma.chat.prompt import LoreEntry, Persona, Prompt, Recollection, Turn, build_prompt
 from alma.domain import Actor, Alma, Instance, InvalidInput, Reply, ToolResult
 from alma.domain.rules import valid_message
 from alma.llm import tokens
 from alma.llm.client import Completion, ModelClient, ModelError, Sampling
 from alma.projections import Hit, MemoryIndex
+from alma.projections.lore_meaning import Meaning
 
 log = logging.getLogger(__name__)
 # A client's resent history is matched to at most this many of the instance's recorded turns.
