@@ -46,12 +46,14 @@ BACKGROUND = (
 # wrong), 2 of 10 in Spanish (3 of 15 wrong). A model not measured takes MiniLM's.
 MIN_SCORE = {PACKAGED_MODEL: 0.45, MULTILINGUAL_MODEL: 0.35}
 _KEPT = 20_000  # entry vectors kept, by text
+_MATRICES_KEPT = 64  # the stacked vectors of recent sets of entries (a book's, as it is now)
 
 
 class Meaning:
     """The embedded, centred vectors of entries' content, kept by text across turns (an entry
-    is embedded once, again only when its content changes), and the background they are centred
-    on. Thread-safe."""
+    is embedded once, again only when its content changes) and stacked by set of texts (a turn
+    takes one product with a book's matrix), and the background they are centred on.
+    Thread-safe."""
 
     def __init__(self, embedder: Embedder) -> None:
         self.embedder = embedder
@@ -59,9 +61,22 @@ class Meaning:
         self._lock = threading.Lock()
         self._background: np.ndarray | None = None
         self._vectors: dict[str, np.ndarray] = {}
+        self._matrices: dict[tuple[str, ...], np.ndarray] = {}
 
     def scores(self, query: Sequence[float], texts: Sequence[str]) -> list[float]:
         """How close in meaning each text is to the query (its vector, embedded as a query)."""
+        key = tuple(texts)
+        matrix = self._matrices.get(key)
+        if matrix is None:
+            matrix = self._stacked(texts)
+            with self._lock:
+                if len(self._matrices) >= _MATRICES_KEPT:
+                    self._matrices.clear()
+                self._matrices[key] = matrix
+        scores: list[float] = (matrix @ self._centred(query)).tolist()
+        return scores
+
+    def _stacked(self, texts: Sequence[str]) -> np.ndarray:
         with self._lock:
             found = {t: self._vectors[t] for t in texts if t in self._vectors}
         missing = [t for t in dict.fromkeys(texts) if t not in found]
@@ -73,8 +88,7 @@ class Meaning:
                 if len(self._vectors) + len(fresh) > _KEPT:
                     self._vectors.clear()
                 self._vectors.update(fresh)
-        scores: list[float] = (np.stack([found[t] for t in texts]) @ self._centred(query)).tolist()
-        return scores
+        return np.stack([found[t] for t in texts])
 
     def _centred(self, vector: Sequence[float]) -> np.ndarray:
         if self._background is None:
