@@ -57,6 +57,17 @@ MEMORIES_BEHIND = Counter(
     "Chat turns answered before the memory index held the instance's latest write "
     "(ALMA_CHAT_MEMORY_WAIT_S passed)",
 )
+MEMORY_EXTRACTIONS_DROPPED = Counter(
+    "alma_memory_extractions_dropped_total",
+    "Answers of the memory process's model dropped whole, nothing of them written: empty, not "
+    "JSON, the wrong shape, too many operations, or the model refused the request",
+    ["reason"],
+)
+MEMORY_FORMATION_DEFERRED = Counter(
+    "alma_memory_formation_deferred_total",
+    "Times the memory process gave the local model up to a chat, or found chats using it, and "
+    "tried its window again later",
+)
 
 
 _model = {"state": "unknown"}

@@ -80,10 +80,10 @@ class Settings(BaseSettings):
         default=True,
         description="an OpenAI client's system messages enter the prompt after the persona",
     )
-    memory_formation: bool | None = Field(
-        default=None,
-        description="turn conversations into memories and rolling summaries after each turn; "
-        "unset = on with OPENAI_API_KEY or OPENAI_BASE_URL, off with the local model",
+    memory_formation: bool = Field(
+        default=True,
+        description="turn conversations into memories after each turn (and rolling summaries, "
+        "with a hosted model); the local model's runs after chats and gives way to them",
     )
     memory_model: str | None = Field(
         default=None, description="the model that forms memories; unset = ALMA_CHAT_MODEL"

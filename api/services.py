@@ -70,7 +70,7 @@ class Services:
     conversation: Follower
     memory_audit: Follower
     skips: Skips  # events the projections could not apply and went on without
-    formation: Follower | None = None  # the memory process, when ALMA_MEMORY_FORMATION is on
+    formation: Follower | None = None  # the memory process, unless ALMA_MEMORY_FORMATION=false
     breaker: DatabaseBreaker | None = None  # on PostgreSQL: 503 at once while it is down
     _model: ModelClient | None = None
     _memory_model: ModelClient | None = None
@@ -120,15 +120,19 @@ class Services:
 
     def _memory_model_client(self) -> ModelClient:
         """The model that forms memories: the chat model unless ALMA_MEMORY_MODEL names
-        another one on the same server (the local backend has only its own)."""
+        another one on the same server. The local backend has only its own, which memory
+        formation reaches as background work: after chats, giving way to them."""
         name = self.settings.memory_model
-        if name is None or name == self.settings.chat_model or not _remote(self.settings):
-            return self._model_client()
+        if _remote(self.settings):
+            if name is None or name == self.settings.chat_model:
+                return self._model_client()
+            settings, background = self.settings.model_copy(update={"chat_model": name}), False
+        else:
+            self._model_client()  # the local model started, or why it cannot (503)
+            settings, background = self.settings, True
         with self._model_lock:
             if self._memory_model is None:
-                self._memory_model = build_model(
-                    self.settings.model_copy(update={"chat_model": name})
-                )
+                self._memory_model = build_model(settings, background)
             return self._memory_model
 
     def speech(self) -> Speech:
@@ -229,7 +233,8 @@ def model_context(settings: Settings) -> int:
     return int(settings.local_context_window / TOKENIZER_MARGIN)
 
 
-def build_model(settings: Settings) -> ModelClient:
+def build_model(settings: Settings, background: bool = False) -> ModelClient:
+    """The chat model's client; `background`: the local model's for background work."""
     if _remote(settings):
         # A server of one's own (Ollama, vLLM) may need no key; the SDK insists on one.
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "none"
@@ -248,6 +253,7 @@ def build_model(settings: Settings) -> ModelClient:
         context_window=model_context(settings),
         queue_timeout_s=settings.local_queue_timeout_s,
         cache_dir=settings.model_cache(),
+        background=background,
     )
 
 
@@ -284,8 +290,7 @@ def _services(settings: Settings) -> Services:
     env = settings.event_store_env("events")
     if "POSTGRES_HOST" in env:
         services.breaker = DatabaseBreaker(env)
-    forming = settings.memory_formation
-    if forming if forming is not None else _remote(settings):
+    if settings.memory_formation:
         formation = MemoryFormation(
             app,
             open_store(settings.event_store_env("formation")),
@@ -293,6 +298,7 @@ def _services(settings: Settings) -> Services:
             services.memory.wait,
             services._memory_model_client,
             settings.summary_every,
+            local=not _remote(settings),
         )
         # No skips: it waits out a model that is down (its errors are no store's), and it
         # writes events, so no rebuild could clear one.

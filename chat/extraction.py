@@ -1,18 +1,24 @@
 """What the memory process asks the model, and how it reads the answers strictly: memory
-operations (add, revise, forget) from a stretch of conversation, and rolling summaries."""
+operations (add, revise, forget) from a stretch of conversation, and rolling summaries.
+
+A hosted model gets the whole task (`facts_prompt`). The local model, a 1.5B, gets a smaller one
+it can do (`fact_list_prompt`): list the new facts, shown how by examples, its answer held to a
+JSON schema by llama.cpp's grammar (`fact_list_format`), so it is always a list of facts."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, replace
 from typing import Any
 
 from alma.domain import InvalidInput
 from alma.domain.rules import valid_importance, valid_snippet
+from alma.language import guess_language
 from alma.llm import tokens
-from alma.llm.client import Messages
+from alma.llm.client import Messages, Sampling
+from alma.projections.ranking import fold
 
 MAX_OPERATIONS = 50
 FACTS_MAX_TOKENS = 800
@@ -51,8 +57,64 @@ language of the conversation (Spanish stays Spanish, English stays English). The
 summary is there for context only: summarise the new stretch. Answer with the summary alone."""
 
 
+FACT_LIST_MAX_TOKENS = 300
+FACT_LIST_MAX = 6  # notes in one answer
+FACT_MAX_CHARS = 160
+# What a note is about. The model labels every sentence, small talk too, rather than leaving
+# some out: a 1.5B labels far better than it omits. Small talk is then dropped here.
+KINDS = ("small talk", "person", "work", "home", "pet", "health", "date", "plan", "taste")
+SMALL_TALK = "small talk"
+_LANGUAGES = {"es": "Spanish", "en": "English"}
+
+FACT_LIST_INSTRUCTION = """\
+You take notes about the user of a role-play chat. Note each thing the user says, as one short \
+sentence in the user's language (Spanish notes for Spanish, English notes for English) that \
+starts with whom it is about: "El usuario", "The user" or a person's name, and label it with \
+its kind: "person" (family, friends, partners), "work", "home", "pet", "health", "date" \
+(birthdays, anniversaries), "plan", "taste" (likes and dislikes), or "small talk" (greetings, \
+the weather, questions, how they feel right now). Answer with a JSON list of notes."""
+
+# Shown to the local model as earlier requests and its answers: it follows examples better than
+# rules. Whom the user spoke to, in which language, what they said, and the notes.
+FACT_LIST_EXAMPLES: tuple[tuple[str, str, str, list[tuple[str, str]]], ...] = (
+    (
+        "Rosa",
+        "es",
+        "Buenos días, Rosa, ¿qué tal la mañana?\n"
+        "Mi padre Antonio es panadero en Écija y el domingo cumple setenta años.",
+        [
+            ("small talk", "El usuario saluda"),
+            ("person", "El padre del usuario, Antonio, es panadero en Écija"),
+            ("date", "Antonio, el padre del usuario, cumple setenta años el domingo"),
+        ],
+    ),
+    (
+        "Ellie",
+        "en",
+        "Morning, Ellie! Cold out there.\n"
+        "I work night shifts as a nurse, and I'm terrified of dogs.",
+        [
+            ("small talk", "The user says it is cold"),
+            ("work", "The user works night shifts as a nurse"),
+            ("taste", "The user is terrified of dogs"),
+        ],
+    ),
+    (
+        "Jules",
+        "en",
+        "Hi Jules! How are you? Sunny day, isn't it?",
+        [("small talk", "The user says hi")],
+    ),
+)
+
+
 class Malformed(ValueError):
-    """The model's answer is not what was asked for; nothing of it is used."""
+    """The model's answer is not what was asked for; nothing of it is used. `reason` names how,
+    for the metrics: empty, not_json, wrong_shape, too_many."""
+
+    def __init__(self, message: str, reason: str = "wrong_shape") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -96,6 +158,45 @@ _KEYS = {
 }
 
 
+@dataclass(frozen=True)
+class Extraction:
+    """One request for memory operations: what the model is sent, and how its answer is read
+    (`read` gives the operations and how many were refused, or raises `Malformed`)."""
+
+    messages: Messages
+    max_tokens: int
+    sampling: Sampling | None
+    read: Callable[[str], tuple[list[Operation], int]]
+
+
+def operations_extraction(
+    name: str, memories: Sequence[tuple[str, str]], conversation: Sequence[Line], window: int
+) -> Extraction:
+    """A hosted model's: add, revise or forget, with the memories it may revise or forget."""
+    speakers = {line.name for line in conversation if line.name}
+    return Extraction(
+        facts_prompt(name, memories, conversation, window),
+        FACTS_MAX_TOKENS,
+        None,
+        lambda answer: read_operations(answer, {i for i, _ in memories}, speakers),
+    )
+
+
+def fact_list_extraction(name: str, conversation: Sequence[Line], window: int) -> Extraction | None:
+    """The local model's: the lasting facts in what the user said (the character's words are
+    left out: in a live chat the local model wrote them itself, and read back they turned into
+    facts of small talk), its answer held to `fact_list_format`. None: the user said nothing."""
+    said = [line for line in conversation if line.role == "user"]
+    if not said:
+        return None
+    return Extraction(
+        fact_list_prompt(name, said, window),
+        FACT_LIST_MAX_TOKENS,
+        {"response_format": fact_list_format()},
+        lambda answer: read_fact_list(answer, _speaker(said)),
+    )
+
+
 def facts_prompt(
     name: str,
     memories: Sequence[tuple[str, str]],
@@ -114,6 +215,71 @@ def facts_prompt(
             f"New conversation:\n{_transcript(name, conversation, room * 2 // 3)}",
         },
     ]
+
+
+def fact_list_prompt(name: str, said: Sequence[Line], context_window: int) -> Messages:
+    """The local model's task: notes on what the user `said` to `name`, after worked examples.
+    The instructions and examples come first and never change, so llama.cpp reuses what it read
+    of them."""
+    shown: list[dict[str, str]] = [{"role": "system", "content": FACT_LIST_INSTRUCTION}]
+    for character, language, words, notes in FACT_LIST_EXAMPLES:
+        answer = [{"kind": kind, "text": text} for kind, text in notes]
+        shown += [
+            {"role": "user", "content": f"{_who(None, character, language)}:\n{words}"},
+            {"role": "assistant", "content": json.dumps(answer, ensure_ascii=False)},
+        ]
+    room = max(200, context_window - FACT_LIST_MAX_TOKENS - tokens.count_messages(shown) - 20)
+    each = max(20, room // max(1, len(said)))
+    words = "\n".join(_oneline(tokens.truncate(line.content, each)) for line in said)
+    who = _who(_speaker(said), name, guess_language(words, ""))
+    return [*shown, {"role": "user", "content": f"{who}:\n{words}"}]
+
+
+def fact_list_format() -> dict[str, Any]:
+    """OpenAI's `response_format` that llama.cpp turns into a grammar: a short list of short
+    notes, each labelled with one of `KINDS` before it is written."""
+    note = {
+        "type": "object",
+        "properties": {
+            "kind": {"enum": list(KINDS)},
+            "text": {"type": "string", "minLength": 1, "maxLength": FACT_MAX_CHARS},
+        },
+        "required": ["kind", "text"],
+        "additionalProperties": False,
+    }
+    schema = {"type": "array", "items": note, "maxItems": FACT_LIST_MAX}
+    return {"type": "json_schema", "json_schema": {"name": "notes", "schema": schema}}
+
+
+def read_fact_list(answer: str, speaker: str | None = None) -> tuple[list[Operation], int]:
+    """The local model's notes but small talk, each once, as `add` operations of `speaker` (the
+    user's name, if any), checked as `read_operations` checks them."""
+    items = _json_array(answer)
+    for item in items:
+        if not (isinstance(item, dict) and set(item) == {"kind", "text"}):
+            raise Malformed("a note is not an object with a kind and a text")
+        if item["kind"] not in KINDS:
+            raise Malformed("a note's kind is not one of those asked for")
+    speakers = {speaker} if speaker else set()
+    facts: dict[str, dict[str, Any]] = {}  # by their folded text: a note said twice is one
+    for item in items:
+        if item["kind"] != SMALL_TALK:
+            text = item["text"]
+            facts.setdefault(fold(str(text)), {"op": "add", "text": text, "speaker": speaker})
+    return _checked(list(facts.values()), set(), speakers)
+
+
+def _who(user: str | None, character: str, language: str) -> str:
+    """Who said what follows, to whom, and in which language when it shows: a 1.5B told none
+    of it wrote a Spanish speaker's notes in English, and took "Rosa, ..." for the user's name."""
+    said = f"{user} (the user) said to {character}" if user else f"The user said to {character}"
+    return f"{said}, in {_LANGUAGES[language]}" if language in _LANGUAGES else said
+
+
+def _speaker(said: Sequence[Line]) -> str | None:
+    """The user's name, when all of `said` is one person's."""
+    names = {line.name for line in said}
+    return names.pop() if len(names) == 1 else None
 
 
 def summary_prompt(
@@ -138,7 +304,12 @@ def read_operations(
     a memory that was not offered, or a text the memory rules refuse. A speaker that is not one
     of `speakers` (the conversation's names) is left out, the fact kept. An answer that is not a
     JSON array of well-formed operations raises `Malformed`."""
-    items = _json_array(answer)
+    return _checked(_json_array(answer), offered, speakers)
+
+
+def _checked(
+    items: list[Any], offered: set[str], speakers: Set[str]
+) -> tuple[list[Operation], int]:
     operations: list[Operation] = []
     refused = 0
     for item in items:
@@ -163,24 +334,27 @@ def read_summary(answer: str) -> str:
     try:
         return valid_snippet(answer.strip())
     except InvalidInput as error:
-        raise Malformed(f"the summary is unusable: {error}") from None
+        reason = "wrong_shape" if answer.strip() else "empty"
+        raise Malformed(f"the summary is unusable: {error}", reason) from None
 
 
 def _json_array(answer: str) -> list[Any]:
     text = answer.strip()
+    if not text:
+        raise Malformed("the answer is empty", "empty")
     fenced = _FENCED.fullmatch(text)
     if fenced:
         text = fenced[1]
     try:
         data = json.loads(text)
     except ValueError:
-        raise Malformed("the answer is not JSON") from None
+        raise Malformed("the answer is not JSON", "not_json") from None
     if isinstance(data, dict) and set(data) == {"operations"}:
         data = data["operations"]  # what models in JSON-object mode tend to send
     if not isinstance(data, list):
         raise Malformed("the answer is not a JSON array")
     if len(data) > MAX_OPERATIONS:
-        raise Malformed(f"more than {MAX_OPERATIONS} operations")
+        raise Malformed(f"more than {MAX_OPERATIONS} operations", "too_many")
     return data
 
 

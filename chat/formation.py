@@ -3,12 +3,14 @@
 After each completed turn (a reply recorded for a user's message), and after every
 `IMPORT_WINDOW` imported messages with no reply, it shows the model the new messages and the
 instance's most similar memories and asks for operations (add, revise, forget); every
-`summary_every` messages it also asks for a summary of them. It carries them out as ordinary
-memory commands whose actor is the memory process (`key_id` "memory-process", the turn's
-request id) and whose `source` names the messages, so they show in the audit and a person can
-undo them with an ordinary edit. It runs in a follower thread, never inside a request. It
-follows the log with the projections' `Follower` but is no read model: it asks the model and
-issues commands, so it lives beside the chat turn.
+`summary_every` messages it also asks for a summary of them. The local model is asked less (the
+new facts in what the user said, its answer held to a JSON schema), and only when no chat wants
+it: a chat arriving takes it over, and the window waits (`Later`). The operations are carried
+out as ordinary memory commands whose actor is the memory process (`key_id` "memory-process",
+the turn's request id) and whose `source` names the messages, so they show in the audit and a
+person can undo them with an ordinary edit. It runs in a follower thread, never inside a
+request. It follows the log with the projections' `Follower` but is no read model: it asks the
+model and issues commands, so it lives beside the chat turn.
 
 Crash safety: the model's validated answer for a window is stored before any command runs, and
 the ids of added memories derive from the window, so a window processed again after a crash
@@ -29,22 +31,23 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.persistence import IntegrityError
 
+from alma import metrics
 from alma.chat.extraction import (
-    FACTS_MAX_TOKENS,
     SUMMARY_MAX_TOKENS,
+    Extraction,
     Line,
     Malformed,
     Operation,
-    facts_prompt,
-    read_operations,
+    fact_list_extraction,
+    operations_extraction,
     read_summary,
     summary_prompt,
 )
 from alma.domain import Actor, Alma, DomainError, Instance, NotFound
 from alma.domain.instance import speaker_of
 from alma.domain.rules import as_utc
-from alma.llm.client import Messages, ModelClient, ModelError
-from alma.projections import MemoryIndex
+from alma.llm.client import Completion, Messages, ModelClient, ModelError, Sampling
+from alma.projections import Later, MemoryIndex
 from alma.stores.sql import SqlStore
 
 log = logging.getLogger(__name__)
@@ -101,13 +104,18 @@ class MemoryFormation:
         index_wait: Callable[[int, float], bool],
         model: Callable[[], ModelClient],
         summary_every: int = 20,
+        local: bool = False,
     ) -> None:
+        """`local`: the model is the local one, asked only for the new facts in what the user
+        said (`fact_list_extraction`), with no rolling summaries: the 20 messages one covers do
+        not fit its context. Its requests give way to chats (llm/turn.py)."""
         self.app = app
         self.store = store
         self.index = index
         self.index_wait = index_wait
         self.model = model
         self.summary_every = summary_every
+        self.local = local
         self.dropped = 0  # answers that were not what was asked for
         self.refused = 0  # operations refused: unknown memories, texts the rules refuse
         older = store.has_table("formation_messages") and not store.has_column(
@@ -228,17 +236,18 @@ class MemoryFormation:
             fresh = [m for m in held if not m.formed]
             if fresh:
                 self._facts(name, fresh, actor)
-            if len(held) >= self.summary_every:
+            if len(held) >= self.summary_every and not self.local:
                 summary_id = self._summary(name, held, actor)
         except NotFound:
             pass  # deleted meanwhile: its Archived event clears what is held
         with self.store.transaction() as cursor:
             scope = (str(instance_id), position)
-            if summary_id is not None:
+            if summary_id is not None or self.local:  # no summary will want them
                 cursor.execute(
                     "DELETE FROM formation_messages WHERE instance_id = %s AND position <= %s",
                     scope,
                 )
+            if summary_id is not None:
                 cursor.execute(
                     "INSERT INTO formation_summaries (instance_id, memory_id) VALUES (%s, %s) "
                     "ON CONFLICT (instance_id) DO UPDATE SET memory_id = excluded.memory_id",
@@ -258,15 +267,14 @@ class MemoryFormation:
         plan_id = f"facts/{fresh[-1].message_id}"
         stored = self._plan(plan_id)
         if stored is None:
-            offered = self._offered(instance_id, fresh)
-            messages = facts_prompt(name, offered, _lines(fresh), self.model().context_window)
-            answer = self._ask(messages, FACTS_MAX_TOKENS)
+            extraction = self._extraction(name, fresh)
+            if extraction is None:
+                return
+            answer = self._ask(extraction.messages, extraction.max_tokens, extraction.sampling)
             if answer is None:
                 return
             try:
-                operations, refused = read_operations(
-                    answer, {i for i, _ in offered}, {m.name for m in fresh if m.name}
-                )
+                operations, refused = extraction.read(answer)
             except Malformed as error:
                 self._drop(instance_id, error)
                 return
@@ -279,6 +287,13 @@ class MemoryFormation:
         for n, operation in enumerate(operations):
             new_id = uuid5(_IDS, f"{plan_id}/{n}")
             self._apply(operation, new_id, instance_id, actor, source, said)
+
+    def _extraction(self, name: str, fresh: list[_Message]) -> Extraction | None:
+        window = self.model().context_window
+        if self.local:
+            return fact_list_extraction(name, _lines(fresh), window)
+        offered = self._offered(fresh[-1].instance_id, fresh)
+        return operations_extraction(name, offered, _lines(fresh), window)
 
     def _apply(
         self,
@@ -367,22 +382,34 @@ class MemoryFormation:
 
     # Helpers
 
-    def _ask(self, messages: Messages, max_tokens: int) -> str | None:
-        """The model's answer; None when it refuses the request for good (a 4xx). Outages
-        raise, so the follower retries the window later."""
+    def _ask(
+        self, messages: Messages, max_tokens: int, sampling: Sampling | None = None
+    ) -> str | None:
+        """The model's answer, streamed so that the local model can be given up to a chat
+        (then `Later`: the window waits); None when the model refuses the request for good (a
+        4xx). Outages raise, so the follower retries the window later."""
         try:
-            return self.model().complete(messages, max_tokens, temperature=0.0).text
+            *_, done = self.model().stream(messages, max_tokens, 0.0, sampling)
         except ModelError as error:
+            if error.code == "chat_model_busy":
+                metrics.MEMORY_FORMATION_DEFERRED.inc()
+                raise Later(error.message) from None
             upstream = error.upstream_status
             if upstream is None or upstream == 429 or upstream >= 500:
                 raise
-            self.dropped += 1
+            self._count_drop("model_refused")
             log.warning("memory formation: the model refused a window: %s", error.message)
             return None
+        assert isinstance(done, Completion)  # a stream ends with its completion
+        return done.text
 
     def _drop(self, instance_id: UUID, error: Malformed) -> None:
-        self.dropped += 1
+        self._count_drop(error.reason)
         log.warning("memory formation dropped the model's answer for %s: %s", instance_id, error)
+
+    def _count_drop(self, reason: str) -> None:
+        self.dropped += 1
+        metrics.MEMORY_EXTRACTIONS_DROPPED.labels(reason).inc()
 
     def _offered(self, instance_id: UUID, fresh: list[_Message]) -> list[tuple[str, str]]:
         """The instance's live memories most similar to the new messages (summaries aside),

@@ -13,7 +13,6 @@ import email.utils
 import math
 import random
 import re
-import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
 from openai.types.completion_usage import CompletionUsage
 
 from alma.llm import tokens
+from alma.llm.turn import Turn
 
 DEFAULT_MODEL = "gpt-3.5-turbo"
 GPT35_CONTEXT_WINDOW = 16385
@@ -118,6 +118,10 @@ class _Malformed(Exception):
     pass
 
 
+class _GaveWay(Exception):
+    pass
+
+
 class OpenAIModel:
     """`ModelClient` over the official `openai` SDK's Chat Completions."""
 
@@ -134,11 +138,12 @@ class OpenAIModel:
         max_wait_s: float = 20.0,
         stream_usage: bool = True,
         sleep: Callable[[float], None] = time.sleep,
-        turn: threading.Lock | None = None,
+        turn: Turn | None = None,
         turn_wait_s: float = 30.0,
     ) -> None:
         """`turn`: a server that answers one chat at a time (the local model); each call waits
-        for it at most `turn_wait_s`, then fails with 503 `chat_model_busy`."""
+        for it at most `turn_wait_s`, then fails with 503 `chat_model_busy`, as does a stream
+        whose turn a chat wants (background work gives way)."""
         if not api_key:
             raise ValueError("OpenAIModel needs an API key; without one use the local model")
         self.model = model
@@ -196,7 +201,7 @@ class OpenAIModel:
         if self._turn is None:
             yield
             return
-        if not self._turn.acquire(timeout=self.turn_wait_s):
+        if not self._turn.acquire(self.turn_wait_s):
             raise ModelError(
                 f"the local model is answering other chats and none finished within "
                 f"{self.turn_wait_s:g} s; try again shortly",
@@ -270,6 +275,8 @@ class OpenAIModel:
                     usage: CompletionUsage | None = None
                     with chunks:
                         for chunk in chunks:
+                            if self._turn is not None and self._turn.wanted():
+                                raise _GaveWay  # closing the stream stops the server's work
                             if not isinstance(chunk, ChatCompletionChunk):
                                 raise _Malformed("the model server streamed something else")
                             model = getattr(chunk, "model", None) or model
@@ -302,6 +309,10 @@ class OpenAIModel:
                         tool_calls=tuple(calls[i] for i in sorted(calls)),
                     )
                     return
+                except _GaveWay:
+                    raise ModelError(
+                        "gave the local model up to a chat", status=503, code="chat_model_busy"
+                    ) from None
                 except Exception as exc:
                     failure = self._classify(exc)
                     if parts:

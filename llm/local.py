@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from alma.llm.client import OpenAIModel
+from alma.llm.turn import Turns
 from alma.packaged import JoinFailed, MissingPackage, distribution_file, join_files
 
 # alma budgets prompts with tiktoken (cl100k_base); SmolLM2's own tokenizer spends more tokens on
@@ -176,8 +177,9 @@ class LocalModelServer:
         self.context = context
         self.api_key = secrets.token_urlsafe(16)  # only alma's own client may use the port
         # llama.cpp answers one chat at a time (n_parallel 1): alma's clients queue here, where
-        # the wait can be bounded, rather than in the server's own queue, where it cannot.
-        self.turn = threading.Lock()
+        # the wait can be bounded and chats come before background work, rather than in the
+        # server's own queue, where neither can be.
+        self.turns = Turns()
 
         # Imported here (a native library, loaded only when a local model is wanted) and by name:
         # xllamacpp ships no type information.
@@ -217,9 +219,11 @@ class LocalModelServer:
         max_retries: int = 1,
         context_window: int | None = None,
         queue_timeout_s: float = 30.0,
+        background: bool = False,
     ) -> OpenAIModel:
         """An `OpenAIModel` pointed at this server; its context window is in tiktoken tokens.
-        A call waits at most `queue_timeout_s` for the chat before it to finish."""
+        A call waits at most `queue_timeout_s` for the chat before it to finish; a `background`
+        one (memory formation) waits for chats and gives way to them (llm/turn.py)."""
         return OpenAIModel(
             api_key=self.api_key,
             base_url=self.base_url,
@@ -227,7 +231,7 @@ class LocalModelServer:
             timeout_s=timeout_s,
             max_retries=max_retries,
             context_window=context_window or int(self.context / TOKENIZER_MARGIN),
-            turn=self.turn,
+            turn=self.turns.background if background else self.turns.chat,
             turn_wait_s=queue_timeout_s,
         )
 
@@ -273,12 +277,16 @@ def local_model_client(
     context_window: int | None = None,
     queue_timeout_s: float = 30.0,
     cache_dir: Path | None = None,
+    background: bool = False,
 ) -> OpenAIModel:
     """The process's shared local model, reached through the ordinary OpenAI-compatible client
     (`context_window` in tiktoken tokens; by default `context` less the tokenizers' margin)."""
     server = shared_server(model, n_threads, context, seed, cache_dir)
     return server.client(
-        timeout_s=timeout_s, context_window=context_window, queue_timeout_s=queue_timeout_s
+        timeout_s=timeout_s,
+        context_window=context_window,
+        queue_timeout_s=queue_timeout_s,
+        background=background,
     )
 
 

@@ -3,7 +3,7 @@ the memory audit."""
 
 from alma.projections.audit import AuditEntry, MemoryAudit
 from alma.projections.conversation import Conversation, Message
-from alma.projections.follower import Follower, ReadModel
+from alma.projections.follower import Follower, Later, ReadModel
 from alma.projections.listings import (
     Listed,
     Listings,
@@ -24,6 +24,7 @@ __all__ = [
     "Doc",
     "Follower",
     "Hit",
+    "Later",
     "Listed",
     "ListingView",
     "Listings",

@@ -48,6 +48,11 @@ TRANSIENT = (
 )
 
 
+class Later(Exception):
+    """Raised by a read model that cannot go on yet for a reason that is no failure (the memory
+    process gave the local model up to a chat): the batch is tried again shortly, unlogged."""
+
+
 class ReadModel(Protocol):
     """What a follower feeds: it says how far it has read and takes the next events in order,
     each with its position in the log, recording the new position with their effects."""
@@ -196,6 +201,9 @@ class Follower:
             try:
                 handled = self.run_once()
                 failures = 0
+            except Later:
+                self._stopping.wait(self.poll_interval)
+                continue
             except Exception:
                 failures += 1
                 log.exception("projection %s failed; retrying", self.name)

@@ -18,6 +18,7 @@ import numpy as np
 from gtts import gTTS
 from gtts.lang import tts_langs
 
+from alma.language import guess_language
 from alma.voice import espeak
 from alma.voice.audio import AudioError, Clip, decode, encode, media_type
 
@@ -39,20 +40,6 @@ OPENAI_VOICES = {
     "shimmer": "f1",
     "verse": "m6",
 }
-_COMMON_SPANISH = (
-    "el la los las de del que y en un una es por con para no se su al lo como más pero sus "
-    "le ya o este sí porque esta entre cuando muy sin sobre también me hasta hay donde "
-    "quien desde nos durante todos uno les ni contra otros ese eso ante ellos e esto mí "
-    "antes algunos qué estoy estás está mi tu te ti yo usted hola gracias"
-)
-_COMMON_ENGLISH = (
-    "the of and to in is you that it he was for on are as with his they i at be this have "
-    "from or one had by but not what all were we when your can said there use an each "
-    "which she do how their if will up about out many then them these so some her would "
-    "my me hello thanks"
-)
-_SPANISH = frozenset(_COMMON_SPANISH.split())
-_ENGLISH = frozenset(_COMMON_ENGLISH.split())
 
 
 # espeak-ng's bare `en` is British; OpenAI's voices and most users' expectations are American.
@@ -148,16 +135,6 @@ def check(settings: VoiceSettings) -> VoiceSettings:
     if not 0.25 <= settings.speed <= 4.0:
         raise UnknownVoice("speed must be from 0.25 to 4.0", {"field": "speed"})
     return settings
-
-
-def guess_language(text: str, default: str) -> str:
-    """Spanish or English by their commonest words and marks; `default` when neither shows."""
-    words = re.findall(r"\w+", text.casefold())
-    spanish = sum(w in _SPANISH for w in words) + 2 * len(re.findall(r"[ñ¿¡áéíóú]", text.lower()))
-    english = sum(w in _ENGLISH for w in words)
-    if spanish == english:
-        return default
-    return "es" if spanish > english else "en"
 
 
 class Speaker:

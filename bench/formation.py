@@ -1,0 +1,179 @@
+"""Memory formation by the local model, measured: precision, recall, dropped answers, time.
+
+Run from the repository root:
+`python bench/formation.py [--model NAME|FILE.gguf ...] [--threads N] [--answers DIR]`.
+
+Each model (by default `qwen2.5-coder-1.5b`, alma's default, then `smollm2-135m`) runs through
+alma's own local backend as `alma serve` runs it with no key (`LocalModelServer`: context 2048,
+one thread, seed 42) and is asked exactly what the memory process asks it
+(`fact_list_extraction`: the worked examples, the JSON schema, temperature 0), over the annotated
+conversations of tests/data/formation (es.json, en.json). A conversation is formed as a live
+chat is, one window per turn (the user's message and the character's reply), and what
+`read_fact_list` accepts is what would be written.
+
+Each conversation lists the facts a person would expect remembered (`remember`), facts it is
+fine to remember but not required (`optional`: what the character says of itself), and facts
+that must not be (`not`: small talk); a fact is its key words, every one of which a memory must
+contain at a word's start, case and accents aside (`a|b`: either word). Printed per language:
+
+- precision: written memories that state a `remember` or `optional` fact, over all written;
+- recall: `remember` facts stated by at least one written memory, over all of them;
+- small talk: written memories that state a `not` fact;
+- dropped: answers `read_fact_list` refused whole (not JSON, wrong shape), and refused facts;
+- seconds per extraction, wall clock and the process's CPU (llama.cpp runs in it): the wall
+  clock is the machine's, inflated by whatever else runs on it; the CPU time is not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+# `python bench/formation.py` puts bench/ first on sys.path: import from the root instead.
+sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench")]
+
+from alma.chat.extraction import Line, Malformed, fact_list_extraction  # noqa: E402
+from alma.llm.local import DEFAULT_LOCAL_MODEL, LocalModelServer  # noqa: E402
+from alma.projections.ranking import fold  # noqa: E402
+from bench.report import Row, log, machine_load, print_table  # noqa: E402
+
+DATA = ROOT / "tests" / "data" / "formation"
+MODELS = (DEFAULT_LOCAL_MODEL, "smollm2-135m")
+Fact = list[str]  # key words, each "word" or "word|other"
+
+
+@dataclass
+class Tally:
+    written: int = 0
+    right: int = 0  # written memories that state an expected or optional fact
+    small_talk: int = 0
+    expected: int = 0
+    recalled: int = 0
+    answers: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)  # by reason
+    refused: int = 0  # facts left out of an accepted answer
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+
+
+def states(memory: str, fact: Fact) -> bool:
+    """Whether `memory` holds every key word of `fact`, each at a word's start."""
+    text = fold(memory)
+    return all(
+        any(re.search(rf"\b{re.escape(fold(word))}", text) for word in key.split("|"))
+        for key in fact
+    )
+
+
+def turns(messages: list[dict[str, str]]) -> list[list[Line]]:
+    """The windows a live chat forms: each user message with the reply after it."""
+    windows: list[list[Line]] = []
+    for message in messages:
+        line = Line(message["role"], message["content"], message.get("name"))
+        if line.role == "user" or not windows:
+            windows.append([line])
+        else:
+            windows[-1].append(line)
+    return windows
+
+
+def measure(model: str, threads: int, answers: Path | None) -> dict[str, Tally]:
+    server = LocalModelServer(model, n_threads=threads)
+    log(f"{server.model} loaded in {server.load_s:.1f} s")
+    client = server.client(timeout_s=600.0)
+    tallies: dict[str, Tally] = {}
+    kept: list[dict[str, Any]] = []
+    try:
+        for path in sorted(DATA.glob("*.json")):
+            data = json.loads(path.read_text())
+            tally = tallies.setdefault(data["language"], Tally())
+            for conversation in data["conversations"]:
+                written = []
+                for window in turns(conversation["messages"]):
+                    extraction = fact_list_extraction(
+                        conversation["character"], window, client.context_window
+                    )
+                    if extraction is None:
+                        continue
+                    wall, cpu = time.perf_counter(), time.process_time()
+                    completion = client.complete(
+                        extraction.messages, extraction.max_tokens, 0.0, extraction.sampling
+                    )
+                    tally.wall_s += time.perf_counter() - wall
+                    tally.cpu_s += time.process_time() - cpu
+                    tally.answers += 1
+                    try:
+                        operations, refused = extraction.read(completion.text)
+                    except Malformed as error:
+                        tally.dropped[error.reason] = tally.dropped.get(error.reason, 0) + 1
+                        operations, refused = [], 0
+                    tally.refused += refused
+                    written += [op.text or "" for op in operations]
+                    kept.append({"id": conversation["id"], "answer": completion.text})
+                score(conversation, written, tally)
+                log(f"{server.model} {conversation['id']}: {written}")
+    finally:
+        server.close()
+    if answers is not None:
+        answers.mkdir(parents=True, exist_ok=True)
+        target = answers / f"{Path(model).stem}.jsonl"
+        target.write_text("".join(json.dumps(a, ensure_ascii=False) + "\n" for a in kept))
+    return tallies
+
+
+def score(conversation: dict[str, Any], written: list[str], tally: Tally) -> None:
+    accepted = conversation["remember"] + conversation.get("optional", [])
+    tally.written += len(written)
+    tally.right += sum(any(states(m, fact) for fact in accepted) for m in written)
+    tally.small_talk += sum(any(states(m, fact) for fact in conversation["not"]) for m in written)
+    tally.expected += len(conversation["remember"])
+    tally.recalled += sum(
+        any(states(m, fact) for m in written) for fact in conversation["remember"]
+    )
+
+
+def share(part: int, whole: int) -> str:
+    return f"{part}/{whole} ({part / whole:.0%})" if whole else "-"
+
+
+def report(model: str, tallies: dict[str, Tally]) -> None:
+    rows = []
+    for language, t in sorted(tallies.items(), reverse=True):  # es, then en
+        dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(t.dropped.items())) or "0"
+        rows += [
+            Row(f"{language} precision", share(t.right, t.written)),
+            Row(f"{language} recall", share(t.recalled, t.expected)),
+            Row(f"{language} small talk remembered", str(t.small_talk)),
+            Row(
+                f"{language} dropped answers",
+                f"{dropped} of {t.answers}; facts refused {t.refused}",
+            ),
+            Row(
+                f"{language} seconds per extraction",
+                f"{t.wall_s / t.answers:.1f} wall, {t.cpu_s / t.answers:.1f} CPU",
+            ),
+        ]
+    print_table(f"memory formation, {model}", rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", action="append", help="a LOCAL_MODELS name or a GGUF path")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--answers", type=Path, help="write each model's answers here")
+    args = parser.parse_args()
+    print(f"machine: {machine_load()} (before)")
+    for model in args.model or MODELS:
+        report(model, measure(model, args.threads, args.answers))
+    print(f"\nmachine: {machine_load()} (after)")
+
+
+if __name__ == "__main__":
+    main()
