@@ -65,8 +65,9 @@ MEMORY_EXTRACTIONS_DROPPED = Counter(
 )
 MEMORY_FORMATION_DEFERRED = Counter(
     "alma_memory_formation_deferred_total",
-    "Times the memory process gave the local model up to a chat, or found chats using it, and "
-    "tried its window again later",
+    "Times the memory process tried a window again later because chats come first: it gave "
+    "the local model up to a chat mid-answer (gave_way), or chats kept it busy (busy)",
+    ["reason"],
 )
 
 

@@ -25,6 +25,8 @@ FACTS_MAX_TOKENS = 800
 SUMMARY_MAX_TOKENS = 400
 _INSTRUCTIONS_ROOM = 700  # tokens for our own instructions and message framing
 _FENCED = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL)
+_WORD = re.compile(r"\w+")
+_QUESTION = re.compile(r"¿[^¿?]*\?|[^.!?¡¿…\n]*\?")
 
 FACTS_INSTRUCTION = """\
 You keep the long-term memory of {name}, a role-play character, about the person {name} talks \
@@ -74,38 +76,49 @@ its kind: "person" (family, friends, partners), "work", "home", "pet", "health",
 (birthdays, anniversaries), "plan", "taste" (likes and dislikes), or "small talk" (greetings, \
 the weather, questions, how they feel right now). Answer with a JSON list of notes."""
 
-# Shown to the local model as earlier requests and its answers: it follows examples better than
-# rules. Whom the user spoke to, in which language, what they said, and the notes.
-FACT_LIST_EXAMPLES: tuple[tuple[str, str, str, list[tuple[str, str]]], ...] = (
-    (
-        "Rosa",
-        "es",
-        "Buenos días, Rosa, ¿qué tal la mañana?\n"
-        "Mi padre Antonio es panadero en Écija y el domingo cumple setenta años.",
-        [
-            ("small talk", "El usuario saluda"),
-            ("person", "El padre del usuario, Antonio, es panadero en Écija"),
-            ("date", "Antonio, el padre del usuario, cumple setenta años el domingo"),
-        ],
+# Shown to the local model as earlier requests and its answers, in the language of the request
+# (it follows examples better than rules, and with English ones it wrote a Spanish speaker's
+# notes in English): what the user said, and the notes.
+FACT_LIST_EXAMPLES: dict[str, tuple[tuple[str, list[tuple[str, str]]], ...]] = {
+    "es": (
+        (
+            "Buenos días.\nMi padre Antonio es panadero en Écija y el domingo cumple setenta años.",
+            [
+                ("small talk", "El usuario saluda"),
+                ("person", "El padre del usuario, Antonio, es panadero en Écija"),
+                ("date", "Antonio, el padre del usuario, cumple setenta años el domingo"),
+            ],
+        ),
+        (
+            "¡Qué frío hace hoy!\nEstoy estudiando derecho en Granada y no soporto el pescado.",
+            [
+                ("small talk", "El usuario comenta el frío"),
+                ("work", "El usuario estudia derecho en Granada"),
+                ("taste", "Al usuario no le gusta el pescado"),
+            ],
+        ),
+        ("Hola. Qué buen día hace.", [("small talk", "El usuario saluda")]),
     ),
-    (
-        "Ellie",
-        "en",
-        "Morning, Ellie! Cold out there.\n"
-        "I work night shifts as a nurse, and I'm terrified of dogs.",
-        [
-            ("small talk", "The user says it is cold"),
-            ("work", "The user works night shifts as a nurse"),
-            ("taste", "The user is terrified of dogs"),
-        ],
+    "en": (
+        (
+            "Morning! Cold out there.\nI work night shifts as a nurse, and I'm terrified of dogs.",
+            [
+                ("small talk", "The user mentions the cold"),
+                ("work", "The user works night shifts as a nurse"),
+                ("taste", "The user is terrified of dogs"),
+            ],
+        ),
+        (
+            "Great news: my son Leo starts school in September.\n"
+            "And I'm learning to play the guitar.",
+            [
+                ("person", "The user's son Leo starts school in September"),
+                ("plan", "The user is learning to play the guitar"),
+            ],
+        ),
+        ("Hi! Sunny day today.", [("small talk", "The user says hi")]),
     ),
-    (
-        "Jules",
-        "en",
-        "Hi Jules! How are you? Sunny day, isn't it?",
-        [("small talk", "The user says hi")],
-    ),
-)
+}
 
 
 class Malformed(ValueError):
@@ -186,14 +199,18 @@ def fact_list_extraction(name: str, conversation: Sequence[Line], window: int) -
     """The local model's: the lasting facts in what the user said (the character's words are
     left out: in a live chat the local model wrote them itself, and read back they turned into
     facts of small talk), its answer held to `fact_list_format`. None: the user said nothing."""
-    said = [line for line in conversation if line.role == "user"]
+    said = [
+        replace(line, content=statements)
+        for line in conversation
+        if line.role == "user" and (statements := _statements(line.content, name))
+    ]
     if not said:
         return None
     return Extraction(
-        fact_list_prompt(name, said, window),
+        fact_list_prompt(said, window),
         FACT_LIST_MAX_TOKENS,
         {"response_format": fact_list_format()},
-        lambda answer: read_fact_list(answer, _speaker(said)),
+        lambda answer: read_fact_list(answer, name, _speaker(said)),
     )
 
 
@@ -217,22 +234,22 @@ def facts_prompt(
     ]
 
 
-def fact_list_prompt(name: str, said: Sequence[Line], context_window: int) -> Messages:
-    """The local model's task: notes on what the user `said` to `name`, after worked examples.
-    The instructions and examples come first and never change, so llama.cpp reuses what it read
-    of them."""
+def fact_list_prompt(said: Sequence[Line], context_window: int) -> Messages:
+    """The local model's task: notes on what the user `said` (their statements), after worked
+    examples in the user's language. The instructions and examples come first and are the same
+    for every request in one language, so llama.cpp reuses what it read of them."""
+    language = guess_language(" ".join(line.content for line in said), "")
     shown: list[dict[str, str]] = [{"role": "system", "content": FACT_LIST_INSTRUCTION}]
-    for character, language, words, notes in FACT_LIST_EXAMPLES:
+    for words, notes in FACT_LIST_EXAMPLES.get(language, FACT_LIST_EXAMPLES["en"]):
         answer = [{"kind": kind, "text": text} for kind, text in notes]
         shown += [
-            {"role": "user", "content": f"{_who(None, character, language)}:\n{words}"},
+            {"role": "user", "content": f"{_who(None, language)}:\n{words}"},
             {"role": "assistant", "content": json.dumps(answer, ensure_ascii=False)},
         ]
     room = max(200, context_window - FACT_LIST_MAX_TOKENS - tokens.count_messages(shown) - 20)
     each = max(20, room // max(1, len(said)))
     words = "\n".join(_oneline(tokens.truncate(line.content, each)) for line in said)
-    who = _who(_speaker(said), name, guess_language(words, ""))
-    return [*shown, {"role": "user", "content": f"{who}:\n{words}"}]
+    return [*shown, {"role": "user", "content": f"{_who(_speaker(said), language)}:\n{words}"}]
 
 
 def fact_list_format() -> dict[str, Any]:
@@ -251,29 +268,49 @@ def fact_list_format() -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": "notes", "schema": schema}}
 
 
-def read_fact_list(answer: str, speaker: str | None = None) -> tuple[list[Operation], int]:
-    """The local model's notes but small talk, each once, as `add` operations of `speaker` (the
-    user's name, if any), checked as `read_operations` checks them."""
+def read_fact_list(
+    answer: str, character: str = "", speaker: str | None = None
+) -> tuple[list[Operation], int]:
+    """The local model's notes as `add` operations of `speaker` (the user's name, if any),
+    checked as `read_operations` checks them. Left out: small talk (a note labelled so, and the
+    same note under another label), a note said twice but once, and a note about `character`
+    (one that starts with its name: the model saw only what the user said, so that is the
+    user's fact given to the one they spoke to), which counts as refused."""
     items = _json_array(answer)
     for item in items:
         if not (isinstance(item, dict) and set(item) == {"kind", "text"}):
             raise Malformed("a note is not an object with a kind and a text")
-        if item["kind"] not in KINDS:
-            raise Malformed("a note's kind is not one of those asked for")
-    speakers = {speaker} if speaker else set()
-    facts: dict[str, dict[str, Any]] = {}  # by their folded text: a note said twice is one
+        if not (item["kind"] in KINDS and isinstance(item["text"], str)):
+            raise Malformed("a note's kind is not one asked for, or its text is no string")
+    small_talk = {fold(item["text"]) for item in items if item["kind"] == SMALL_TALK}
+    facts: dict[str, str] = {}  # by their folded text
     for item in items:
-        if item["kind"] != SMALL_TALK:
-            text = item["text"]
-            facts.setdefault(fold(str(text)), {"op": "add", "text": text, "speaker": speaker})
-    return _checked(list(facts.values()), set(), speakers)
+        facts.setdefault(fold(item["text"]), item["text"])
+    listener = _WORD.findall(fold(character))[:1]
+    kept = {key: text for key, text in facts.items() if key not in small_talk}
+    mine = [text for key, text in kept.items() if _WORD.findall(key)[:1] != listener]
+    operations, refused = _checked(
+        [{"op": "add", "text": text, "speaker": speaker} for text in mine],
+        set(),
+        {speaker} if speaker else set(),
+    )
+    return operations, refused + len(kept) - len(mine)
 
 
-def _who(user: str | None, character: str, language: str) -> str:
-    """Who said what follows, to whom, and in which language when it shows: a 1.5B told none
-    of it wrote a Spanish speaker's notes in English, and took "Rosa, ..." for the user's name."""
-    said = f"{user} (the user) said to {character}" if user else f"The user said to {character}"
+def _who(user: str | None, language: str) -> str:
+    """Who said what follows, and in which language when it shows (told nothing, a 1.5B wrote
+    a Spanish speaker's notes in English)."""
+    said = f"{user} (the user) said" if user else "The user said"
     return f"{said}, in {_LANGUAGES[language]}" if language in _LANGUAGES else said
+
+
+def _statements(text: str, name: str) -> str:
+    """What the user stated: `text` without its questions (asked of the character, they came
+    back as notes: "¿me preparas algo para la tos?") and without `name` where it addresses the
+    character ("Rosa, mi hermana..."), which the model read as the subject of the user's facts."""
+    named = re.escape(name)
+    text = re.sub(rf"\b{named}\s*,\s*|\s*,\s*{named}\b", "", text, flags=re.IGNORECASE)
+    return _QUESTION.sub("", text).strip()
 
 
 def _speaker(said: Sequence[Line]) -> str | None:

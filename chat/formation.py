@@ -58,6 +58,8 @@ IMPORT_WINDOW = 10  # imported messages formed together when no reply closes a t
 OFFERED = 10  # existing memories shown to the model
 INDEX_WAIT_S = 10.0
 _IDS = uuid5(NAMESPACE_URL, "https://alma.dev/memory-formation")
+# The local model's refusals of background work, by the reason counted: chats come first.
+_CHATS_FIRST = {"gave_way_to_chat": "gave_way", "chat_model_busy": "busy"}
 
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS formation_position (id INTEGER PRIMARY KEY, position BIGINT)",
@@ -391,8 +393,8 @@ class MemoryFormation:
         try:
             *_, done = self.model().stream(messages, max_tokens, 0.0, sampling)
         except ModelError as error:
-            if error.code == "chat_model_busy":
-                metrics.MEMORY_FORMATION_DEFERRED.inc()
+            if error.code in _CHATS_FIRST:
+                metrics.MEMORY_FORMATION_DEFERRED.labels(_CHATS_FIRST[error.code]).inc()
                 raise Later(error.message) from None
             upstream = error.upstream_status
             if upstream is None or upstream == 429 or upstream >= 500:

@@ -142,8 +142,8 @@ class OpenAIModel:
         turn_wait_s: float = 30.0,
     ) -> None:
         """`turn`: a server that answers one chat at a time (the local model); each call waits
-        for it at most `turn_wait_s`, then fails with 503 `chat_model_busy`, as does a stream
-        whose turn a chat wants (background work gives way)."""
+        for it at most `turn_wait_s`, then fails with 503 `chat_model_busy`; a stream whose
+        turn a chat wants stops and fails with `gave_way_to_chat` (background work)."""
         if not api_key:
             raise ValueError("OpenAIModel needs an API key; without one use the local model")
         self.model = model
@@ -311,7 +311,7 @@ class OpenAIModel:
                     return
                 except _GaveWay:
                     raise ModelError(
-                        "gave the local model up to a chat", status=503, code="chat_model_busy"
+                        "gave the local model up to a chat", status=503, code="gave_way_to_chat"
                     ) from None
                 except Exception as exc:
                     failure = self._classify(exc)

@@ -5,8 +5,10 @@ with the messages they came from; long conversations get rolling summaries."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,15 +16,27 @@ from eventsourcing.persistence import Mapper
 
 from alma.api.cli import projections_status
 from alma.api.services import build_services
-from alma.chat.extraction import Malformed, read_operations
+from alma.chat.extraction import (
+    Line,
+    Malformed,
+    fact_list_extraction,
+    fact_list_format,
+    read_fact_list,
+    read_operations,
+)
 from alma.chat.formation import MemoryFormation
 from alma.domain import Actor, Alma, Memory, NewMessage
+from alma.llm.local import shared_server
+from alma.projections.ranking import fold
 from alma.settings import Settings
-from tests.conftest import Api, make_character, make_instance, running_api
+from tests.conftest import Api, make_character, make_instance, running_api, store_settings
 from tests.openai_stub import Fail, OpenAIStub, Reply
+from tests.test_observability import _metric
 
 FACTS = "decide what is worth remembering"
 SUMMARY = "Summarise the stretch"
+DROPPED = "alma_memory_extractions_dropped_total"
+DEFERRED = "alma_memory_formation_deferred_total"
 
 
 def _forming(settings: Settings, stub: OpenAIStub, **more: Any) -> Settings:
@@ -57,6 +71,11 @@ def _instance(api: Api, name: str = "Rosa", headers: dict[str, str] | None = Non
     return str(created.json()["id"])
 
 
+def _local(formation: object) -> bool:
+    assert isinstance(formation, MemoryFormation)
+    return formation.local
+
+
 def _formation(api: Api) -> MemoryFormation:
     assert api.services.formation is not None
     formation = api.services.formation.model
@@ -64,11 +83,19 @@ def _formation(api: Api) -> MemoryFormation:
     return formation
 
 
-def _settle(api: Api) -> None:
+def _settle(api: Api, timeout: float = 60) -> None:
     """Waits until the memory process has handled everything written, then the index."""
     assert api.services.formation is not None
-    assert api.services.formation.wait(api.written(), 60)
-    assert api.services.memory.wait(api.written(), 60)
+    assert api.services.formation.wait(api.written(), timeout)
+    assert api.services.memory.wait(api.written(), timeout)
+
+
+def _counted(api: Api, name: str, **labels: str) -> float:
+    """A counter's value at /metrics (0 until it first counts: the process's, every test's)."""
+    try:
+        return _metric(api.client.get("/metrics").text, name, **labels)
+    except AssertionError:
+        return 0.0
 
 
 def _turn(
@@ -226,16 +253,24 @@ def test_a_contradiction_revises_the_memory_and_forget_that_forgets_it(
     ]
 
 
-def test_malformed_answers_write_nothing_and_formation_carries_on(
+def test_malformed_answers_write_nothing_are_counted_and_formation_carries_on(
     forming: Api, openai_stub: OpenAIStub
 ) -> None:
     instance = _instance(forming)
     written = forming.written()
+    reasons = ("not_json", "wrong_shape", "empty")
+    before = {r: _counted(forming, DROPPED, reason=r) for r in reasons}
     _turn(forming, openai_stub, instance, "Me llamo Ana", "¡Claro! Recordaré que se llama Ana.")
     _turn(forming, openai_stub, instance, "Tengo 30 años", [{"op": "add", "txt": "30 años"}])
-    assert _formation(forming).dropped == 2
+    _turn(forming, openai_stub, instance, "Vivo en Quito", "")
+    assert _formation(forming).dropped == 3
+    assert {r: _counted(forming, DROPPED, reason=r) - before[r] for r in reasons} == {
+        "not_json": 1,
+        "wrong_shape": 1,
+        "empty": 1,
+    }
     assert _audit(forming, instance) == []
-    assert forming.written() == written + 4  # the two turns, nothing else
+    assert forming.written() == written + 6  # the three turns, nothing else
 
     _turn(
         forming, openai_stub, instance, "Soy de Quito", [{"op": "add", "text": "Ana es de Quito"}]
@@ -475,32 +510,28 @@ def test_long_conversations_get_rolling_summaries(
         assert "user: Mañana vamos al río" in asked and "Hoy fuimos" not in asked
 
 
-def test_formation_runs_by_default_only_with_a_model_server(tmp_path: Any) -> None:
+def test_formation_runs_by_default_with_any_model_until_switched_off(tmp_path: Any) -> None:
     local = Settings(_env_file=None, data_dir=tmp_path, openai_api_key=None, openai_base_url=None)  # type: ignore[call-arg]
+    server = local.model_copy(update={"openai_base_url": "http://127.0.0.1:9/v1"})
     cases = {
         "local model": local,
-        "model server": local.model_copy(update={"openai_base_url": "http://127.0.0.1:9/v1"}),
-        "switched off": local.model_copy(
-            update={"openai_base_url": "http://127.0.0.1:9/v1", "memory_formation": False}
-        ),
+        "model server": server,
+        "local, switched off": local.model_copy(update={"memory_formation": False}),
+        "server, switched off": server.model_copy(update={"memory_formation": False}),
     }
     running = {}
     for case, settings in cases.items():
         services = build_services(settings)
         try:
-            running[case] = [f.name for f in services.followers]
+            formation = services.formation
+            running[case] = formation and (formation.name, _local(formation.model))
         finally:
             services.close()
     assert running == {
-        "local model": ["listings", "memory-index", "conversation", "memory-audit"],
-        "model server": [
-            "listings",
-            "memory-index",
-            "conversation",
-            "memory-audit",
-            "memory-formation",
-        ],
-        "switched off": ["listings", "memory-index", "conversation", "memory-audit"],
+        "local model": ("memory-formation", True),
+        "model server": ("memory-formation", False),
+        "local, switched off": None,
+        "server, switched off": None,
     }
 
 
@@ -554,6 +585,68 @@ def test_operations_are_read_strictly() -> None:
         ("revise", "Vive en Madrid"),
     ]
     assert refused == 3
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        ("", "empty"),
+        ("  ", "empty"),
+        ("[{", "not_json"),
+        ('{"kind": "work", "text": "x"}', "wrong_shape"),
+        ('[{"text": "El usuario es profesor"}]', "wrong_shape"),
+        ('[{"kind": "job", "text": "El usuario es profesor"}]', "wrong_shape"),
+        ('[{"op": "add", "kind": "work", "text": "x"}]', "wrong_shape"),
+        ('[{"kind": "work", "text": 3}]', "wrong_shape"),
+    ],
+)
+def test_local_answers_that_are_not_notes_are_malformed(answer: str, reason: str) -> None:
+    with pytest.raises(Malformed) as dropped:
+        read_fact_list(answer)
+    assert dropped.value.reason == reason
+
+
+def test_local_notes_become_facts_of_the_user_and_small_talk_is_left_out() -> None:
+    answer = json.dumps(
+        [
+            {"kind": "small talk", "text": "Carmen saluda a Rosa"},
+            {"kind": "work", "text": "Carmen es profesora en Cádiz"},
+            {"kind": "work", "text": "carmen es profesora en cadiz"},  # said twice: once
+            {"kind": "small talk", "text": "Hace un día precioso"},
+            {"kind": "home", "text": "Hace un día precioso"},  # small talk under another label
+            {"kind": "person", "text": "Rosa, la hermana de Carmen es enfermera"},  # Rosa's?
+            {"kind": "plan", "text": "   "},
+        ]
+    )
+    operations, refused = read_fact_list(answer, "Rosa", "Carmen")
+    assert [(o.op, o.text, o.speaker) for o in operations] == [
+        ("add", "Carmen es profesora en Cádiz", "Carmen")
+    ]
+    assert refused == 2  # the note given to Rosa, the blank one
+
+
+def test_the_local_model_is_asked_about_what_the_user_said_in_their_language() -> None:
+    """Only what the user stated: no questions, the character's name left out where it addresses
+    it (the 1.5B took it for the subject); and the language (told nothing, it wrote English)."""
+    extraction = fact_list_extraction(
+        "Rosa",
+        [
+            Line("assistant", "¡Buenas! ¿Qué tal el día?"),
+            Line("user", "Rosa, mi hermana Lucía es enfermera en Triana. ¿Te lo dije?", "Carmen"),
+            Line("assistant", "¡Qué bien! Dale recuerdos a Lucía.", "Rosa"),
+        ],
+        1365,
+    )
+    assert extraction is not None
+    *examples, asked = extraction.messages
+    assert asked == {
+        "role": "user",
+        "content": "Carmen (the user) said, in Spanish:\nmi hermana Lucía es enfermera en Triana.",
+    }
+    assert examples[0]["role"] == "system" and "JSON list of notes" in examples[0]["content"]
+    assert extraction.sampling == {"response_format": fact_list_format()}
+    for nothing in ([Line("assistant", "¡Buenas!")], [Line("user", "Rosa, ¿qué tal?")]):
+        assert fact_list_extraction("Rosa", nothing, 1365) is None  # nothing stated
 
 
 def test_the_first_run_starts_at_the_end_of_the_log(
@@ -626,3 +719,80 @@ def test_a_fork_brings_what_was_formed_and_does_not_form_it_again(
 
     assert [m["text"] for m in _memories(forming, fork.json()["id"])] == [fact]
     assert len(openai_stub.requests) == asked  # the copied turn is not sent to be formed again
+
+
+# The local model, with no key: what a machine with nothing configured does.
+
+
+@pytest.fixture
+def offline(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Settings]:
+    """No key, formation on. One store (SQLite): the model's part is what is proven here, each
+    minute of which CI pays; the stores' part is proven above, with the stub."""
+    with store_settings("sqlite", tmp_path, request) as settings:
+        yield settings.model_copy(update={"memory_formation": True})
+
+
+def _say(api: Api, instance: str, message: str) -> dict[str, Any]:
+    said = api.client.post(
+        f"/v1/instances/{instance}/chat",
+        json={"message": message, "max_tokens": 16},
+        headers=api.acme,
+    )
+    assert said.status_code == 200, said.text
+    body: dict[str, Any] = said.json()
+    return body
+
+
+@pytest.mark.slow
+def test_offline_the_default_local_model_remembers_what_the_user_said(offline: Settings) -> None:
+    with running_api(offline) as api:
+        instance = _instance(api)
+        turn = _say(api, instance, "Mi hermana Lucía es enfermera en Triana")
+        _settle(api, 900)  # a 1.5B on a loaded machine
+
+        formed = _memories(api, instance)
+        told = [m for m in formed if all(w in fold(m["text"]) for w in ("lucia", "enfermera"))]
+        assert told, formed
+        memory = told[0]
+        assert memory["source"] == {"messages": _ids(turn)}
+        [added, *_] = [e for e in _audit(api, instance) if e["memory_id"] == memory["id"]]
+        assert added["actor"]["key_id"] == "memory-process"
+        found = [hit["id"] for hit in _search(api, instance, "¿Qué hace Lucía?")]
+        assert memory["id"] in found[:3]
+
+
+@pytest.mark.slow
+def test_a_chat_arriving_while_the_local_model_forms_memories_takes_it_over(
+    offline: Settings,
+) -> None:
+    # Chats wait 0.05 s at most for the model: one behind formation's answer would be refused.
+    settings = offline.model_copy(
+        update={"local_model": "smollm2-135m", "local_queue_timeout_s": 0.05}  # small and fast
+    )
+    with running_api(settings) as api:
+        instance = _instance(api)
+        turns = shared_server(
+            "smollm2-135m", context=settings.local_context_window, cache_dir=settings.model_cache()
+        ).turns
+        gave_way = _counted(api, DEFERRED, reason="gave_way")
+        _say(api, instance, LONG_STORY)
+        for _ in range(12_000):  # formation takes the model once the reply is recorded
+            if turns.holder == "background":
+                break
+            time.sleep(0.01)
+        assert turns.holder == "background"
+
+        _say(api, instance, "¿Y tú qué tal estás hoy?")  # answered: formation gave way
+        _settle(api, 600)  # and formed both turns afterwards
+        assert _counted(api, DEFERRED, reason="gave_way") > gave_way
+
+
+LONG_STORY = (
+    "Te cuento lo de este verano, que fue largo. En junio me mudé de Sevilla a Cádiz porque "
+    "me dieron plaza de profesor de matemáticas en un instituto del barrio de La Viña. Mi "
+    "hermana Lucía, que es enfermera en Triana, me ayudó con la mudanza y se quedó dos semanas. "
+    "Adopté un galgo que se llama Trueno; corre muchísimo por la playa de la Caleta. En agosto "
+    "fuimos a Japón con mi novia Marta, que estudió japonés dos años, y vimos los templos de "
+    "Kioto. Soy alérgico a la miel, así que allí tuve que tener cuidado con los dulces. El 14 "
+    "de marzo cumplo cuarenta años y quiero hacer una sardinada en Bouzas con todos mis amigos."
+)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import socket
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from alma.llm.local import (
     model_file,
     packaged_model_path,
 )
+from alma.llm.turn import Turns
 
 MESSAGES = [
     {"role": "system", "content": "You are Aria, a cheerful pirate captain. Answer briefly."},
@@ -176,3 +179,27 @@ def test_a_full_budget_fits_the_local_context(local: OpenAIModel) -> None:
     assert tokens.count_messages(messages) <= local.context_window - max_tokens
     answer = local.complete(messages, max_tokens=max_tokens, temperature=0)
     assert answer.prompt_tokens + answer.completion_tokens <= 2048
+
+
+def test_chats_come_before_background_work_and_are_never_refused_for_it() -> None:
+    turns = Turns()
+    assert turns.background.acquire(1.0)
+    answered: list[bool] = []
+    chat = threading.Thread(target=lambda: answered.append(turns.chat.acquire(0.01)))
+    chat.start()
+    for _ in range(500):  # the chat is waiting: background work is told to give way
+        if turns.background.wanted():
+            break
+        time.sleep(0.01)
+    assert turns.background.wanted()
+    time.sleep(0.1)  # ten times the chat's bound, spent behind background work only
+    assert answered == [] and chat.is_alive()
+    turns.background.release()
+    chat.join(5)
+    assert answered == [True] and turns.holder == "chat"
+
+    assert not turns.background.acquire(0.01)  # a chat holds it
+    assert not turns.chat.acquire(0.01)  # behind another chat, the bound holds
+    assert not turns.chat.wanted()  # a chat is never asked to give way
+    turns.chat.release()
+    assert turns.background.acquire(0.01) and turns.holder == "background"

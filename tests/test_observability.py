@@ -16,11 +16,12 @@ from tests.test_faults import serving
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample, its labels matched exactly (in any order)."""
+    """The value of one sample, its labels matched exactly (in any order; none: a sample with
+    none)."""
     for line in text.splitlines():
-        match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
+        match = re.fullmatch(rf"{name}(?:\{{(.*)\}})? (\S+)", line)
         if match:
-            found = dict(re.findall(r'(\w+)="([^"]*)"', match[1]))
+            found = dict(re.findall(r'(\w+)="([^"]*)"', match[1] or ""))
             if found == labels:
                 return float(match[2])
     raise AssertionError(f"no sample {name}{labels}")
