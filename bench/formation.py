@@ -39,13 +39,19 @@ ROOT = Path(__file__).resolve().parents[1]
 # `python bench/formation.py` puts bench/ first on sys.path: import from the root instead.
 sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench")]
 
-from alma.chat.extraction import Line, Malformed, fact_list_extraction  # noqa: E402
+from alma.chat.extraction import (  # noqa: E402
+    Line,
+    Malformed,
+    fact_list_extraction,
+    operations_extraction,
+)
 from alma.llm.local import DEFAULT_LOCAL_MODEL, LocalModelServer  # noqa: E402
 from alma.projections.ranking import fold  # noqa: E402
 from bench.report import Row, log, machine_load, print_table  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "formation"
 MODELS = (DEFAULT_LOCAL_MODEL, "smollm2-135m")
+LANGUAGES = ("es", "en")
 Fact = list[str]  # key words, each "word" or "word|other"
 
 
@@ -91,9 +97,9 @@ def measure(model: str, threads: int, answers: Path | None) -> dict[str, Tally]:
     tallies: dict[str, Tally] = {}
     kept: list[dict[str, Any]] = []
     try:
-        for path in sorted(DATA.glob("*.json")):
-            data = json.loads(path.read_text())
-            tally = tallies.setdefault(data["language"], Tally())
+        for language in LANGUAGES:
+            data = json.loads((DATA / f"{language}.json").read_text())
+            tally = tallies.setdefault(language, Tally())
             for conversation in data["conversations"]:
                 written = []
                 for window in turns(conversation["messages"]):
@@ -139,13 +145,73 @@ def score(conversation: dict[str, Any], written: list[str], tally: Tally) -> Non
     )
 
 
+def operations_schema(ids: list[str]) -> dict[str, Any]:
+    """The hosted task's answer as a JSON schema: add, revise or forget an offered id."""
+    text = {"type": "string", "minLength": 1, "maxLength": 160}
+
+    def op(name: str, **fields: Any) -> dict[str, Any]:
+        properties = {"op": {"const": name}, **fields}
+        return {
+            "type": "object",
+            "properties": properties,
+            "required": list(properties),
+            "additionalProperties": False,
+        }
+
+    one = {"enum": ids}
+    items = {"anyOf": [op("add", text=text), op("revise", id=one, text=text), op("forget", id=one)]}
+    schema = {"type": "array", "items": items, "maxItems": 4}
+    return {"type": "json_schema", "json_schema": {"name": "operations", "schema": schema}}
+
+
+def operations(model: str, threads: int) -> None:
+    """Would revise and forget work at this size? The hosted task (`operations_extraction`, the
+    memories offered with their ids), held to a JSON schema, on tests/data/formation's cases."""
+    cases = json.loads((DATA / "operations.json").read_text())["cases"]
+    server = LocalModelServer(model, n_threads=threads)
+    client = server.client(timeout_s=600.0)
+    expected = right = wrong = 0
+    try:
+        for case in cases:
+            offered = list(case["memories"].items())
+            extraction = operations_extraction(
+                "Rosa", offered, [Line("user", case["said"])], client.context_window
+            )
+            sampling = {"response_format": operations_schema(list(case["memories"]))}
+            answer = client.complete(extraction.messages, extraction.max_tokens, 0.0, sampling)
+            done, _ = extraction.read(answer.text)
+            log(f"{server.model} {case['said']!r}: {[(o.op, o.memory_id, o.text) for o in done]}")
+            expect = case["expect"]
+            target = expect.get("revise") or expect.get("forget")
+            changed = [o for o in done if o.op != "add"]
+            if target is not None:
+                expected += 1
+                kind = "revise" if "revise" in expect else "forget"
+                right += any(
+                    o.op == kind
+                    and o.memory_id == target
+                    and (kind == "forget" or states(o.text or "", expect["keys"]))
+                    for o in changed
+                )
+            wrong += sum(o.memory_id != target for o in changed)
+    finally:
+        server.close()
+    print_table(
+        f"revise and forget, {model}",
+        [
+            Row("expected changes made", share(right, expected)),
+            Row("memories wrongly revised or forgotten", f"{wrong} in {len(cases)} cases"),
+        ],
+    )
+
+
 def share(part: int, whole: int) -> str:
     return f"{part}/{whole} ({part / whole:.0%})" if whole else "-"
 
 
 def report(model: str, tallies: dict[str, Tally]) -> None:
     rows = []
-    for language, t in sorted(tallies.items(), reverse=True):  # es, then en
+    for language, t in tallies.items():
         dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(t.dropped.items())) or "0"
         rows += [
             Row(f"{language} precision", share(t.right, t.written)),
@@ -168,10 +234,16 @@ def main() -> None:
     parser.add_argument("--model", action="append", help="a LOCAL_MODELS name or a GGUF path")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--answers", type=Path, help="write each model's answers here")
+    parser.add_argument(
+        "--operations", action="store_true", help="measure revise and forget instead"
+    )
     args = parser.parse_args()
     print(f"machine: {machine_load()} (before)")
     for model in args.model or MODELS:
-        report(model, measure(model, args.threads, args.answers))
+        if args.operations:
+            operations(model, args.threads)
+        else:
+            report(model, measure(model, args.threads, args.answers))
     print(f"\nmachine: {machine_load()} (after)")
 
 

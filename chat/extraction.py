@@ -18,14 +18,14 @@ from alma.domain.rules import valid_importance, valid_snippet
 from alma.language import guess_language
 from alma.llm import tokens
 from alma.llm.client import Messages, Sampling
-from alma.projections.ranking import fold
+from alma.projections.ranking import fold, terms
 
 MAX_OPERATIONS = 50
 FACTS_MAX_TOKENS = 800
 SUMMARY_MAX_TOKENS = 400
 _INSTRUCTIONS_ROOM = 700  # tokens for our own instructions and message framing
 _FENCED = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL)
-_WORD = re.compile(r"\w+")
+_EVERY_NOTE = {"usuar", "user"}  # the stems every note has ("El usuario", "The user")
 _QUESTION = re.compile(r"¿[^¿?]*\?|[^.!?¡¿…\n]*\?")
 
 FACTS_INSTRUCTION = """\
@@ -210,7 +210,9 @@ def fact_list_extraction(name: str, conversation: Sequence[Line], window: int) -
         fact_list_prompt(said, window),
         FACT_LIST_MAX_TOKENS,
         {"response_format": fact_list_format()},
-        lambda answer: read_fact_list(answer, name, _speaker(said)),
+        lambda answer: read_fact_list(
+            answer, " ".join(line.content for line in said), _speaker(said)
+        ),
     )
 
 
@@ -269,13 +271,13 @@ def fact_list_format() -> dict[str, Any]:
 
 
 def read_fact_list(
-    answer: str, character: str = "", speaker: str | None = None
+    answer: str, stated: str, speaker: str | None = None
 ) -> tuple[list[Operation], int]:
-    """The local model's notes as `add` operations of `speaker` (the user's name, if any),
-    checked as `read_operations` checks them. Left out: small talk (a note labelled so, and the
-    same note under another label), a note said twice but once, and a note about `character`
-    (one that starts with its name: the model saw only what the user said, so that is the
-    user's fact given to the one they spoke to), which counts as refused."""
+    """The local model's notes on what the user `stated`, as `add` operations of `speaker` (the
+    user's name, if any), checked as `read_operations` checks them. Left out: small talk (a note
+    labelled so, and the same note under another label), a note said twice but once, and, as
+    refused, a note with no word of what the user stated (the 1.5B made up "El usuario está
+    sentado en su sofá" from "Gracias. Te cuento:")."""
     items = _json_array(answer)
     for item in items:
         if not (isinstance(item, dict) and set(item) == {"kind", "text"}):
@@ -283,18 +285,24 @@ def read_fact_list(
         if not (item["kind"] in KINDS and isinstance(item["text"], str)):
             raise Malformed("a note's kind is not one asked for, or its text is no string")
     small_talk = {fold(item["text"]) for item in items if item["kind"] == SMALL_TALK}
-    facts: dict[str, str] = {}  # by their folded text
+    notes: dict[str, str] = {}  # by their folded text
     for item in items:
-        facts.setdefault(fold(item["text"]), item["text"])
-    listener = _WORD.findall(fold(character))[:1]
-    kept = {key: text for key, text in facts.items() if key not in small_talk}
-    mine = [text for key, text in kept.items() if _WORD.findall(key)[:1] != listener]
+        notes.setdefault(fold(item["text"]), item["text"])
+    kept = [text for key, text in notes.items() if key not in small_talk]
+    words = _stems(stated)
+    grounded = [text for text in kept if _stems(text) - _EVERY_NOTE & words]
     operations, refused = _checked(
-        [{"op": "add", "text": text, "speaker": speaker} for text in mine],
+        [{"op": "add", "text": text, "speaker": speaker} for text in grounded],
         set(),
         {speaker} if speaker else set(),
     )
-    return operations, refused + len(kept) - len(mine)
+    return operations, refused + len(kept) - len(grounded)
+
+
+def _stems(text: str) -> set[str]:
+    """The first five letters of `text`'s words of four or more, folded, stopwords aside: one
+    stem for "mudé" and "mudó", "alergia" and "alérgico"."""
+    return {word[:5] for word in terms(text) if len(word) >= 4}
 
 
 def _who(user: str | None, language: str) -> str:

@@ -602,27 +602,28 @@ def test_operations_are_read_strictly() -> None:
 )
 def test_local_answers_that_are_not_notes_are_malformed(answer: str, reason: str) -> None:
     with pytest.raises(Malformed) as dropped:
-        read_fact_list(answer)
+        read_fact_list(answer, "Soy profesor")
     assert dropped.value.reason == reason
 
 
 def test_local_notes_become_facts_of_the_user_and_small_talk_is_left_out() -> None:
+    stated = "Hace un día precioso. Soy profesora en Cádiz."
     answer = json.dumps(
         [
-            {"kind": "small talk", "text": "Carmen saluda a Rosa"},
+            {"kind": "small talk", "text": "Carmen saluda"},
             {"kind": "work", "text": "Carmen es profesora en Cádiz"},
             {"kind": "work", "text": "carmen es profesora en cadiz"},  # said twice: once
             {"kind": "small talk", "text": "Hace un día precioso"},
             {"kind": "home", "text": "Hace un día precioso"},  # small talk under another label
-            {"kind": "person", "text": "Rosa, la hermana de Carmen es enfermera"},  # Rosa's?
+            {"kind": "home", "text": "Carmen está sentada en su sofá"},  # no word of hers
             {"kind": "plan", "text": "   "},
         ]
     )
-    operations, refused = read_fact_list(answer, "Rosa", "Carmen")
+    operations, refused = read_fact_list(answer, stated, "Carmen")
     assert [(o.op, o.text, o.speaker) for o in operations] == [
         ("add", "Carmen es profesora en Cádiz", "Carmen")
     ]
-    assert refused == 2  # the note given to Rosa, the blank one
+    assert refused == 2  # the made-up note, the blank one
 
 
 def test_the_local_model_is_asked_about_what_the_user_said_in_their_language() -> None:
