@@ -22,6 +22,12 @@ contain at a word's start, case and accents aside (`a|b`: either word). Printed 
 - dropped: answers `read_fact_list` refused whole (not JSON, wrong shape), and refused facts;
 - seconds per extraction, wall clock and the process's CPU (llama.cpp runs in it): the wall
   clock is the machine's, inflated by whatever else runs on it; the CPU time is not.
+
+`--operations` measures instead whether the model could revise and forget: the hosted task
+(`operations_extraction`, the memories offered with their ids), its answer held to a JSON schema
+of add/revise/forget on the offered ids, on tests/data/formation/operations.json. Printed: the
+revisions and forgettings a person expects that it made, the memories it revised or forgot
+that it should have left alone, and the offered memories it added back as new facts.
 """
 
 from __future__ import annotations
@@ -129,7 +135,7 @@ def measure(model: str, threads: int, answers: Path | None) -> dict[str, Tally]:
         server.close()
     if answers is not None:
         answers.mkdir(parents=True, exist_ok=True)
-        target = answers / f"{Path(model).stem}.jsonl"
+        target = answers / f"{Path(model).name.removesuffix('.gguf')}.jsonl"
         target.write_text("".join(json.dumps(a, ensure_ascii=False) + "\n" for a in kept))
     return tallies
 
@@ -170,7 +176,9 @@ def operations(model: str, threads: int) -> None:
     cases = json.loads((DATA / "operations.json").read_text())["cases"]
     server = LocalModelServer(model, n_threads=threads)
     client = server.client(timeout_s=600.0)
-    expected = right = wrong = 0
+    asked = {"revise": 0, "forget": 0}
+    made = {"revise": 0, "forget": 0}
+    wrong = copied = 0
     try:
         for case in cases:
             offered = list(case["memories"].items())
@@ -182,25 +190,30 @@ def operations(model: str, threads: int) -> None:
             done, _ = extraction.read(answer.text)
             log(f"{server.model} {case['said']!r}: {[(o.op, o.memory_id, o.text) for o in done]}")
             expect = case["expect"]
-            target = expect.get("revise") or expect.get("forget")
+            kind = "revise" if "revise" in expect else "forget" if "forget" in expect else None
             changed = [o for o in done if o.op != "add"]
-            if target is not None:
-                expected += 1
-                kind = "revise" if "revise" in expect else "forget"
-                right += any(
+            if kind is not None:
+                asked[kind] += 1
+                made[kind] += any(
                     o.op == kind
-                    and o.memory_id == target
+                    and o.memory_id == expect[kind]
                     and (kind == "forget" or states(o.text or "", expect["keys"]))
                     for o in changed
                 )
-            wrong += sum(o.memory_id != target for o in changed)
+            wrong += sum(kind is None or o.memory_id != expect[kind] for o in changed)
+            kept = [fold(text) for text in case["memories"].values()]
+            copied += sum(
+                any(memory in fold(o.text or "") for memory in kept) for o in done if o.op == "add"
+            )
     finally:
         server.close()
     print_table(
         f"revise and forget, {model}",
         [
-            Row("expected changes made", share(right, expected)),
-            Row("memories wrongly revised or forgotten", f"{wrong} in {len(cases)} cases"),
+            Row("revisions made", share(made["revise"], asked["revise"])),
+            Row("forgettings made", share(made["forget"], asked["forget"])),
+            Row("memories wrongly revised or forgotten", f"{wrong} (in {len(cases)} cases)"),
+            Row("offered memories added back as new facts", f"{copied} (in {len(cases)} cases)"),
         ],
     )
 
