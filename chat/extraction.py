@@ -1,9 +1,10 @@
 """What the memory process asks the model, and how it reads the answers strictly: memory
 operations (add, revise, forget) from a stretch of conversation, and rolling summaries.
 
-A hosted model gets the whole task (`facts_prompt`). The local model, a 1.5B, gets a smaller one
-it can do (`fact_list_prompt`): list the new facts, shown how by examples, its answer held to a
-JSON schema by llama.cpp's grammar (`fact_list_format`), so it is always a list of facts."""
+A hosted model gets the whole task (`operations_extraction`). The local model, a 1.5B, gets a
+smaller one it can do (`fact_list_extraction`): a note on each thing the user stated, labelled
+with its kind, shown how by examples in the user's language, its answer held to a JSON schema by
+llama.cpp's grammar (`fact_list_format`); its notes but small talk are added."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ language of the conversation (Spanish stays Spanish, English stays English). The
 summary is there for context only: summarise the new stretch. Answer with the summary alone."""
 
 
-FACT_LIST_MAX_TOKENS = 300
+FACT_LIST_MAX_TOKENS = 400  # six notes of 160 characters, labelled, fit
 FACT_LIST_MAX = 6  # notes in one answer
 FACT_MAX_CHARS = 160
 # What a note is about. The model labels every sentence, small talk too, rather than leaving
@@ -196,9 +197,10 @@ def operations_extraction(
 
 
 def fact_list_extraction(name: str, conversation: Sequence[Line], window: int) -> Extraction | None:
-    """The local model's: the lasting facts in what the user said (the character's words are
-    left out: in a live chat the local model wrote them itself, and read back they turned into
-    facts of small talk), its answer held to `fact_list_format`. None: the user said nothing."""
+    """The local model's: notes on what the user stated to `name` (`_statements`; the
+    character's words are left out: in a live chat the local model wrote them itself, and read
+    back they turned into facts of small talk), its answer held to `fact_list_format`. None: the
+    user stated nothing."""
     said = [
         replace(line, content=statements)
         for line in conversation
@@ -290,7 +292,7 @@ def read_fact_list(
         notes.setdefault(fold(item["text"]), item["text"])
     kept = [text for key, text in notes.items() if key not in small_talk]
     words = _stems(stated)
-    grounded = [text for text in kept if _stems(text) - _EVERY_NOTE & words]
+    grounded = [text for text in kept if (_stems(text) - _EVERY_NOTE) & words]
     operations, refused = _checked(
         [{"op": "add", "text": text, "speaker": speaker} for text in grounded],
         set(),
