@@ -279,7 +279,10 @@ def main() -> None:
         folder = Path(tmp)
         key = create_key(folder, TENANT)
         with (
-            alma_serve(folder, {"ALMA_EMBEDDING_MODEL": args.model}) as (_, base_url),
+            # Recall over what was imported: the local model's memories would be another bench.
+            alma_serve(
+                folder, {"ALMA_EMBEDDING_MODEL": args.model, "ALMA_MEMORY_FORMATION": "false"}
+            ) as (_, base_url),
             httpx.Client(
                 base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60
             ) as http,

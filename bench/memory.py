@@ -316,7 +316,8 @@ BACKEND: str | None = None  # --embedding-backend; None keeps alma's default
 
 
 def settings_for(folder: Path) -> Settings:
-    settings = Settings(data_dir=folder, database_url=None, chroma_url=None)
+    # No memory formation: with no key it would ask the local model about the imported messages.
+    settings = Settings(data_dir=folder, database_url=None, chroma_url=None, memory_formation=False)
     if BACKEND is not None:
         settings.embedding_backend = BACKEND  # type: ignore[assignment]
     return settings

@@ -77,7 +77,8 @@ def postgres_server(request: pytest.FixtureRequest) -> PostgresServer:
 
 
 # Read models may lag while a loaded test machine embeds; tests wait rather than flake.
-# Memory formation would send its own requests to the chat stub: its tests switch it on.
+# Memory formation would send its own requests to the chat stub, or ask the local model (a 1.5B
+# extraction is seconds a turn): its tests switch it on.
 _patient = {
     "_env_file": None,
     "read_model_wait_s": 30.0,
