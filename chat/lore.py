@@ -40,6 +40,11 @@ class _Keys:
 
     of_entry: dict[int, tuple[tuple[Key, ...], tuple[Key, ...]]]
     needles: dict[bool, frozenset[str]]
+    # Which entries a plain primary key (by case, then needle) can call up; those with a
+    # regular-expression primary key may be called up by any text.
+    by_needle: dict[bool, dict[str, set[int]]]
+    by_pattern: frozenset[int]
+    deepest: int  # the most messages any entry scans
 
 
 # Recent versions of lorebooks, so a turn does not prepare the same keys again.
@@ -52,13 +57,27 @@ def _keys(book: Book) -> _Keys:
     if prepared is None:
         of_entry = {}
         needles: dict[bool, set[str]] = {False: set(), True: set()}
+        by_needle: dict[bool, dict[str, set[int]]] = {False: {}, True: {}}
+        by_pattern = set()
         for entry in book.entries:
-            case = bool(entry["case_sensitive"])
+            entry_id, case = int(entry["id"]), bool(entry["case_sensitive"])
             primary = tuple(compiled(k, case) for k in entry["keys"])
             secondary = tuple(compiled(k, case) for k in entry["secondary_keys"] if k.strip())
-            of_entry[int(entry["id"])] = (primary, secondary)
+            of_entry[entry_id] = (primary, secondary)
             needles[case].update(k.sought for k in primary + secondary if k.pattern is None)
-        prepared = _Keys(of_entry, {case: frozenset(n - {""}) for case, n in needles.items()})
+            for key in primary:
+                if key.pattern is not None:
+                    by_pattern.add(entry_id)
+                elif key.sought:
+                    by_needle[case].setdefault(key.sought, set()).add(entry_id)
+        depths = [e["scan_depth"] for e in book.entries if e["scan_depth"] is not None]
+        prepared = _Keys(
+            of_entry,
+            {case: frozenset(n - {""}) for case, n in needles.items()},
+            by_needle,
+            frozenset(by_pattern),
+            max([book.settings["scan_depth"], *depths]),
+        )
         if len(_PREPARED) >= _PREPARED_KEPT:
             _PREPARED.clear()
         _PREPARED[(book.id, book.version)] = prepared
@@ -141,7 +160,14 @@ def _activated(
     meant = _by_meaning(book, waiting, meaning, min_score)
     found: list[dict[str, Any]] = []
     for _ in range(MAX_RECURSION_STEPS):
-        new = [e for e in waiting if e is meant or _called(e, book.settings, scan, keys)]
+        able = _callable(scan, keys)
+        new = [
+            e
+            for e in waiting
+            if e is meant
+            or e["constant"]
+            or (int(e["id"]) in able and _called(e, book.settings, scan, keys))
+        ]
         if not new:
             break
         found += new
@@ -154,6 +180,16 @@ def _activated(
             break
         scan.recurse(contents)
     return found
+
+
+def _callable(scan: _Scan, keys: _Keys) -> set[int]:
+    """The entries whose keys can match at all: a plain primary key found in the most text any
+    entry scans (each entry's own text is part of it), or a regular-expression one."""
+    able = set(keys.by_pattern)
+    for case, entries in keys.by_needle.items():
+        for found in scan.present(keys.deepest, True, case):
+            able |= entries.get(found, set())
+    return able
 
 
 def _by_meaning(
