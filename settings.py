@@ -58,8 +58,8 @@ class Settings(BaseSettings):
     model_max_retries: int = Field(default=4, ge=0)
     local_model: str | None = Field(
         default=None,
-        description="the local backend's model: smollm2-135m, qwen2.5-coder-0.5b, "
-        "qwen2.5-coder-1.5b (from packages, README) or a GGUF file's path; unset = smollm2-135m",
+        description="the local backend's model: qwen2.5-coder-1.5b (unset), smollm2-135m, "
+        "qwen2.5-coder-0.5b (from packages, README) or a GGUF file's path",
     )
     local_context_window: int = Field(default=2048, ge=512)
     local_queue_timeout_s: float = Field(
