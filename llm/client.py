@@ -119,7 +119,7 @@ class _Malformed(Exception):
 
 
 class _GaveWay(Exception):
-    pass
+    """A background request (memory formation) stops mid-stream: a chat wants the model."""
 
 
 class OpenAIModel:
