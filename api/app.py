@@ -24,6 +24,7 @@ from alma.api.routes import (
     lorebooks,
     memories,
     openai_compat,
+    web,
 )
 from alma.api.schemas import ERROR_RESPONSES, declare_reply_limit
 from alma.api.security import install_security
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         health,
     ):
         app.include_router(module.router, responses=ERROR_RESPONSES)
+    app.include_router(web.router)
     # Uploads may carry audio up to its own limit (checked exactly by the route), plus the form.
     declare_reply_limit(app.openapi(), model_context(settings))
     declare_bodies(app.openapi())

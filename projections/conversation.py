@@ -89,6 +89,15 @@ class Conversation(SqlReadModel):
         )
         return [_message_of(row) for row in rows]
 
+    def messages_before(self, instance_id: UUID, before: int, limit: int) -> list[Message]:
+        """The instance's conversation before position `before`, newest first."""
+        rows = self.store.query(
+            f"SELECT {_COLUMNS} FROM conversation_messages WHERE instance_id = %s "
+            "AND position < %s ORDER BY position DESC LIMIT %s",
+            (str(instance_id), before, limit),
+        )
+        return [_message_of(row) for row in rows]
+
     def recent_messages(self, instance_id: UUID, limit: int) -> list[Message]:
         """The last `limit` messages of the conversation, oldest first."""
         rows = self.store.query(

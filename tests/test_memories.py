@@ -118,6 +118,36 @@ def test_imported_messages_are_searchable_with_their_own_dates(api: Api) -> None
     ]
 
 
+def test_the_conversation_pages_back_from_its_latest_message(api: Api) -> None:
+    """`order=newest`: a chat view opens on the last messages and pages further back."""
+    instance = _instance(api)
+    said = [{"role": "user", "content": f"mensaje {n} ¿sí? 🌵"} for n in range(7)]
+    posted = api.client.post(
+        f"/v1/instances/{instance}/messages", json={"messages": said}, headers=api.acme
+    )
+    assert posted.status_code == 201, posted.text
+    pages: list[list[str]] = []
+    cursor = None
+    while True:
+        params = {"order": "newest", "limit": 3, **({"cursor": cursor} if cursor else {})}
+        page = api.client.get(
+            f"/v1/instances/{instance}/messages", params=params, headers=api.acme
+        ).json()
+        pages.append([m["content"] for m in page["items"]])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == [
+        ["mensaje 6 ¿sí? 🌵", "mensaje 5 ¿sí? 🌵", "mensaje 4 ¿sí? 🌵"],
+        ["mensaje 3 ¿sí? 🌵", "mensaje 2 ¿sí? 🌵", "mensaje 1 ¿sí? 🌵"],
+        ["mensaje 0 ¿sí? 🌵"],
+    ]
+    wrong = api.client.get(
+        f"/v1/instances/{instance}/messages", params={"order": "up"}, headers=api.acme
+    )
+    assert wrong.status_code == 422, wrong.text
+
+
 def test_the_audit_shows_snippet_changes_beside_memory_text_changes(api: Api) -> None:
     instance = _instance(api, memory="Vive en Oaxaca.")
     base = f"/v1/instances/{instance}/memories"

@@ -22,7 +22,7 @@ from alma.api.deps import (
     Within,
 )
 from alma.api.message_import import BODIES, messages_sent
-from alma.api.pagination import decode_cursor, encode_cursor
+from alma.api.pagination import MAX_POSITION, decode_cursor, encode_cursor
 from alma.api.schemas import (
     MemoryCreate,
     MemoryEdit,
@@ -174,8 +174,13 @@ def list_messages(
         Literal["alma", "sillytavern"],
         Query(description="sillytavern: the whole conversation as a SillyTavern chat file"),
     ] = "alma",
+    order: Annotated[
+        Literal["oldest", "newest"],
+        Query(description="newest: the latest first, each page further back (a chat view)"),
+    ] = "oldest",
 ) -> Page[MessageOut] | Response:
-    """The conversation, oldest first: imported turns, the user's messages and the replies."""
+    """The conversation, oldest first (or newest first): imported turns, the user's messages
+    and the replies."""
     instance = app.owned(Instance, caller.tenant, instance_id, None)
     caught_up()
     if format == "sillytavern":
@@ -187,7 +192,11 @@ def list_messages(
             media_type="application/jsonl",
             headers={"Content-Disposition": f'attachment; filename="{instance_id}.jsonl"'},
         )
-    messages = conversation.messages(instance_id, decode_cursor(cursor), limit)
+    if order == "newest":
+        before = MAX_POSITION if cursor is None else decode_cursor(cursor)
+        messages = conversation.messages_before(instance_id, before, limit)
+    else:
+        messages = conversation.messages(instance_id, decode_cursor(cursor), limit)
     next_cursor = encode_cursor(messages[-1].position) if len(messages) == limit else None
     return Page[MessageOut](items=[MessageOut.of(m) for m in messages], next_cursor=next_cursor)
 
