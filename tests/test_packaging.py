@@ -99,6 +99,8 @@ def test_the_wheel_installs_one_name(tmp_path: Path) -> None:
         module = f"alma/{part}/__init__.py" if (ROOT / part).is_dir() else f"alma/{part}.py"
         assert module in names, f"{module} is missing from the wheel"
     assert "alma/api/routes/__init__.py" in names
+    # The web app's files travel with it: `alma serve` serves them from the package.
+    assert {"alma/api/static/index.html", "alma/api/static/js/main.js"} <= set(names)
 
 
 @contextmanager

@@ -12,9 +12,17 @@ from typing import Any
 import pytest
 
 from tests.test_cards import png, text_chunk, v2_card
-from tests.web import EchoStub, Served, browser, need_a_browser, remembered, screenshot, serving
+from tests.web import (
+    EchoStub,
+    Served,
+    browser,
+    need_a_browser,
+    remembered,
+    screenshot,
+    serving,
+    wait,
+)
 from tests.web import sign_in as _sign_in
-from tests.web import wait
 
 pytestmark = pytest.mark.slow  # a server and a browser: about a minute for the module
 

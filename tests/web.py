@@ -29,7 +29,9 @@ RECOLLECTIONS = "## Things you remember"
 
 def need_a_browser() -> None:
     """Skips loudly when Chromium or its driver is missing; under CI (`CI=true`) fails."""
-    missing = [name for name, path in (("chromium", CHROMIUM), ("chromium-driver", DRIVER)) if not path]
+    missing = [
+        name for name, path in (("chromium", CHROMIUM), ("chromium-driver", DRIVER)) if not path
+    ]
     try:
         import selenium  # noqa: F401
     except ImportError:
