@@ -73,18 +73,6 @@ export const patch = (path, body, version) =>
 export const remove = (path, query, version) =>
   json("DELETE", path, { query, headers: version ? { "If-Match": String(version) } : {} });
 
-// Every page of a list, up to `most` items.
-export async function all(path, query = {}, most = 5000) {
-  const items = [];
-  let cursor = null;
-  do {
-    const page = await get(path, { ...query, limit: 500, cursor });
-    items.push(...page.items);
-    cursor = page.next_cursor;
-  } while (cursor && items.length < most);
-  return items;
-}
-
 // A chat turn, streamed: yields {event, data} for each server-sent event ("message" for a
 // piece of the reply, then "turn" or "error"). Aborting `signal` stops the reply; alma keeps
 // what was streamed, marked interrupted.

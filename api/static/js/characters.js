@@ -2,47 +2,36 @@
 // every field to edit, its export and archive, and its instances.
 
 import { get, patch, post, remove, request } from "./api.js";
-import { clear, download, field, h } from "./dom.js";
+import { download, field, h } from "./dom.js";
 import { t } from "./i18n.js";
 import { instancesSection } from "./instances.js";
 import { attempt, note } from "./status.js";
 import { confirmDialog } from "./dialog.js";
+import { paged } from "./paged.js";
 
-const PAGE = 100;
 const TEXTS = ["description", "personality", "scenario", "greeting", "example_dialogue", "system_prompt",
   "post_history_instructions", "creator_notes"];
 const LINES = ["creator", "character_version", "nickname"];
-export const VOICES = ["alloy", "ash", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer",
+const VOICES = ["alloy", "ash", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer",
   "f1", "f2", "f3", "f4", "f5", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8"];
 
 export async function charactersView() {
-  const list = h("ul", { class: "list", id: "characters" });
-  const more = h("button", { type: "button", hidden: true }, t("more"));
   const search = h("input", { type: "search", name: "q" });
-  let cursor = null;
   let query = "";
-
-  async function load(reset) {
-    const page = await get("/v1/characters", { limit: PAGE, cursor: reset ? null : cursor, q: query });
-    if (reset) clear(list);
-    list.append(...page.items.map(characterRow));
-    if (!list.children.length) list.append(h("li", { class: "empty" }, t(query ? "noMatch" : "noCharacters")));
-    cursor = page.next_cursor;
-    more.hidden = !cursor;
-  }
-  more.addEventListener("click", () => attempt(null, () => load(false)));
+  const list = paged(h("ul", { class: "list", id: "characters" }), "/v1/characters", characterRow,
+    () => t(query ? "noMatch" : "noCharacters"), () => ({ q: query }));
   const form = h("form", { class: "inline", role: "search" }, field(t("searchCharacters"), search),
     h("button", { type: "submit" }, t("search")));
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     query = search.value.trim();
-    attempt(null, () => load(true));
+    attempt(null, () => list.load(true));
   });
-  await load(true);
+  await list.load(true);
   return h("section", { "aria-labelledby": "characters-title" },
     h("div", { class: "row" }, h("h1", { id: "characters-title" }, t("characters")),
       h("a", { href: "#/characters/new", class: "button" }, t("newCharacter"))),
-    importZone(), form, list, more);
+    importZone(), form, list.element, list.more);
 }
 
 function characterRow(character) {

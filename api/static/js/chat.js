@@ -3,7 +3,7 @@
 // and voice (speak a message; hear a reply).
 
 import { chat, get, patch, post } from "./api.js";
-import { clear, field, h, when } from "./dom.js";
+import { field, h, when } from "./dom.js";
 import { t } from "./i18n.js";
 import { attempt, describe, note } from "./status.js";
 import { hearReply, recorder } from "./voice.js";

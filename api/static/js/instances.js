@@ -1,26 +1,17 @@
 // A character's instances: list, create (a taken name said inline), rename, archive, erase.
 
-import { get, patch, post, remove } from "./api.js";
-import { clear, field, h, when } from "./dom.js";
+import { patch, post, remove } from "./api.js";
+import { field, h, when } from "./dom.js";
 import { t } from "./i18n.js";
 import { attempt, note } from "./status.js";
 import { confirmDialog } from "./dialog.js";
+import { paged } from "./paged.js";
 
 export async function instancesSection(character) {
-  const list = h("ul", { class: "list", id: "instances" });
-  let cursor = null;
-  const more = h("button", { type: "button", hidden: true }, t("more"));
-  async function load(reset) {
-    const page = await get(`/v1/characters/${character.id}/instances`, { limit: 100, cursor: reset ? null : cursor });
-    if (reset) clear(list);
-    list.append(...page.items.map(instanceRow));
-    if (!list.children.length) list.append(h("li", { class: "empty" }, t("noInstances")));
-    cursor = page.next_cursor;
-    more.hidden = !cursor;
-  }
-  more.addEventListener("click", () => attempt(null, () => load(false)));
-  await load(true);
-  return h("div", {}, list, more, createForm(character));
+  const list = paged(h("ul", { class: "list", id: "instances" }), `/v1/characters/${character.id}/instances`,
+    instanceRow, () => t("noInstances"));
+  await list.load(true);
+  return h("div", {}, list.element, list.more, createForm(character));
 }
 
 function instanceRow(instance) {

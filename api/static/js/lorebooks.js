@@ -1,7 +1,7 @@
 // Lorebooks: the list, a new one, and one book's entries to add, edit and remove.
 
 import { get, patch, post, remove } from "./api.js";
-import { clear, field, h } from "./dom.js";
+import { field, h } from "./dom.js";
 import { t } from "./i18n.js";
 import { attempt, note } from "./status.js";
 import { confirmDialog } from "./dialog.js";

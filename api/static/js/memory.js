@@ -1,28 +1,29 @@
 // The instance's memory: search (k, min_score as the API takes them), add, revise, forget,
 // and the audit: every change as a timeline, with its diff, who made it and where it came from.
 
-import { all, get, patch, post, remove } from "./api.js";
+import { get, patch, post, remove } from "./api.js";
 import { clear, field, h, when } from "./dom.js";
 import { t } from "./i18n.js";
 import { attempt, note } from "./status.js";
 import { confirmDialog } from "./dialog.js";
+import { paged } from "./paged.js";
 
 export async function memoryView(instance) {
-  const list = h("ul", { class: "list", id: "memories" });
-  const audit = h("ol", { class: "timeline", id: "audit" });
+  const list = paged(h("ul", { class: "list", id: "memories" }), `/v1/instances/${instance.id}/memories`,
+    (m) => memoryItem(instance, m, refresh), () => t("noMemories"));
+  const audit = paged(h("ol", { class: "timeline", id: "audit" }), `/v1/instances/${instance.id}/memory/audit`,
+    (change) => auditItem(instance, change), () => t("none"));
   async function refresh() {
-    const memories = await all(`/v1/instances/${instance.id}/memories`);
-    clear(list, memories.length ? memories.map((m) => memoryItem(instance, m, refresh)) : h("li", { class: "empty" }, t("noMemories")));
-    const changes = await all(`/v1/instances/${instance.id}/memory/audit`);
-    clear(audit, changes.reverse().map((change) => auditItem(instance, change)));
+    await list.load(true);
+    await audit.load(true);
   }
   await refresh();
   return h("div", { class: "memory" },
     searchForm(instance),
     addForm(instance, refresh),
-    h("h2", {}, t("memories")), list,
+    h("h2", {}, t("memories")), list.element, list.more,
     h("h2", {}, t("memoryText")), h("pre", { class: "memory-text" }, instance.memory || t("none")),
-    h("h2", {}, t("audit")), audit);
+    h("h2", {}, t("audit")), audit.element, audit.more);
 }
 
 function searchForm(instance) {
@@ -125,7 +126,7 @@ function auditItem(instance, change) {
     diffBlock(change.diff));
 }
 
-export function diffBlock(diff) {
+function diffBlock(diff) {
   return h("pre", { class: "diff" }, diff.split("\n").filter((line) => !line.startsWith("---") && !line.startsWith("+++"))
     .map((line) => h("span", { class: line.startsWith("+") ? "add" : line.startsWith("-") ? "del" : line.startsWith("@@") ? "hunk" : "" }, line, "\n")));
 }
