@@ -36,7 +36,8 @@ WATCH = """
 window.__shown = {};
 new MutationObserver(() => {
   const now = performance.now();
-  if (!window.__shown.list && document.querySelector('#characters li a.name')) window.__shown.list = now;
+  if (!window.__shown.list && document.querySelector('#characters li a.name'))
+    window.__shown.list = now;
   if (!window.__shown.chat && document.querySelector('#log .message') &&
       document.querySelector('#composer textarea')) window.__shown.chat = now;
 }).observe(document, {childList: true, subtree: true});
@@ -93,9 +94,7 @@ def measure(driver: Any, url: str, view: str, loads: int) -> list[float]:
 
 def compressed_kb(base: str) -> tuple[float, float, int]:
     """The page's files as served to a browser that takes gzip: KB sent, KB unpacked, files."""
-    paths = ["/"] + [
-        "/web/" + str(p.relative_to(STATIC)) for p in STATIC.rglob("*") if p.is_file()
-    ]
+    paths = ["/"] + ["/web/" + str(p.relative_to(STATIC)) for p in STATIC.rglob("*") if p.is_file()]
     sent = unpacked = 0
     for path in paths:
         with httpx.stream("GET", base + path, headers={"Accept-Encoding": "gzip"}) as answer:
@@ -129,9 +128,7 @@ def main() -> None:
                 caught_up(http)
             sent, unpacked, files = compressed_kb(base)
             with browser(language="en") as driver:
-                driver.execute_cdp_cmd(
-                    "Page.addScriptToEvaluateOnNewDocument", {"source": WATCH}
-                )
+                driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": WATCH})
                 sign_in(driver, base, key)
                 log("loading the characters list")
                 listed = measure(driver, f"{base}/#/", "list", args.loads)

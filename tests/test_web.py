@@ -156,6 +156,11 @@ def test_a_card_dropped_in_chats_with_its_reply_streaming_and_what_it_was_built_
     assert (recorded["data"]["content"], recorded["data"]["interrupted"]) == (reply, False)
     screenshot(page, "chat")
 
+    # A reply heard in the character's voice (espeak-ng): the button stays pressed while it plays.
+    listen = css(page, "#log .message.assistant:last-child button.play")
+    listen.click()
+    wait(page, lambda: listen.get_attribute("aria-pressed") == "true")
+
 
 def test_a_memory_added_is_used_by_the_next_reply_and_forgotten_is_gone(
     site: Served, page: Any

@@ -1,5 +1,5 @@
 """The web app's files as alma serves them: a page whose policy lets it load and call nothing
-but alma, that writes no user text as markup, speaks English and Spanish alike, and works offline."""
+but alma, that writes no user text as markup, speaks English and Spanish alike, works offline."""
 
 from __future__ import annotations
 

@@ -157,8 +157,8 @@ function messageItem(message, instance) {
   if (message.role === "assistant") {
     const model = message.metadata && message.metadata.model;
     if (model) item.append(h("p", { class: "muted" }, t("model"), ": ", model));
-    const play = h("button", { type: "button", class: "quiet play", "aria-label": t("play") }, "▶ ", t("play"));
-    play.addEventListener("click", () => attempt(null, () => hearReply(null, item.querySelector(".text").textContent, instance)));
+    const play = h("button", { type: "button", class: "quiet play", "aria-pressed": "false" }, "▶ ", t("play"));
+    play.addEventListener("click", () => attempt(null, () => hearReply(null, item.querySelector(".text").textContent, instance, play)));
     item.append(play);
   }
   return item;

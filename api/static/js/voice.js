@@ -49,8 +49,9 @@ export function recorder(instance, { started, spoken, failed }) {
   return button;
 }
 
-// Plays a voice turn's spoken reply, or asks alma to speak `text` in the instance's voice.
-export async function hearReply(answer, text, instance) {
+// Plays a voice turn's spoken reply, or asks alma to speak `text` in the instance's voice;
+// `button`, when given, is pressed while it plays.
+export async function hearReply(answer, text, instance, button) {
   let blob;
   if (answer) {
     const bytes = Uint8Array.from(atob(answer.audio_base64), (c) => c.charCodeAt(0));
@@ -62,6 +63,10 @@ export async function hearReply(answer, text, instance) {
     blob = await response.blob();
   }
   const audio = new Audio(URL.createObjectURL(blob));
-  audio.addEventListener("ended", () => URL.revokeObjectURL(audio.src));
+  audio.addEventListener("ended", () => {
+    URL.revokeObjectURL(audio.src);
+    if (button) button.setAttribute("aria-pressed", "false");
+  });
   await audio.play();
+  if (button) button.setAttribute("aria-pressed", "true");
 }
