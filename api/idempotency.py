@@ -114,25 +114,31 @@ RetrySafe = Depends(_retry_safe)
 """For `dependencies=[...]` of every route that writes."""
 
 
-async def _fingerprint(request: Request) -> str:
-    """The request's method, path, query and body, hashed: a repeat must match them all."""
+def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
+    """What a repeat must match: the method, path, query and body, hashed."""
     digest = hashlib.sha256()
-    for part in (request.method, request.url.path, request.url.query):
+    for part in (method, path, query):
         digest.update(part.encode() + b"\0")
+    digest.update(body)
+    return digest.hexdigest()
+
+
+async def _fingerprint(request: Request) -> str:
     try:
-        digest.update(await request.body())
+        body = await request.body()
     except RuntimeError:  # an upload: its form was read already, so its fields and files
-        form = await request.form()
+        parts = []
+        form = await request.form()  # the one the route reads (not closed here)
         for name, value in form.multi_items():
-            digest.update(name.encode() + b"\0")
             if isinstance(value, UploadFile):
                 await value.seek(0)
-                digest.update((value.filename or "").encode() + b"\0" + await value.read())
+                content = (value.filename or "").encode() + b"\0" + await value.read()
                 await value.seek(0)
             else:
-                digest.update(value.encode())
-            digest.update(b"\0")
-    return digest.hexdigest()
+                content = value.encode()
+            parts.append(name.encode() + b"\0" + content)
+        body = b"\0".join(parts)
+    return fingerprint(request.method, request.url.path, request.url.query, body)
 
 
 def install_idempotency(app: FastAPI) -> None:
