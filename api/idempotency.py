@@ -7,8 +7,10 @@ too (409). Where the keys live and how a write marks its key: `alma.stores.idemp
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -16,7 +18,8 @@ import anyio
 from fastapi import Depends, FastAPI, Header, Request, Response
 from pydantic.json_schema import SkipJsonSchema
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from alma.api.deps import CurrentCaller
@@ -124,21 +127,45 @@ def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
 
 
 async def _fingerprint(request: Request) -> str:
+    """An upload's by its fields and files: a client sends its retry with a new multipart
+    boundary, so the same form is other bytes."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     try:
         body = await request.body()
-    except RuntimeError:  # an upload: its form was read already, so its fields and files
-        parts = []
-        form = await request.form()  # the one the route reads (not closed here)
-        for name, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                await value.seek(0)
-                content = (value.filename or "").encode() + b"\0" + await value.read()
-                await value.seek(0)
-            else:
-                content = value.encode()
-            parts.append(name.encode() + b"\0" + content)
-        body = b"\0".join(parts)
+    except RuntimeError:  # the form was read already, for the route's own parameters
+        body = await _form_digest(await request.form())
+    else:
+        if media == "multipart/form-data":
+            with contextlib.suppress(MultiPartException):  # malformed: its bytes, then
+                body = await _parsed_digest(request, body)
     return fingerprint(request.method, request.url.path, request.url.query, body)
+
+
+async def _parsed_digest(request: Request, body: bytes) -> bytes:
+    """The form parsed apart from the request's own, which the route parses with its limits."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield body
+
+    form = await MultiPartParser(request.headers, chunks()).parse()
+    try:
+        return await _form_digest(form)
+    finally:
+        await form.close()
+
+
+async def _form_digest(form: FormData) -> bytes:
+    digest = hashlib.sha256()
+    for name, value in form.multi_items():
+        digest.update(name.encode() + b"\0")
+        if isinstance(value, UploadFile):
+            await value.seek(0)
+            digest.update((value.filename or "").encode() + b"\0" + await value.read())
+            await value.seek(0)
+        else:
+            digest.update(value.encode())
+        digest.update(b"\0")
+    return digest.digest()
 
 
 def install_idempotency(app: FastAPI) -> None:

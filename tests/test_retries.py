@@ -102,6 +102,9 @@ def test_a_repeat_gets_the_first_answer_and_writes_nothing_on_every_route_that_c
     ).json()
     card = {"spec": "chara_card_v2", "data": {"name": "Sera", "first_mes": "Bienvenida."}}
     carded = _twice(api, "/v1/characters/import", "card", content=json.dumps(card)).json()
+    # An upload's retry comes with a new multipart boundary: the same form is still the same.
+    upload = {"file": ("sera.json", json.dumps(card).encode(), "application/json")}
+    _twice(api, "/v1/characters/import", "card-file", files=upload)
     instance = _twice(
         api, f"/v1/characters/{character['id']}/instances", "i", json={"name": "Rosa"}
     ).json()
@@ -112,6 +115,14 @@ def test_a_repeat_gets_the_first_answer_and_writes_nothing_on_every_route_that_c
     at = f"/v1/instances/{instance['id']}"
     _twice(api, f"{at}/memories", "m", json={"text": "Su hermana Lucía es enfermera"})
     _twice(api, f"{at}/messages", "msg", json={"messages": [{"role": "user", "content": "Hola"}]})
+    chat_file = b"\n".join(
+        json.dumps(line).encode()
+        for line in (
+            {"user_name": "Ana", "character_name": "Rosa"},
+            {"name": "Ana", "is_user": True, "mes": "Buenas", "send_date": "2024-05-01T10:00:00Z"},
+        )
+    )
+    _twice(api, f"{at}/messages", "st", files={"file": ("chat.jsonl", chat_file, "text/plain")})
     book = _twice(api, "/v1/lorebooks", "l", json={"name": "Sierra"}).json()
     entry = {"keys": ["mezcal"], "content": "El mezcal de la sierra."}
     _twice(api, f"/v1/lorebooks/{book['id']}/entries", "e", json=entry)
@@ -146,6 +157,14 @@ def test_the_same_key_with_another_body_or_route_is_refused_and_writes_nothing(a
         refused = api.client.post(path, json=body, headers=headers)
         assert refused.status_code == 422, refused.text
         assert refused.json()["error"]["code"] == "idempotency_key_reused"
+    card = {"spec": "chara_card_v2", "data": {"name": "Sera"}}
+    upload = {**api.acme, "Idempotency-Key": "carta"}
+    sera = ("sera.json", json.dumps(card).encode(), "application/json")
+    other = ("sera.json", json.dumps({**card, "data": {"name": "Otra"}}).encode(), "text/plain")
+    assert api.client.post("/v1/characters/import", files={"file": sera}, headers=upload).is_success
+    written = _stored(api.services.app)
+    refused = api.client.post("/v1/characters/import", files={"file": other}, headers=upload)
+    assert refused.json()["error"]["code"] == "idempotency_key_reused"
     assert _stored(api.services.app) == written
     again = api.client.post(
         "/v1/characters", json={"name": "Rosa", "description": ""}, headers=headers
@@ -260,6 +279,15 @@ def test_an_error_that_wrote_nothing_is_not_kept(api: Api) -> None:
     assert renamed.status_code == 200, renamed.text
     created = api.client.post(path, json={"name": "Rosa"}, headers=headers)
     assert created.status_code == 201 and "idempotent-replayed" not in created.headers
+    # A voice turn's form is read before the key is looked at: a refused one is refused again.
+    voice = {**api.acme, "Idempotency-Key": "voz"}
+    for _ in range(2):
+        refused = api.client.post(
+            f"/v1/instances/{created.json()['id']}/voice",
+            files={"file": ("hola.wav", b"no es audio", "audio/wav")},
+            headers=voice,
+        )
+        assert refused.status_code == 415 and "idempotent-replayed" not in refused.headers
 
 
 def _as(claim: Claim, write: Callable[[], object]) -> None:
