@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -105,8 +105,9 @@ async def _retry_safe(
         raise ApiError(
             409,
             "idempotency_key_unanswered",
-            "the first request with this Idempotency-Key wrote, but its answer was lost; "
-            "it is not carried out again: read what it made",
+            "the first request with this Idempotency-Key wrote, and its answer was lost (or has "
+            "not come within ALMA_IDEMPOTENCY_LEASE_S); it is not carried out again: read back "
+            "what it made",
         )
     assert lookup.claim is not None
     CLAIM.set(lookup.claim)  # seen by the writes the route makes (the context is copied)
@@ -144,7 +145,7 @@ async def _fingerprint(request: Request) -> str:
 async def _parsed_digest(request: Request, body: bytes) -> bytes:
     """The form parsed apart from the request's own, which the route parses with its limits."""
 
-    async def chunks() -> AsyncIterator[bytes]:
+    async def chunks() -> AsyncGenerator[bytes, None]:
         yield body
 
     form = await MultiPartParser(request.headers, chunks()).parse()

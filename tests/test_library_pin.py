@@ -138,8 +138,9 @@ def test_the_installed_library_is_the_pinned_one_the_overrides_were_read_against
         f"eventsourcing {installed} is installed, pyproject.toml pins {pinned}, and alma's "
         f"overrides were last read against {HASHED_AT}. Before moving the pin, re-read "
         "domain/library.py, ShreddingMapper in domain/erasure.py, `_event` in "
-        "domain/transfer.py and the recorders in stores/idempotency.py against the new library (test_an_overridden_library_source_is_"
-        "unchanged names each function), then set HASHED_AT in tests/test_library_pin.py."
+        "domain/transfer.py and the recorders in stores/idempotency.py against the new "
+        "library (test_an_overridden_library_source_is_unchanged names each function), then "
+        "set HASHED_AT in tests/test_library_pin.py."
     )
 
 

@@ -35,7 +35,7 @@ from tests.conftest import (
     running_api,
     stubbed_model,
 )
-from tests.openai_stub import OpenAIStub, Reply
+from tests.openai_stub import Fail, OpenAIStub, Reply
 from tests.pg_proxy import PostgresProxy
 from tests.test_faults import ThrowawayPostgres, _until, postgres
 
@@ -288,6 +288,26 @@ def test_an_error_that_wrote_nothing_is_not_kept(api: Api) -> None:
             headers=voice,
         )
         assert refused.status_code == 415 and "idempotent-replayed" not in refused.headers
+
+
+def test_an_answer_given_after_a_write_is_kept_even_when_it_is_an_error(
+    chat_api: Api, openai_stub: OpenAIStub
+) -> None:
+    """The turn recorded the user's message, then the model failed: that 502 is the turn's
+    answer, and a repeat is given it rather than a second turn."""
+    api = chat_api
+    instance = make_instance(api, make_character(api)["id"])
+    openai_stub.script(Fail(500), Fail(500))  # the first try and its one retry
+    asked = len(openai_stub.requests)
+    path = f"/v1/instances/{instance['id']}/chat"
+    headers = {**api.acme, "Idempotency-Key": "turno-fallido"}
+    failed = api.client.post(path, json={"message": "¿Me oyes?"}, headers=headers)
+    assert failed.status_code == 502 and failed.json()["error"]["code"] == "model_unavailable"
+    written = _stored(api.services.app)
+    repeat = api.client.post(path, json={"message": "¿Me oyes?"}, headers=headers)
+    assert (repeat.status_code, repeat.content) == (502, failed.content)
+    assert repeat.headers["idempotent-replayed"] == "true"
+    assert _stored(api.services.app) == written and len(openai_stub.requests) == asked + 2
 
 
 def _as(claim: Claim, write: Callable[[], object]) -> None:
