@@ -78,6 +78,7 @@ async def _retry_safe(
         ),
     ] = None,
 ) -> None:
+    """Takes the request's key, or answers for it: the first answer, or why not."""
     if key is None:
         return
     services: Services = request.app.state.services
@@ -111,7 +112,7 @@ async def _retry_safe(
         )
     assert lookup.claim is not None
     CLAIM.set(lookup.claim)  # seen by the writes the route makes (the context is copied)
-    request.state.idempotency = Held(services.idempotency, lookup.claim)
+    request.scope.setdefault("state", {})[_HELD] = Held(services.idempotency, lookup.claim)
 
 
 RetrySafe = Depends(_retry_safe)

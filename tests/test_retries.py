@@ -325,8 +325,8 @@ def test_a_key_whose_request_died_before_writing_is_taken_over_and_that_request_
 ) -> None:
     with running_api(settings.model_copy(update={"idempotency_lease_s": 0.5})) as api:
         body = json.dumps({"name": "Rosa", "description": ""}).encode()
-        print_ = fingerprint("POST", "/v1/characters", "", body)
-        dead = api.services.idempotency.claim("acme", "k", print_)  # then its process died
+        request = fingerprint("POST", "/v1/characters", "", body)
+        dead = api.services.idempotency.claim("acme", "k", request)  # then its process died
         assert dead.found is Found.NEW and dead.claim is not None
         headers = {**api.acme, "Idempotency-Key": "k", "Content-Type": "application/json"}
 
@@ -538,7 +538,10 @@ def test_a_postgres_restart_in_the_middle_of_a_commit_under_four_writers(
             writers = [Writer(api, instance["id"], f"w{n}") for n in range(4)]
             for writer in writers:
                 writer.start()
-            acknowledged = lambda: sum(len(w.acknowledged) for w in writers)  # noqa: E731
+
+            def acknowledged() -> int:
+                return sum(len(w.acknowledged) for w in writers)
+
             _until(lambda: acknowledged() >= 40, "writes before the restart")
             proxy.drop_commits(1, before=restart)
             _until(lambda: proxy.dropped == 1, "a commit to be cut by the restart")
