@@ -106,6 +106,19 @@ class Settings(BaseSettings):
         "times, so a request caught by a database outage answers within about 10x this",
     )
     read_model_wait_s: float = Field(default=2.0, gt=0)
+    idempotency_ttl_s: int = Field(
+        default=86_400,
+        ge=1,
+        description="how long the first answer to a request sent with an Idempotency-Key is "
+        "kept and given again to a repeat of it (24 h)",
+    )
+    idempotency_lease_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="a request that holds an Idempotency-Key and has neither answered nor "
+        "written within this long (its process died, or lost the database) gives the key up to "
+        "a repeat",
+    )
     aggregate_cache_size: int = Field(default=10_000, ge=0)
     rate_limit: int | None = Field(
         default=None, ge=1, description="requests a minute per API key, per replica; unset = off"

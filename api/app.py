@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from alma.api.breaker import BreakerGate
 from alma.api.errors import InternalErrors, error_response, install_error_handlers
+from alma.api.idempotency import KeepAnswers, install_idempotency
 from alma.api.message_import import declare_bodies
 from alma.api.observe import Observe
 from alma.api.routes import (
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         swagger_ui_parameters={"validatorUrl": None},
     )
     install_error_handlers(app)
+    install_idempotency(app)
     install_security(app, settings)
     for module in (
         characters,
@@ -99,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         import_bytes=import_bytes,
     )
     app.add_middleware(InternalErrors)
+    app.add_middleware(KeepAnswers)
     app.add_middleware(Observe)
     app.add_middleware(RequestId)
     return app

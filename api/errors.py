@@ -28,6 +28,7 @@ from alma.chat.voice_turn import NothingSaid
 from alma.domain import DomainError, InvalidInput, NameTaken, NotFound, VersionConflict
 from alma.domain.errors import AlreadyStarted
 from alma.llm.client import ModelError
+from alma.stores.idempotency import ClaimLost
 from alma.voice import (
     AudioError,
     AudioTooLarge,
@@ -302,6 +303,16 @@ def install_error_handlers(app: FastAPI) -> None:
                 return Response(status_code=204, headers=headers)
         return error_response(
             error.status_code, code, str(error.detail), headers=headers, request=request
+        )
+
+    @app.exception_handler(ClaimLost)
+    async def key_taken_over(request: Request, error: ClaimLost) -> JSONResponse:
+        return error_response(
+            409,
+            "idempotency_key_taken_over",
+            "a repeat of this request took its Idempotency-Key over (this one had not written "
+            "within ALMA_IDEMPOTENCY_LEASE_S); this one wrote nothing",
+            request=request,
         )
 
     @app.exception_handler(IntegrityError)

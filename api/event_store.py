@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from alma.domain import Alma
 from alma.settings import Settings
+from alma.stores.idempotency import fenced_recorder_topic
 from alma.stores.keys import open_keys
 from alma.stores.sql import creating_tables
 
@@ -17,5 +18,8 @@ def open_app(settings: Settings) -> Alma:
 
 
 def event_app(settings: Settings) -> Alma:
-    """The application, on tables that exist (or are being made by the caller)."""
-    return Alma(settings.event_store_env("events"), keys=open_keys)
+    """The application, on tables that exist (or are being made by the caller). Its recorder
+    marks, in each write's own transaction, the Idempotency-Key of the request writing
+    (`alma.stores.idempotency`)."""
+    env = settings.event_store_env("events")
+    return Alma({**env, "APPLICATION_RECORDER_TOPIC": fenced_recorder_topic(env)}, keys=open_keys)

@@ -43,6 +43,7 @@ from alma.projections import (
 )
 from alma.projections.ranking import weights_for
 from alma.settings import Settings
+from alma.stores.idempotency import IdempotencyKeys, open_idempotency
 from alma.stores.images import Images
 from alma.stores.sql import creating_tables, open_store
 from alma.voice import Speech
@@ -70,6 +71,7 @@ class Services:
     conversation: Follower
     memory_audit: Follower
     skips: Skips  # events the projections could not apply and went on without
+    idempotency: IdempotencyKeys  # the first answers to requests sent with an Idempotency-Key
     formation: Follower | None = None  # the memory process, unless ALMA_MEMORY_FORMATION=false
     breaker: DatabaseBreaker | None = None  # on PostgreSQL: 503 at once while it is down
     _model: ModelClient | None = None
@@ -286,6 +288,9 @@ def _services(settings: Settings) -> Services:
             skips=skips,
         ),
         skips=skips,
+        idempotency=open_idempotency(
+            app.recorder, settings.idempotency_ttl_s, settings.idempotency_lease_s
+        ),
     )
     env = settings.event_store_env("events")
     if "POSTGRES_HOST" in env:

@@ -88,6 +88,28 @@ OVERRIDDEN = [
         "6ec02f2a3b6e233a81470ac02288628088c400d59ad5054eb9db0ca8f322c972",
         "`ShreddingMapper` in domain/erasure.py and `_event` in domain/transfer.py",
     ),
+    (
+        "eventsourcing.postgres:PostgresApplicationRecorder.insert_events",
+        "f1a98da0239e3ea7462c6b725cd66d0c932fc533814c92e04bf9802ac81ebddf",
+        "`FencedPostgresRecorder` in stores/idempotency.py (its hook runs inside the insert's "
+        "transaction, before the table lock)",
+    ),
+    (
+        "eventsourcing.postgres:PostgresApplicationRecorder._insert_events",
+        "319d1ce6f3f9c86550bc6fcea010dde3785c41788e6743080376ba3bf07f41ff",
+        "`FencedPostgresRecorder` in stores/idempotency.py",
+    ),
+    (
+        "eventsourcing.sqlite:SQLiteAggregateRecorder.insert_events",
+        "32f60619a2ca6e6a68cc63612d17c5e2e64defa63baa14cb1800f8e7d872eed5",
+        "`FencedSQLiteRecorder` in stores/idempotency.py (its hook runs inside the insert's "
+        "transaction)",
+    ),
+    (
+        "eventsourcing.sqlite:SQLiteApplicationRecorder._insert_events",
+        "413cdf219c7bae6361386b240f477256549c5675adc02089fed33453160f1611",
+        "`FencedSQLiteRecorder` in stores/idempotency.py",
+    ),
 ]
 
 RE_READ = (
@@ -115,9 +137,10 @@ def test_the_installed_library_is_the_pinned_one_the_overrides_were_read_against
     assert installed == pinned == HASHED_AT, (
         f"eventsourcing {installed} is installed, pyproject.toml pins {pinned}, and alma's "
         f"overrides were last read against {HASHED_AT}. Before moving the pin, re-read "
-        "domain/library.py, ShreddingMapper in domain/erasure.py and `_event` in "
-        "domain/transfer.py against the new library (test_an_overridden_library_source_is_"
-        "unchanged names each function), then set HASHED_AT in tests/test_library_pin.py."
+        "domain/library.py, ShreddingMapper in domain/erasure.py, `_event` in "
+        "domain/transfer.py and the recorders in stores/idempotency.py against the new "
+        "library (test_an_overridden_library_source_is_unchanged names each function), then "
+        "set HASHED_AT in tests/test_library_pin.py."
     )
 
 

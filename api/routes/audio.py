@@ -16,6 +16,7 @@ from fastapi import APIRouter, File, Form, Response, UploadFile
 from fastapi.responses import PlainTextResponse
 
 from alma.api.deps import AlmaApp, Caller, ChatTurns, CurrentCaller, SpeechEngines
+from alma.api.idempotency import RetrySafe
 from alma.api.schemas import (
     MAX_REPLY_TOKENS,
     AudioFormat,
@@ -140,7 +141,7 @@ def _written(
     return {"task": task, **out.model_dump(), "segments": segments}
 
 
-@router.post("/v1/instances/{instance_id}/voice")
+@router.post("/v1/instances/{instance_id}/voice", dependencies=[RetrySafe])
 async def voice_turn(
     instance_id: UUID,
     caller: CurrentCaller,

@@ -21,6 +21,7 @@ from alma.api.deps import (
     Limit,
     Listing,
 )
+from alma.api.idempotency import RetrySafe
 from alma.api.schemas import CharacterCreate, CharacterEdit, CharacterOut, Page
 from alma.chat.cards import CardFormat
 from alma.domain import InvalidInput
@@ -49,14 +50,16 @@ _MEDIA_TYPES = {
 }
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, dependencies=[RetrySafe])
 def create_character(body: CharacterCreate, caller: CurrentCaller, app: AlmaApp) -> CharacterOut:
     fields = body.model_dump(exclude_none=True)
     character = app.create_character(caller.tenant, fields, caller.actor)
     return CharacterOut.of(character)
 
 
-@router.post("/import", status_code=201, openapi_extra={"requestBody": _CARD_BODY})
+@router.post(
+    "/import", status_code=201, openapi_extra={"requestBody": _CARD_BODY}, dependencies=[RetrySafe]
+)
 async def import_character(
     request: Request, caller: CurrentCaller, cards: CharacterCards
 ) -> CharacterOut:

@@ -11,6 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from alma.api.deps import ChatTurns, CurrentCaller
 from alma.api.errors import stream_error
+from alma.api.idempotency import RetrySafe
 from alma.api.schemas import ChatRequest, ChatResponse
 from alma.chat.turns import TurnResult
 from alma.llm.client import ModelError
@@ -22,6 +23,7 @@ router = APIRouter(tags=["chat"])
     "/v1/instances/{instance_id}/chat",
     response_model=ChatResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
+    dependencies=[RetrySafe],
 )
 def chat(
     instance_id: UUID, body: ChatRequest, caller: CurrentCaller, chat: ChatTurns

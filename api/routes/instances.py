@@ -20,6 +20,7 @@ from alma.api.deps import (
     Limit,
     Listing,
 )
+from alma.api.idempotency import RetrySafe
 from alma.api.schemas import (
     GreetingOut,
     GreetingRequest,
@@ -34,7 +35,7 @@ from alma.domain import InvalidInput, Keep
 router = APIRouter(tags=["instances"])
 
 
-@router.post("/v1/characters/{character_id}/instances", status_code=201)
+@router.post("/v1/characters/{character_id}/instances", status_code=201, dependencies=[RetrySafe])
 def create_instance(
     character_id: UUID, body: InstanceCreate, caller: CurrentCaller, app: AlmaApp
 ) -> InstanceOut:
@@ -118,7 +119,7 @@ def delete_instance(
     return Response(status_code=204)
 
 
-@router.post("/v1/instances/{instance_id}/fork", status_code=201)
+@router.post("/v1/instances/{instance_id}/fork", status_code=201, dependencies=[RetrySafe])
 def fork_instance(
     instance_id: UUID,
     body: InstanceFork,
@@ -140,7 +141,7 @@ def fork_instance(
     return InstanceOut.of(instance)
 
 
-@router.post("/v1/instances/{instance_id}/greeting", status_code=201)
+@router.post("/v1/instances/{instance_id}/greeting", status_code=201, dependencies=[RetrySafe])
 def greet(
     instance_id: UUID, caller: CurrentCaller, cards: CharacterCards, body: GreetingRequest
 ) -> GreetingOut:

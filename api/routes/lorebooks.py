@@ -19,6 +19,7 @@ from alma.api.deps import (
     Limit,
     Listing,
 )
+from alma.api.idempotency import RetrySafe
 from alma.api.lorebook_schemas import (
     AttachedLorebooksIn,
     AttachedLorebooksOut,
@@ -45,13 +46,13 @@ router = APIRouter(tags=["lorebooks"])
 IMPORT_PATH = "/v1/lorebooks/import"
 
 
-@router.post("/v1/lorebooks", status_code=201)
+@router.post("/v1/lorebooks", status_code=201, dependencies=[RetrySafe])
 def create_lorebook(body: LorebookCreate, caller: CurrentCaller, app: AlmaApp) -> LorebookOut:
     book = app.create_lorebook(caller.tenant, body.settings(), body.entry_fields(), caller.actor)
     return LorebookOut.of(book)
 
 
-@router.post(IMPORT_PATH, status_code=201)
+@router.post(IMPORT_PATH, status_code=201, dependencies=[RetrySafe])
 def import_lorebook(
     caller: CurrentCaller,
     app: AlmaApp,
@@ -161,7 +162,7 @@ def lorebook_events(
     return events_page(app, caller, Lorebook, lorebook_id, after_version, cursor, limit, type)
 
 
-@router.post("/v1/lorebooks/{lorebook_id}/entries", status_code=201)
+@router.post("/v1/lorebooks/{lorebook_id}/entries", status_code=201, dependencies=[RetrySafe])
 def add_entry(
     lorebook_id: UUID,
     body: LoreEntryCreate,

@@ -21,6 +21,7 @@ from alma.api.deps import (
     Limit,
     Within,
 )
+from alma.api.idempotency import RetrySafe
 from alma.api.message_import import BODIES, messages_sent
 from alma.api.pagination import MAX_POSITION, decode_cursor, encode_cursor
 from alma.api.schemas import (
@@ -43,7 +44,7 @@ from alma.projections import Conversation, Message
 router = APIRouter(tags=["memories"])
 
 
-@router.post("/v1/instances/{instance_id}/memories", status_code=201)
+@router.post("/v1/instances/{instance_id}/memories", status_code=201, dependencies=[RetrySafe])
 def add_memory(
     instance_id: UUID, body: MemoryCreate, caller: CurrentCaller, app: AlmaApp
 ) -> MemoryOut:
@@ -210,7 +211,12 @@ def _whole_conversation(conversation: Conversation, instance_id: UUID) -> list[M
             return said
 
 
-@router.post("/v1/instances/{instance_id}/messages", status_code=201, openapi_extra=BODIES)
+@router.post(
+    "/v1/instances/{instance_id}/messages",
+    status_code=201,
+    openapi_extra=BODIES,
+    dependencies=[RetrySafe],
+)
 async def import_messages(
     instance_id: UUID, request: Request, caller: CurrentCaller, app: AlmaApp
 ) -> MessagesImported:

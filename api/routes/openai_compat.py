@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from alma.api.deps import AlmaApp, AppSettings, ChatTurns, CurrentCaller, Index, Listing
 from alma.api.errors import model_failure, openai_stream_error
+from alma.api.idempotency import RetrySafe
 from alma.api.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -28,7 +29,7 @@ DEFAULT_MAX_TOKENS = 512
 DEFAULT_TEMPERATURE = 0.8
 
 
-@router.post("/v1/chat/completions", response_model=None)
+@router.post("/v1/chat/completions", response_model=None, dependencies=[RetrySafe])
 def chat_completions(
     body: ChatCompletionRequest,
     caller: CurrentCaller,
@@ -50,7 +51,7 @@ def chat_completions(
     return _answered(answer)
 
 
-@router.post("/v1/completions", response_model=None)
+@router.post("/v1/completions", response_model=None, dependencies=[RetrySafe])
 def completions(
     body: CompletionRequest, caller: CurrentCaller, chat: ChatTurns
 ) -> JSONResponse | StreamingResponse:
@@ -70,7 +71,7 @@ def completions(
     return _answered(openai_compat.as_text_completion(answer))
 
 
-@router.post("/v1/responses", response_model=None)
+@router.post("/v1/responses", response_model=None, dependencies=[RetrySafe])
 def responses(
     body: ResponsesRequest,
     caller: CurrentCaller,
