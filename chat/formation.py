@@ -140,7 +140,9 @@ class MemoryFormation:
         self.dropped = 0  # answers that were not what was asked for
         self.refused = 0  # operations refused: unknown memories, texts the rules refuse
         self.pace = Pace(1 if local else concurrency)
-        self._tasks = ThreadPoolExecutor(self.pace.limit, thread_name_prefix="formation")
+        # More tasks than model calls: a window waits for the index before it asks the model,
+        # and those waits must not hold the places of the calls (`pace` bounds those).
+        self._tasks = ThreadPoolExecutor(4 * self.pace.limit, thread_name_prefix="formation")
         self._counting = threading.Lock()
         older = store.has_table("formation_messages") and not store.has_column(
             "formation_messages", "name"

@@ -56,6 +56,7 @@ from alma.stores.sql import SqlStore
 log = logging.getLogger(__name__)
 
 CATCH_UP_WAIT_S = 600.0
+SEEN_FOR_S = 0.01
 ATTEMPTS = 4  # an event failing on its own this many times, a while apart, is skipped
 # A store or service that cannot be reached now: waited for, never a reason to skip.
 TRANSIENT = (
@@ -134,6 +135,8 @@ class Follower:
         self._stopping = threading.Event()
         self._advanced = threading.Condition()  # notified when this process's loop moves on
         self._thread: threading.Thread | None = None
+        self._seen = (0.0, 0)  # (when, position) last read for `wait`, shared by the waiters
+        self._seen_lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -401,7 +404,7 @@ class Follower:
         `position`; one in another process is polled, more slowly as the wait goes on."""
         deadline = time.monotonic() + timeout
         pause = 0.002
-        while self.position() < position:
+        while self._recent_position() < position:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
@@ -410,6 +413,16 @@ class Follower:
                 self._advanced.wait(min(pause, remaining))
             pause = min(pause * 2, 0.05)
         return True
+
+    def _recent_position(self) -> int:
+        """The position, read at most every `SEEN_FOR_S` however many wait at once (the
+        memory process's windows all wait for the index)."""
+        with self._seen_lock:
+            when, position = self._seen
+            if time.monotonic() - when > SEEN_FOR_S:
+                position = self.position()
+                self._seen = (time.monotonic(), position)
+            return position
 
     def _run(self) -> None:
         failures = 0
@@ -426,6 +439,8 @@ class Follower:
                 self._stopping.wait(min(0.1 * 2**failures, 5.0))
                 continue
             if handled:
+                with self._seen_lock:
+                    self._seen = (0.0, 0)  # moved on: the waiters read the position afresh
                 with self._advanced:
                     self._advanced.notify_all()
             else:
