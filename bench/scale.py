@@ -6,7 +6,7 @@ Run from the repository root:
     python bench/scale.py indexing [--memories N] [--database-url URL]
 
 Both run the deployment's shape for real: events in a PostgreSQL schema of their own (dropped
-afterwards) on the server at `--database-url` (default: the local test server), a Chroma server
+afterwards) on a PostgreSQL server of its own (or `--database-url`), a Chroma server
 (`chroma run`), `alma worker` processes with the default settings unless said otherwise.
 
 `formation`: one `alma serve` (projections off) and one `alma worker`; the model is
@@ -55,6 +55,7 @@ from alma.settings import Settings
 from bench.report import Row, checked, free_port, log, machine_load
 from tests.openai_stub import Behaviour, OpenAIStub, Reply
 from tests.test_chroma_server import chroma_server
+from tests.test_faults import ThrowawayPostgres
 
 ALMA = str(Path(sys.executable).parent / "alma")
 FACTS = "decide what is worth remembering"
@@ -166,7 +167,11 @@ def formation(database_url: str, seconds: float) -> list[Row]:
 
         def sample() -> None:
             while not sampling.wait(2.0):
-                lag = max((p.lag_seconds for p in follower.status()), default=0.0)
+                try:
+                    lag = max((p.lag_seconds for p in follower.status()), default=0.0)
+                except psycopg.OperationalError as error:  # counted as missed: never as 0
+                    log(f"formation lag unknown: {error}")
+                    lag = float("inf")
                 lags.append(lag)
                 log(f"formation lag {lag:.1f} s")
 
@@ -366,14 +371,23 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="formation: 30 s instead of 120")
     parser.add_argument("--memories", type=int, default=20_000, help="indexing: how many")
     parser.add_argument(
-        "--database-url", default="postgresql://postgres@127.0.0.1:5432/test", help="PostgreSQL"
+        "--database-url",
+        default=None,
+        help="a PostgreSQL server; unset = one of its own, started from the installed binaries",
     )
     args = parser.parse_args()
-    before = machine_load()
-    if args.what == "formation":
-        rows = formation(args.database_url, 30.0 if args.quick else 120.0)
-    else:
-        rows = indexing(args.database_url, args.memories)
+    with ExitStack() as stack:
+        database_url = args.database_url
+        if database_url is None:
+            server = ThrowawayPostgres()
+            server.start()
+            stack.callback(server.stop, "immediate")
+            database_url = f"postgresql://postgres@127.0.0.1:{server.port}/postgres"
+        before = machine_load()
+        if args.what == "formation":
+            rows = formation(database_url, 30.0 if args.quick else 120.0)
+        else:
+            rows = indexing(database_url, args.memories)
     print(f"machine before: {before}")
     print(f"machine after:  {machine_load()}")
     for row in rows:

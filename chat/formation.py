@@ -72,6 +72,7 @@ INDEX_WAIT_S = 10.0
 _IDS = uuid5(NAMESPACE_URL, "https://alma.dev/memory-formation")
 # The local model's refusals of background work, by the reason counted: chats come first.
 _CHATS_FIRST = {"gave_way_to_chat": "gave_way", "chat_model_busy": "busy"}
+_REMEMBERED = 100_000  # instances whose last formed window's log end is kept
 WINDOW_ATTEMPTS = 6  # a window's model call failing this many times fails the batch (tried later)
 RETRY_PAUSE_S = 1.0  # the first pause after a failed window; doubled each time, at most 30 s
 
@@ -144,6 +145,9 @@ class MemoryFormation:
         # and those waits must not hold the places of the calls (`pace` bounds those).
         self._tasks = ThreadPoolExecutor(4 * self.pace.limit, thread_name_prefix="formation")
         self._counting = threading.Lock()
+        # The log's end once this process formed each instance's last window: the next one's
+        # offered memories wait for the index to hold what it wrote.
+        self._formed_at: dict[UUID, int] = {}
         older = store.has_table("formation_messages") and not store.has_column(
             "formation_messages", "name"
         )
@@ -300,6 +304,9 @@ class MemoryFormation:
                 summary_id = self._summary(name, held, actor, position)
         except NotFound:
             pass  # deleted meanwhile: its Archived event clears what is held
+        if len(self._formed_at) >= _REMEMBERED:
+            self._formed_at.clear()  # a miss only waits for less
+        self._formed_at[instance_id] = self.app.recorder.max_notification_id() or 0
         with self.store.transaction() as cursor:
             progress.check(cursor)
             scope = (str(instance_id), position)
@@ -485,8 +492,11 @@ class MemoryFormation:
 
     def _offered(self, instance_id: UUID, fresh: list[_Message]) -> list[tuple[str, str]]:
         """The instance's live memories most similar to the new messages (summaries aside),
-        once the index holds everything written so far (bounded wait)."""
-        self.index_wait(self.app.recorder.max_notification_id() or 0, INDEX_WAIT_S)
+        once the index holds everything written before them and what this process formed of
+        the instance since (bounded wait): not the whole log's end, which a busy log keeps
+        moving away."""
+        written = max(fresh[-1].position, self._formed_at.get(instance_id, 0))
+        self.index_wait(written, INDEX_WAIT_S)
         query = " ".join(m.content for m in fresh)[:4000]
         hits = self.index.search(instance_id, query, k=50)
         return [
