@@ -70,6 +70,39 @@ MEMORY_FORMATION_DEFERRED = Counter(
     ["reason"],
 )
 
+MEMORY_FORMATION_FAILED = Counter(
+    "alma_memory_formation_failed_windows_total",
+    "Windows the memory process could not form yet and tries again after a pause: the model "
+    "answered 429 (rate_limited), failed or could not be reached (unavailable)",
+    ["reason"],
+)
+MEMORY_FORMATION_IN_FLIGHT = Gauge(
+    "alma_memory_formation_in_flight", "Model calls the memory process has in flight now"
+)
+MEMORY_FORMATION_ALLOWED = Gauge(
+    "alma_memory_formation_allowed_in_flight",
+    "Model calls the memory process allows itself at once (lowered by 429s, raised by answers)",
+)
+PROJECTION_LAG_SECONDS = Gauge(
+    "alma_projection_lag_seconds",
+    "How long the oldest event some partition has not processed has waited, by projection",
+    ["projection"],
+)
+PARTITION_LAG = Gauge(
+    "alma_projection_partition_lag_events",
+    "Events not yet processed, by projection and partition",
+    ["projection", "partition"],
+)
+PARTITION_LAG_SECONDS = Gauge(
+    "alma_projection_partition_lag_seconds",
+    "How long the oldest event a partition has not processed has waited",
+    ["projection", "partition"],
+)
+PARTITION_OWNER = Gauge(
+    "alma_projection_partition_owned",
+    "1 for the worker that owns each partition now (none: no worker does)",
+    ["projection", "partition", "worker"],
+)
 
 _model = {"state": "unknown"}
 _model_lock = threading.Lock()

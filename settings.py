@@ -96,6 +96,31 @@ class Settings(BaseSettings):
         default=True,
         description="follow the event log inside `alma serve`; false with `alma worker`",
     )
+    partitions: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="partitions of each projection's work, shared by the workers; fixed: "
+        "changing it needs every worker stopped first (README, scaling out)",
+    )
+    partition_timeout_s: float = Field(
+        default=10.0,
+        ge=2,
+        le=600,
+        description="a worker silent this long (paused, cut off) loses its partitions to others",
+    )
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="`alma worker` serves its Prometheus metrics (memory formation's) on this port",
+    )
+    formation_concurrency: int = Field(
+        default=32,
+        ge=1,
+        le=1024,
+        description="model calls the memory process keeps in flight per worker, across instances",
+    )
     postgres_pool_size: int = Field(default=5, ge=1)
     postgres_max_overflow: int = Field(default=10, ge=0)
     postgres_lock_timeout_s: int = Field(default=5, ge=1)

@@ -99,8 +99,16 @@ def worker(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     for follower in services.followers:
         follower.start()
+    if settings.worker_metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.worker_metrics_port)
     names = ", ".join(f.name for f in services.followers)
-    print(f"following the event log: {names}", flush=True)
+    print(
+        f"following the event log: {names} ({settings.partitions} partitions each, "
+        f"shared with the other workers) as worker {services.locks.worker}",
+        flush=True,
+    )
     try:
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
@@ -188,8 +196,20 @@ def import_file(app: Alma, path: Path) -> None:
 
 
 def projections_status(services: Services) -> None:
+    """A line per projection, then one per partition: position, lag (events, seconds), and
+    the worker that owns it."""
     for follower in services.followers:
-        print(f"{follower.name}\tposition {follower.position()}\tlag {follower.lag()}")
+        partitions = follower.status()
+        seconds = max((p.lag_seconds for p in partitions), default=0.0)
+        print(
+            f"{follower.name}\tposition {follower.position()}\tlag {follower.lag()}"
+            f"\tlag_seconds {seconds:g}"
+        )
+        for p in partitions:
+            print(
+                f"{follower.name} partition {p.partition}\tposition {p.position}\tlag "
+                f"{p.lag_events}\tlag_seconds {p.lag_seconds:g}\towner {p.owner or '-'}"
+            )
     for skipped in services.skips.all():
         print(
             f"{skipped.projection}\tskipped position {skipped.position}\t"
@@ -204,7 +224,7 @@ def projections_rebuild(services: Services, name: str) -> None:
 
     if name == services.listings.name:
         services.skips.clear(name)
-        services.listings_view.clear(services.app.name)
+        services.listings_view.clear()
         services.listings.catch_up()
         print(f"rebuilt {name} up to position {services.listings.position()}", file=sys.stderr)
     elif name == services.memory.name:

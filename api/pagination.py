@@ -13,7 +13,7 @@ from uuid import UUID
 from alma.api.consistency import CaughtUp
 from alma.api.errors import ApiError
 from alma.domain import NotFound
-from alma.projections import ListingView
+from alma.projections import Listings
 
 T = TypeVar("T")
 MAX_POSITION = 2**63 - 1
@@ -41,7 +41,7 @@ def decode_cursor(cursor: str | None) -> int:
 class ListingPages:
     """The listings read model, read a page at a time."""
 
-    view: ListingView
+    view: Listings
     caught_up: CaughtUp
 
     def page(

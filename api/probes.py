@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alma.api.breaker import DatabaseBreaker
-from alma.projections import Follower, Skipped, Skips, VectorIndex
+from alma.projections import Follower, PartitionLag, Skipped, Skips, VectorIndex
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,16 @@ class StoreProbes:
             return None
         try:
             return {follower.name: follower.lag() for follower in self.followers}
+        except Exception:
+            return None
+
+    def partitions(self) -> dict[str, list[PartitionLag]] | None:
+        """Each projection's partitions: position, lag and owner; None when the database
+        cannot be reached."""
+        if self.breaker is not None and not self.breaker.probe():
+            return None
+        try:
+            return {follower.name: follower.status() for follower in self.followers}
         except Exception:
             return None
 

@@ -428,6 +428,18 @@ class ChatModelHealth(BaseModel):
     error: str | None = Field(description="why it cannot answer: which file, how to get it")
 
 
+class PartitionHealth(BaseModel):
+    partition: int
+    position: int = Field(description="how far in the event log this partition has read")
+    lag_events: int = Field(description="events written after its position")
+    lag_seconds: float = Field(
+        description="how long the oldest event it has not read has waited; 0 when none"
+    )
+    owner: str | None = Field(
+        description="the worker that owns it now (host:pid); null while no worker does"
+    )
+
+
 class Health(BaseModel):
     status: str = Field(
         description="ok; degraded when a store is down (503) or a projection skipped events "
@@ -438,6 +450,16 @@ class Health(BaseModel):
     projection_lag_events: int | None = Field(description="the largest lag; null when unknown")
     projections: dict[str, int] | None = Field(
         default=None, description="each projection's lag in events; null when the database is down"
+    )
+    projection_lag_seconds: dict[str, float] | None = Field(
+        default=None,
+        description="each projection's lag in seconds: how long the oldest event one of its "
+        "partitions has not read has waited; null when the database is down",
+    )
+    partitions: dict[str, list[PartitionHealth]] | None = Field(
+        default=None,
+        description="each projection's partitions: position, lag and owning worker; null when "
+        "the database is down",
     )
     model: str = Field(
         default="unknown", description="the last chat model call: ok, failing or unknown"

@@ -10,9 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from eventsourcing.persistence import InfrastructureFactory
-from eventsourcing.utils import Environment
-
 from alma.api.breaker import DatabaseBreaker
 from alma.api.event_store import event_app
 from alma.chat.cards import Cards
@@ -32,12 +29,10 @@ from alma.projections import (
     Conversation,
     Follower,
     Listings,
-    ListingView,
     MemoryAudit,
     MemoryIndex,
-    PostgresListingView,
+    ReadModel,
     Skips,
-    SQLiteListingView,
     VectorIndex,
     open_chroma,
 )
@@ -45,7 +40,8 @@ from alma.projections.ranking import weights_for
 from alma.settings import Settings
 from alma.stores.idempotency import IdempotencyKeys, open_idempotency
 from alma.stores.images import Images
-from alma.stores.sql import creating_tables, open_store
+from alma.stores.locks import AdvisoryLocks, LocalLocks, Locks
+from alma.stores.sql import conninfo, creating_tables, open_store
 from alma.voice import Speech
 
 log = logging.getLogger(__name__)
@@ -72,6 +68,7 @@ class Services:
     memory_audit: Follower
     skips: Skips  # events the projections could not apply and went on without
     idempotency: IdempotencyKeys  # the first answers to requests sent with an Idempotency-Key
+    locks: Locks  # which partitions this process owns
     formation: Follower | None = None  # the memory process, unless ALMA_MEMORY_FORMATION=false
     breaker: DatabaseBreaker | None = None  # on PostgreSQL: 503 at once while it is down
     _model: ModelClient | None = None
@@ -122,13 +119,14 @@ class Services:
 
     def _memory_model_client(self) -> ModelClient:
         """The model that forms memories: the chat model unless ALMA_MEMORY_MODEL names
-        another one on the same server. The local backend has only its own, which memory
-        formation reaches as background work: after chats, giving way to them."""
-        name = self.settings.memory_model
+        another one on the same server, through a client of its own that does not retry (the
+        memory process paces and retries its windows itself: chat/pace.py). The local backend
+        has only its own, which memory formation reaches as background work: after chats,
+        giving way to them."""
+        name = self.settings.memory_model or self.settings.chat_model
         if _remote(self.settings):
-            if name is None or name == self.settings.chat_model:
-                return self._model_client()
-            settings, background = self.settings.model_copy(update={"chat_model": name}), False
+            update = {"chat_model": name, "model_max_retries": 0}
+            settings, background = self.settings.model_copy(update=update), False
         else:
             self._model_client()  # the local model started, or why it cannot (503)
             settings, background = self.settings, True
@@ -171,10 +169,10 @@ class Services:
         ]
 
     @property
-    def listings_view(self) -> ListingView:
+    def listings_view(self) -> Listings:
         listings = self.listings.model
         assert isinstance(listings, Listings)
-        return listings.view
+        return listings
 
     @property
     def memory_index(self) -> MemoryIndex:
@@ -219,6 +217,7 @@ class Services:
         if self.formation is not None:
             assert isinstance(self.formation.model, MemoryFormation)
             self.formation.model.close()
+        self.locks.close()
         self.app.close()
         if self._speech is not None:
             self._speech.close()
@@ -267,30 +266,26 @@ def build_services(settings: Settings) -> Services:
 def _services(settings: Settings) -> Services:
     app = event_app(settings)
     skips = Skips(open_store(settings.event_store_env("skips")))
+    locks = build_locks(settings)
+
+    def follower(model: ReadModel, skipping: bool = True, batch_size: int = 200) -> Follower:
+        kept = skips if skipping else None
+        return Follower(app, model, locks, settings.partitions, batch_size=batch_size, skips=kept)
+
     services = Services(
         settings=settings,
         app=app,
-        listings=Follower(app, _listings(settings), skips=skips),
-        memory=Follower(
-            app,
-            build_memory_index(settings),
-            batch_size=settings.index_batch_size,
-            skips=skips,
+        listings=follower(Listings(open_store(settings.event_store_env(Listings.name)))),
+        memory=follower(build_memory_index(settings), batch_size=settings.index_batch_size),
+        conversation=follower(
+            Conversation(open_store(settings.event_store_env(Conversation.name)))
         ),
-        conversation=Follower(
-            app,
-            Conversation(open_store(settings.event_store_env(Conversation.name))),
-            skips=skips,
-        ),
-        memory_audit=Follower(
-            app,
-            MemoryAudit(open_store(settings.event_store_env(MemoryAudit.name))),
-            skips=skips,
-        ),
+        memory_audit=follower(MemoryAudit(open_store(settings.event_store_env(MemoryAudit.name)))),
         skips=skips,
         idempotency=open_idempotency(
             app.recorder, settings.idempotency_ttl_s, settings.idempotency_lease_s
         ),
+        locks=locks,
     )
     env = settings.event_store_env("events")
     if "POSTGRES_HOST" in env:
@@ -304,11 +299,22 @@ def _services(settings: Settings) -> Services:
             services._memory_model_client,
             settings.summary_every,
             local=not _remote(settings),
+            concurrency=settings.formation_concurrency,
         )
         # No skips: it waits out a model that is down (its errors are no store's), and it
         # writes events, so no rebuild could clear one.
-        services.formation = Follower(app, formation)
+        services.formation = follower(formation, skipping=False)
     return services
+
+
+def build_locks(settings: Settings) -> Locks:
+    """PostgreSQL's advisory locks decide which worker owns which partition; on SQLite the one
+    process that follows the log owns them all."""
+    env = settings.event_store_env("events")
+    if env["PERSISTENCE_MODULE"] != "eventsourcing.postgres":
+        return LocalLocks()
+    schema = env.get("POSTGRES_SCHEMA", "public")
+    return AdvisoryLocks(conninfo(env), schema, settings.partition_timeout_s)
 
 
 def build_memory_index(settings: Settings, generation: int | None = None) -> MemoryIndex:
@@ -339,6 +345,8 @@ def rebuild_memory_index(services: Services) -> int:
         Follower(
             services.app,
             builder,
+            services.locks,
+            services.settings.partitions,
             batch_size=services.settings.index_batch_size,
             skips=services.skips,
         ).catch_up()
@@ -347,14 +355,3 @@ def rebuild_memory_index(services: Services) -> int:
         builder.close()
     serving.drop(previous)
     return generation
-
-
-def _listings(settings: Settings) -> Listings:
-    env = settings.event_store_env(Listings.name)
-    view_class: type[ListingView] = (
-        PostgresListingView if "POSTGRES_DBNAME" in env else SQLiteListingView
-    )
-    factory = InfrastructureFactory.construct(Environment(Listings.name, env))
-    view = factory.tracking_recorder(view_class)
-    assert isinstance(view, ListingView)
-    return Listings(view=view)

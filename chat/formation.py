@@ -8,21 +8,31 @@ new facts in what the user said, its answer held to a JSON schema), and only whe
 it: a chat arriving takes it over, and the window waits (`Later`). The operations are carried
 out as ordinary memory commands whose actor is the memory process (`key_id` "memory-process",
 the turn's request id) and whose `source` names the messages, so they show in the audit and a
-person can undo them with an ordinary edit. It runs in a follower thread, never inside a
-request. It follows the log with the projections' `Follower` but is no read model: it asks the
-model and issues commands, so it lives beside the chat turn.
+person can undo them with an ordinary edit. It runs in follower threads, never inside a
+request. It follows the log with the projections' `Follower`, partition by partition, but is
+no read model: it asks the model and issues commands, so it lives beside the chat turn.
 
-Crash safety: the model's validated answer for a window is stored before any command runs, and
-the ids of added memories derive from the window, so a window processed again after a crash
-issues the same commands, which change nothing. The window's messages, its stored answers and
-the new position are then written in one transaction.
+Many windows at once: a batch's windows are formed concurrently, one task per instance taking
+that instance's windows in order, with at most `concurrency` model calls in flight (`Pace`: a
+429 slows them all down); a window whose model call fails is counted and tried again after a
+pause. The batch's position moves once all its windows are formed.
+
+Exactly once: the model's validated answer for a window is stored before any command runs, and
+only if the window is not formed yet; the first answer stored is the one every attempt carries
+out (another worker's, or this one's before a crash), and the ids of added memories derive from
+the window, so a window processed again issues the same commands, which change nothing. A
+window's end is recorded (`formation_instances`), with its messages marked, in one fenced
+transaction: messages and windows at or before it are never formed again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
@@ -43,11 +53,13 @@ from alma.chat.extraction import (
     read_summary,
     summary_prompt,
 )
+from alma.chat.pace import Pace
 from alma.domain import Actor, Alma, DomainError, Instance, NotFound
 from alma.domain.instance import speaker_of
 from alma.domain.rules import as_utc
 from alma.llm.client import Completion, Messages, ModelClient, ModelError, Sampling
 from alma.projections import Later, MemoryIndex
+from alma.projections.partitions import Fenced, Progress
 from alma.stores.sql import SqlStore
 
 log = logging.getLogger(__name__)
@@ -60,9 +72,11 @@ INDEX_WAIT_S = 10.0
 _IDS = uuid5(NAMESPACE_URL, "https://alma.dev/memory-formation")
 # The local model's refusals of background work, by the reason counted: chats come first.
 _CHATS_FIRST = {"gave_way_to_chat": "gave_way", "chat_model_busy": "busy"}
+_REMEMBERED = 100_000  # instances whose last formed window's log end is kept
+WINDOW_ATTEMPTS = 6  # a window's model call failing this many times fails the batch (tried later)
+RETRY_PAUSE_S = 1.0  # the first pause after a failed window; doubled each time, at most 30 s
 
 SCHEMA = [
-    "CREATE TABLE IF NOT EXISTS formation_position (id INTEGER PRIMARY KEY, position BIGINT)",
     """CREATE TABLE IF NOT EXISTS formation_messages (
         instance_id TEXT NOT NULL, position BIGINT NOT NULL, tenant TEXT NOT NULL,
         message_id TEXT NOT NULL, role TEXT NOT NULL, content TEXT NOT NULL,
@@ -72,7 +86,11 @@ SCHEMA = [
         plan_id TEXT PRIMARY KEY, instance_id TEXT NOT NULL, body TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS formation_summaries (
         instance_id TEXT PRIMARY KEY, memory_id TEXT NOT NULL)""",
+    # The last window formed of each instance: the log position of its closing message.
+    """CREATE TABLE IF NOT EXISTS formation_instances (
+        instance_id TEXT PRIMARY KEY, position BIGINT NOT NULL)""",
 ]
+_LEGACY = "formation_position"  # the one position of a store from before partitions
 # Messages held by an earlier version did not keep when they were said and by whom: theirs are
 # NULL, and a memory formed from them happened when it is recorded, as before.
 _WHEN_AND_WHO = [
@@ -107,10 +125,12 @@ class MemoryFormation:
         model: Callable[[], ModelClient],
         summary_every: int = 20,
         local: bool = False,
+        concurrency: int = 1,
     ) -> None:
         """`local`: the model is the local one, asked only for the new facts in what the user
         said (`fact_list_extraction`), with no rolling summaries: the 20 messages one covers do
-        not fit its context. Its requests give way to chats (llm/turn.py)."""
+        not fit its context. Its requests give way to chats (llm/turn.py), one at a time.
+        `concurrency`: model calls in flight at most."""
         self.app = app
         self.store = store
         self.index = index
@@ -120,6 +140,14 @@ class MemoryFormation:
         self.local = local
         self.dropped = 0  # answers that were not what was asked for
         self.refused = 0  # operations refused: unknown memories, texts the rules refuse
+        self.pace = Pace(1 if local else concurrency)
+        # More tasks than model calls: a window waits for the index before it asks the model,
+        # and those waits must not hold the places of the calls (`pace` bounds those).
+        self._tasks = ThreadPoolExecutor(4 * self.pace.limit, thread_name_prefix="formation")
+        self._counting = threading.Lock()
+        # The log's end once this process formed each instance's last window: the next one's
+        # offered memories wait for the index to hold what it wrote.
+        self._formed_at: dict[UUID, int] = {}
         older = store.has_table("formation_messages") and not store.has_column(
             "formation_messages", "name"
         )
@@ -130,36 +158,36 @@ class MemoryFormation:
                 cursor.execute(statement)
 
     def close(self) -> None:
+        self._tasks.shutdown()
         self.store.close()
 
-    def position(self) -> int:
-        rows = self.store.query("SELECT position FROM formation_position WHERE id = 1")
-        if rows:
-            return int(rows[0][0])
-        # The first run starts at the end of the log: switching formation on for a store with
-        # years of conversation must not send all of it to a paid model unasked.
-        head = self.app.recorder.max_notification_id() or 0
-        with self.store.transaction() as cursor:
-            cursor.execute(
-                "INSERT INTO formation_position (id, position) VALUES (1, %s) "
-                "ON CONFLICT (id) DO NOTHING",
-                (head,),
-            )
-        return self.position()
+    def key(self) -> str:
+        return NAME
 
-    def process(self, batch: Sequence[tuple[Any, int]]) -> None:
-        start = self.position()
+    def start(self) -> int:
+        """Where a store from before partitions had got to; on the first run, the end of the
+        log: switching formation on for a store with years of conversation must not send all
+        of it to a paid model unasked."""
+        if self.store.has_table(_LEGACY):
+            rows = self.store.query(f"SELECT position FROM {_LEGACY} WHERE id = 1")
+            if rows:
+                return int(rows[0][0])
+        return self.app.recorder.max_notification_id() or 0
+
+    def process(self, batch: Sequence[tuple[Any, int]], progress: Progress) -> None:
+        first = batch[0][1]
+        formed = self._formed({event.originator_id for event, _ in batch})
         held: list[_Message] = []
         archived: set[UUID] = set()
         withdrawn: set[tuple[UUID, str]] = set()
         unformed: dict[UUID, int] = {}
-        done = start
+        windows: dict[UUID, list[tuple[_Message, int]]] = {}
         for event, position in batch:
-            if position <= start:
-                continue
             kind = type(event)
             if kind in (Instance.Archived, Instance.Erased):
                 archived.add(event.originator_id)
+                held = [m for m in held if m.instance_id != event.originator_id]
+                windows.pop(event.originator_id, None)
             elif kind is Instance.MessagesWithdrawnFromRecall:
                 # Out of recall: no later memory or summary is formed from them.
                 withdrawn |= {(event.originator_id, m) for m in event.message_ids}
@@ -167,19 +195,24 @@ class MemoryFormation:
             elif kind in (Instance.MessageRecorded, Instance.ReplyRecorded) and not getattr(
                 event, "forked_from", None
             ):  # a fork's copy of a turn: what it taught is in the copied memories already
+                if position <= formed.get(event.originator_id, 0):
+                    continue  # formed before a crash, or by the partition's previous owner
                 message = _message(event, position)
                 held.append(message)
                 instance_id = message.instance_id
                 if instance_id not in unformed:
-                    unformed[instance_id] = self._unformed(instance_id)
+                    unformed[instance_id] = self._unformed(instance_id, first)
                 unformed[instance_id] += 1
                 if kind is Instance.ReplyRecorded or unformed[instance_id] >= IMPORT_WINDOW:
-                    self._hold(held, archived, withdrawn, done)
-                    held, archived, withdrawn = [], set(), set()
-                    self._form(message, position)
+                    windows.setdefault(instance_id, []).append((message, position))
                     unformed[instance_id] = 0
-            done = position
-        self._hold(held, archived, withdrawn, done)
+        self._hold(held, archived, withdrawn, progress)
+        tasks = [self._tasks.submit(self._form_all, ws, progress) for ws in windows.values()]
+        failures = [error for task in tasks if (error := task.exception()) is not None]
+        if failures:
+            raise failures[0]
+        with self.store.transaction() as cursor:
+            progress.advance(cursor)
 
     # Steps
 
@@ -188,11 +221,12 @@ class MemoryFormation:
         messages: list[_Message],
         archived: set[UUID],
         withdrawn: set[tuple[UUID, str]],
-        position: int,
+        progress: Progress,
     ) -> None:
         """Keeps messages until they are formed and summarised; lets go of those withdrawn
         from recall, and forgets deleted instances."""
         with self.store.transaction() as cursor:
+            progress.check(cursor)
             if messages:
                 cursor.executemany(
                     "INSERT INTO formation_messages (instance_id, position, tenant, message_id, "
@@ -220,29 +254,61 @@ class MemoryFormation:
                     [(str(instance_id), message_id) for instance_id, message_id in withdrawn],
                 )
             for instance_id in archived:
-                for table in ("formation_messages", "formation_summaries", "formation_plans"):
+                for table in _PER_INSTANCE:
                     cursor.execute(
                         f"DELETE FROM {table} WHERE instance_id = %s", (str(instance_id),)
                     )
-            self._advance(cursor, position)
         if archived:
             self.store.wipe()  # an erased instance's messages must not stay in the log
 
-    def _form(self, last: _Message, position: int) -> None:
+    def _form_all(self, windows: list[tuple[_Message, int]], progress: Progress) -> None:
+        """One instance's windows, in order; each failed model call is counted and tried
+        again after a pause that doubles (or the model's Retry-After, which slows every call)."""
+        for last, position in windows:
+            for attempt in range(1, WINDOW_ATTEMPTS + 1):
+                if not progress.held():
+                    raise Fenced(f"{NAME}: this worker lost its partitions")
+                try:
+                    self._form(last, position, progress)
+                    break
+                except ModelError as error:
+                    limited = error.upstream_status == 429
+                    reason = "rate_limited" if limited else "unavailable"
+                    metrics.MEMORY_FORMATION_FAILED.labels(reason).inc()
+                    if attempt == WINDOW_ATTEMPTS:
+                        raise
+                    pause = min(30.0, RETRY_PAUSE_S * 2 ** (attempt - 1))
+                    if limited:
+                        self.pace.limited(error.upstream_retry_after_s)
+                        pause = max(pause, error.upstream_retry_after_s or 0.0)
+                    log.warning(
+                        "memory formation: a window failed (%s), trying again in %.1f s",
+                        error.message,
+                        pause,
+                    )
+                    time.sleep(pause)
+
+    def _form(self, last: _Message, position: int, progress: Progress) -> None:
         instance_id, tenant = last.instance_id, last.tenant
-        held = self._held(instance_id)
+        if self._formed({instance_id}).get(instance_id, 0) >= position:
+            return  # formed by the partition's previous owner
+        held = [m for m in self._held(instance_id) if m.position <= position]
         actor = Actor(tenant, ACTOR_KEY, last.request_id)
         summary_id = None
         try:
             name = self.app.instance(tenant, instance_id).name
             fresh = [m for m in held if not m.formed]
             if fresh:
-                self._facts(name, fresh, actor)
+                self._facts(name, fresh, actor, position)
             if len(held) >= self.summary_every and not self.local:
-                summary_id = self._summary(name, held, actor)
+                summary_id = self._summary(name, held, actor, position)
         except NotFound:
             pass  # deleted meanwhile: its Archived event clears what is held
+        if len(self._formed_at) >= _REMEMBERED:
+            self._formed_at.clear()  # a miss only waits for less
+        self._formed_at[instance_id] = self.app.recorder.max_notification_id() or 0
         with self.store.transaction() as cursor:
+            progress.check(cursor)
             scope = (str(instance_id), position)
             if summary_id is not None or self.local:  # no summary will want them
                 cursor.execute(
@@ -262,9 +328,13 @@ class MemoryFormation:
                     scope,
                 )
             cursor.execute("DELETE FROM formation_plans WHERE instance_id = %s", scope[:1])
-            self._advance(cursor, position)
+            cursor.execute(
+                "INSERT INTO formation_instances (instance_id, position) VALUES (%s, %s) "
+                "ON CONFLICT (instance_id) DO UPDATE SET position = excluded.position",
+                scope,
+            )
 
-    def _facts(self, name: str, fresh: list[_Message], actor: Actor) -> None:
+    def _facts(self, name: str, fresh: list[_Message], actor: Actor, window: int) -> None:
         instance_id = fresh[-1].instance_id
         plan_id = f"facts/{fresh[-1].message_id}"
         stored = self._plan(plan_id)
@@ -280,10 +350,12 @@ class MemoryFormation:
             except Malformed as error:
                 self._drop(instance_id, error)
                 return
-            self.refused += refused
-            self._keep(plan_id, instance_id, [op.as_dict() for op in operations])
-        else:
-            operations = [Operation.of(item) for item in stored]
+            with self._counting:
+                self.refused += refused
+            stored = self._keep(plan_id, instance_id, window, [op.as_dict() for op in operations])
+            if stored is None:
+                return  # formed meanwhile by the partition's new owner
+        operations = [Operation.of(item) for item in stored]
         source = {"messages": [m.message_id for m in fresh]}
         said = _said_at(fresh)
         for n, operation in enumerate(operations):
@@ -343,10 +415,11 @@ class MemoryFormation:
         except IntegrityError:
             pass  # added before a crash, with this very id
         except DomainError as error:
-            self.refused += 1
+            with self._counting:
+                self.refused += 1
             log.info("memory formation refused a %s: %s", operation.op, error)
 
-    def _summary(self, name: str, held: list[_Message], actor: Actor) -> UUID | None:
+    def _summary(self, name: str, held: list[_Message], actor: Actor, window: int) -> UUID | None:
         instance_id = held[-1].instance_id
         plan_id = f"summary/{held[-1].message_id}"
         previous_id, previous = self._previous_summary(instance_id, actor.tenant)
@@ -361,9 +434,10 @@ class MemoryFormation:
             except Malformed as error:
                 self._drop(instance_id, error)
                 return None
-            self._keep(plan_id, instance_id, text)
-        else:
-            text = str(stored)
+            stored = self._keep(plan_id, instance_id, window, text)
+            if stored is None:
+                return None  # formed meanwhile by the partition's new owner
+        text = str(stored)
         source: dict[str, Any] = {"messages": [m.message_id for m in held]}
         if previous_id is not None:
             source["previous_summary"] = str(previous_id)
@@ -391,7 +465,9 @@ class MemoryFormation:
         (then `Later`: the window waits); None when the model refuses the request for good (a
         4xx). Outages raise, so the follower retries the window later."""
         try:
-            *_, done = self.model().stream(messages, max_tokens, 0.0, sampling)
+            with self.pace.call():
+                *_, done = self.model().stream(messages, max_tokens, 0.0, sampling)
+            self.pace.answered()
         except ModelError as error:
             if error.code in _CHATS_FIRST:
                 metrics.MEMORY_FORMATION_DEFERRED.labels(_CHATS_FIRST[error.code]).inc()
@@ -410,13 +486,17 @@ class MemoryFormation:
         log.warning("memory formation dropped the model's answer for %s: %s", instance_id, error)
 
     def _count_drop(self, reason: str) -> None:
-        self.dropped += 1
+        with self._counting:
+            self.dropped += 1
         metrics.MEMORY_EXTRACTIONS_DROPPED.labels(reason).inc()
 
     def _offered(self, instance_id: UUID, fresh: list[_Message]) -> list[tuple[str, str]]:
         """The instance's live memories most similar to the new messages (summaries aside),
-        once the index holds everything written so far (bounded wait)."""
-        self.index_wait(self.app.recorder.max_notification_id() or 0, INDEX_WAIT_S)
+        once the index holds everything written before them and what this process formed of
+        the instance since (bounded wait): not the whole log's end, which a busy log keeps
+        moving away."""
+        written = max(fresh[-1].position, self._formed_at.get(instance_id, 0))
+        self.index_wait(written, INDEX_WAIT_S)
         query = " ".join(m.content for m in fresh)[:4000]
         hits = self.index.search(instance_id, query, k=50)
         return [
@@ -438,12 +518,29 @@ class MemoryFormation:
         except NotFound:
             return None, None  # forgotten by someone: start afresh
 
-    def _unformed(self, instance_id: UUID) -> int:
+    def _unformed(self, instance_id: UUID, before: int) -> int:
+        """The instance's messages held, not formed yet, from before position `before`."""
         rows = self.store.query(
-            "SELECT COUNT(*) FROM formation_messages WHERE instance_id = %s AND formed = 0",
-            (str(instance_id),),
+            "SELECT COUNT(*) FROM formation_messages WHERE instance_id = %s AND formed = 0 "
+            "AND position < %s",
+            (str(instance_id), before),
         )
         return int(rows[0][0])
+
+    def _formed(self, instance_ids: set[UUID]) -> dict[UUID, int]:
+        """The position of the last window formed of each of these instances (if any)."""
+        ids = [str(i) for i in instance_ids]
+        found: dict[UUID, int] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join(["%s"] * len(chunk))
+            rows = self.store.query(
+                "SELECT instance_id, position FROM formation_instances "
+                f"WHERE instance_id IN ({marks})",
+                tuple(chunk),
+            )
+            found |= {UUID(str(i)): int(p) for i, p in rows}
+        return found
 
     def _held(self, instance_id: UUID) -> list[_Message]:
         rows = self.store.query(
@@ -471,21 +568,32 @@ class MemoryFormation:
         rows = self.store.query("SELECT body FROM formation_plans WHERE plan_id = %s", (plan_id,))
         return json.loads(rows[0][0]) if rows else None
 
-    def _keep(self, plan_id: str, instance_id: UUID, body: Any) -> None:
+    def _keep(self, plan_id: str, instance_id: UUID, window: int, body: Any) -> Any:
+        """Stores the answer for the window ending at `window` unless one is stored already
+        or the window is formed; returns the answer to carry out (the first stored), or None
+        when the window is formed."""
         with self.store.transaction() as cursor:
             cursor.execute(
-                "INSERT INTO formation_plans (plan_id, instance_id, body) VALUES (%s, %s, %s) "
-                "ON CONFLICT (plan_id) DO NOTHING",
-                (plan_id, str(instance_id), json.dumps(body, ensure_ascii=False)),
+                "INSERT INTO formation_plans (plan_id, instance_id, body) "
+                "SELECT %s, %s, %s WHERE NOT EXISTS (SELECT 1 FROM formation_instances "
+                "WHERE instance_id = %s AND position >= %s) ON CONFLICT (plan_id) DO NOTHING",
+                (
+                    plan_id,
+                    str(instance_id),
+                    json.dumps(body, ensure_ascii=False),
+                    str(instance_id),
+                    window,
+                ),
             )
+        return self._plan(plan_id)
 
-    @staticmethod
-    def _advance(cursor: Any, position: int) -> None:
-        cursor.execute(
-            "INSERT INTO formation_position (id, position) VALUES (1, %s) "
-            "ON CONFLICT (id) DO UPDATE SET position = excluded.position",
-            (position,),
-        )
+
+_PER_INSTANCE = (
+    "formation_messages",
+    "formation_summaries",
+    "formation_plans",
+    "formation_instances",
+)
 
 
 def _message(event: Any, position: int) -> _Message:

@@ -28,7 +28,7 @@ from alma.chat.turns import Chat, TurnResult
 from alma.domain import Actor, Alma, Instance, InvalidInput, NotFound, ToolResult
 from alma.domain.rules import blank, valid_speaker, valid_text
 from alma.llm import tokens
-from alma.projections import ListingView
+from alma.projections import Listings
 
 # Passed to the model as they are (llama.cpp takes the sampling fields; tools need a model that
 # calls them).
@@ -273,7 +273,7 @@ def as_text_completion(chat_answer: Answer) -> Answer:
 
 
 def models(
-    app: Alma, listings: ListingView, tenant: str, caught_up: Callable[[], None]
+    app: Alma, listings: Listings, tenant: str, caught_up: Callable[[], None]
 ) -> dict[str, Any]:
     """Every instance of the tenant, as OpenAI lists models: its id is the `model` to send.
     `caught_up` returns once the listings hold every write so far (read-your-writes)."""

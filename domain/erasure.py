@@ -77,10 +77,10 @@ class ShreddingMapper(Mapper[UUID]):
             self._learn(event.originator_id, instance_id)
             return instance_id
         if isinstance(event, Memory.Event):
-            return self._memory_scope(event.originator_id)
+            return self.memory_scope(event.originator_id)
         return None
 
-    def _memory_scope(self, memory_id: UUID) -> UUID:
+    def memory_scope(self, memory_id: UUID) -> UUID:
         """From this process's memo, or from the memory's first stored event."""
         scope = self._memory_scopes.get(memory_id)
         if scope is None:

@@ -68,7 +68,10 @@ class ModelError(Exception):
         partial: str = "",
         code: str | None = None,
         retry_after_s: int | None = None,
+        upstream_retry_after_s: float | None = None,
     ) -> None:
+        """`upstream_retry_after_s`: how long the model server asked to be left alone (its
+        Retry-After), for background work that paces itself; never shown to a client."""
         super().__init__(message)
         self.message = message
         self.status = status
@@ -77,6 +80,7 @@ class ModelError(Exception):
         self.partial = partial  # text streamed before the failure
         self.code = code
         self.retry_after_s = retry_after_s
+        self.upstream_retry_after_s = upstream_retry_after_s
 
 
 @runtime_checkable
@@ -356,6 +360,7 @@ class OpenAIModel:
             upstream_status=failure.upstream_status,
             attempts=attempt,
             partial=partial,
+            upstream_retry_after_s=failure.retry_after_s,
         )
 
     def _classify(self, exc: Exception) -> _Failure:

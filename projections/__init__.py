@@ -1,16 +1,10 @@
-"""Read models that follow the event log: the listings, the memory index, the conversation and
-the memory audit."""
+"""Read models that follow the event log, split into partitions: the listings, the memory index,
+the conversation and the memory audit."""
 
 from alma.projections.audit import AuditEntry, MemoryAudit
 from alma.projections.conversation import Conversation, Message
-from alma.projections.follower import Follower, Later, ReadModel
-from alma.projections.listings import (
-    Listed,
-    Listings,
-    ListingView,
-    PostgresListingView,
-    SQLiteListingView,
-)
+from alma.projections.follower import Follower, Later, PartitionLag, ReadModel
+from alma.projections.listings import Listed, Listings
 from alma.projections.memory_docs import Doc, Period
 from alma.projections.memory_index import MemoryIndex
 from alma.projections.memory_search import Hit
@@ -26,15 +20,13 @@ __all__ = [
     "Hit",
     "Later",
     "Listed",
-    "ListingView",
     "Listings",
     "MemoryAudit",
     "MemoryIndex",
     "Message",
+    "PartitionLag",
     "Period",
-    "PostgresListingView",
     "ReadModel",
-    "SQLiteListingView",
     "Skipped",
     "Skips",
     "SqlReadModel",

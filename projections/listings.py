@@ -8,35 +8,24 @@ each listed aggregate from the event store, so a listing is never staler than it
 from __future__ import annotations
 
 import re
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.dispatch import singledispatchmethod
-from eventsourcing.persistence import IntegrityError, Tracking, TrackingRecorder
-from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
-from eventsourcing.projection import Projection
-from eventsourcing.sqlite import SQLiteTrackingRecorder
-from psycopg.sql import SQL
 
 from alma.domain import Character, Instance, Lorebook
 from alma.projections.ranking import fold
-from alma.stores.sqlite import truncate_wal
+from alma.projections.sql_model import SqlReadModel
+from alma.stores.sql import Cursor
 
-_COLUMNS = "kind, id, tenant, parent_id, position, name, description, archived"
-_UPSERT = (
-    "INSERT INTO {table} (" + _COLUMNS + ") VALUES (%(kind)s, %(id)s, %(tenant)s, "
-    "%(parent_id)s, %(position)s, %(name)s, %(description)s, FALSE) "
-    "ON CONFLICT (id) DO NOTHING"
-)
-_UPDATE = "UPDATE {table} SET {column} = %(value)s WHERE id = %(id)s"
 _SELECT = (
-    "SELECT position, id FROM {table} WHERE kind = %(kind)s AND tenant = %(tenant)s "
-    "AND archived = FALSE AND position > %(after)s {filters} ORDER BY position LIMIT %(limit)s"
+    "SELECT position, id FROM listings WHERE kind = %s AND tenant = %s "
+    "AND archived = FALSE AND position > %s {filters} ORDER BY position LIMIT %s"
 )
+# Where a store from before partitions kept the listings' position.
+_TRACKING = {"sqlite": "tracking", "postgresql": "listings_tracking"}
 
 
 @dataclass(frozen=True)
@@ -45,56 +34,28 @@ class Listed:
     id: UUID
 
 
-class ListingView(TrackingRecorder, ABC):
-    """Each change is written in one transaction with its tracking record, so a replayed event
-    changes nothing and a crash loses nothing."""
+class Listings(SqlReadModel):
+    """Each batch's changes are written in one transaction with its partitions' positions."""
 
-    table = "listings"
+    name = "listings"
+    tables = ("listings",)
+    schema = (
+        "CREATE TABLE IF NOT EXISTS listings (kind TEXT NOT NULL, id TEXT PRIMARY KEY, "
+        "tenant TEXT NOT NULL, parent_id TEXT, position BIGINT NOT NULL, name TEXT NOT NULL, "
+        "description TEXT NOT NULL, archived BOOLEAN NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS listings_by_tenant ON listings "
+        "(tenant, kind, parent_id, position)",
+    )
 
-    def add(
-        self,
-        tracking: Tracking,
-        kind: str,
-        aggregate_id: UUID,
-        tenant: str,
-        parent_id: UUID | None,
-        name: str,
-        description: str,
-    ) -> None:
-        params = {
-            "kind": kind,
-            "id": str(aggregate_id),
-            "tenant": tenant,
-            "parent_id": str(parent_id) if parent_id else None,
-            "position": tracking.notification_id,
-            "name": fold(name),
-            "description": fold(description),
-        }
-        self._write(tracking, _UPSERT, params)
-
-    def update(self, tracking: Tracking, aggregate_id: UUID, column: str, value: Any) -> None:
-        assert column in ("name", "description", "archived")
-        if isinstance(value, str):
-            value = fold(value)
-        statement = _UPDATE.replace("{column}", column)
-        self._write(tracking, statement, {"id": str(aggregate_id), "value": value})
-
-    def rename(self, tracking: Tracking, aggregate_id: UUID, name: str, description: str) -> None:
-        """A new name and description at once (a lorebook's fields change in one event)."""
-        statement = (
-            "UPDATE {table} SET name = %(name)s, description = %(description)s WHERE id = %(id)s"
+    def start(self) -> int:
+        """0, or where a store written before partitions had got to."""
+        tracking = _TRACKING[self.store.dialect]
+        if not self.store.has_table(tracking):
+            return super().start()
+        rows = self.store.query(
+            f"SELECT MAX(notification_id) FROM {tracking} WHERE application_name = 'alma'"
         )
-        params = {"id": str(aggregate_id), "name": fold(name), "description": fold(description)}
-        self._write(tracking, statement, params)
-
-    def remove(self, tracking: Tracking, aggregate_id: UUID) -> None:
-        """Forgets an erased character or instance, leaving nothing of it in the store. The
-        store's log is wiped before the tracking record says the event is done, so whoever
-        waits for the erasure finds no trace; a crash in between replays the event harmlessly."""
-        delete, params = "DELETE FROM {table} WHERE id = %(id)s", {"id": str(aggregate_id)}
-        self._write(None, delete, params)
-        self._wipe()
-        self._write(tracking, delete, params)
+        return int(rows[0][0] or 0)
 
     def select(
         self,
@@ -106,148 +67,68 @@ class ListingView(TrackingRecorder, ABC):
         query: str | None = None,
     ) -> list[Listed]:
         filters = ""
-        params: dict[str, Any] = {"kind": kind, "tenant": tenant, "after": after, "limit": limit}
+        params: list[Any] = [kind, tenant, after]
         if parent_id is not None:
-            filters += " AND parent_id = %(parent_id)s"
-            params["parent_id"] = str(parent_id)
+            filters += " AND parent_id = %s"
+            params.append(str(parent_id))
         if query:
-            filters += (
-                " AND (name LIKE %(query)s ESCAPE '!' OR description LIKE %(query)s ESCAPE '!')"
-            )
-            params["query"] = "%" + re.sub(r"([!%_])", r"!\1", fold(query)) + "%"
-        rows = self._read(_SELECT.replace("{filters}", filters), params)
-        return [Listed(int(row["position"]), UUID(str(row["id"]))) for row in rows]
+            filters += " AND (name LIKE %s ESCAPE '!' OR description LIKE %s ESCAPE '!')"
+            pattern = "%" + re.sub(r"([!%_])", r"!\1", fold(query)) + "%"
+            params += [pattern, pattern]
+        rows = self.store.query(_SELECT.replace("{filters}", filters), (*params, limit))
+        return [Listed(int(row[0]), UUID(str(row[1]))) for row in rows]
 
-    def clear(self, application_name: str) -> None:
-        """Forget everything, so the next follower rebuilds from the first event."""
-        self._execute_all(
-            [
-                "DELETE FROM {table}",
-                "DELETE FROM {tracking} WHERE application_name = %(app)s",
-            ],
-            {"app": application_name},
+    def write(self, cursor: Cursor, batch: Sequence[tuple[Any, int]]) -> bool:
+        erased = False
+        for event, position in batch:
+            erased = bool(self.change(event, cursor, position)) or erased
+        return erased
+
+    def _add(
+        self,
+        cursor: Cursor,
+        position: int,
+        kind: str,
+        aggregate_id: UUID,
+        tenant: str,
+        parent_id: UUID | None,
+        name: str,
+        description: str,
+    ) -> None:
+        cursor.execute(
+            "INSERT INTO listings (kind, id, tenant, parent_id, position, name, description, "
+            "archived) VALUES (%s, %s, %s, %s, %s, %s, %s, FALSE) ON CONFLICT (id) DO NOTHING",
+            (
+                kind,
+                str(aggregate_id),
+                tenant,
+                str(parent_id) if parent_id else None,
+                position,
+                fold(name),
+                fold(description),
+            ),
         )
 
-    @abstractmethod
-    def close(self) -> None: ...
-
-    @abstractmethod
-    def _write(self, tracking: Tracking | None, statement: str, params: dict[str, Any]) -> None:
-        """Runs `statement` and records `tracking` (when given) in one transaction."""
-
-    @abstractmethod
-    def _read(self, statement: str, params: dict[str, Any]) -> Sequence[Any]: ...
-
-    @abstractmethod
-    def _execute_all(self, statements: list[str], params: dict[str, Any]) -> None: ...
-
-    def _wipe(self) -> None:
-        """Removes what the store keeps of deleted rows beside its tables (SQLite's log)."""
-
-
-_CREATE_TABLE = (
-    "CREATE TABLE IF NOT EXISTS {table} (kind TEXT NOT NULL, id TEXT PRIMARY KEY, "
-    "tenant TEXT NOT NULL, parent_id TEXT, position BIGINT NOT NULL, name TEXT NOT NULL, "
-    "description TEXT NOT NULL, archived BOOLEAN NOT NULL)"
-)
-_CREATE_INDEX = "CREATE INDEX IF NOT EXISTS {index} ON {table} (tenant, kind, parent_id, position)"
-
-
-class SQLiteListingView(SQLiteTrackingRecorder, ListingView):
-    def construct_create_table_statements(self) -> list[str]:
-        return [
-            *super().construct_create_table_statements(),
-            _CREATE_TABLE.format(table=self.table),
-            _CREATE_INDEX.format(table=self.table, index=f"{self.table}_by_tenant"),
-        ]
-
-    def close(self) -> None:
-        self.datastore.close()
-
-    def _sql(self, statement: str) -> str:
-        statement = statement.replace("{table}", self.table).replace("{tracking}", "tracking")
-        return re.sub(r"%\((\w+)\)s", r":\1", statement)
-
-    def _write(self, tracking: Tracking | None, statement: str, params: dict[str, Any]) -> None:
-        with self.datastore.transaction(commit=True) as c:
-            # Renamed and erased text is overwritten, not left in free pages.
-            c.execute("PRAGMA secure_delete=ON")
-            c.execute(self._sql(statement), params)
-            if tracking is not None:
-                self._insert_tracking(c, tracking)
-
-    def _wipe(self) -> None:
-        truncate_wal(Path(self.datastore.pool.db_name))
-
-    def _read(self, statement: str, params: dict[str, Any]) -> Sequence[Any]:
-        with self.datastore.transaction(commit=False) as c:
-            c.execute(self._sql(statement), params)
-            return list(c.fetchall())
-
-    def _execute_all(self, statements: list[str], params: dict[str, Any]) -> None:
-        with self.datastore.transaction(commit=True) as c:
-            for statement in statements:
-                c.execute(self._sql(statement), params)
-
-
-class PostgresListingView(PostgresTrackingRecorder, ListingView):
-    def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
-        super().__init__(datastore, **kwargs)
-        table = f'"{datastore.schema}".{self.table}'
-        for statement in (
-            _CREATE_TABLE.format(table=table),
-            _CREATE_INDEX.format(table=table, index=f"{self.table}_by_tenant"),
-        ):
-            self.sql_create_statements.append(SQL(statement).format())
-
-    def close(self) -> None:
-        self.datastore.close()
-
-    def _sql(self, statement: str) -> Any:
-        schema = f'"{self.datastore.schema}"'
-        return statement.replace("{table}", f"{schema}.{self.table}").replace(
-            "{tracking}", f'{schema}."{self.tracking_table_name}"'
+    @staticmethod
+    def _update(cursor: Cursor, aggregate_id: UUID, column: str, value: Any) -> None:
+        assert column in ("name", "description", "archived")
+        if isinstance(value, str):
+            value = fold(value)
+        cursor.execute(
+            f"UPDATE listings SET {column} = %s WHERE id = %s", (value, str(aggregate_id))
         )
 
-    def _write(self, tracking: Tracking | None, statement: str, params: dict[str, Any]) -> None:
-        with self.datastore.transaction(commit=True) as curs:
-            curs.execute(self._sql(statement), params)
-            if tracking is not None:
-                self._insert_tracking(curs, tracking)
-
-    def _read(self, statement: str, params: dict[str, Any]) -> Sequence[Any]:
-        with self.datastore.transaction(commit=False) as curs:
-            curs.execute(self._sql(statement), params)
-            return curs.fetchall()
-
-    def _execute_all(self, statements: list[str], params: dict[str, Any]) -> None:
-        with self.datastore.transaction(commit=True) as curs:
-            for statement in statements:
-                curs.execute(self._sql(statement), params)
-
-
-class Listings(Projection[ListingView]):
-    name = "listings"
-    application_name = "alma"
-
-    def position(self) -> int:
-        return self.view.max_tracking_id(self.application_name) or 0
-
-    def process(self, batch: Sequence[tuple[Any, int]]) -> None:
-        for domain_event, position in batch:
-            try:
-                self.process_event(domain_event, Tracking(self.application_name, position))
-            except IntegrityError:
-                continue  # another follower recorded it first (e.g. a rebuild beside a server)
+    # One handler per event type; True when it erased something.
 
     @singledispatchmethod
-    def process_event(self, domain_event: Any, tracking: Tracking) -> None:
-        self.view.insert_tracking(tracking)
+    def change(self, domain_event: Any, cursor: Cursor, position: int) -> bool:
+        return False
 
-    @process_event.register(Character.Created)
-    def _(self, domain_event: Any, tracking: Tracking) -> None:
-        self.view.add(
-            tracking,
+    @change.register(Character.Created)
+    def _(self, domain_event: Any, cursor: Cursor, position: int) -> bool:
+        self._add(
+            cursor,
+            position,
             "character",
             domain_event.originator_id,
             domain_event.tenant,
@@ -255,11 +136,13 @@ class Listings(Projection[ListingView]):
             domain_event.name,
             domain_event.description,
         )
+        return False
 
-    @process_event.register(Instance.Created)
-    def _(self, domain_event: Any, tracking: Tracking) -> None:
-        self.view.add(
-            tracking,
+    @change.register(Instance.Created)
+    def _(self, domain_event: Any, cursor: Cursor, position: int) -> bool:
+        self._add(
+            cursor,
+            position,
             "instance",
             domain_event.originator_id,
             domain_event.tenant,
@@ -267,12 +150,14 @@ class Listings(Projection[ListingView]):
             domain_event.name,
             "",
         )
+        return False
 
-    @process_event.register(Lorebook.Created)
-    def _(self, domain_event: Any, tracking: Tracking) -> None:
+    @change.register(Lorebook.Created)
+    def _(self, domain_event: Any, cursor: Cursor, position: int) -> bool:
         settings = domain_event.settings
-        self.view.add(
-            tracking,
+        self._add(
+            cursor,
+            position,
             "lorebook",
             domain_event.originator_id,
             domain_event.tenant,
@@ -280,33 +165,38 @@ class Listings(Projection[ListingView]):
             settings["name"],
             settings["description"],
         )
+        return False
 
-    @process_event.register(Lorebook.Changed)
-    def _(self, domain_event: Any, tracking: Tracking) -> None:
+    @change.register(Lorebook.Changed)
+    def _(self, domain_event: Any, cursor: Cursor, position: int) -> bool:
         settings = domain_event.settings
-        self.view.rename(
-            tracking, domain_event.originator_id, settings["name"], settings["description"]
-        )
+        self._update(cursor, domain_event.originator_id, "name", settings["name"])
+        self._update(cursor, domain_event.originator_id, "description", settings["description"])
+        return False
 
-    @process_event.register(Character.Renamed)
-    @process_event.register(Instance.Renamed)
-    def _(self, domain_event: Any, tracking: Tracking) -> None:
-        self.view.update(tracking, domain_event.originator_id, "name", domain_event.name)
+    @change.register(Character.Renamed)
+    @change.register(Instance.Renamed)
+    def _(self, domain_event: Any, cursor: Cursor, position: int) -> bool:
+        self._update(cursor, domain_event.originator_id, "name", domain_event.name)
+        return False
 
-    @process_event.register(Character.DescriptionChanged)
-    def _(self, domain_event: Any, tracking: Tracking) -> None:
-        self.view.update(
-            tracking, domain_event.originator_id, "description", domain_event.description
-        )
+    @change.register(Character.DescriptionChanged)
+    def _(self, domain_event: Any, cursor: Cursor, position: int) -> bool:
+        self._update(cursor, domain_event.originator_id, "description", domain_event.description)
+        return False
 
-    @process_event.register(Character.Erased)
-    @process_event.register(Instance.Erased)
-    @process_event.register(Lorebook.Erased)
-    def _(self, domain_event: Any, tracking: Tracking) -> None:
-        self.view.remove(tracking, domain_event.originator_id)
+    @change.register(Character.Erased)
+    @change.register(Instance.Erased)
+    @change.register(Lorebook.Erased)
+    def _(self, domain_event: Any, cursor: Cursor, position: int) -> bool:
+        """Forgets an erased character, instance or lorebook, leaving nothing of it in the
+        store (its log is wiped before the position says the event is done)."""
+        cursor.execute("DELETE FROM listings WHERE id = %s", (str(domain_event.originator_id),))
+        return True
 
-    @process_event.register(Character.Archived)
-    @process_event.register(Instance.Archived)
-    @process_event.register(Lorebook.Archived)
-    def _(self, domain_event: Any, tracking: Tracking) -> None:
-        self.view.update(tracking, domain_event.originator_id, "archived", True)
+    @change.register(Character.Archived)
+    @change.register(Instance.Archived)
+    @change.register(Lorebook.Archived)
+    def _(self, domain_event: Any, cursor: Cursor, position: int) -> bool:
+        self._update(cursor, domain_event.originator_id, "archived", True)
+        return False

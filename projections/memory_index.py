@@ -5,9 +5,12 @@ text (split into paragraphs). For each source the index keeps a row in SQL (text
 postings) beside the event store, and a vector in the instance's Chroma collection.
 
 Each batch of events is planned (`memory_plan`), applied to Chroma first (idempotent: ids are the
-sources' ids, upserts carry the final state), then to SQL (`memory_writes`) in one transaction
-together with the new position. A crash between the two re-delivers the batch, which then
-changes nothing. Reading is `memory_search`'s.
+sources' ids, upserts carry the final state, deletes are by id), then to SQL (`memory_writes`) in
+one transaction together with the new positions of its partitions, fenced. A crash between the
+two re-delivers the batch, which then changes nothing. Chroma takes no fence: a worker that
+lost its partitions does not start a Chroma write once it knows, and one paused inside a
+write can only leave a vector its successor's replay wrote the same way, or one that search
+passes over, as every hit is read from SQL (README, scaling out). Reading is `memory_search`'s.
 
 Everything is stamped with a generation. A rebuild fills generation N+1 beside N while N keeps
 serving, then switches the pointer and drops N.
@@ -27,6 +30,7 @@ from alma.projections.memory_docs import Doc, moment
 from alma.projections.memory_plan import Plan, plan
 from alma.projections.memory_schema import GENERATION_TABLES, prepare, undated
 from alma.projections.memory_search import MemorySearch
+from alma.projections.partitions import Fenced, PartitionTable, Progress
 from alma.projections.ranking import Weights
 from alma.projections.sql_model import commit
 from alma.projections.vectors import VectorIndex, described
@@ -76,21 +80,22 @@ class MemoryIndex(MemorySearch):
 
     # Following the log
 
-    def position(self) -> int:
+    def key(self) -> str:
+        return _key(self.generation)
+
+    def start(self) -> int:
+        """0, or where an index written before partitions had got to in this generation."""
         rows = self.store.query(
             "SELECT position FROM memory_positions WHERE generation = %s", (self.generation,)
         )
         return int(rows[0][0]) if rows else 0
 
-    def process(self, batch: Sequence[tuple[Any, int]]) -> None:
-        generation = self.generation
-        planned = plan(self.store, generation, batch)
+    def process(self, batch: Sequence[tuple[Any, int]], progress: Progress) -> None:
+        planned = plan(self.store, _generation(progress.key), batch)
+        if not progress.held():
+            raise Fenced(f"{progress.key}: this worker lost its partitions")
         self._apply_vectors(planned)
-        commit(
-            self.store,
-            lambda cursor: memory_writes.write(cursor, planned),
-            lambda cursor: memory_writes.advance(cursor, generation, batch[-1][1]),
-        )
+        commit(self.store, lambda cursor: memory_writes.write(cursor, planned), progress)
 
     def _apply_vectors(self, plan: Plan) -> None:
         generation = plan.generation
@@ -139,8 +144,9 @@ class MemoryIndex(MemorySearch):
     # Rebuilding
 
     def generations(self) -> list[int]:
-        rows = self.store.query("SELECT generation FROM memory_positions ORDER BY generation")
-        return [int(r[0]) for r in rows]
+        rows = self.store.query("SELECT generation FROM memory_positions")
+        keys = PartitionTable(self.store).keys(NAME + "/")
+        return sorted({int(r[0]) for r in rows} | {_generation(key) for key in keys})
 
     def switch_to(self, generation: int) -> int:
         """Point readers and followers at `generation`; returns the one it replaced."""
@@ -156,6 +162,16 @@ class MemoryIndex(MemorySearch):
         with self.store.transaction() as cursor:
             for table in GENERATION_TABLES:
                 cursor.execute(f"DELETE FROM {table} WHERE generation = %s", (generation,))
+        PartitionTable(self.store).clear(_key(generation))
+
+
+def _key(generation: int) -> str:
+    """The name of a generation's partitions."""
+    return f"{NAME}/{generation}"
+
+
+def _generation(key: str) -> int:
+    return int(key.rpartition("/")[2])
 
 
 def _complete_prefix(docs: list[Doc], embedded: int) -> int:

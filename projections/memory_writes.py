@@ -1,5 +1,5 @@
 """Writing a planned batch to the memory index's SQL: the documents, their BM25 postings and
-statistics, the memory texts, and the position the batch reaches.
+statistics and the memory texts.
 
 Every table gets one DELETE ... IN per few hundred ids and one INSERT per batch; the statistics
 change by the batch's differences, so they are never counted again.
@@ -113,11 +113,3 @@ def write(cursor: Cursor, plan: Plan) -> bool:
         _ADD_TERMS, [(generation, i, term, n) for (i, term), n in holding.items() if n]
     )
     return bool(plan.erased)
-
-
-def advance(cursor: Cursor, generation: int, position: int) -> None:
-    cursor.execute(
-        "INSERT INTO memory_positions (generation, position) VALUES (%s, %s) "
-        "ON CONFLICT (generation) DO UPDATE SET position = excluded.position",
-        (generation, position),
-    )

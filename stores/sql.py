@@ -18,6 +18,8 @@ from psycopg_pool import ConnectionPool
 
 from alma.stores.sqlite import Synchronous, connect, truncate_wal
 
+IDLE_TRANSACTION_MS = 10_000
+
 
 class Cursor(Protocol):
     def execute(self, statement: str, params: Sequence[Any] = ...) -> Any: ...
@@ -118,7 +120,13 @@ class PostgresStore:
             conninfo,
             min_size=1,
             max_size=max_size,
-            kwargs={"options": f"-c search_path={schema}", "autocommit": False},
+            # A worker paused inside a transaction must not hold its rows (a partition's fence
+            # among them) longer than it would hold its partitions (README, scaling out).
+            kwargs={
+                "options": f"-c search_path={schema} "
+                f"-c idle_in_transaction_session_timeout={IDLE_TRANSACTION_MS}",
+                "autocommit": False,
+            },
             open=True,
             timeout=10,
         )
@@ -156,7 +164,7 @@ def open_store(env: dict[str, str]) -> SQLiteStore | PostgresStore:
         # A read model is rebuilt from the events: a power loss that takes its last commits takes
         # the position they advanced with them, and those events are read again.
         return SQLiteStore(Path(env["SQLITE_DBNAME"]), synchronous="NORMAL")
-    return PostgresStore(_conninfo(env), env.get("POSTGRES_SCHEMA", "public"))
+    return PostgresStore(conninfo(env), env.get("POSTGRES_SCHEMA", "public"))
 
 
 @contextmanager
@@ -169,13 +177,13 @@ def creating_tables(env: dict[str, str]) -> Iterator[None]:
         yield
         return
     name = f"alma tables {env.get('POSTGRES_SCHEMA', 'public')}"
-    with psycopg.connect(_conninfo(env), autocommit=True) as connection:
+    with psycopg.connect(conninfo(env), autocommit=True) as connection:
         # A session lock: closing the connection releases it, whatever happens in between.
         connection.execute("SELECT pg_advisory_lock(hashtext(%s))", (name,))
         yield
 
 
-def _conninfo(env: dict[str, str]) -> str:
+def conninfo(env: dict[str, str]) -> str:
     return psycopg.conninfo.make_conninfo(
         dbname=env["POSTGRES_DBNAME"],
         host=env["POSTGRES_HOST"],

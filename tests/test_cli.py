@@ -35,7 +35,7 @@ from tests.cli import (
 )
 from tests.conftest import Api, make_character, make_instance
 
-STATUS_RE = re.compile(r"^listings\s+position (\d+)\s+lag (\d+)$")
+STATUS_RE = re.compile(r"^listings\s+position (\d+)\s+lag (\d+)\s+lag_seconds")
 
 
 def test_the_installed_script_runs() -> None:
@@ -204,7 +204,9 @@ def _status(settings: Settings) -> tuple[int, int]:
     result = alma(settings, "projections", "status")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines and all(re.fullmatch(r"\S+\tposition \d+\tlag \d+", line) for line in lines)
+    projection = r"\S+\tposition \d+\tlag \d+\tlag_seconds [\d.e+-]+"
+    partition = r"\S+ partition \d+\tposition \d+\tlag \d+\tlag_seconds [\d.e+-]+\towner \S+"
+    assert lines and all(re.fullmatch(f"{projection}|{partition}", line) for line in lines)
     (match,) = [m for m in map(STATUS_RE.match, lines) if m]
     return int(match[1]), int(match[2])
 
@@ -264,7 +266,7 @@ def test_projections_rebuild_gives_the_same_listing(services: Services) -> None:
     assert _listing(services) == before
     assert services.listings.position() == position
 
-    _view(services).clear(services.app.name)  # a lost read model...
+    _view(services).clear()  # a lost read model...
     assert all(not ids for ids in _listing(services).values())
     assert services.listings.position() == 0
     result = alma(services.settings, "projections", "rebuild")  # ...is rebuilt (no name: all)

@@ -173,7 +173,10 @@ def test_both_equal_what_was_recorded_after_any_interleaving_and_a_replay_change
 
     for follower in read_models(services):  # every event delivered again, in other batches
         with follower.model.store.transaction() as cursor:  # type: ignore[attr-defined]
-            cursor.execute("DELETE FROM read_model_positions WHERE name = %s", (follower.name,))
+            cursor.execute(
+                "UPDATE projection_partitions SET position = 0 WHERE projection = %s",
+                (follower.name,),
+            )
         follower.batch_size = batch + 1
         follower.catch_up()
     assert recorded(services, world) == held
@@ -209,7 +212,9 @@ def test_a_crash_inside_a_batch_loses_and_duplicates_nothing(
         assert isinstance(model, SqlReadModel)
         with monkeypatch.context() as patched, contextlib.suppress(RuntimeError):
             patched.setattr(model, "write", dying(model, crash_on))
-            Follower(services.app, model, batch_size=batch).catch_up()
+            Follower(
+                services.app, model, services.locks, services.settings.partitions, batch_size=batch
+            ).catch_up()
         follower.catch_up()
     assert_read_models_match(services, world)
 
@@ -257,7 +262,7 @@ def test_a_store_from_before_them_gets_both_from_the_first_event(
     )
     for follower in read_models(services):
         with follower.model.store.transaction() as cursor:  # type: ignore[attr-defined]
-            for table in (*follower.model.tables, "read_model_positions"):  # type: ignore[attr-defined]
+            for table in (*follower.model.tables, "projection_partitions"):  # type: ignore[attr-defined]
                 cursor.execute(f"DROP TABLE IF EXISTS {table}")
 
     upgraded = build_services(services.settings)
@@ -283,18 +288,19 @@ def test_an_erasure_is_reported_done_only_once_the_store_s_log_is_wiped(
     erased_at = services.app.recorder.max_notification_id() or 0
     store = open_store(services.settings.event_store_env(name))
     model = type(follower.model)(store)  # type: ignore[call-arg]
+    again = Follower(services.app, model, services.locks, services.settings.partitions)
     positions_at_wipe: list[int] = []
     wipe = store.wipe
 
     def watched_wipe() -> None:
-        positions_at_wipe.append(model.position())
+        positions_at_wipe.append(again.position())
         wipe()
 
     store.wipe = watched_wipe  # type: ignore[method-assign]
     try:
-        Follower(services.app, model).catch_up()
+        again.catch_up()
         assert positions_at_wipe and all(p < erased_at for p in positions_at_wipe)
-        assert model.position() == erased_at
+        assert again.position() == erased_at
     finally:
         model.close()
     for follower in read_models(services):

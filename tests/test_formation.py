@@ -327,7 +327,7 @@ def test_a_crash_after_the_commands_and_a_replay_duplicate_nothing(
             raise RuntimeError("the process died after its commands")
 
     monkeypatch.setattr(formation, "_apply", crashing)
-    before = formation.position()
+    before = forming.services.formation.position()  # type: ignore[union-attr]
     _turn(
         forming,
         openai_stub,
@@ -339,7 +339,7 @@ def test_a_crash_after_the_commands_and_a_replay_duplicate_nothing(
     assert len(_asked(openai_stub, FACTS)) == 1  # the stored answer was used again
 
     with formation.store.transaction() as cursor:  # the whole turn once more, from the log
-        cursor.execute("UPDATE formation_position SET position = %s WHERE id = 1", (before,))
+        cursor.execute("UPDATE projection_partitions SET position = %s", (before,))
     _settle(forming)
 
     assert [m["text"] for m in _memories(forming, instance)] == [

@@ -15,8 +15,6 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from eventsourcing.domain import DomainEvent
-from eventsourcing.persistence import IntegrityError, Tracking
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -24,8 +22,9 @@ from hypothesis import strategies as st
 from alma.api.services import Services, build_services
 from alma.domain import Actor, NameTaken
 from alma.domain.rules import name_key
-from alma.projections import Follower, ListingView
+from alma.projections import Follower, Listings
 from alma.projections.listings import fold
+from alma.projections.partitions import Progress
 
 KINDS = ("character", "instance")
 
@@ -46,15 +45,8 @@ def actor_for(tenant: str) -> Actor:
     return Actor(tenant, "test-key", "listing-test")
 
 
-def projection_of(services: Services) -> Any:
-    """The Listings projection the follower feeds (`model`, or `projection` in older trees)."""
-    follower: Any = services.listings
-    return getattr(follower, "model", None) or follower.projection
-
-
-def view_of(services: Services) -> ListingView:
-    view: ListingView = projection_of(services).view
-    return view
+def view_of(services: Services) -> Listings:
+    return services.listings_view
 
 
 @dataclass
@@ -100,7 +92,7 @@ class Model:
 
 
 def listed(
-    view: ListingView,
+    view: Listings,
     kind: str,
     tenant: str,
     parent: UUID | None = None,
@@ -118,25 +110,16 @@ def listed(
         after = entries[-1].position
 
 
-def rows(view: ListingView) -> list[tuple[Any, ...]]:
+def rows(view: Listings) -> list[tuple[Any, ...]]:
     """The whole table, to show that something changed nothing at all."""
-    found = view._read("SELECT * FROM {table} ORDER BY position, id", {})
-    return [
-        (
-            row["kind"],
-            row["id"],
-            row["tenant"],
-            row["parent_id"],
-            int(row["position"]),
-            row["name"],
-            row["description"],
-            bool(row["archived"]),
-        )
-        for row in found
-    ]
+    found = view.store.query(
+        "SELECT kind, id, tenant, parent_id, position, name, description, archived "
+        "FROM listings ORDER BY position, id"
+    )
+    return [(*row[:4], int(row[4]), *row[5:7], bool(row[7])) for row in found]
 
 
-def assert_lists(view: ListingView, model: Model, tenants: list[str]) -> None:
+def assert_lists(view: Listings, model: Model, tenants: list[str]) -> None:
     for tenant in tenants:
         for kind in KINDS:
             assert listed(view, kind, tenant) == model.expected(kind, tenant), (kind, tenant)
@@ -279,20 +262,27 @@ def test_lists_exactly_the_live_characters_and_instances(
 
 
 def assert_repeats_change_nothing(services: Services, start: int, skip: int = 0) -> None:
-    """Delivers the events after `start` a second time, latest first, so an old Renamed meets
-    a newer name: each must fail on its tracking record and leave the view exactly as it was."""
+    """Delivers the events after `start` (and `skip` more) a second time, as a re-split of the
+    partitions does: every partition back there, and the log followed again in new batches.
+    The view must end exactly as it was."""
     follower = services.listings
     follower.catch_up()
     before = rows(view_of(services))
     position = follower.position()
     app = services.app
     notifications = app.recorder.select_notifications(start=start + 1, limit=1000)
-    again = notifications[skip % len(notifications) :] if notifications else []
-    for notification in reversed(again):
-        event = app.mapper.to_domain_event(notification)
-        with pytest.raises(IntegrityError):
-            projection_of(services).process_event(event, Tracking(app.name, notification.id))
-        assert rows(view_of(services)) == before, f"{type(event).__qualname__} changed the view"
+    back = notifications[skip % len(notifications)].id - 1 if notifications else start
+    with view_of(services).store.transaction() as cursor:
+        cursor.execute(
+            "UPDATE projection_partitions SET position = %s WHERE projection = %s",
+            (back, follower.name),
+        )
+    follower.batch_size = 3
+    try:
+        follower.catch_up()
+    finally:
+        follower.batch_size = 200
+    assert rows(view_of(services)) == before
     assert follower.position() == position
 
 
@@ -324,22 +314,20 @@ class CrashingProjection:
     name: str = "listings"
 
     @property
-    def view(self) -> ListingView:
-        view: ListingView = self.projection.view
-        return view
+    def store(self) -> Any:
+        return self.projection.store
 
-    def position(self) -> int:
-        position: int = self.projection.position()
-        return position
+    def key(self) -> str:
+        key: str = self.projection.key()
+        return key
 
-    def process(self, batch: Sequence[tuple[Any, int]]) -> None:
+    def start(self) -> int:
+        return 0
+
+    def process(self, batch: Sequence[tuple[Any, int]], progress: Progress) -> None:
         for event, position in batch:
             self._count()
-            self.projection.process([(event, position)])
-
-    def process_event(self, event: DomainEvent, tracking: Tracking) -> None:
-        self._count()
-        self.projection.process_event(event, tracking)
+            self.projection.process([(event, position)], progress.at(position))
 
     def _count(self) -> None:
         self.handled += 1
@@ -360,8 +348,10 @@ def test_a_crash_part_way_resumes_without_loss_or_duplicates(
     model = run_commands(services, commands, tenants)
     written = services.app.recorder.max_notification_id() or 0
     notifications = services.app.recorder.select_notifications(start=start + 1, limit=1000)
-    crashing: Any = CrashingProjection(projection_of(services), crash_on)
-    dying = Follower(services.app, crashing, batch_size=batch)
+    crashing: Any = CrashingProjection(view_of(services), crash_on)
+    dying = Follower(
+        services.app, crashing, services.locks, services.settings.partitions, batch_size=batch
+    )
     if crash_on <= len(notifications):
         with pytest.raises(RuntimeError):
             dying.catch_up()
@@ -393,7 +383,7 @@ def test_clear_and_catch_up_rebuilds_the_same_listing(services: Services) -> Non
     position = follower.position()
     assert_lists(view_of(services), model, tenants)
 
-    view_of(services).clear(services.app.name)
+    view_of(services).clear()
     assert rows(view_of(services)) == []
     assert follower.position() == 0
     assert follower.lag() == position
@@ -513,13 +503,13 @@ def test_an_erasure_is_reported_done_only_once_the_store_s_log_is_wiped(
     erased_at = services.app.recorder.max_notification_id()
     view = view_of(services)
     positions_at_wipe: list[int] = []
-    wipe = view._wipe
+    wipe = view.store.wipe
 
     def watched_wipe() -> None:
         positions_at_wipe.append(services.listings.position())
         wipe()
 
-    view._wipe = watched_wipe  # type: ignore[method-assign]
+    view.store.wipe = watched_wipe  # type: ignore[method-assign]
     services.listings.catch_up()
     assert positions_at_wipe and all(p < erased_at for p in positions_at_wipe)
     assert services.listings.position() == erased_at

@@ -246,7 +246,9 @@ def test_a_crash_between_the_vector_write_and_the_commit_loses_and_duplicates_no
     dying.vectors = CrashingVectors(dying.vectors, writes_before_crash=1)
     crashed = False
     try:
-        follower = Follower(services.app, dying, batch_size=batch)
+        follower = Follower(
+            services.app, dying, services.locks, services.settings.partitions, batch_size=batch
+        )
         while follower.run_once():
             pass
     except RuntimeError:
@@ -360,18 +362,19 @@ def test_an_erasure_is_reported_done_only_once_the_store_s_log_is_wiped(
     services.app.erase_instance("acme", world.instances[0], Actor("acme", "t", "r"))
     erased_at = services.app.recorder.max_notification_id() or 0
     index = build_memory_index(services.settings)
+    follower = Follower(services.app, index, services.locks, services.settings.partitions)
     positions_at_wipe: list[int] = []
     wipe = index.store.wipe
 
     def watched_wipe() -> None:
-        positions_at_wipe.append(index.position())
+        positions_at_wipe.append(follower.position())
         wipe()
 
     index.store.wipe = watched_wipe  # type: ignore[method-assign]
     try:
-        Follower(services.app, index).catch_up()
+        follower.catch_up()
         assert positions_at_wipe and all(p < erased_at for p in positions_at_wipe)
-        assert index.position() == erased_at
+        assert follower.position() == erased_at
     finally:
         index.close()
 

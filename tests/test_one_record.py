@@ -137,7 +137,7 @@ def test_an_index_that_held_importance_as_a_4_byte_real_is_widened_when_opened(
 
     reopened = build_memory_index(services.settings)
     try:
-        Follower(services.app, reopened).catch_up()
+        Follower(services.app, reopened, services.locks, services.settings.partitions).catch_up()
         (hit,) = reopened.search(instance.id, "bees")
         assert (hit.doc.text, hit.doc.importance) == ("Lucia keeps bees", 1e-50)
     finally:

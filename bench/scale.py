@@ -1,0 +1,399 @@
+"""Scaling out: memory formation's lag under sustained chat, and indexing with 1 and 2 workers.
+
+Run from the repository root:
+
+    python bench/scale.py formation [--quick] [--database-url URL]
+    python bench/scale.py indexing [--memories N] [--database-url URL]
+
+Both run the deployment's shape for real: events in a PostgreSQL schema of their own (dropped
+afterwards) on a PostgreSQL server of its own (or `--database-url`), a Chroma server
+(`chroma run`), `alma worker` processes with the default settings unless said otherwise.
+
+`formation`: one `alma serve` (projections off) and one `alma worker`; the model is
+tests/openai_stub.py's server, which answers chats at once and the memory process's requests
+after 1 s (a hosted model's answer time) with one memory to add. 20 chat turns a second, spread
+over 200 instances, for 2 minutes (`--quick`: 30 s). Every 2 s the memory process's lag is read
+(its partitions, as `alma projections status` shows them: seconds since the oldest turn it has
+not read was recorded). Prints the largest and the p95 lag, how long it took to drain once the
+traffic stopped, and the windows formed. Target: lag < 10 s.
+
+`indexing`: N memories (default 20,000, over 100 instances) written first, then the memory
+index built by 1 worker, then (in a fresh schema) by 2 workers, each run timed from the first
+event indexed to the last. Run twice: with each worker's embedding on all cores (the default),
+and on one core each (`ALMA_EMBEDDING_BATCH_THREADS=1`), which gives the per-worker figure the
+curve for more cores is projected from. Target: 2 workers >= 1.6x one worker where the cores
+allow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from alma.api.event_store import open_app
+from alma.api.services import build_services
+from alma.domain import Actor, Memory
+from alma.settings import Settings
+from bench.report import Row, checked, free_port, log, machine_load
+from tests.openai_stub import Behaviour, OpenAIStub, Reply
+from tests.test_chroma_server import chroma_server
+from tests.test_faults import ThrowawayPostgres
+
+ALMA = str(Path(sys.executable).parent / "alma")
+FACTS = "decide what is worth remembering"
+TURNS_PER_S = 20
+INSTANCES = 200
+MODEL_S = 1.0
+LAG_TARGET_S = 10.0
+SPEEDUP_TARGET = 1.6
+
+
+class SlowFormationStub(OpenAIStub):
+    """Chats at once; the memory process after `MODEL_S`, with one memory to add."""
+
+    def answer(self, body: dict[str, Any], headers: dict[str, str]) -> Behaviour:
+        if FACTS in str(body["messages"][0]["content"]):
+            text = json.dumps([{"op": "add", "text": "Al usuario le gusta hablar del río"}])
+            return Reply(text, delay_s=MODEL_S)
+        return Reply("Vale.")
+
+
+@contextmanager
+def _schema(database_url: str) -> Iterator[str]:
+    """A schema of its own on the server; yields the URL that selects it."""
+    admin = database_url.split("?")[0]
+    name = f"scale_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{name}"')
+    try:
+        yield f"{admin}?schema={name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{name}" CASCADE')
+
+
+def _env(folder: Path, url: str, chroma: str, extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALMA_", "OPENAI_"))}
+    return env | {
+        "ALMA_DATA_DIR": str(folder / "data"),
+        "ALMA_DATABASE_URL": url,
+        "ALMA_CHROMA_URL": chroma,
+        **extra,
+    }
+
+
+@contextmanager
+def _process(args: list[str], env: dict[str, str], folder: Path, log_name: str) -> Iterator[None]:
+    with (folder / log_name).open("w") as out:
+        process = subprocess.Popen(
+            [ALMA, *args], env=env, cwd=folder, stdout=out, stderr=subprocess.STDOUT, text=True
+        )
+        try:
+            yield
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _settings(folder: Path, url: str, chroma: str) -> Settings:
+    return Settings(  # type: ignore[call-arg]
+        _env_file=None, data_dir=folder / "data", database_url=url, chroma_url=chroma
+    )
+
+
+# Formation lag
+
+
+def formation(database_url: str, seconds: float) -> list[Row]:
+    folder = Path(tempfile.mkdtemp(prefix="alma-scale-"))
+    with ExitStack() as stack:
+        url = stack.enter_context(_schema(database_url))
+        port = free_port()
+        stack.enter_context(chroma_server(folder / "chroma", port))
+        chroma = f"http://127.0.0.1:{port}"
+        stub = stack.enter_context(SlowFormationStub())
+        model = {"OPENAI_API_KEY": "sk-scale-0123456789", "OPENAI_BASE_URL": stub.base_url}
+        env = _env(folder, url, chroma, model)
+        key = subprocess.run(
+            [ALMA, "keys", "create", "--tenant", "scale"],
+            env=env,
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        api_port = free_port()
+        serve_env = env | {"ALMA_RUN_PROJECTIONS": "false", "ALMA_RATE_LIMIT": "100000"}
+        stack.enter_context(
+            _process(["serve", "--port", str(api_port)], serve_env, folder, "serve.log")
+        )
+        stack.enter_context(_process(["worker"], env, folder, "worker.log"))
+        base = f"http://127.0.0.1:{api_port}"
+        http = stack.enter_context(
+            httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+        )
+        _until_healthy(http)
+        instances = _instances(http)
+        services = build_services(_settings(folder, url, chroma))
+        stack.callback(services.close)
+        assert services.formation is not None
+        follower = services.formation
+        log(f"{len(instances)} instances; {TURNS_PER_S} turns/s for {seconds:.0f} s")
+
+        lags: list[float] = []
+        sampling = threading.Event()
+
+        def sample() -> None:
+            while not sampling.wait(2.0):
+                try:
+                    lag = max((p.lag_seconds for p in follower.status()), default=0.0)
+                except psycopg.OperationalError as error:  # counted as missed: never as 0
+                    log(f"formation lag unknown: {error}")
+                    lag = float("inf")
+                lags.append(lag)
+                log(f"formation lag {lag:.1f} s")
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        sent, failed = _drive(http, instances, seconds)
+        stopped = time.monotonic()
+        head = services.app.recorder.max_notification_id() or 0
+        while follower.position() < head:
+            time.sleep(0.5)
+        drained = time.monotonic() - stopped
+        sampling.set()
+        sampler.join()
+        formed = _formed(services)
+    worst = max(lags, default=0.0)
+    p95 = statistics.quantiles(lags, n=20)[-1] if len(lags) >= 2 else worst
+    return [
+        Row(
+            f"turns sent ({TURNS_PER_S}/s for {seconds:.0f} s), failed",
+            f"{sent:,}, {failed}",
+        ),
+        Row(
+            "memory formation lag, largest (sampled every 2 s)",
+            f"{worst:.1f} s",
+            f"< {LAG_TARGET_S:g} s",
+            checked(worst < LAG_TARGET_S),
+        ),
+        Row("memory formation lag, p95 of the samples", f"{p95:.1f} s"),
+        Row("drained after the traffic stopped in", f"{drained:.1f} s"),
+        Row("windows formed (one memory each)", f"{formed:,}"),
+    ]
+
+
+def _until_healthy(http: httpx.Client) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if http.get("/health").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("alma serve did not become healthy")
+
+
+def _instances(http: httpx.Client) -> list[str]:
+    character = http.post("/v1/characters", json={"name": "Rosa", "description": "Curandera"})
+    character.raise_for_status()
+    path = f"/v1/characters/{character.json()['id']}/instances"
+    ids = []
+    for n in range(INSTANCES):
+        made = http.post(path, json={"name": f"Rosa {n}", "memory": "Vive en Sevilla"})
+        made.raise_for_status()
+        ids.append(made.json()["id"])
+    return ids
+
+
+def _drive(http: httpx.Client, instances: list[str], seconds: float) -> tuple[int, int]:
+    """Chat turns at `TURNS_PER_S`, each instance in turn; returns (sent, failed)."""
+    failed = 0
+    lock = threading.Lock()
+
+    def turn(n: int) -> None:
+        nonlocal failed
+        instance = instances[n % len(instances)]
+        answer = http.post(
+            f"/v1/instances/{instance}/chat",
+            json={"message": f"Hoy paseé junto al río, vuelta {n}"},
+        )
+        if answer.status_code != 200:
+            with lock:
+                failed += 1
+
+    total = int(seconds * TURNS_PER_S)
+    start = time.monotonic()
+    with ThreadPoolExecutor(64) as pool:
+        for n in range(total):
+            delay = start + n / TURNS_PER_S - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(turn, n)
+    return total, failed
+
+
+def _formed(services: Any) -> int:
+    count, start = 0, 1
+    app = services.app
+    while notifications := app.recorder.select_notifications(start=start, limit=5000):
+        for notification in notifications:
+            if notification.topic.endswith("Memory.Added"):
+                event: Any = app.mapper.to_domain_event(notification)
+                count += event.actor.key_id == "memory-process"
+        start = notifications[-1].id + 1
+    return count
+
+
+# Indexing with 1 and 2 workers
+
+
+def indexing(database_url: str, memories: int) -> list[Row]:
+    rows = []
+    rates: dict[tuple[str, int], float] = {}
+    for threads in ("", "1"):
+        for workers in (1, 2):
+            rate = _index_run(database_url, memories, workers, threads)
+            rates[threads, workers] = rate
+            label = "all cores" if not threads else "1 core"
+            rows.append(
+                Row(
+                    f"indexing, {workers} worker(s), embedding on {label} each",
+                    f"{rate:,.0f} memories/s",
+                )
+            )
+        speedup = rates[threads, 2] / rates[threads, 1]
+        rows.append(
+            Row(
+                f"2 workers / 1 worker ({'all cores' if not threads else '1 core'} each)",
+                f"{speedup:.2f}x",
+                f">= {SPEEDUP_TARGET}x where the cores allow",
+                checked(speedup >= SPEEDUP_TARGET),
+            )
+        )
+    per_worker = rates["1", 1]
+    for cores in (4, 8):
+        rows.append(
+            Row(
+                f"projected, {cores} workers on {cores} cores (1 core each, no other contention)",
+                f"{per_worker * cores:,.0f} memories/s",
+            )
+        )
+    return rows
+
+
+def _index_run(database_url: str, memories: int, workers: int, threads: str) -> float:
+    folder = Path(tempfile.mkdtemp(prefix="alma-index-"))
+    with ExitStack() as stack:
+        url = stack.enter_context(_schema(database_url))
+        port = free_port()
+        stack.enter_context(chroma_server(folder / "chroma", port))
+        chroma = f"http://127.0.0.1:{port}"
+        settings = _settings(folder, url, chroma)
+        _write_memories(settings, memories)
+        extra = {"ALMA_MEMORY_FORMATION": "false"}
+        if threads:
+            extra["ALMA_EMBEDDING_BATCH_THREADS"] = threads
+        env = _env(folder, url, chroma, extra)
+        services = build_services(settings)
+        stack.callback(services.close)
+        head = services.app.recorder.max_notification_id() or 0
+        for n in range(workers):
+            stack.enter_context(_process(["worker"], env, folder, f"worker-{n}.log"))
+        index = services.memory
+        first: float | None = None
+        while True:
+            position = index.position()
+            moved = any(p.position > 0 for p in index.status())
+            if first is None and moved:
+                first = time.monotonic()
+            if position >= head:
+                break
+            time.sleep(0.2)
+        assert first is not None
+        seconds = time.monotonic() - first
+    rate = memories / seconds
+    log(f"{workers} worker(s), threads {threads or 'all'}: {memories:,} in {seconds:.1f} s")
+    return rate
+
+
+def _write_memories(settings: Settings, count: int) -> None:
+    app = open_app(settings)
+    actor = Actor("scale", "bench", "index")
+    try:
+        character = app.create_character("scale", {"name": "Rosa", "description": ""}, actor)
+        instances = [
+            app.create_instance("scale", character.id, f"Rosa {n}", "", actor).id
+            for n in range(100)
+        ]
+        for start in range(0, count, 500):
+            app.save(
+                *[
+                    Memory.add(
+                        "scale",
+                        instances[n % len(instances)],
+                        f"Recuerdo {n}: paseó junto al río Guadalquivir con su perro",
+                        actor,
+                    )
+                    for n in range(start, min(count, start + 500))
+                ]
+            )
+    finally:
+        app.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("what", choices=["formation", "indexing"])
+    parser.add_argument("--quick", action="store_true", help="formation: 30 s instead of 120")
+    parser.add_argument("--memories", type=int, default=20_000, help="indexing: how many")
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="a PostgreSQL server; unset = one of its own, started from the installed binaries",
+    )
+    args = parser.parse_args()
+    with ExitStack() as stack:
+        database_url = args.database_url
+        if database_url is None:
+            server = ThrowawayPostgres()
+            server.start()
+            stack.callback(server.stop, "immediate")
+            database_url = f"postgresql://postgres@127.0.0.1:{server.port}/postgres"
+        before = machine_load()
+        if args.what == "formation":
+            rows = formation(database_url, 30.0 if args.quick else 120.0)
+        else:
+            rows = indexing(database_url, args.memories)
+    print(f"machine before: {before}")
+    print(f"machine after:  {machine_load()}")
+    for row in rows:
+        print(f"{row.measure:<72} {row.value:>20}  {row.target:<28} {row.verdict}")
+    return 0 if all(row.verdict != "MISSED" for row in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
