@@ -215,7 +215,10 @@ STOPWORDS = frozenset(
 
 def fold(text: str) -> str:
     """Case and accents ignored, so 'jose' matches 'José'."""
-    decomposed = unicodedata.normalize("NFKD", text.replace("\x00", "").casefold())
+    folded = text.replace("\x00", "").casefold()
+    if folded.isascii():  # nothing to decompose: most English text, read at every search
+        return folded
+    decomposed = unicodedata.normalize("NFKD", folded)
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
 
@@ -243,6 +246,11 @@ class Weights:
     lexical: float = 0.25
     recency: float = 0.0
     importance: float = 0.03
+    # What a source says (`content`): its words, each weighted by how rare it is among the
+    # search's candidates. A short reaction ("Wow, that's great!") matches many questions in
+    # meaning and answers none; the turn that holds a fact names things. Measured on LoCoMo's
+    # dev split and tests/data/recall (bench/fusion.py, README).
+    content: float = 0.15
     half_life_days: float = 30.0
     # BM25 divided by the query's best BM25 ("best"), or by what the query's words weigh in all
     # (their IDFs, words never said included: "query"), which keeps a match's share of the
@@ -257,16 +265,18 @@ class Weights:
     # (turns that happened within `episode_gap_minutes` of each other: one conversation
     # session). The answer to a question often lies beside the turn that matches it best
     # ("Yes! It was amazing."). Measured on LoCoMo (bench/locomo.py) and tests/data/recall.
-    neighbours: float = 0.5
-    neighbours_each_side: int = 1
+    neighbours: float = 0.7
+    neighbours_each_side: int = 2
     episode_gap_minutes: float = 60.0
+    # The turns beside the first `neighbour_candidates` hits (`neighbours_each_side` each side,
+    # within the episode) become candidates even when neither signal found them, so a reply
+    # beside the turn that matches can rise with it.
+    neighbour_candidates: int = 20
 
 
 # Weights measured best for another embedding model than the default (bench/fusion.py --model,
-# LoCoMo's dev split and tests/data/recall; README). all-mpnet-base-v2: two neighbours on each
-# side and a second hop of 0.1 gave R@10 80.4 / R@50 89.2 against 79.1 / 88.5 with the
-# default's weights, our set's hit@5 48 of 68 against 47, Spanish 19 against 18.
-_MODEL_WEIGHTS = {LARGE_MODEL: Weights(neighbours_each_side=2, expansion=0.1)}
+# LoCoMo's dev split and tests/data/recall; README): all-mpnet-base-v2 adds a second hop.
+_MODEL_WEIGHTS = {LARGE_MODEL: Weights(expansion=0.1)}
 
 
 def weights_for(model: str) -> Weights:
@@ -284,6 +294,7 @@ class Candidate:
     importance: float
     speaker: str | None  # who said it, when known
     expanded: float = 0.0  # BM25 of the second hop's words, scaled by their best
+    content: float = 0.0  # what it says (`contents`), 0 to 1
 
 
 @dataclass(frozen=True)
@@ -320,6 +331,7 @@ def fuse(
             + weights.recency * recency
             + weights.importance * candidate.importance
             + weights.expansion * candidate.expanded
+            + weights.content * candidate.content
         )
         if boost is not None:
             score = (1 - boost.weight) * score + boost.weight * boost.fits.get(candidate.doc_id, 0)
@@ -328,6 +340,25 @@ def fuse(
         scored = _with_neighbours(scored, weights)
     scored.sort(key=lambda pair: pair[1], reverse=True)
     return scored
+
+
+# A source counts full `content` when its words weigh as much as this many of the rarest
+# among the candidates (a word only it holds): a turn that names a few things.
+FULL_CONTENT = 12
+
+
+def contents(words: list[Counter[str]]) -> list[float]:
+    """What each of a search's candidates says, from 0 to 1: its words (`term_counts`), each
+    weighted by its IDF among the candidates, over `FULL_CONTENT` of the highest IDF. Read from
+    the candidates alone, it needs no statistics of the instance, and it is the same whatever
+    the instance's size: a word common among the sources a query found says little there."""
+    held = Counter(word for counts in words for word in counts)
+    total = len(words)
+    full = FULL_CONTENT * bm25_idf(total, 1)
+    return [
+        min(1.0, sum(n * bm25_idf(total, held[w]) for w, n in counts.items()) / full)
+        for counts in words
+    ]
 
 
 def _with_neighbours(
