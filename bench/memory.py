@@ -6,8 +6,10 @@ Everything runs on the embedded default: SQLite files for the events and the ind
 Chroma, the packaged MiniLM model, all under a temporary ALMA_DATA_DIR. What it measures:
 
 1. Indexing throughput, from events to searchable: N memories are written with the application
-   (Memory aggregates saved in batches of 1,000), then `services.memory` catches up (the loop of
-   `Follower.catch_up`, i.e. `run_once` until nothing is left). Reported as memories/s, with the
+   (Memory aggregates saved in batches of 1,000; each a turn of a conversation, with a speaker and
+   when it happened, in sessions of 20 turns, so searches blend and bring in neighbours), then
+   `services.memory` catches up (the loop of `Follower.catch_up`, i.e. `run_once` until nothing
+   is left). Reported as memories/s, with the
    time spent embedding and, beside it in a writer thread, in Chroma upserts.
    Store A spreads N memories over 100 instances; store B puts N memories in one instance.
 2. Search latency p50/p95/p99 of `services.memory_index.search(instance, query, k=10)`, query
@@ -52,7 +54,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -90,6 +92,10 @@ from bench.serve import alma_serve, create_key  # noqa: E402
 TENANT = "bench"
 ACTOR = Actor(tenant=TENANT, key_id="bench", request_id="bench")
 SAVE_BATCH = 1_000
+# Each memory is a turn of a conversation (`turn`).
+SPEAKERS = ("Rosa", "Mateo")
+SESSION = 20
+START = datetime(2023, 1, 1, 18, 0, tzinfo=UTC)
 PROGRESS_EVERY = 10_000
 K = 10
 CANDIDATES = 50  # what MemoryIndex asks Chroma for
@@ -342,8 +348,18 @@ def create_instances(services: Services, count: int, seed: int) -> list[UUID]:
     return ids
 
 
+def turn(n: int) -> tuple[str, datetime]:
+    """Who said an instance's `n`-th memory and when: two speakers taking turns, sessions of
+    `SESSION` turns a minute apart, three days between sessions, so that a search blends and
+    brings in a turn's neighbours as it does in a conversation."""
+    session, place = divmod(n, SESSION)
+    when = START + timedelta(days=3 * session, minutes=place)
+    return SPEAKERS[n % 2], when
+
+
 def write_memories(services: Services, instance_ids: list[UUID], count: int, seed: int) -> float:
-    """Saves `count` Memory aggregates round-robin over the instances; returns memories/s."""
+    """Saves `count` Memory aggregates round-robin over the instances, each a turn (`turn`);
+    returns memories/s."""
     rng = random.Random(seed + 1)
     batch: list[Memory] = []
     start = time.perf_counter()
@@ -351,7 +367,19 @@ def write_memories(services: Services, instance_ids: list[UUID], count: int, see
         importance = round(rng.uniform(0.2, 0.9), 2)
         metadata = {"source": "bench", "n": i}
         instance_id = instance_ids[i % len(instance_ids)]
-        batch.append(Memory.add(TENANT, instance_id, text, ACTOR, metadata, importance))
+        speaker, when = turn(i // len(instance_ids))
+        batch.append(
+            Memory.add(
+                TENANT,
+                instance_id,
+                text,
+                ACTOR,
+                metadata,
+                importance,
+                occurred_at=when,
+                speaker=speaker,
+            )
+        )
         if len(batch) == SAVE_BATCH:
             services.app.save(*batch)
             batch.clear()

@@ -29,11 +29,11 @@ from alma.projections.ranking import (
 from alma.projections.vectors import VectorIndex
 from alma.stores.sql import SqlStore
 
-# Candidates a search reads on each side (by meaning, by words): this many, or twice the hits
-# asked for when that is more (LoCoMo dev in process, k=50: R@50 81.0 with 50 a side, 81.3
-# with 100).
+# Candidates a search reads on each side (by meaning, by words): this many, or four times the
+# hits asked for when that is more (a chat turn's search reads 50; LoCoMo dev in process, k=50:
+# R@50 88.9 with 100 a side, 89.7 with 200).
 CANDIDATES = 50
-CANDIDATES_PER_HIT = 2
+CANDIDATES_PER_HIT = 4
 _K1, _B = 1.2, 0.75
 # BM25 reads the postings of the query's rarest words up to this many rows: the common words
 # left out weigh little (low IDF), and a search stays fast in an instance of 100,000 sources.
@@ -228,7 +228,7 @@ class MemorySearch:
         `period`: the candidates neither signal found that a neighbour's score may lift."""
         weights = self.weights
         side, gap = weights.neighbours_each_side, timedelta(minutes=weights.episode_gap_minutes)
-        hits = [c for c, _ in ranked if c.speaker is not None][: weights.neighbour_candidates]
+        hits = [c for c, _ in ranked if c.turn][: weights.neighbour_candidates]
         if not weights.neighbours or not side or not hits:
             return {}
         scope = (generation, str(instance_id))
@@ -238,7 +238,7 @@ class MemorySearch:
             for compare, order in (("<", "DESC"), (">", "ASC")):
                 sides.append(
                     f"SELECT * FROM (SELECT {DOC_COLUMNS} FROM memory_docs WHERE generation = %s "
-                    f"AND instance_id = %s AND occurred_at {compare} %s AND speaker IS NOT NULL "
+                    f"AND instance_id = %s AND occurred_at {compare} %s AND {_TURN} "
                     f"ORDER BY occurred_at {order} LIMIT {side}) AS side{len(sides)}"
                 )
                 params += [*scope, hit.occurred_at.isoformat()]
@@ -347,6 +347,9 @@ class MemorySearch:
         return kept[:pool]
 
 
+# A turn of a conversation, in SQL: a message (a user's may have no name), or a snippet that
+# says who said it (`Candidate.turn`).
+_TURN = "(kind = 'message' OR speaker IS NOT NULL)"
 # What each source's words are, for `contents`: kept by its id (and text) for the last
 # `_KEPT` sources read, as a source is a candidate of many searches.
 _KEPT = 16_384
@@ -370,5 +373,13 @@ def candidate(
     """What the ranking weighs of a source: its similarities, when it happened, who said it,
     its importance and what it says among the candidates."""
     return Candidate(
-        doc.doc_id, dense, lexical, doc.occurred_at, doc.importance, doc.speaker, expanded, content
+        doc.doc_id,
+        dense,
+        lexical,
+        doc.occurred_at,
+        doc.importance,
+        doc.speaker,
+        expanded,
+        content,
+        turn=doc.kind == "message" or doc.speaker is not None,
     )

@@ -260,11 +260,12 @@ class Weights:
     # query's own left out. bench/fusion.py measured it: LoCoMo gains, our own set loses, so
     # it is off by default (README).
     expansion: float = 0.0
-    # A turn's score (a source with a speaker) is blended with the best of its neighbours among
-    # the candidates: the turns next to it in time (`neighbours_each_side`) within its episode
-    # (turns that happened within `episode_gap_minutes` of each other: one conversation
-    # session). The answer to a question often lies beside the turn that matches it best
-    # ("Yes! It was amazing."). Measured on LoCoMo (bench/locomo.py) and tests/data/recall.
+    # A turn's score (a message, or a snippet with a speaker) is blended with the best of its
+    # neighbours among the candidates: the turns next to it in time (`neighbours_each_side`)
+    # within its episode (turns that happened within `episode_gap_minutes` of each other: one
+    # conversation session). The answer to a question often lies beside the turn that matches
+    # it best ("Yes! It was amazing."). Measured on LoCoMo (bench/locomo.py) and
+    # tests/data/recall.
     neighbours: float = 0.7
     neighbours_each_side: int = 2
     episode_gap_minutes: float = 60.0
@@ -295,6 +296,7 @@ class Candidate:
     speaker: str | None  # who said it, when known
     expanded: float = 0.0  # BM25 of the second hop's words, scaled by their best
     content: float = 0.0  # what it says (`contents`), 0 to 1
+    turn: bool = False  # a turn of a conversation: a message, or a snippet with a speaker
 
 
 @dataclass(frozen=True)
@@ -365,10 +367,10 @@ def _with_neighbours(
     scored: list[tuple[Candidate, float]], weights: Weights
 ) -> list[tuple[Candidate, float]]:
     """Each turn's score blended with the best score near it in time, still between 0 and 1.
-    Turns are the sources with a speaker; a fact written down (no speaker) has no neighbours."""
+    A fact written down (a snippet with no speaker, the memory text) has no neighbours."""
     gap = timedelta(minutes=weights.episode_gap_minutes)
     side = weights.neighbours_each_side
-    turns = [pair for pair in scored if pair[0].speaker is not None]
+    turns = [pair for pair in scored if pair[0].turn]
     in_time = sorted(turns, key=lambda pair: pair[0].occurred_at)
     episodes: list[list[tuple[Candidate, float]]] = []
     for pair in in_time:
@@ -376,7 +378,7 @@ def _with_neighbours(
             episodes[-1].append(pair)
         else:
             episodes.append([pair])
-    blended = [pair for pair in scored if pair[0].speaker is None]
+    blended = [pair for pair in scored if not pair[0].turn]
     for episode in episodes:
         for n, (candidate, score) in enumerate(episode):
             near = max(other for _, other in episode[max(0, n - side) : n + side + 1])
