@@ -323,6 +323,16 @@ def fuse(
         scale = information or 1.0
     else:
         scale = max((c.lexical for c in candidates), default=0.0) or 1.0
+    # The signals' weights may add up to more than 1: the score is scaled back within 1.
+    total = max(
+        1.0,
+        weights.dense
+        + weights.lexical
+        + weights.recency
+        + weights.importance
+        + weights.expansion
+        + weights.content,
+    )
     scored: list[tuple[Candidate, float]] = []
     for candidate in candidates:
         age_days = max(0.0, (now - candidate.occurred_at).total_seconds() / 86400)
@@ -334,7 +344,7 @@ def fuse(
             + weights.importance * candidate.importance
             + weights.expansion * candidate.expanded
             + weights.content * candidate.content
-        )
+        ) / total
         if boost is not None:
             score = (1 - boost.weight) * score + boost.weight * boost.fits.get(candidate.doc_id, 0)
         scored.append((candidate, score))
