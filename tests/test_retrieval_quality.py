@@ -9,7 +9,7 @@ import pytest
 
 from alma.api.services import Services, build_services
 from alma.embeddings import MULTILINGUAL_MODEL, PACKAGED_MODEL
-from alma.projections.ranking import Weights
+from alma.projections.ranking import Weights, weights_for
 from alma.settings import Settings
 from tests.recall import DENSE_ONLY, load, recall_at
 
@@ -52,7 +52,7 @@ def test_the_multilingual_model_answers_more_spanish_questions(tmp_path: Path) -
         )
         try:
             spanish = [q for q in load(services) if q.language == "es"]
-            found[model] = recall_at(services.memory_index, spanish, 5, Weights())
+            found[model] = recall_at(services.memory_index, spanish, 5, weights_for(model))
         finally:
             services.close()
     print(f"Spanish recall@5 over {len(spanish)} questions: {found}")
