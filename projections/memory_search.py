@@ -30,10 +30,11 @@ from alma.projections.vectors import VectorIndex
 from alma.stores.sql import SqlStore
 
 # Candidates a search reads on each side (by meaning, by words): this many, or four times the
-# hits asked for when that is more (a chat turn's search reads 50; LoCoMo dev in process, k=50:
-# R@50 88.9 with 100 a side, 89.7 with 200).
+# hits asked for when that is more, up to `MOST_CANDIDATES` (a chat turn's search reads 50;
+# LoCoMo dev in process, k=50: R@50 88.9 with 100 a side, 89.7 with 200).
 CANDIDATES = 50
 CANDIDATES_PER_HIT = 4
+MOST_CANDIDATES = 200
 _K1, _B = 1.2, 0.75
 # BM25 reads the postings of the query's rarest words up to this many rows: the common words
 # left out weigh little (low IDF), and a search stays fast in an instance of 100,000 sources.
@@ -112,7 +113,7 @@ class MemorySearch:
         `embedding`: the query's vector from `embed_soon`, else it is computed here. With a
         `period`, only sources that happened within it are candidates."""
         generation = self.generation
-        pool = max(CANDIDATES, CANDIDATES_PER_HIT * k)
+        pool = max(k, min(max(CANDIDATES, CANDIDATES_PER_HIT * k), MOST_CANDIDATES))
         scoring = self._lexical.submit(self._words, generation, instance_id, query, period, pool)
         vector = embedding.result() if embedding else self.embedder.encode_query(query)
         dense = dict(self.vectors.nearest(generation, instance_id, vector, pool, period, k))
