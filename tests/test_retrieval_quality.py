@@ -36,10 +36,11 @@ def test_hybrid_retrieval_beats_dense_only_and_both_beat_the_floor(services: Ser
 
 @pytest.mark.slow
 def test_the_multilingual_model_answers_more_spanish_questions(tmp_path: Path) -> None:
-    """ALMA_EMBEDDING_MODEL=intfloat/multilingual-e5-small (bench/models.py: 25 of the 33
-    Spanish questions at hit@5, against 18 with the default) is worth its cost where users
-    write Spanish; the margin asked here is half of that gain. The model, not the store, is
-    under test: one SQLite store per model."""
+    """ALMA_EMBEDDING_MODEL=intfloat/multilingual-e5-small, with its weights (`weights_for`),
+    answers more of the 33 Spanish questions at hit@5 than the default model with its own: 24
+    against 21 (README; it was 25 against 18 before the default's ranking read what a turn says
+    and brought in its neighbours). The margin asked is two questions, more than noise. The
+    model, not the store, is under test: one SQLite store per model."""
     found = {}
     for n, model in enumerate((PACKAGED_MODEL, MULTILINGUAL_MODEL)):
         services = build_services(
@@ -56,4 +57,4 @@ def test_the_multilingual_model_answers_more_spanish_questions(tmp_path: Path) -
         finally:
             services.close()
     print(f"Spanish recall@5 over {len(spanish)} questions: {found}")
-    assert found[MULTILINGUAL_MODEL] >= found[PACKAGED_MODEL] + 4 / len(spanish)
+    assert found[MULTILINGUAL_MODEL] >= found[PACKAGED_MODEL] + 2 / len(spanish)
