@@ -76,6 +76,7 @@ from alma.domain import Actor, Memory, NewMessage  # noqa: E402
 from alma.embeddings import Backend, Embedder  # noqa: E402
 from alma.projections import Follower, MemoryIndex, Period  # noqa: E402
 from alma.projections.memory_docs import documents, moment  # noqa: E402
+from alma.projections.ranking import Weights  # noqa: E402
 from alma.projections.vectors import COLLECTION  # noqa: E402
 from alma.settings import Settings  # noqa: E402
 from bench.report import (  # noqa: E402
@@ -106,6 +107,8 @@ INDEX_RATE_TARGET = 500.0
 SEARCH_P95_TARGET_MS = 15.0
 # The second hop's weight timed beside the default search (bench/fusion.py measured its recall).
 HOP = 0.2
+# The ranking before issue 15's last round, whose cost the default's is measured against.
+BEFORE = Weights(content=0.0, neighbours=0.5, neighbours_each_side=1, neighbour_candidates=0)
 LAG_TARGET_S = 2.0
 REBUILD_TARGET_S = 300.0
 
@@ -555,6 +558,7 @@ def search_rows(
         within.append(time.perf_counter() - start)
     within_p50, within_p95, _ = percentiles_ms(within)
     hop_p50, hop_p95 = second_hop(index, instance_ids, sizes, seed)
+    now, before = against_before(index, instance_ids, sizes, seed)
     return [
         Row(
             f"search, {label} ({per})",
@@ -580,6 +584,11 @@ def search_rows(
             f"  with the second hop (Weights.expansion={HOP}, a setting)",
             f"p50 {hop_p50:.2f} ms, p95 {hop_p95:.2f} ms",
         ),
+        Row(
+            "  the default against the ranking before (interleaved)",
+            f"p50 {now[0]:.2f} against {before[0]:.2f} ms, "
+            f"p95 {now[1]:.2f} against {before[1]:.2f} ms",
+        ),
     ]
 
 
@@ -601,6 +610,31 @@ def second_hop(
         index.weights = serving
     p50, p95, _ = percentiles_ms(timings)
     return p50, p95
+
+
+def against_before(
+    index: MemoryIndex, instance_ids: list[UUID], sizes: Sizes, seed: int
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """p50 and p95 of the same searches under the default ranking and under the one before
+    issue 15's last round (`BEFORE`: no content, one neighbour a side, none brought in), taking
+    turns query by query so that both see the same load."""
+    rng = random.Random(seed)
+    serving = index.weights
+    rankings = {"now": serving, "before": BEFORE}
+    timings: dict[str, list[float]] = {name: [] for name in rankings}
+    try:
+        for n, query in enumerate(queries(sizes.queries, seed)):
+            instance_id = rng.choice(instance_ids)
+            order = list(rankings) if n % 2 else list(reversed(rankings))
+            for name in order:
+                index.weights = rankings[name]
+                start = time.perf_counter()
+                index.search(instance_id, query, K)
+                timings[name].append(time.perf_counter() - start)
+    finally:
+        index.weights = serving
+    now, before = (percentiles_ms(timings[name])[:2] for name in rankings)
+    return now, before
 
 
 def later_halves(index: MemoryIndex, instance_ids: list[UUID]) -> dict[UUID, Period]:
