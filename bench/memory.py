@@ -638,13 +638,14 @@ def against_before(
 
 
 def later_halves(index: MemoryIndex, instance_ids: list[UUID]) -> dict[UUID, Period]:
-    """For each instance, the period from the middle of its sources' times on: a search within
-    it filters out about half of them."""
+    """For each instance, the period from the middle of its memories' times on: a search within
+    it filters out about half of them (the memory text, written now, is left out of the middle:
+    the memories happened in sessions long before)."""
     halves = {}
     for instance_id in instance_ids:
         [(first, last)] = index.store.query(
             "SELECT MIN(occurred_at), MAX(occurred_at) FROM memory_docs "
-            "WHERE generation = %s AND instance_id = %s",
+            "WHERE generation = %s AND instance_id = %s AND kind = 'memory'",
             (index.generation, str(instance_id)),
         )
         since = moment(first) + (moment(last) - moment(first)) / 2
