@@ -373,11 +373,9 @@ def contents(words: list[Counter[str]]) -> list[float]:
     the instance's size: a word common among the sources a query found says little there."""
     held = Counter(word for counts in words for word in counts)
     total = len(words)
+    weight = {word: bm25_idf(total, n) for word, n in held.items()}
     full = FULL_CONTENT * bm25_idf(total, 1)
-    return [
-        min(1.0, sum(n * bm25_idf(total, held[w]) for w, n in counts.items()) / full)
-        for counts in words
-    ]
+    return [min(1.0, sum(n * weight[w] for w, n in counts.items()) / full) for counts in words]
 
 
 def _with_neighbours(
