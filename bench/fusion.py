@@ -39,27 +39,24 @@ from tests.recall import Question
 from tests.recall import load as load_recall
 
 DEFAULT = Weights()
+# The ranking before issue 15's last round: no content, one neighbour a side blended at half,
+# no turns brought in beside the first hits.
+BEFORE = replace(
+    DEFAULT, content=0.0, neighbours=0.5, neighbours_each_side=1, neighbour_candidates=0
+)
 RANKINGS = {
-    "alma's default: 0.72 dense / 0.25 BM25 (best) / 0.03 importance": DEFAULT,
-    "0.82 dense / 0.15 BM25 (best)": replace(DEFAULT, dense=0.82, lexical=0.15),
+    "alma's default (0.72 / 0.25 / 0.03, content 0.15, 2 a side at 0.7)": DEFAULT,
+    "before: no content, 1 neighbour a side at 0.5, none brought in": BEFORE,
+    "default without content": replace(DEFAULT, content=0.0),
+    "default, no turns brought in beside the first hits": replace(DEFAULT, neighbour_candidates=0),
+    "default, one neighbour a side": replace(DEFAULT, neighbours_each_side=1),
+    "default, neighbours at 0.5": replace(DEFAULT, neighbours=0.5),
+    "default, neighbours at 1.0": replace(DEFAULT, neighbours=1.0),
+    "default, content 0.1": replace(DEFAULT, content=0.1),
+    "default, content 0.2": replace(DEFAULT, content=0.2),
     "0.62 dense / 0.35 BM25 (best)": replace(DEFAULT, dense=0.62, lexical=0.35),
-    "0.47 dense / 0.50 BM25 (best)": replace(DEFAULT, dense=0.47, lexical=0.50),
-    "0.72 dense / 0.25 BM25 (query)": replace(DEFAULT, lexical_scale="query"),
-    "0.62 dense / 0.35 BM25 (query)": replace(
-        DEFAULT, dense=0.62, lexical=0.35, lexical_scale="query"
-    ),
-    "0.47 dense / 0.50 BM25 (query)": replace(
-        DEFAULT, dense=0.47, lexical=0.50, lexical_scale="query"
-    ),
     "default + second hop 0.1": replace(DEFAULT, expansion=0.1),
     "default + second hop 0.2": replace(DEFAULT, expansion=0.2),
-    "default + two neighbours a side": replace(DEFAULT, neighbours_each_side=2),
-    "default + two neighbours a side + second hop 0.1": replace(
-        DEFAULT, neighbours_each_side=2, expansion=0.1
-    ),
-    "0.47 / 0.50 (query) + second hop 0.2": replace(
-        DEFAULT, dense=0.47, lexical=0.50, lexical_scale="query", expansion=0.2
-    ),
 }
 # Questions about things no conversation of tests/data/recall mentions (none holds their key
 # words), as a user would ask what the character cannot remember.

@@ -6,8 +6,10 @@ Everything runs on the embedded default: SQLite files for the events and the ind
 Chroma, the packaged MiniLM model, all under a temporary ALMA_DATA_DIR. What it measures:
 
 1. Indexing throughput, from events to searchable: N memories are written with the application
-   (Memory aggregates saved in batches of 1,000), then `services.memory` catches up (the loop of
-   `Follower.catch_up`, i.e. `run_once` until nothing is left). Reported as memories/s, with the
+   (Memory aggregates saved in batches of 1,000; each a turn of a conversation, with a speaker and
+   when it happened, in sessions of 20 turns, so searches blend and bring in neighbours), then
+   `services.memory` catches up (the loop of `Follower.catch_up`, i.e. `run_once` until nothing
+   is left). Reported as memories/s, with the
    time spent embedding and, beside it in a writer thread, in Chroma upserts.
    Store A spreads N memories over 100 instances; store B puts N memories in one instance.
 2. Search latency p50/p95/p99 of `services.memory_index.search(instance, query, k=10)`, query
@@ -52,7 +54,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -74,6 +76,7 @@ from alma.domain import Actor, Memory, NewMessage  # noqa: E402
 from alma.embeddings import Backend, Embedder  # noqa: E402
 from alma.projections import Follower, MemoryIndex, Period  # noqa: E402
 from alma.projections.memory_docs import documents, moment  # noqa: E402
+from alma.projections.ranking import Weights  # noqa: E402
 from alma.projections.vectors import COLLECTION  # noqa: E402
 from alma.settings import Settings  # noqa: E402
 from bench.report import (  # noqa: E402
@@ -90,6 +93,10 @@ from bench.serve import alma_serve, create_key  # noqa: E402
 TENANT = "bench"
 ACTOR = Actor(tenant=TENANT, key_id="bench", request_id="bench")
 SAVE_BATCH = 1_000
+# Each memory is a turn of a conversation (`turn`).
+SPEAKERS = ("Rosa", "Mateo")
+SESSION = 20
+START = datetime(2023, 1, 1, 18, 0, tzinfo=UTC)
 PROGRESS_EVERY = 10_000
 K = 10
 CANDIDATES = 50  # what MemoryIndex asks Chroma for
@@ -100,6 +107,8 @@ INDEX_RATE_TARGET = 500.0
 SEARCH_P95_TARGET_MS = 15.0
 # The second hop's weight timed beside the default search (bench/fusion.py measured its recall).
 HOP = 0.2
+# The ranking before issue 15's last round, whose cost the default's is measured against.
+BEFORE = Weights(content=0.0, neighbours=0.5, neighbours_each_side=1, neighbour_candidates=0)
 LAG_TARGET_S = 2.0
 REBUILD_TARGET_S = 300.0
 
@@ -342,8 +351,18 @@ def create_instances(services: Services, count: int, seed: int) -> list[UUID]:
     return ids
 
 
+def turn(n: int) -> tuple[str, datetime]:
+    """Who said an instance's `n`-th memory and when: two speakers taking turns, sessions of
+    `SESSION` turns a minute apart, three days between sessions, so that a search blends and
+    brings in a turn's neighbours as it does in a conversation."""
+    session, place = divmod(n, SESSION)
+    when = START + timedelta(days=3 * session, minutes=place)
+    return SPEAKERS[n % 2], when
+
+
 def write_memories(services: Services, instance_ids: list[UUID], count: int, seed: int) -> float:
-    """Saves `count` Memory aggregates round-robin over the instances; returns memories/s."""
+    """Saves `count` Memory aggregates round-robin over the instances, each a turn (`turn`);
+    returns memories/s."""
     rng = random.Random(seed + 1)
     batch: list[Memory] = []
     start = time.perf_counter()
@@ -351,7 +370,19 @@ def write_memories(services: Services, instance_ids: list[UUID], count: int, see
         importance = round(rng.uniform(0.2, 0.9), 2)
         metadata = {"source": "bench", "n": i}
         instance_id = instance_ids[i % len(instance_ids)]
-        batch.append(Memory.add(TENANT, instance_id, text, ACTOR, metadata, importance))
+        speaker, when = turn(i // len(instance_ids))
+        batch.append(
+            Memory.add(
+                TENANT,
+                instance_id,
+                text,
+                ACTOR,
+                metadata,
+                importance,
+                occurred_at=when,
+                speaker=speaker,
+            )
+        )
         if len(batch) == SAVE_BATCH:
             services.app.save(*batch)
             batch.clear()
@@ -527,6 +558,7 @@ def search_rows(
         within.append(time.perf_counter() - start)
     within_p50, within_p95, _ = percentiles_ms(within)
     hop_p50, hop_p95 = second_hop(index, instance_ids, sizes, seed)
+    now, before = against_before(index, instance_ids, sizes, seed)
     return [
         Row(
             f"search, {label} ({per})",
@@ -552,6 +584,11 @@ def search_rows(
             f"  with the second hop (Weights.expansion={HOP}, a setting)",
             f"p50 {hop_p50:.2f} ms, p95 {hop_p95:.2f} ms",
         ),
+        Row(
+            "  the default against the ranking before (interleaved)",
+            f"p50 {now[0]:.2f} against {before[0]:.2f} ms, "
+            f"p95 {now[1]:.2f} against {before[1]:.2f} ms",
+        ),
     ]
 
 
@@ -575,14 +612,40 @@ def second_hop(
     return p50, p95
 
 
+def against_before(
+    index: MemoryIndex, instance_ids: list[UUID], sizes: Sizes, seed: int
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """p50 and p95 of the same searches under the default ranking and under the one before
+    issue 15's last round (`BEFORE`: no content, one neighbour a side, none brought in), taking
+    turns query by query so that both see the same load."""
+    rng = random.Random(seed)
+    serving = index.weights
+    rankings = {"now": serving, "before": BEFORE}
+    timings: dict[str, list[float]] = {name: [] for name in rankings}
+    try:
+        for n, query in enumerate(queries(sizes.queries, seed)):
+            instance_id = rng.choice(instance_ids)
+            order = list(rankings) if n % 2 else list(reversed(rankings))
+            for name in order:
+                index.weights = rankings[name]
+                start = time.perf_counter()
+                index.search(instance_id, query, K)
+                timings[name].append(time.perf_counter() - start)
+    finally:
+        index.weights = serving
+    now, before = (percentiles_ms(timings[name])[:2] for name in rankings)
+    return now, before
+
+
 def later_halves(index: MemoryIndex, instance_ids: list[UUID]) -> dict[UUID, Period]:
-    """For each instance, the period from the middle of its sources' times on: a search within
-    it filters out about half of them."""
+    """For each instance, the period from the middle of its memories' times on: a search within
+    it filters out about half of them (the memory text, written now, is left out of the middle:
+    the memories happened in sessions long before)."""
     halves = {}
     for instance_id in instance_ids:
         [(first, last)] = index.store.query(
             "SELECT MIN(occurred_at), MAX(occurred_at) FROM memory_docs "
-            "WHERE generation = %s AND instance_id = %s",
+            "WHERE generation = %s AND instance_id = %s AND kind = 'memory'",
             (index.generation, str(instance_id)),
         )
         since = moment(first) + (moment(last) - moment(first)) / 2

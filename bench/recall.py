@@ -21,7 +21,10 @@ from tests.recall import DENSE_ONLY, load, recall_at
 
 RANKINGS = {
     "dense only": DENSE_ONLY,
-    "BM25 only": Weights(dense=0.0, lexical=1.0, recency=0.0, importance=0.0, neighbours=0.0),
+    "BM25 only": Weights(
+        dense=0.0, lexical=1.0, recency=0.0, importance=0.0, content=0.0, neighbours=0.0
+    ),
+    "hybrid default, without content": Weights(content=0.0),
     "hybrid, alma's default": Weights(),
     "hybrid default, no neighbours": Weights(neighbours=0.0),
     "hybrid default, neighbours 0.3": Weights(neighbours=0.3),

@@ -29,6 +29,9 @@ _TABLES = [
         PRIMARY KEY (generation, doc_id))""",
     """CREATE INDEX IF NOT EXISTS memory_docs_by_instance
         ON memory_docs (generation, instance_id, kind, position)""",
+    # The turns beside a search's first hits, in time (memory_search, `Weights.neighbours`).
+    """CREATE INDEX IF NOT EXISTS memory_docs_by_time
+        ON memory_docs (generation, instance_id, occurred_at)""",
     # BM25's postings: per instance and word, each source holding it, how often, and the
     # source's length. A search reads a word's rows in key order and nothing else: on SQLite the
     # table is its key (WITHOUT ROWID), on PostgreSQL the key's index carries tf and length, so

@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -17,14 +17,24 @@ import numpy as np
 from alma.embeddings import Embedder
 from alma.projections.memory_docs import DOC_COLUMNS, Doc, Period, doc_of, documents, moment
 from alma.projections.query_hints import boost
-from alma.projections.ranking import Candidate, Weights, bm25_idf, fuse, terms
+from alma.projections.ranking import (
+    Candidate,
+    Weights,
+    bm25_idf,
+    contents,
+    fuse,
+    term_counts,
+    terms,
+)
 from alma.projections.vectors import VectorIndex
 from alma.stores.sql import SqlStore
 
-# Candidates a search reads on each side (by meaning, by words): this many, or twice the hits
-# asked for when that is more (LoCoMo dev in process, k=50: R@50 81.0 with 50 a side, 81.3
-# with 100).
+# Candidates a search reads on each side (by meaning, by words): this many, or four times the
+# hits asked for when that is more, up to `MOST_CANDIDATES` (a chat turn's search reads 50;
+# LoCoMo dev in process, k=50: R@50 88.9 with 100 a side, 89.7 with 200).
 CANDIDATES = 50
+CANDIDATES_PER_HIT = 4
+MOST_CANDIDATES = 200
 _K1, _B = 1.2, 0.75
 # BM25 reads the postings of the query's rarest words up to this many rows: the common words
 # left out weigh little (low IDF), and a search stays fast in an instance of 100,000 sources.
@@ -103,7 +113,7 @@ class MemorySearch:
         `embedding`: the query's vector from `embed_soon`, else it is computed here. With a
         `period`, only sources that happened within it are candidates."""
         generation = self.generation
-        pool = max(CANDIDATES, 2 * k)
+        pool = max(k, min(max(CANDIDATES, CANDIDATES_PER_HIT * k), MOST_CANDIDATES))
         scoring = self._lexical.submit(self._words, generation, instance_id, query, period, pool)
         vector = embedding.result() if embedding else self.embedder.encode_query(query)
         dense = dict(self.vectors.nearest(generation, instance_id, vector, pool, period, k))
@@ -113,26 +123,23 @@ class MemorySearch:
             if doc_id not in dense:
                 dense[doc_id] = float(np.dot(query_vector, np.asarray(other)))
         docs = documents(self.store, generation, list(dense.keys() | lexical.keys()))
-        candidates = [
-            candidate(doc, dense.get(d, 0.0), lexical.get(d, 0.0)) for d, doc in docs.items()
-        ]
         now = now or datetime.now(UTC)
-        ranked = fuse(candidates, now, self.weights, information, boost(query, docs.values(), now))
+        ranked = self._rank(query, docs, dense, lexical, {}, information, now)
+        expanded: dict[str, float] = {}
         if self.weights.expansion:
             first = [docs[c.doc_id] for c, _ in ranked[:_HOP_FROM]]
             expanded = self._second_hop(generation, instance_id, query, first, period, pool)
-            missing = [doc_id for doc_id in expanded if doc_id not in dense]
+        beside = self._beside(generation, instance_id, ranked, period)
+        brought = [d for d in expanded.keys() | beside.keys() if d not in docs]
+        if brought:
+            missing = [doc_id for doc_id in brought if doc_id not in dense]
             for doc_id, other in self.vectors.vectors(generation, instance_id, missing).items():
                 dense[doc_id] = float(np.dot(query_vector, np.asarray(other)))
-            docs |= documents(self.store, generation, [d for d in expanded if d not in docs])
-            best = max(expanded.values(), default=0.0) or 1.0
-            candidates = [
-                candidate(doc, dense.get(d, 0.0), lexical.get(d, 0.0), expanded.get(d, 0.0) / best)
-                for d, doc in docs.items()
-            ]
-            ranked = fuse(
-                candidates, now, self.weights, information, boost(query, docs.values(), now)
+            docs |= beside | documents(
+                self.store, generation, [d for d in brought if d not in beside]
             )
+        if expanded or brought:
+            ranked = self._rank(query, docs, dense, lexical, expanded, information, now)
         if exclude is not None:
             ranked = [(c, score) for c, score in ranked if not exclude(docs[c.doc_id])]
         return [Hit(docs[c.doc_id], score) for c, score in ranked[:k] if score >= min_score]
@@ -188,6 +195,61 @@ class MemorySearch:
             weights[term] = bm25_idf(total, n)
             read += n
         return self._scores(generation, instance_id, average, weights, period, pool), information
+
+    def _rank(
+        self,
+        query: str,
+        docs: dict[str, Doc],
+        dense: dict[str, float],
+        lexical: dict[str, float],
+        expanded: dict[str, float],
+        information: float,
+        now: datetime,
+    ) -> list[tuple[Candidate, float]]:
+        """The candidates `docs` fused, best first, from their scores on each signal (a
+        second hop's scaled by its best) and what each says among them."""
+        best = max(expanded.values(), default=0.0) or 1.0
+        said = contents([_words(doc) for doc in docs.values()])
+        candidates = [
+            candidate(doc, dense.get(d, 0.0), lexical.get(d, 0.0), expanded.get(d, 0.0) / best, s)
+            for (d, doc), s in zip(docs.items(), said, strict=True)
+        ]
+        hints = boost(query, docs.values(), now)
+        return fuse(candidates, now, self.weights, information, hints)
+
+    def _beside(
+        self,
+        generation: int,
+        instance_id: UUID,
+        ranked: list[tuple[Candidate, float]],
+        period: Period | None,
+    ) -> dict[str, Doc]:
+        """The turns beside the first `Weights.neighbour_candidates` turns of `ranked`, up to
+        `neighbours_each_side` on each side in time, within the episode (the blend's gap) and
+        `period`: the candidates neither signal found that a neighbour's score may lift."""
+        weights = self.weights
+        side, gap = weights.neighbours_each_side, timedelta(minutes=weights.episode_gap_minutes)
+        hits = [c for c, _ in ranked if c.turn][: weights.neighbour_candidates]
+        if not weights.neighbours or not side or not hits:
+            return {}
+        scope = (generation, str(instance_id))
+        sides: list[str] = []
+        params: list[object] = []
+        for hit in hits:
+            for compare, order in (("<", "DESC"), (">", "ASC")):
+                sides.append(
+                    f"SELECT * FROM (SELECT {DOC_COLUMNS} FROM memory_docs WHERE generation = %s "
+                    f"AND instance_id = %s AND occurred_at {compare} %s AND {_TURN} "
+                    f"ORDER BY occurred_at {order} LIMIT {side}) AS side{len(sides)}"
+                )
+                params += [*scope, hit.occurred_at.isoformat()]
+        found: dict[str, Doc] = {}
+        for row in self.store.query(" UNION ALL ".join(sides), params):
+            doc = doc_of(row)
+            near = any(abs(doc.occurred_at - hit.occurred_at) <= gap for hit in hits)
+            if near and (period is None or period.holds(doc.occurred_at)):
+                found[doc.doc_id] = doc
+        return found
 
     def _second_hop(
         self,
@@ -286,9 +348,39 @@ class MemorySearch:
         return kept[:pool]
 
 
-def candidate(doc: Doc, dense: float, lexical: float, expanded: float = 0.0) -> Candidate:
-    """What the ranking weighs of a source: its similarities, when it happened, who said it
-    and its importance."""
+# A turn of a conversation, in SQL: a message (a user's may have no name), or a snippet that
+# says who said it (`Candidate.turn`).
+_TURN = "(kind = 'message' OR speaker IS NOT NULL)"
+# What each source's words are, for `contents`: kept by its id (and text) for the last
+# `_KEPT` sources read, as a source is a candidate of many searches.
+_KEPT = 16_384
+_read: dict[tuple[str, int], Counter[str]] = {}
+
+
+def _words(doc: Doc) -> Counter[str]:
+    key = (doc.doc_id, hash(doc.text))
+    # Searches run in several threads: each step on the dict is atomic.
+    counts = _read.get(key)
+    if counts is None:
+        if len(_read) >= _KEPT:
+            _read.clear()
+        counts = _read[key] = term_counts(doc.indexed_text())
+    return counts
+
+
+def candidate(
+    doc: Doc, dense: float, lexical: float, expanded: float = 0.0, content: float = 0.0
+) -> Candidate:
+    """What the ranking weighs of a source: its similarities, when it happened, who said it,
+    its importance and what it says among the candidates."""
     return Candidate(
-        doc.doc_id, dense, lexical, doc.occurred_at, doc.importance, doc.speaker, expanded
+        doc.doc_id,
+        dense,
+        lexical,
+        doc.occurred_at,
+        doc.importance,
+        doc.speaker,
+        expanded,
+        content,
+        turn=doc.kind == "message" or doc.speaker is not None,
     )

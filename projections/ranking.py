@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from alma.embeddings import LARGE_MODEL
+from alma.embeddings import LARGE_MODEL, MULTILINGUAL_MODEL
 
 # Words that carry no memory on their own, in the two languages alma speaks first.
 STOPWORDS = frozenset(
@@ -215,7 +215,10 @@ STOPWORDS = frozenset(
 
 def fold(text: str) -> str:
     """Case and accents ignored, so 'jose' matches 'José'."""
-    decomposed = unicodedata.normalize("NFKD", text.replace("\x00", "").casefold())
+    folded = text.replace("\x00", "").casefold()
+    if folded.isascii():  # nothing to decompose: most English text, read at every search
+        return folded
+    decomposed = unicodedata.normalize("NFKD", folded)
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
 
@@ -243,6 +246,11 @@ class Weights:
     lexical: float = 0.25
     recency: float = 0.0
     importance: float = 0.03
+    # What a source says (`content`): its words, each weighted by how rare it is among the
+    # search's candidates. A short reaction ("Wow, that's great!") matches many questions in
+    # meaning and answers none; the turn that holds a fact names things. Measured on LoCoMo's
+    # dev split and tests/data/recall (bench/fusion.py, README).
+    content: float = 0.15
     half_life_days: float = 30.0
     # BM25 divided by the query's best BM25 ("best"), or by what the query's words weigh in all
     # (their IDFs, words never said included: "query"), which keeps a match's share of the
@@ -252,21 +260,31 @@ class Weights:
     # query's own left out. bench/fusion.py measured it: LoCoMo gains, our own set loses, so
     # it is off by default (README).
     expansion: float = 0.0
-    # A turn's score (a source with a speaker) is blended with the best of its neighbours among
-    # the candidates: the turns next to it in time (`neighbours_each_side`) within its episode
-    # (turns that happened within `episode_gap_minutes` of each other: one conversation
-    # session). The answer to a question often lies beside the turn that matches it best
-    # ("Yes! It was amazing."). Measured on LoCoMo (bench/locomo.py) and tests/data/recall.
-    neighbours: float = 0.5
-    neighbours_each_side: int = 1
+    # A turn's score (a message, or a snippet with a speaker) is blended with the best of its
+    # neighbours among the candidates: the turns next to it in time (`neighbours_each_side`)
+    # within its episode (turns that happened within `episode_gap_minutes` of each other: one
+    # conversation session). The answer to a question often lies beside the turn that matches
+    # it best ("Yes! It was amazing."). Measured on LoCoMo (bench/locomo.py) and
+    # tests/data/recall.
+    neighbours: float = 0.7
+    neighbours_each_side: int = 2
     episode_gap_minutes: float = 60.0
+    # The turns beside the first `neighbour_candidates` hits (`neighbours_each_side` each side,
+    # within the episode) become candidates even when neither signal found them, so a reply
+    # beside the turn that matches can rise with it.
+    neighbour_candidates: int = 20
 
 
 # Weights measured best for another embedding model than the default (bench/fusion.py --model,
-# LoCoMo's dev split and tests/data/recall; README). all-mpnet-base-v2: two neighbours on each
-# side and a second hop of 0.1 gave R@10 80.4 / R@50 89.2 against 79.1 / 88.5 with the
-# default's weights, our set's hit@5 48 of 68 against 47, Spanish 19 against 18.
-_MODEL_WEIGHTS = {LARGE_MODEL: Weights(neighbours_each_side=2, expansion=0.1)}
+# LoCoMo's dev split and tests/data/recall; README): all-mpnet-base-v2 adds a second hop;
+# multilingual-e5-small, whose similarities crowd together, keeps the ranking it was measured
+# with (what a source says, and more neighbours, cost it Spanish questions of our set).
+_MODEL_WEIGHTS = {
+    LARGE_MODEL: Weights(expansion=0.1),
+    MULTILINGUAL_MODEL: Weights(
+        content=0.0, neighbours=0.5, neighbours_each_side=1, neighbour_candidates=0
+    ),
+}
 
 
 def weights_for(model: str) -> Weights:
@@ -284,6 +302,8 @@ class Candidate:
     importance: float
     speaker: str | None  # who said it, when known
     expanded: float = 0.0  # BM25 of the second hop's words, scaled by their best
+    content: float = 0.0  # what it says (`contents`), 0 to 1
+    turn: bool = False  # a turn of a conversation: a message, or a snippet with a speaker
 
 
 @dataclass(frozen=True)
@@ -310,6 +330,16 @@ def fuse(
         scale = information or 1.0
     else:
         scale = max((c.lexical for c in candidates), default=0.0) or 1.0
+    # The signals' weights may add up to more than 1: the score is scaled back within 1.
+    total = max(
+        1.0,
+        weights.dense
+        + weights.lexical
+        + weights.recency
+        + weights.importance
+        + weights.expansion
+        + weights.content,
+    )
     scored: list[tuple[Candidate, float]] = []
     for candidate in candidates:
         age_days = max(0.0, (now - candidate.occurred_at).total_seconds() / 86400)
@@ -320,7 +350,8 @@ def fuse(
             + weights.recency * recency
             + weights.importance * candidate.importance
             + weights.expansion * candidate.expanded
-        )
+            + weights.content * candidate.content
+        ) / total
         if boost is not None:
             score = (1 - boost.weight) * score + boost.weight * boost.fits.get(candidate.doc_id, 0)
         scored.append((candidate, score))
@@ -330,14 +361,31 @@ def fuse(
     return scored
 
 
+# A source counts full `content` when its words weigh as much as this many of the rarest
+# among the candidates (a word only it holds): a turn that names a few things.
+FULL_CONTENT = 12
+
+
+def contents(words: list[Counter[str]]) -> list[float]:
+    """What each of a search's candidates says, from 0 to 1: its words (`term_counts`), each
+    weighted by its IDF among the candidates, over `FULL_CONTENT` of the highest IDF. Read from
+    the candidates alone, it needs no statistics of the instance, and it is the same whatever
+    the instance's size: a word common among the sources a query found says little there."""
+    held = Counter(word for counts in words for word in counts)
+    total = len(words)
+    weight = {word: bm25_idf(total, n) for word, n in held.items()}
+    full = FULL_CONTENT * bm25_idf(total, 1)
+    return [min(1.0, sum(n * weight[w] for w, n in counts.items()) / full) for counts in words]
+
+
 def _with_neighbours(
     scored: list[tuple[Candidate, float]], weights: Weights
 ) -> list[tuple[Candidate, float]]:
     """Each turn's score blended with the best score near it in time, still between 0 and 1.
-    Turns are the sources with a speaker; a fact written down (no speaker) has no neighbours."""
+    A fact written down (a snippet with no speaker, the memory text) has no neighbours."""
     gap = timedelta(minutes=weights.episode_gap_minutes)
     side = weights.neighbours_each_side
-    turns = [pair for pair in scored if pair[0].speaker is not None]
+    turns = [pair for pair in scored if pair[0].turn]
     in_time = sorted(turns, key=lambda pair: pair[0].occurred_at)
     episodes: list[list[tuple[Candidate, float]]] = []
     for pair in in_time:
@@ -345,7 +393,7 @@ def _with_neighbours(
             episodes[-1].append(pair)
         else:
             episodes.append([pair])
-    blended = [pair for pair in scored if pair[0].speaker is None]
+    blended = [pair for pair in scored if not pair[0].turn]
     for episode in episodes:
         for n, (candidate, score) in enumerate(episode):
             near = max(other for _, other in episode[max(0, n - side) : n + side + 1])

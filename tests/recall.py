@@ -14,7 +14,9 @@ from alma.projections import MemoryIndex
 from alma.projections.ranking import Weights
 
 DATA = Path(__file__).parent / "data" / "recall" / "conversations.json"
-DENSE_ONLY = Weights(dense=1.0, lexical=0.0, recency=0.0, importance=0.0, neighbours=0.0)
+DENSE_ONLY = Weights(
+    dense=1.0, lexical=0.0, recency=0.0, importance=0.0, content=0.0, neighbours=0.0
+)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ from alma.domain import Actor, NewMessage
 from alma.embeddings import LARGE_MODEL
 from alma.projections.ranking import Weights, weights_for
 from tests.conftest import Api, make_character, make_instance, search
+from tests.recall import Question
+from tests.recall import load as load_recall
 
 # Two people tell the same kind of thing; a question names one of them.
 SAID_BY_EACH = [
@@ -240,22 +242,51 @@ TWO_BEFORE = {
 }
 
 
-def test_the_large_models_weights_lift_a_turn_two_away_from_the_match(
+def test_two_neighbours_a_side_lift_a_turn_two_away_from_the_match(
     services: Services, actor: Actor
 ) -> None:
-    """all-mpnet-base-v2's weights (`weights_for`) blend two turns on each side: measured best
-    for it on LoCoMo (README); the default's one turn a side does not reach this evidence."""
+    """The default blends two turns on each side (measured best on LoCoMo, README), as do
+    all-mpnet-base-v2's weights (`weights_for`); one turn a side does not reach this evidence."""
     app, index = services.app, services.memory_index
     character = app.create_character(actor.tenant, {"name": "Tomás"}, actor)
-    large = weights_for(LARGE_MODEL)
+    assert weights_for(LARGE_MODEL).neighbours_each_side == 2
     for n, (question, messages) in enumerate(TWO_BEFORE.items()):
         instance = app.create_instance(actor.tenant, character.id, f"t{n}", "", actor)
         evidence = str(app.import_messages(actor.tenant, instance.id, messages, actor)[0])
         services.memory.catch_up()
         rank = {}
-        for weights in (Weights(), large):
+        for weights in (Weights(neighbours_each_side=1), Weights()):
             index.weights = weights
             found = [hit.doc.doc_id for hit in index.search(instance.id, question, k=12)]
             rank[weights.neighbours_each_side] = found.index(evidence)
         assert rank[2] < rank[1], (question, rank)
         assert rank[2] <= 3, (question, rank)
+
+
+def _rank(services: Services, question: Question, weights: Weights) -> int | None:
+    """Where the question's first answer comes among ten hits under `weights` (None: absent)."""
+    services.memory_index.weights = weights
+    hits = services.memory_index.search(question.instance_id, question.text, now=question.asked_at)
+    found = [n for n, hit in enumerate(hits) if hit.doc.doc_id in question.answers]
+    return found[0] if found else None
+
+
+@pytest.mark.slow
+def test_what_a_turn_says_and_the_turns_beside_the_first_hits_find_answers_on_our_data(
+    services: Services,
+) -> None:
+    """On tests/data/recall: a turn that names things outranks small talk close in meaning
+    (`Weights.content`), and the turn beside a first hit is a candidate though neither meaning
+    nor words found it (`Weights.neighbour_candidates`). Without each, these answers fall out
+    of the first five."""
+    asked = {question.text: question for question in load_recall(services)}
+    plain = Weights()
+    for text, without in [
+        ("¿Qué alimentos tengo prohibidos?", replace(plain, content=0.0)),
+        ("¿Qué hueso me fracturé de joven?", replace(plain, content=0.0)),
+        ("¿Qué hueso me fracturé de joven?", replace(plain, neighbour_candidates=0)),
+    ]:
+        question = asked[text]
+        with_it, without_it = _rank(services, question, plain), _rank(services, question, without)
+        assert with_it is not None and with_it < 5, (text, with_it)
+        assert without_it is None or without_it >= 5, (text, without, without_it)

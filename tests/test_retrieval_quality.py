@@ -9,7 +9,7 @@ import pytest
 
 from alma.api.services import Services, build_services
 from alma.embeddings import MULTILINGUAL_MODEL, PACKAGED_MODEL
-from alma.projections.ranking import Weights
+from alma.projections.ranking import Weights, weights_for
 from alma.settings import Settings
 from tests.recall import DENSE_ONLY, load, recall_at
 
@@ -36,10 +36,11 @@ def test_hybrid_retrieval_beats_dense_only_and_both_beat_the_floor(services: Ser
 
 @pytest.mark.slow
 def test_the_multilingual_model_answers_more_spanish_questions(tmp_path: Path) -> None:
-    """ALMA_EMBEDDING_MODEL=intfloat/multilingual-e5-small (bench/models.py: 25 of the 33
-    Spanish questions at hit@5, against 18 with the default) is worth its cost where users
-    write Spanish; the margin asked here is half of that gain. The model, not the store, is
-    under test: one SQLite store per model."""
+    """ALMA_EMBEDDING_MODEL=intfloat/multilingual-e5-small, with its weights (`weights_for`),
+    answers more of the 33 Spanish questions at hit@5 than the default model with its own: 24
+    against 21 (README; it was 25 against 18 before the default's ranking read what a turn says
+    and brought in its neighbours). The margin asked is two questions, more than noise. The
+    model, not the store, is under test: one SQLite store per model."""
     found = {}
     for n, model in enumerate((PACKAGED_MODEL, MULTILINGUAL_MODEL)):
         services = build_services(
@@ -52,8 +53,8 @@ def test_the_multilingual_model_answers_more_spanish_questions(tmp_path: Path) -
         )
         try:
             spanish = [q for q in load(services) if q.language == "es"]
-            found[model] = recall_at(services.memory_index, spanish, 5, Weights())
+            found[model] = recall_at(services.memory_index, spanish, 5, weights_for(model))
         finally:
             services.close()
     print(f"Spanish recall@5 over {len(spanish)} questions: {found}")
-    assert found[MULTILINGUAL_MODEL] >= found[PACKAGED_MODEL] + 4 / len(spanish)
+    assert found[MULTILINGUAL_MODEL] >= found[PACKAGED_MODEL] + 2 / len(spanish)
