@@ -60,7 +60,8 @@ MEMORIES_BEHIND = Counter(
 MEMORY_EXTRACTIONS_DROPPED = Counter(
     "alma_memory_extractions_dropped_total",
     "Answers of the memory process's model dropped whole, nothing of them written: empty, not "
-    "JSON, the wrong shape, too many operations, or the model refused the request",
+    "JSON, the wrong shape, too many operations, or the model refused the request; and "
+    "(duplicate) memories left out because the instance already had one that says it",
     ["reason"],
 )
 MEMORY_FORMATION_DEFERRED = Counter(

@@ -19,6 +19,12 @@ contain at a word's start, case and accents aside (`a|b`: either word). Printed 
 - precision: written memories that state a `remember` or `optional` fact, over all written;
 - recall: `remember` facts stated by at least one written memory, over all of them;
 - small talk: written memories that state a `not` fact;
+- repeats: written memories every expected fact of which (`remember` or `optional`, at least
+  one) an earlier memory of the conversation already states, a fact told twice remembered
+  twice. Memories the memory process leaves out because the conversation's earlier memories (or
+  earlier ones of the same answer) say them already (`repeats`, as it checks the
+  instance's memories) are not written; the repeats and the recall are also given as they would
+  be without that check, and the memories it left out;
 - dropped: answers `read_fact_list` refused whole (not JSON, wrong shape), and refused facts;
 - seconds per extraction, wall clock and the process's CPU (llama.cpp runs in it): the wall
   clock is the machine's, inflated by whatever else runs on it; the CPU time is not.
@@ -45,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # `python bench/formation.py` puts bench/ first on sys.path: import from the root instead.
 sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench")]
 
+from alma.chat.duplicates import repeats as repeated  # noqa: E402
 from alma.chat.extraction import (  # noqa: E402
     Line,
     Malformed,
@@ -66,8 +73,12 @@ class Tally:
     written: int = 0
     right: int = 0  # written memories that state an expected or optional fact
     small_talk: int = 0
+    repeats: int = 0
     expected: int = 0
     recalled: int = 0
+    repeats_unchecked: int = 0  # as they would be without the check for repeats
+    recalled_unchecked: int = 0
+    left_out: int = 0  # memories the check for repeats left out
     answers: int = 0
     dropped: dict[str, int] = field(default_factory=dict)  # by reason
     refused: int = 0  # facts left out of an accepted answer
@@ -107,7 +118,8 @@ def measure(model: str, threads: int, answers: Path | None) -> dict[str, Tally]:
             data = json.loads((DATA / f"{language}.json").read_text())
             tally = tallies.setdefault(language, Tally())
             for conversation in data["conversations"]:
-                written = []
+                written: list[tuple[str, str | None]] = []  # text, speaker
+                unchecked: list[str] = []
                 for window in turns(conversation["messages"]):
                     extraction = fact_list_extraction(
                         conversation["character"], window, client.context_window
@@ -127,10 +139,19 @@ def measure(model: str, threads: int, answers: Path | None) -> dict[str, Tally]:
                         tally.dropped[error.reason] = tally.dropped.get(error.reason, 0) + 1
                         operations, refused = [], 0
                     tally.refused += refused
-                    written += [op.text or "" for op in operations]
+                    for op in operations:
+                        text = op.text or ""
+                        unchecked.append(text)
+                        if repeated(text, op.speaker, written):
+                            tally.left_out += 1
+                        else:
+                            written.append((text, op.speaker))
                     kept.append({"id": conversation["id"], "answer": completion.text})
-                score(conversation, written, tally)
-                log(f"{server.model} {conversation['id']}: {written}")
+                texts = [text for text, _ in written]
+                score(conversation, texts, tally)
+                tally.repeats_unchecked += repeats(conversation, unchecked)
+                tally.recalled_unchecked += recalled(conversation, unchecked)
+                log(f"{server.model} {conversation['id']}: {texts}")
     finally:
         server.close()
     if answers is not None:
@@ -145,10 +166,24 @@ def score(conversation: dict[str, Any], written: list[str], tally: Tally) -> Non
     tally.written += len(written)
     tally.right += sum(any(states(m, fact) for fact in accepted) for m in written)
     tally.small_talk += sum(any(states(m, fact) for fact in conversation["not"]) for m in written)
+    tally.repeats += repeats(conversation, written)
     tally.expected += len(conversation["remember"])
-    tally.recalled += sum(
-        any(states(m, fact) for m in written) for fact in conversation["remember"]
-    )
+    tally.recalled += recalled(conversation, written)
+
+
+def recalled(conversation: dict[str, Any], written: list[str]) -> int:
+    """The `remember` facts that a written memory states."""
+    return sum(any(states(m, fact) for m in written) for fact in conversation["remember"])
+
+
+def repeats(conversation: dict[str, Any], written: list[str]) -> int:
+    """Written memories whose expected facts (one at least) an earlier one states already."""
+    accepted = conversation["remember"] + conversation.get("optional", [])
+    count = 0
+    for n, memory in enumerate(written):
+        facts = [fact for fact in accepted if states(memory, fact)]
+        count += bool(facts) and all(any(states(m, f) for m in written[:n]) for f in facts)
+    return count
 
 
 def operations_schema(ids: list[str]) -> dict[str, Any]:
@@ -230,6 +265,15 @@ def report(model: str, tallies: dict[str, Tally]) -> None:
             Row(f"{language} precision", share(t.right, t.written)),
             Row(f"{language} recall", share(t.recalled, t.expected)),
             Row(f"{language} small talk remembered", str(t.small_talk)),
+            Row(
+                f"{language} repeats remembered",
+                f"{t.repeats} ({t.repeats_unchecked} without the check, which left out "
+                f"{t.left_out})",
+            ),
+            Row(
+                f"{language} recall without the check",
+                share(t.recalled_unchecked, t.expected),
+            ),
             Row(
                 f"{language} dropped answers",
                 f"{dropped} of {t.answers}; facts refused {t.refused}",

@@ -1,8 +1,8 @@
 """Offline chat models compared on this machine: speed, memory and in-character quality (issue 16).
 
 Run from the repository root:
-`python bench/local_model.py [--model packaged|LABEL=FILE.gguf ...] [--questions N] [--quick]
-[--replies DIR]`.
+`python bench/local_model.py [--model packaged|NAME|LABEL=FILE.gguf ...] [--questions N]
+[--turns N] [--quick] [--replies DIR]`.
 
 Each `--model` is measured in turn: `packaged` is the SmolLM2-135M that alma answers with when
 there is no key (the only one measured when no `--model` is given). Every setting runs in a
@@ -13,10 +13,17 @@ alma's context of 2048, seed 42, `--threads`, 1 by default as alma) reached thro
 
 - load: `LocalModelServer.load_s`; resident memory (VmRSS) of the process before the load and
   after it, and its peak (VmHWM) once everything ran;
-- time to first token of a ~600-token prompt: a character's prompt as alma builds it (persona,
-  memories, recent conversation) with the conversation repeated until it holds 600 tiktoken
-  tokens (the model's own count is printed beside); one per character, each the first prompt of
-  its character the server sees, so no cached prefix shortens it; median of the four;
+- time to first token of a conversation whose prompt is ~600 tokens: one conversation per
+  character, its prompts built by alma's `build_prompt` (persona, memory text, recent
+  conversation, recollections, question), the character's recent conversation repeated until the
+  first prompt holds 600 tiktoken tokens (the model's own counts are printed beside), then its
+  questions asked in turn, each reply added to the conversation (which the token budget cuts
+  from the oldest when it is full). Each turn recalls the 3 of the character's 5 memories that
+  share the most words with its question, so what is recalled changes from turn to turn, as in
+  an instance with more memories than a prompt shows. Printed: the first turn (cold: the first
+  prompt of its character the server sees, so no cached prefix shortens it) and the later ones
+  (warm: llama.cpp keeps what it read, and reads again only what follows the first
+  difference), medians over the four characters;
 - tokens/s: the streamed replies' tokens after the first, over the time after the first.
   Both this and the first token are also given in the process's CPU seconds: what the model
   costs when it has a core to itself, which a busy machine's wall clock hides;
@@ -29,8 +36,9 @@ alma's context of 2048, seed 42, `--threads`, 1 by default as alma) reached thro
   one); the turn time p50 and p95.
 
 `--questions N` asks N of each character's 10 questions, spread over its list (its last three are
-in the other language), for a shorter run; `--quick` is `--questions 2`. `--replies DIR` writes
-every reply with its checks to DIR/<label>.jsonl.
+in the other language), for a shorter run; `--turns N`: turns per conversation (4); `--quick` is
+`--questions 2 --turns 2`. `--replies DIR` writes every reply with its checks to
+DIR/<label>.jsonl.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # `python bench/local_model.py` puts bench/ first on sys.path: import from the root instead.
 sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench")]
 
-from alma.chat.prompt import Message  # noqa: E402
+from alma.chat.prompt import Message, Recollection, Turn  # noqa: E402
 from alma.llm import tokens  # noqa: E402
 from alma.llm.client import Completion, OpenAIModel  # noqa: E402
 from alma.llm.local import (  # noqa: E402
@@ -59,13 +67,22 @@ from alma.llm.local import (  # noqa: E402
     model_file,
     packaged_model_path,
 )
+from alma.projections.ranking import fold  # noqa: E402
 from bench.report import Row, log, machine_load, print_table  # noqa: E402
-from tests.local_model_eval import CHECKS, EvalTurn, load, score  # noqa: E402
+from tests.local_model_eval import (  # noqa: E402
+    CHECKS,
+    EvalCharacter,
+    EvalTurn,
+    characters,
+    load,
+    score,
+)
 
 MAX_TOKENS = 160
 TEMPERATURE = 0.8
 CONTEXT = 2048
-LONG_PROMPT = 600  # tiktoken tokens of the first-token prompt
+LONG_PROMPT = 600  # tiktoken tokens of a conversation's first prompt
+RECALLED = 3  # memories recalled in each turn of a conversation, of a character's 5
 # The issue's bar for the default local model.
 MIN_TOKENS_PER_S = 8.0
 MAX_FIRST_TOKEN_S = 1.5
@@ -104,19 +121,36 @@ def streamed(model: OpenAIModel, messages: Sequence[Message]) -> dict[str, Any]:
     raise RuntimeError("the stream ended without a completion")
 
 
-def long_prompts(turns: Sequence[EvalTurn]) -> Iterator[list[Message]]:
-    """Each character's first question with its conversation repeated to LONG_PROMPT tokens."""
-    seen = set()
-    for turn in turns:
-        if turn.character in seen:
-            continue
-        seen.add(turn.character)
-        system, history, user = turn.messages[0], turn.messages[1:-1], turn.messages[-1]
-        messages = [system, *history, user]
-        while tokens.count_messages(messages) < LONG_PROMPT:
-            history = history + turn.messages[1:-1]
-            messages = [system, *history, user]
-        yield messages
+def conversation(model: OpenAIModel, character: EvalCharacter, turns: int) -> list[dict[str, Any]]:
+    """`turns` of the character's questions asked in turn, each reply added to the conversation,
+    which starts with the character's recent conversation repeated to LONG_PROMPT tokens."""
+    history = list(character.history)
+    while True:
+        first = character.prompt(
+            character.questions[0]["question"], model.context_window, MAX_TOKENS, history
+        )
+        if tokens.count_messages(first) >= LONG_PROMPT:
+            break
+        history += character.history
+    said = []
+    for number, item in enumerate(character.questions[:turns]):
+        question = item["question"]
+        messages = character.prompt(
+            question, model.context_window, MAX_TOKENS, history, recalled(character, question)
+        )
+        reply = streamed(model, messages)
+        said.append({**reply, "turn": number})
+        history += [Turn("user", question), Turn("assistant", reply["text"])]
+    firsts = ", ".join(f"{r['first_s']:.2f}" for r in said)
+    log(f"{character.id}: first token {firsts} s")
+    return said
+
+
+def recalled(character: EvalCharacter, question: str) -> list[Recollection]:
+    """The RECALLED memories that share the most words with the question (ties: the earlier)."""
+    asked = set(fold(question).split())
+    ranked = sorted(character.memories, key=lambda m: -len(asked & set(fold(m.text).split())))
+    return ranked[:RECALLED]
 
 
 def interleaved(turns: Sequence[EvalTurn], per_character: int) -> list[EvalTurn]:
@@ -135,7 +169,7 @@ def interleaved(turns: Sequence[EvalTurn], per_character: int) -> list[EvalTurn]
     return order
 
 
-def measure(path: str, threads: int, questions: int) -> dict[str, Any]:
+def measure(path: str, threads: int, questions: int, turns_each: int) -> dict[str, Any]:
     """Everything for one model, in this process."""
     before = rss_mb("VmRSS")
     server = LocalModelServer(path, n_threads=threads, context=CONTEXT, seed=42)
@@ -144,7 +178,9 @@ def measure(path: str, threads: int, questions: int) -> dict[str, Any]:
     turns = load(model.context_window, MAX_TOKENS)
 
     streamed(model, turns[0].messages[-1:])  # warm-up: first use allocates buffers
-    probes = [streamed(model, messages) for messages in long_prompts(turns)]
+    probes = [
+        reply for character in characters() for reply in conversation(model, character, turns_each)
+    ]
 
     results = []
     for number, turn in enumerate(interleaved(turns, questions), 1):
@@ -195,8 +231,6 @@ def share(replies: Sequence[dict[str, Any]], check: str | None = None) -> str:
 
 def report(label: str, result: dict[str, Any]) -> None:
     replies, probes = result["replies"], result["probes"]
-    first = statistics.median(p["first_s"] for p in probes)
-    first_cpu = statistics.median(p["first_cpu_s"] for p in probes)
     speed, speed_cpu = (tokens_per_s([*replies, *probes], clock) for clock in ("", "cpu_"))
     turn_times = sorted(r["total_s"] for r in replies)
     p95 = turn_times[min(len(turn_times) - 1, round(0.95 * (len(turn_times) - 1)))]
@@ -209,12 +243,8 @@ def report(label: str, result: dict[str, Any]) -> None:
             f"peak {result['rss_peak_mb']:.0f} MB (process before load "
             f"{result['rss_before_mb']:.0f} MB)",
         ),
-        Row(
-            "first token, long prompt",
-            f"{first:.2f} s p50 over {len(probes)}, {first_cpu:.2f} s of CPU (model's prompt "
-            f"tokens {', '.join(str(p['prompt_tokens']) for p in probes)})",
-            f"<= {MAX_FIRST_TOKEN_S} s",
-        ),
+        first_token("first token, first turn (cold)", [p for p in probes if p["turn"] == 0]),
+        first_token("first token, later turns (warm)", [p for p in probes if p["turn"] > 0]),
         Row(
             "tokens/s",
             f"{speed:.1f}; {speed_cpu:.1f} per CPU-second (a core of its own)",
@@ -237,8 +267,23 @@ def report(label: str, result: dict[str, Any]) -> None:
     print_table(f"{label}", rows)
 
 
-def child(path: str, threads: int, questions: int) -> None:
-    print(json.dumps(measure(path, threads, questions), ensure_ascii=False))
+def first_token(label: str, turns: Sequence[dict[str, Any]]) -> Row:
+    """The time to the first token of `turns`, median, with their prompts' sizes."""
+    if not turns:
+        return Row(label, "-")
+    first = statistics.median(t["first_s"] for t in turns)
+    cpu = statistics.median(t["first_cpu_s"] for t in turns)
+    sizes = [t["prompt_tokens"] for t in turns]
+    return Row(
+        label,
+        f"{first:.2f} s p50 over {len(turns)}, {cpu:.2f} s of CPU (prompts of "
+        f"{min(sizes)}-{max(sizes)} of the model's tokens)",
+        f"<= {MAX_FIRST_TOKEN_S} s",
+    )
+
+
+def child(path: str, threads: int, questions: int, turns: int) -> None:
+    print(json.dumps(measure(path, threads, questions, turns), ensure_ascii=False))
 
 
 def main() -> None:
@@ -248,15 +293,16 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--questions", type=int, default=10, help="per character, of 10")
-    parser.add_argument("--quick", action="store_true", help="--questions 2")
+    parser.add_argument("--turns", type=int, default=4, help="per conversation, of 10")
+    parser.add_argument("--quick", action="store_true", help="--questions 2 --turns 2")
     parser.add_argument("--replies", type=Path, help="write each setting's replies here")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # a GGUF file: measure it, print JSON
     args = parser.parse_args()
-    questions = 2 if args.quick else args.questions
-    if not 1 <= questions <= 10:
-        parser.error("--questions is between 1 and 10")
+    questions, turns = (2, 2) if args.quick else (args.questions, args.turns)
+    if not (1 <= questions <= 10 and 1 <= turns <= 10):
+        parser.error("--questions and --turns are between 1 and 10")
     if args.child:
-        child(args.child, args.threads, questions)
+        child(args.child, args.threads, questions, turns)
         return
 
     settings = []
@@ -275,7 +321,7 @@ def main() -> None:
         log(f"{label}: {path}")
         command = [sys.executable, __file__, "--child", path, "--threads", str(args.threads)]
         done = subprocess.run(
-            [*command, "--questions", str(questions)],
+            [*command, "--questions", str(questions), "--turns", str(turns)],
             stdout=subprocess.PIPE,
             text=True,
             check=False,

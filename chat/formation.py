@@ -42,6 +42,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from eventsourcing.persistence import IntegrityError
 
 from alma import metrics
+from alma.chat.duplicates import repeats
 from alma.chat.extraction import (
     SUMMARY_MAX_TOKENS,
     Extraction,
@@ -138,7 +139,7 @@ class MemoryFormation:
         self.model = model
         self.summary_every = summary_every
         self.local = local
-        self.dropped = 0  # answers that were not what was asked for
+        self.dropped = 0  # answers that were not what was asked for; memories already had
         self.refused = 0  # operations refused: unknown memories, texts the rules refuse
         self.pace = Pace(1 if local else concurrency)
         # More tasks than model calls: a window waits for the index before it asks the model,
@@ -358,9 +359,17 @@ class MemoryFormation:
         operations = [Operation.of(item) for item in stored]
         source = {"messages": [m.message_id for m in fresh]}
         said = _said_at(fresh)
+        if any(operation.op == "add" for operation in operations):  # checked against the index
+            written = max(fresh[-1].position, self._formed_at.get(instance_id, 0))
+            self.index_wait(written, INDEX_WAIT_S)
+        added: list[Operation] = []  # in this window: not in the index yet
         for n, operation in enumerate(operations):
             new_id = uuid5(_IDS, f"{plan_id}/{n}")
+            if operation.op == "add" and self._repeats(instance_id, operation, new_id, added):
+                continue
             self._apply(operation, new_id, instance_id, actor, source, said)
+            if operation.op == "add":
+                added.append(operation)
 
     def _extraction(self, name: str, fresh: list[_Message]) -> Extraction | None:
         window = self.model().context_window
@@ -418,6 +427,31 @@ class MemoryFormation:
             with self._counting:
                 self.refused += 1
             log.info("memory formation refused a %s: %s", operation.op, error)
+
+    def _repeats(
+        self, instance_id: UUID, operation: Operation, new_id: UUID, added: list[Operation]
+    ) -> bool:
+        """Whether the instance has a memory that says what `operation` adds (chat/duplicates.py),
+        of the same speaker when both name one: one added from this window, or one of the
+        memories most like it in the index (summaries aside). Such an add is left out and
+        counted. The local model, not shown the instance's memories, adds a fact again each time
+        it is told."""
+        text = operation.text or ""
+        hits = self.index.search(instance_id, text, k=2 * OFFERED)
+        existing = [
+            (hit.doc.text, hit.doc.speaker)
+            for hit in hits
+            if hit.doc.kind == "memory"
+            and hit.doc.metadata.get("kind") != "summary"
+            and hit.doc.doc_id != str(new_id)  # this very add, before a crash
+        ]
+        if not repeats(
+            text, operation.speaker, [*((o.text or "", o.speaker) for o in added), *existing]
+        ):
+            return False
+        self._count_drop("duplicate")
+        log.info("memory formation left out a memory %s already has", instance_id)
+        return True
 
     def _summary(self, name: str, held: list[_Message], actor: Actor, window: int) -> UUID | None:
         instance_id = held[-1].instance_id

@@ -8,9 +8,10 @@ it: the start of the reply, or a tool exchange to go on from), the client's own 
 OpenAI client's system message, a system message of their own after the persona's, trimmed to
 what is left), the instance's own memory text (trimmed to what is left), the activated lorebook
 entries (most important first, each whole or not at all; see chat/lore.py), the retrieved
-recollections (most relevant first, each whole or not at all) and the recent turns (newest
-first, whole, shown oldest first). A part only gets room once every part above it is whole, so a
-lower priority never pushes out a higher one.
+recollections (most relevant first, each whole or not at all; in a system message of their own
+just before the user's message) and the recent turns (newest first, whole, shown oldest first).
+A part only gets room once every part above it is whole, so a lower priority never pushes out a
+higher one.
 
 Counting is injected (`count` for one text, `count_messages` for a message list, OpenAI's
 accounting), which keeps this module pure. The persona is counted exactly; the parts below it are
@@ -318,15 +319,21 @@ def _system(parts: _Parts) -> Message:
     ]
     if parts.memory_text:
         sections.append(f"{_MEMORY_HEADING}\n{parts.memory_text}")
-    if parts.recollections:
-        lines = [_line(r) for r in sorted(parts.recollections, key=lambda r: r.when)]
-        sections.append(_RECOLLECTIONS_HEADING + "\n" + "\n".join(lines))
     if persona.example_dialogue.strip():
         sections.append(
             "## Example dialogue (how you talk; not part of this conversation)\n"
             + persona.example_dialogue
         )
     return {"role": "system", "content": "\n\n".join(s for s in sections if s.strip())}
+
+
+def _recalled(parts: _Parts) -> list[Message]:
+    """The recollections, oldest first, as a system message of their own (none when there are
+    none)."""
+    if not parts.recollections:
+        return []
+    lines = [_line(r) for r in sorted(parts.recollections, key=lambda r: r.when)]
+    return [{"role": "system", "content": _RECOLLECTIONS_HEADING + "\n" + "\n".join(lines)}]
 
 
 def _line(r: Recollection) -> str:
@@ -343,8 +350,14 @@ def _line(r: Recollection) -> str:
 def _messages(parts: _Parts, tail: Sequence[_Priced], ending: Sequence[Message]) -> list[Message]:
     """The system message and the client's instructions; the conversation up to the user's
     message, with the lore placed at a depth between its messages (depth 0: after the last;
-    deeper than the conversation: before its first); a card's post-history instructions; then
-    what the model goes on from (a reply's start, tool calls)."""
+    deeper than the conversation: before its first) and the recollections just before the
+    user's message; a card's post-history instructions; then what the model goes on from (a
+    reply's start, tool calls).
+
+    What changes from turn to turn (the recollections, found for each message) comes late and
+    what only grows (the persona, the conversation) first: a server that keeps the prompt it
+    read (llama.cpp; OpenAI's prompt caching) reads again only the part after the first
+    change."""
     said = [*(message for message, _ in reversed(tail)), ending[0]]
     deep = [e for e in parts.lore if e.position == "at_depth"]
     messages = [_system(parts)]
@@ -355,6 +368,8 @@ def _messages(parts: _Parts, tail: Sequence[_Priced], ending: Sequence[Message])
         if here:
             text = "\n".join(e.content for e in sorted(here, key=lambda e: e.order))
             messages.append({"role": "system", "content": text})
+        if n == len(said) - 1:
+            messages.extend(_recalled(parts))
         if n < len(said):
             messages.append(said[n])
     post = parts.persona.post_history_instructions
@@ -476,7 +491,7 @@ def _add_recollections(
     priority like any other, so a less relevant memory never stands where a more relevant one
     could not. A piece of the memory text that the prompt already holds whole is used without
     being repeated."""
-    heading = count(f"\n\n{_RECOLLECTIONS_HEADING}\n")
+    heading = count(f"{_RECOLLECTIONS_HEADING}\n") + _MESSAGE_OVERHEAD
     used: list[Recollection] = []
     shown: list[Recollection] = []
     seen: set[str] = set()

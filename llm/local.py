@@ -32,6 +32,15 @@ from alma.packaged import JoinFailed, MissingPackage, distribution_file, join_fi
 # the same text, and more still outside English.
 # The context window the client reports is shrunk by this factor so a budgeted prompt fits.
 TOKENIZER_MARGIN = 1.5
+# llama.cpp keeps the prompt it read and reads again only what follows the first difference. A
+# turn's prompt differs from the last one's where the last recollections stood (chat/prompt.py
+# puts them late), and, once the conversation fills the context, where its oldest turn dropped
+# out: past that point, runs of at least this many tokens that it read before (the last
+# exchange, the rest of the conversation) are moved into place instead of read again.
+CACHE_REUSE_TOKENS = 16
+# Prompts read before, kept in memory so that a chat after memory formation's request (or
+# another instance's chat) takes up its own where it left it; llama.cpp's default is 8 GiB.
+PROMPT_CACHE_MIB = 256
 _QUANTIZATION = re.compile(r"[.\-_](?:I?Q\d\w*|F16|F32|BF16)$", re.IGNORECASE)
 
 log = logging.getLogger(__name__)
@@ -194,6 +203,8 @@ class LocalModelServer:
         # waited 14.12 s for the 1.5B's first token on one thread, 7.33 s on two (quiet machine).
         params.cpuparams_batch.n_threads = max(n_threads, os.cpu_count() or 1)
         params.sampling.seed = seed
+        params.n_cache_reuse = CACHE_REUSE_TOKENS
+        params.cache_ram_mib = PROMPT_CACHE_MIB
         params.hostnames = ["127.0.0.1"]
         params.port = 0  # any free port
         params.api_keys = [self.api_key]

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from alma.chat.prompt import Message, Persona, Recollection, Turn, build_prompt
 from alma.llm import tokens
@@ -57,48 +59,84 @@ class EvalTurn:
     messages: list[Message]  # the prompt alma sends for it
 
 
+@dataclass(frozen=True)
+class EvalCharacter:
+    """One character of the set: its instance, memories, recent conversation and questions."""
+
+    id: str
+    persona: Persona
+    instance: str
+    memory_text: str
+    memories: tuple[Recollection, ...]
+    history: tuple[Turn, ...]
+    questions: tuple[dict[str, Any], ...]  # language, kind, question, key
+    now: datetime
+
+    def prompt(
+        self,
+        question: str,
+        context_window: int,
+        max_tokens: int,
+        history: Sequence[Turn] | None = None,
+        memories: Sequence[Recollection] | None = None,
+    ) -> list[Message]:
+        """What alma sends for `question`: by default with every memory recalled after the
+        character's recent conversation."""
+        return build_prompt(
+            self.persona,
+            self.instance,
+            self.memory_text,
+            self.memories if memories is None else memories,
+            self.history if history is None else history,
+            question,
+            self.now,
+            context_window=context_window,
+            max_tokens=max_tokens,
+            count=tokens.count,
+            count_messages=tokens.count_messages,
+        ).messages
+
+
+def characters() -> list[EvalCharacter]:
+    data = json.loads(DATA.read_text(encoding="utf-8"))
+    return [
+        EvalCharacter(
+            id=character["id"],
+            persona=Persona(**character["persona"]),
+            instance=character["instance"],
+            memory_text=character["memory_text"],
+            memories=tuple(
+                Recollection(
+                    text=memory["text"],
+                    when=datetime.fromisoformat(memory["when"]),
+                    kind="memory",
+                    id=f"{character['id']}-{number}",
+                    score=1.0,
+                )
+                for number, memory in enumerate(character["memories"])
+            ),
+            history=tuple(Turn(m["role"], m["content"]) for m in character["history"]),
+            questions=tuple(character["turns"]),
+            now=datetime.fromisoformat(data["now"]),
+        )
+        for character in data["characters"]
+    ]
+
+
 def load(context_window: int, max_tokens: int) -> list[EvalTurn]:
     """Every question of the set with its prompt, budgeted like alma's (tiktoken counting)."""
-    data = json.loads(DATA.read_text(encoding="utf-8"))
-    now = datetime.fromisoformat(data["now"])
-    turns = []
-    for character in data["characters"]:
-        recollections = [
-            Recollection(
-                text=memory["text"],
-                when=datetime.fromisoformat(memory["when"]),
-                kind="memory",
-                id=f"{character['id']}-{number}",
-                score=1.0,
-            )
-            for number, memory in enumerate(character["memories"])
-        ]
-        history = [Turn(m["role"], m["content"]) for m in character["history"]]
-        for item in character["turns"]:
-            prompt = build_prompt(
-                Persona(**character["persona"]),
-                character["instance"],
-                character["memory_text"],
-                recollections,
-                history,
-                item["question"],
-                now,
-                context_window=context_window,
-                max_tokens=max_tokens,
-                count=tokens.count,
-                count_messages=tokens.count_messages,
-            )
-            turns.append(
-                EvalTurn(
-                    character=character["id"],
-                    language=item["language"],
-                    kind=item["kind"],
-                    question=item["question"],
-                    key=tuple(item["key"]),
-                    messages=prompt.messages,
-                )
-            )
-    return turns
+    return [
+        EvalTurn(
+            character=character.id,
+            language=item["language"],
+            kind=item["kind"],
+            question=item["question"],
+            key=tuple(item["key"]),
+            messages=character.prompt(item["question"], context_window, max_tokens),
+        )
+        for character in characters()
+        for item in character.questions
+    ]
 
 
 def language_of(text: str) -> str | None:

@@ -156,10 +156,12 @@ def _memory_then_chat_each_time(api: Api, stub: OpenAIStub) -> None:
         answer = _chat(api, instance_id, message, n % 3)
         assert answer["memories_behind"] is False
         messages = stub.requests[-1]["messages"]
-        assert memory in messages[0]["content"], f"round {n}: the memory is not in the prompt"
+        recalled = messages[-2]  # what is remembered: just before the user's message
+        assert recalled["role"] == "system"
+        assert memory in recalled["content"], f"round {n}: the memory is not in the prompt"
         if previous is not None:
             said, replied = previous
-            assert messages[-3:-1] == [
+            assert messages[-4:-2] == [
                 {"role": "user", "content": said},
                 {"role": "assistant", "content": replied},
             ], f"round {n}: the turn before is not in the prompt"
@@ -219,7 +221,8 @@ def test_past_the_wait_a_turn_answers_and_says_its_memories_are_behind(
         )
         assert completion.headers["X-Alma-Memories-Behind"] == "true"
         assert completion.json()["alma"]["memories_behind"] is True
-        assert "Paco" not in openai_stub.requests[-1]["messages"][0]["content"]
+        prompt = openai_stub.requests[-1]["messages"]
+        assert not any("parrot is called Paco" in m["content"] for m in prompt)
 
 
 def test_a_turn_does_not_wait_for_the_index_to_hold_the_turns_its_prompt_already_holds(

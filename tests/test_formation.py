@@ -16,6 +16,7 @@ from eventsourcing.persistence import Mapper
 
 from alma.api.cli import projections_status
 from alma.api.services import build_services
+from alma.chat.duplicates import says_the_same
 from alma.chat.extraction import (
     Line,
     Malformed,
@@ -445,6 +446,62 @@ def test_formed_memories_happened_when_their_messages_were_said_and_know_whose(
         "Melanie pinta atardeceres": ("2023-05-08T13:09:00Z", "Melanie"),
         "They talk every week": ("2023-05-08T13:09:00Z", None),
     }
+
+
+def test_a_fact_told_twice_is_remembered_once(forming: Api, openai_stub: OpenAIStub) -> None:
+    """The local model is not shown the instance's memories: told a fact again, it adds it again.
+    A memory that says nothing one already there (or one of the same answer) does not is left out
+    and counted; one that says more, or another person's, is kept."""
+    instance = _instance(forming)
+    duplicates = _counted(forming, DROPPED, reason="duplicate")
+    _turn(
+        forming,
+        openai_stub,
+        instance,
+        "Tengo un loro que se llama Perico.",
+        [{"op": "add", "text": "El usuario tiene un loro llamado Perico"}],
+    )
+    _turn(
+        forming,
+        openai_stub,
+        instance,
+        "Perico, mi loro, habla mucho. Mi hermana también tiene un loro.",
+        [
+            {"op": "add", "text": "El loro del usuario se llama Perico"},  # told before
+            {"op": "add", "text": "El loro del usuario, Perico, habla mucho"},
+            {"op": "add", "text": "Perico habla mucho"},  # the note before says it
+            {"op": "add", "text": "La hermana del usuario tiene un loro"},  # hers
+        ],
+        request_id="turn-2",
+    )
+    assert sorted(m["text"] for m in _memories(forming, instance)) == [
+        "El loro del usuario, Perico, habla mucho",
+        "El usuario tiene un loro llamado Perico",
+        "La hermana del usuario tiene un loro",
+    ]
+    assert _counted(forming, DROPPED, reason="duplicate") == duplicates + 2
+
+
+@pytest.mark.parametrize(
+    ("new", "existing", "repeats"),
+    [
+        ("Marta es la novia del usuario", "La novia del usuario se llama Marta", True),
+        ("The user is allergic to peanuts", "The user is very allergic to peanuts", True),
+        ("El usuario es profesor", "El usuario es profesor de matemáticas", True),
+        ("El usuario es profesor de matemáticas", "El usuario es profesor", False),
+        ("El usuario es enfermero", "El usuario es enfermero en Triana", False),  # whose?
+        ("El usuario vive en Madrid", "El usuario vive en Sevilla", False),
+        ("The user's birthday is on 14 May", "The user's birthday is on 14 March", False),
+        ("The user likes jazz", "The user does not like jazz", False),
+        ("El usuario tiene dos gatos", "El usuario tiene tres gatos", False),
+        ("El usuario es profesor", "La hermana del usuario es profesora", False),
+        ("The user is a nurse", "The user knows Sam, who is a nurse", False),
+    ],
+)
+def test_a_memory_repeats_another_only_when_it_says_nothing_more_of_the_same_person(
+    new: str, existing: str, repeats: bool
+) -> None:
+    assert says_the_same(new, existing) is repeats
 
 
 def test_messages_held_by_an_earlier_version_are_formed_after_an_upgrade(

@@ -8,11 +8,16 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletion
 
+from alma.chat.prompt import Message, Persona, Recollection, Turn, build_prompt
 from alma.llm import tokens
 from alma.llm.client import Completion, ModelClient, OpenAIModel
 from alma.llm.local import (
@@ -26,6 +31,7 @@ from alma.llm.local import (
     local_model_name,
     model_file,
     packaged_model_path,
+    shared_server,
 )
 from alma.llm.turn import Turns
 
@@ -179,6 +185,60 @@ def test_a_full_budget_fits_the_local_context(local: OpenAIModel) -> None:
     assert tokens.count_messages(messages) <= local.context_window - max_tokens
     answer = local.complete(messages, max_tokens=max_tokens, temperature=0)
     assert answer.prompt_tokens + answer.completion_tokens <= 2048
+
+
+@pytest.mark.slow
+def test_the_next_turn_reads_only_what_was_recalled_for_it_the_message_and_the_last_reply() -> None:
+    """llama.cpp keeps the prompt it read, and alma's prompt keeps what changes from turn to
+    turn (the recollections) after what only grows (persona, conversation): the next turn of a
+    conversation does not read the persona and the conversation again."""
+    server = shared_server("smollm2-135m")
+    history = [
+        Turn("user" if n % 2 == 0 else "assistant", f"{n}: " + "The tide came in early. " * 8)
+        for n in range(6)
+    ]
+    now = datetime(2026, 12, 7, 18, tzinfo=UTC)
+
+    def prompt(turns: list[Turn], recalled: str, message: str) -> list[Message]:
+        memory = Recollection(recalled, now, "memory", recalled, 1.0)
+        return build_prompt(
+            Persona("Aria", "A cheerful pirate captain."),
+            "Aria",
+            "",
+            [memory],
+            turns,
+            message,
+            now,
+            context_window=server.client().context_window,
+            max_tokens=32,
+            count=tokens.count,
+            count_messages=tokens.count_messages,
+        ).messages
+
+    def read(answer: ChatCompletion) -> int:
+        usage = answer.usage
+        assert usage is not None and usage.prompt_tokens_details is not None
+        return usage.prompt_tokens - (usage.prompt_tokens_details.cached_tokens or 0)
+
+    def size(text: str) -> int:
+        tokenized = httpx.post(
+            server.base_url.removesuffix("/v1") + "/tokenize",
+            json={"content": text},
+            headers={"Authorization": f"Bearer {server.api_key}"},
+        )
+        return len(tokenized.json()["tokens"])
+
+    with openai.OpenAI(api_key=server.api_key, base_url=server.base_url) as sdk:
+        ask = partial(sdk.chat.completions.create, model=server.model, max_tokens=32, seed=1)
+        first = prompt(history, "Aria's parrot is called Pip.", "Where is your ship?")
+        reply = ask(messages=first).choices[0].message.content or ""
+        said = [*history, Turn("user", "Where is your ship?"), Turn("assistant", reply)]
+        second = prompt(said, "Aria fears the kraken.", "Are you afraid of anything?")
+        answer = ask(messages=second)
+    recalled, message = second[-2:]
+    assert recalled["role"] == "system" and message["role"] == "user"
+    new = size(recalled["content"]) + size(message["content"]) + size(reply) + 12  # markers
+    assert read(answer) <= new < size("\n".join(m["content"] for m in second[:-2]))
 
 
 def test_chats_come_before_background_work_and_are_never_refused_for_it() -> None:

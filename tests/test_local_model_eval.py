@@ -37,7 +37,7 @@ def test_every_key_fact_is_stored_where_the_prompt_shows_it(turns: list[EvalTurn
     """A question can only be failed for a missing fact that alma put in front of the model."""
     for turn in turns:
         if turn.key:
-            system = fold(turn.messages[0]["content"])
+            system = fold(" ".join(m["content"] for m in turn.messages if m["role"] == "system"))
             assert any(fold(key) in system for key in turn.key), turn.question
 
 
@@ -46,8 +46,8 @@ def test_prompts_fit_the_local_models_budget_whole(turns: list[EvalTurn]) -> Non
     history = {c["id"]: len(c["history"]) for c in data["characters"]}
     for turn in turns:
         assert tokens.count_messages(turn.messages) <= LOCAL_WINDOW - MAX_TOKENS
-        # system, the whole recent conversation, the question
-        assert len(turn.messages) == history[turn.character] + 2
+        # system, the whole recent conversation, what is remembered, the question
+        assert len(turn.messages) == history[turn.character] + 3
         assert turn.messages[-1] == {"role": "user", "content": turn.question}
 
 

@@ -125,9 +125,11 @@ def test_the_client_s_system_message_follows_the_persona_unless_turned_off(
     with running_api(configured) as api:
         _, instance = _world(api)
         _ask(_sdk(api, api.acme), instance, haiku, _user("Hola, Rosa"))
-    persona, *rest = openai_stub.requests[-1]["messages"]
+    persona, *rest, recalled, said = openai_stub.requests[-1]["messages"]
     assert persona["role"] == "system" and "Doña Rosa" in persona["content"]
-    assert rest == ([haiku] if client_instructions else []) + [_user("Hola, Rosa")]
+    assert rest == ([haiku] if client_instructions else [])
+    assert recalled["role"] == "system" and "enfermera" in recalled["content"]  # its memories
+    assert said == _user("Hola, Rosa")
 
 
 def test_a_final_assistant_message_is_continued_and_recorded_whole(
@@ -186,8 +188,8 @@ def test_tools_go_to_the_model_with_the_character_and_the_results_continue_the_t
     )
     sent = openai_stub.requests[-1]
     assert (sent["tools"], sent["tool_choice"]) == ([WEATHER], "auto")
-    assert "Doña Rosa" in sent["messages"][0]["content"]  # the character's prompt and memories
-    assert "enfermera" in sent["messages"][0]["content"]
+    assert "Doña Rosa" in sent["messages"][0]["content"]  # the character's prompt
+    assert "enfermera" in "\n".join(m["content"] for m in sent["messages"] if m["role"] == "system")
 
     result = {"role": "tool", "tool_call_id": called.id, "content": "sunny, 24 °C"}
     exchange = [question, choice.message.model_dump(exclude_none=True), result]

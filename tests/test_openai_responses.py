@@ -19,9 +19,11 @@ from tests.test_openai_compat import WEATHER, _said, _user
 LUCIA = "Su hermana Lucía trabaja de enfermera en el hospital de Triana"
 
 
-def _persona(stub: OpenAIStub) -> str:
-    persona: str = stub.requests[-1]["messages"][0]["content"]
-    return persona
+def _system(stub: OpenAIStub) -> str:
+    """What the model's last prompt holds beside the conversation: the persona, what is
+    remembered."""
+    messages: list[dict[str, Any]] = stub.requests[-1]["messages"]
+    return "\n".join(m["content"] for m in messages if m["role"] == "system")
 
 
 def _turns(stub: OpenAIStub) -> list[dict[str, Any]]:
@@ -50,7 +52,7 @@ def test_a_response_is_a_recorded_turn_with_the_character_s_memories(
     )
     assert response.usage is not None and response.usage.output_tokens > 0
     assert response.usage.total_tokens == response.usage.input_tokens + response.usage.output_tokens
-    assert LUCIA in _persona(openai_stub)  # the memory reached the prompt
+    assert LUCIA in _system(openai_stub)  # the memory reached the prompt
     assert openai_stub.requests[-1]["max_tokens"] == 300
     alma = (response.model_extra or {})["alma"]
     assert LUCIA in [m["text"] for m in alma["memories_used"]]
@@ -94,10 +96,12 @@ def test_instructions_follow_the_persona_unless_turned_off(
             ],
         )
     assert response.instructions == "Answer in a haiku."
-    persona, *rest = openai_stub.requests[-1]["messages"]
+    persona, *rest, recalled, said = openai_stub.requests[-1]["messages"]
     assert "Doña Rosa" in persona["content"]
     client = {"role": "system", "content": "Answer in a haiku.\n\nBe brief."}
-    assert rest == ([client] if client_instructions else []) + [_user("Hola,\nRosa")]
+    assert rest == ([client] if client_instructions else [])
+    assert recalled["role"] == "system" and LUCIA in recalled["content"]  # its memories
+    assert said == _user("Hola,\nRosa")
 
 
 def test_streamed_deltas_make_the_final_text_in_the_sdk_s_event_order(

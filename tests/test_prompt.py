@@ -29,6 +29,7 @@ from alma.chat.prompt import (
 from alma.llm import tokens
 
 NOW = datetime(2024, 3, 10, 18, 30, tzinfo=UTC)
+RECALLED = "## Things you remember\n"
 SCIENTIST = "👩\u200d🔬"
 WORDS = [
     "hola", "niña", "canción", "mañana", "él", "está", "¿qué", "tal?", "¡sí!", "Lucía",
@@ -71,6 +72,23 @@ def build(**kwargs: Any) -> Prompt:
 def system(prompt: Prompt) -> str:
     assert prompt.messages[0]["role"] == "system"
     return prompt.messages[0]["content"]
+
+
+def recalled(prompt: Prompt) -> str:
+    """The recollections' message: a system message of its own, right before the user's."""
+    late = [m for m in prompt.messages if m["content"].startswith(RECALLED)]
+    assert len(late) <= 1
+    if not late:
+        return ""
+    after = prompt.messages[prompt.messages.index(late[0]) + 1 :]
+    assert late[0]["role"] == "system" and after[0]["role"] == "user"
+    assert all(m["role"] == "system" for m in after[1:])  # a card's post-history instructions
+    return str(late[0]["content"])
+
+
+def conversation(prompt: Prompt) -> list[dict[str, Any]]:
+    """The messages between the system message and the new one, the recollections' left out."""
+    return [m for m in prompt.messages[1:-1] if not m["content"].startswith(RECALLED)]
 
 
 def everything(prompt: Prompt) -> str:
@@ -187,9 +205,11 @@ def test_the_budget_is_never_exceeded_and_priorities_hold(case: Case) -> None:
     assert prompt.tokens == tokens.count_messages(prompt.messages) <= budget == prompt.budget
     assert prompt.messages[-1] == {"role": "user", "content": case.user_message}
     content = system(prompt)
+    late = recalled(prompt)
 
-    # The recent turns: the newest ones, whole, oldest first, right before the new message.
-    shown = prompt.messages[1:-1]
+    # The recent turns: the newest ones, whole, oldest first, right before the new message (and
+    # the recollections, when any, between them).
+    shown = conversation(prompt)
     assert len(shown) == prompt.turns_used
     expected = case.turns[len(case.turns) - prompt.turns_used :]
     assert shown == [{"role": t.role, "content": t.content} for t in expected]
@@ -201,8 +221,8 @@ def test_the_budget_is_never_exceeded_and_priorities_hold(case: Case) -> None:
         tag = r.text.split()[0]
         if r.id in prompt.memories_used:
             said = f"{' '.join(r.speaker.split())}: " if r.speaker else ""
-            assert f"[{r.when.day} {r.when:%B %Y}] {said}" in content  # Python's C locale
-            assert " ".join(r.text.split()) in content
+            assert f"[{r.when.day} {r.when:%B %Y}] {said}" in late  # Python's C locale
+            assert " ".join(r.text.split()) in late
         else:
             assert tag not in everything(prompt)
     if prompt.memories_used:
@@ -247,7 +267,7 @@ def test_the_whole_is_counted_not_the_sum_of_its_parts() -> None:
     holds the budget, trimming from the lowest priority up."""
 
     def pessimistic(messages: list[dict[str, str]]) -> int:
-        content = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
+        content = "\n".join(m["content"] for m in messages if m["role"] == "system")
         assistant = [m for m in messages if m["role"] == "assistant" and m["content"]]
         surcharge = 9 * content.count("\n- [") + 4 * len(assistant)
         return tokens.count_messages(messages) + surcharge + 30 * ("## Your own memory" in content)
@@ -268,7 +288,7 @@ def test_the_whole_is_counted_not_the_sum_of_its_parts() -> None:
         )
         assert prompt.tokens == pessimistic(prompt.messages) <= window - 100
         assert prompt.memories_used == [f"r{i}" for i in range(len(prompt.memories_used))]
-        assert prompt.messages[1:-1] == [
+        assert conversation(prompt) == [
             {"role": t.role, "content": t.content} for t in turns[len(turns) - prompt.turns_used :]
         ]
         if prompt.turns_used:
@@ -312,10 +332,10 @@ def test_spanish_and_emoji_text_is_counted_and_kept_exactly() -> None:
         assert text in content
     assert "User: ¿Qué tal?\nLucía: ¡Genial!" in content
     assert "Vive en Madrid. Tiene un gato que se llama Ñoño 😺." in content
-    assert "- [1 March 2024] Su hermana Lucía es enfermera" in content
     assert prompt.messages[1:] == [
         {"role": "user", "content": "¡Hola, Lucía! ñandú 🌮"},
         {"role": "assistant", "content": "¡Hola! ¿Qué tal el día?"},
+        {"role": "system", "content": f"{RECALLED}- [1 March 2024] Su hermana Lucía es enfermera"},
         {"role": "user", "content": message},
     ]
     assert prompt.memories_used == ["m1"] and prompt.turns_used == 2
@@ -348,8 +368,7 @@ def test_dates_appear_in_the_memories_section_oldest_first() -> None:
             "Me encanta el sushi", datetime(2024, 1, 2, tzinfo=UTC), "message", "c", 0.5, "user"
         ),
     ]
-    content = system(build(recollections=recollections))
-    section = content.split("## Things you remember\n")[1].split("\n\n")[0]
+    section = recalled(build(recollections=recollections)).removeprefix(RECALLED)
     assert section.splitlines() == [
         "- [3 May 2022] Odia el cilantro",
         "- [24 December 2023] Le regalé un libro",
@@ -383,13 +402,40 @@ def test_a_recollection_says_who_said_it_when_that_is_known() -> None:
             "Le gusta el mole.", datetime(2024, 3, 3, tzinfo=UTC), "message", "d", 0.6, "assistant"
         ),
     ]
-    content = system(build(recollections=recollections))
-    section = content.split("## Things you remember\n")[1].split("\n\n")[0]
+    section = recalled(build(recollections=recollections)).removeprefix(RECALLED)
     assert section.splitlines() == [
         "- [8 May 2023] Caroline: I went to the LGBTQ support group.",
         "- [1 March 2024] José Núñez: Fui al mercado de Triana con mi hermana.",
         "- [2 March 2024] Sigo pintando cada domingo.",
         "- [3 March 2024] You said: Le gusta el mole.",
+    ]
+
+
+def test_a_turn_starts_as_the_one_before_it_and_what_it_recalls_comes_last() -> None:
+    """A model server that keeps the prompt it read (llama.cpp; OpenAI's prompt caching) reads
+    again only what follows the first difference: the next turn's prompt is the last one's
+    persona and conversation, then the last reply and the new message, with what is recalled
+    for the new message (different each turn) just before it."""
+    turns = [Turn("user", "hola"), Turn("assistant", "¡Hola, criatura!")]
+    first = build(
+        memory_text="Vive en Cádiz.",
+        recollections=[Recollection("Odia el cilantro", NOW, "memory", "a", 0.9)],
+        turns=turns,
+        user_message="¿Qué cocinamos?",
+    )
+    second = build(
+        memory_text="Vive en Cádiz.",
+        recollections=[Recollection("Su hermana es enfermera", NOW, "memory", "b", 0.9)],
+        turns=[*turns, Turn("user", "¿Qué cocinamos?"), Turn("assistant", "Un gazpacho.")],
+        user_message="¿Y tu hermana?",
+    )
+    kept = 1 + len(turns)  # the system message and the turns before
+    assert second.messages[:kept] == first.messages[:kept]
+    assert second.messages[kept:] == [
+        {"role": "user", "content": "¿Qué cocinamos?"},
+        {"role": "assistant", "content": "Un gazpacho."},
+        {"role": "system", "content": f"{RECALLED}- [10 March 2024] Su hermana es enfermera"},
+        {"role": "user", "content": "¿Y tu hermana?"},
     ]
 
 
@@ -405,7 +451,7 @@ def test_the_most_relevant_memory_goes_in_and_a_forgotten_one_never_does() -> No
     given = [*filler, relevant]  # the forgotten memory is simply not retrieved any more
     prompt = build(recollections=given, context_window=1200, max_tokens=300)
     assert prompt.memories_used[0] == "top"
-    assert "Su hermana Lucía es enfermera" in system(prompt)
+    assert "Su hermana Lucía es enfermera" in recalled(prompt)
     assert 1 < len(prompt.memories_used) < len(given)  # the budget, not the list, ended it
     assert forgotten.text not in everything(prompt)
     assert "vive en Lima" not in everything(prompt)
@@ -419,7 +465,7 @@ def test_a_memory_text_piece_already_in_the_prompt_is_not_repeated() -> None:
     piece = Recollection("Tiene un gato que se llama Ñoño.", NOW, "memory_text", "chunk-1", 0.9)
     prompt = build(memory_text=memory, recollections=[piece])
     assert prompt.memories_used == ["chunk-1"]
-    assert system(prompt).count("Tiene un gato") == 1
+    assert everything(prompt).count("Tiene un gato") == 1
 
     # When the memory text itself had to be cut, nothing below it goes in.
     small = build(

@@ -285,8 +285,9 @@ def test_the_chat_prompt_shows_when_each_memory_happened_and_who_said_it(
     )
 
     assert response.status_code == 200, response.text
-    system = openai_stub.requests[-1]["messages"][0]["content"]
-    section = system.split("## Things you remember\n")[1].split("\n\n")[0]
+    recalled = openai_stub.requests[-1]["messages"][-2]  # just before the user's message
+    assert recalled["role"] == "system"
+    section = recalled["content"].removeprefix("## Things you remember\n")
     assert section.splitlines() == [  # oldest first, each on its day in UTC
         "- [1 December 2022] Tiene un gato que se llama Tizón.",
         "- [8 May 2023] Caroline: I went to the LGBTQ support group.",
