@@ -44,7 +44,9 @@ def dockerfile() -> list[str]:
 
 
 def _readme() -> str:
-    return (ROOT / "README.md").read_text(encoding="utf-8")
+    """README and the guides it links to in docs/, where deployment and settings are told."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return "\n".join(page.read_text(encoding="utf-8") for page in pages)
 
 
 def test_every_service_has_an_image_a_health_check_and_declared_volumes(

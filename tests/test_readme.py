@@ -1,4 +1,4 @@
-"""Every command example in README.md and docs/api.md runs, as written, against a real `alma serve`.
+"""Every command example in README.md and docs/*.md runs, as written, against a real `alma serve`.
 
 The examples are the ```sh blocks of both files. Each command runs through bash with the real
 `curl`, in order, against one `alma serve` that this module starts on a fresh SQLite store (the
@@ -52,6 +52,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+GUIDES = sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "api.md")
 API_REFERENCE = ROOT / "docs" / "api.md"
 
 SKIPPED = {
@@ -307,13 +308,21 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 def run_document(path: Path, server: Server, workdir: Path) -> Reader:
     reader = Reader(server, workdir, dict(server.env))
-    for example in examples(path):
-        reader.run(example, f"{path.relative_to(ROOT)}:{example.line}")
+    run_examples(path, reader)
     return reader
 
 
+def run_examples(path: Path, reader: Reader) -> None:
+    for example in examples(path):
+        reader.run(example, f"{path.relative_to(ROOT)}:{example.line}")
+
+
 def test_every_readme_example_runs(server: Server, tmp_path: Path) -> None:
+    """README's examples, then those of the guides in docs/ it links to (the API reference has a
+    test of its own), in one walk: a guide's example may use what README's made."""
     reader = run_document(README, server, tmp_path)
+    for guide in GUIDES:
+        run_examples(guide, reader)
     curls = [c for c in reader.ran if c.startswith("curl ")]
     assert len(curls) >= 5, reader.ran  # the "Try it" walk: a character, an instance, ...
     assert any("memories/search" in c for c in curls)
