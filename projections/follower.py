@@ -232,7 +232,7 @@ class Follower:
             except Exception:
                 self.locks.unlock(key, partition)
                 raise
-            log.info("projection %s took partition %d", self.name, partition)
+            log.debug("projection %s took partition %d", self.name, partition)
 
     def _resplit(self, key: str, old: int) -> None:
         """The rows were made for another ALMA_PARTITIONS: split again, at their lowest
