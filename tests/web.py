@@ -57,11 +57,10 @@ class EchoStub(OpenAIStub):
 
 
 def remembered(body: dict[str, Any]) -> list[str]:
-    """The recollection lines of a chat request's system prompt."""
-    system = next((m["content"] for m in body.get("messages", []) if m["role"] == "system"), "")
-    if RECOLLECTIONS not in system:
-        return []
-    section = system.split(RECOLLECTIONS, 1)[1].split("\n\n", 1)[0]
+    """The recollection lines of a chat request: the system message that starts with the
+    recollections' heading."""
+    systems = [m["content"] for m in body.get("messages", []) if m["role"] == "system"]
+    section = next((s for s in systems if s.startswith(RECOLLECTIONS)), "")
     return [line.split("] ", 1)[-1] for line in section.splitlines() if line.startswith("- [")]
 
 
