@@ -2,7 +2,8 @@
 
 The local model is not shown the instance's memories, so a fact told twice came back twice. A
 new memory repeats an existing one when every word it means something by is in the existing one
-(case and accents aside; a word also matches a longer form of itself, "llama" and "llamado"),
+(case and accents aside; a word also matches a longer form of itself, "llama" and "llamado";
+a number counts as often as it is written, so "11-11" is not "11-110"),
 both deny the same things ("no", "never" on both sides or on neither), and what the existing one
 says beyond it makes it no one else's: no relative ("La hermana del usuario es profesora" is not
 "El usuario es profesor"), and no name unless the new one names whom it is about ("The user is
@@ -18,6 +19,7 @@ vive en Sevilla" (0.91). Spanish and English words, as the stopwords of the inde
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable
 
 from alma.projections.ranking import STOPWORDS, fold
@@ -58,6 +60,8 @@ def says_the_same(text: str, existing: str) -> bool:
     new, old = _words(text), _words(existing)
     if not new or (new & _NEGATIONS) != (old & _NEGATIONS):
         return False
+    if not _numbers(text) <= _numbers(existing):  # "11-11" says 11 twice; "11-110" once
+        return False
     if not all(any(_same_word(word, other) for other in old) for word in new):
         return False
     beyond = {other for other in old if not any(_same_word(word, other) for word in new)}
@@ -69,6 +73,10 @@ def says_the_same(text: str, existing: str) -> bool:
 
 def _words(text: str) -> set[str]:
     return {w for w in _WORD.findall(fold(text)) if w not in _IGNORED}
+
+
+def _numbers(text: str) -> Counter[str]:
+    return Counter(w for w in _WORD.findall(text) if w.isdigit())
 
 
 def _names(text: str) -> set[str]:

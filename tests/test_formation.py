@@ -494,6 +494,8 @@ def test_a_fact_told_twice_is_remembered_once(forming: Api, openai_stub: OpenAIS
         ("The user's birthday is on 14 May", "The user's birthday is on 14 March", False),
         ("The user likes jazz", "The user does not like jazz", False),
         ("El usuario tiene dos gatos", "El usuario tiene tres gatos", False),
+        ("Su código es 11-11", "Su código es 11-110", False),
+        ("Nació en 1990", "Nació el 11 de mayo de 1990", True),
         ("El usuario es profesor", "La hermana del usuario es profesora", False),
         ("The user is a nurse", "The user knows Sam, who is a nurse", False),
     ],
