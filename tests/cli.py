@@ -108,20 +108,24 @@ def running(
                 pytest.fail(f"`alma {' '.join(args)}` did not stop on SIGTERM")
 
 
+# How long a start may take: a first one joins the local model's pieces (1.1 GB) and checks
+# them, and exports the embedding model, which on a busy machine took over a minute.
+START_S = 240
+
+
 def wait_for_line(process: subprocess.Popen[str], log: Path, line: str) -> None:
     """Until the background `alma` command has printed `line` (e.g. a worker following)."""
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + START_S
     while line not in log.read_text(encoding="utf-8"):
         if process.poll() is not None:
             pytest.fail(f"alma exited with {process.returncode}:\n{log.read_text()}")
         if time.monotonic() > deadline:
-            pytest.fail(f"alma did not print {line!r} within 60 s:\n{log.read_text()}")
+            pytest.fail(f"alma did not print {line!r} within {START_S} s:\n{log.read_text()}")
         time.sleep(0.1)
 
 
 def wait_for_health(base: str, process: subprocess.Popen[str], log: Path) -> httpx.Response:
-    # Start-up loads the embedding model: on a busy machine that takes a while.
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + START_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"alma serve exited with {process.returncode}:\n{log.read_text()}")
@@ -130,4 +134,4 @@ def wait_for_health(base: str, process: subprocess.Popen[str], log: Path) -> htt
             if response.status_code == 200:
                 return response
         time.sleep(0.1)
-    pytest.fail(f"alma serve did not answer /health within 60 s:\n{log.read_text()}")
+    pytest.fail(f"alma serve did not answer /health within {START_S} s:\n{log.read_text()}")
