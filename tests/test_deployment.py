@@ -139,8 +139,9 @@ def test_dockerfile_is_slim_non_root_and_installs_cpu_torch_first(dockerfile: li
     def first(fragment: str) -> int:
         return next(n for n, line in enumerate(runs) if fragment in line)
 
-    torch = first("pip install torch==2.13.0")
-    assert "--index-url https://download.pytorch.org/whl/cpu" in runs[torch]
+    torch = first("pip install torch==2.13.0 $TORCH_SOURCE")
+    assert 'ARG TORCH_SOURCE="--index-url https://download.pytorch.org/whl/cpu"' in dockerfile
+    assert runs[torch].startswith("RUN pip install --upgrade pip &&")  # then the extras match
     project = first('pip install ".[local-1.5b]"')  # with the default local model's pieces
     assert torch < project
     assert project < first("alma models") < first("useradd")
@@ -149,7 +150,7 @@ def test_dockerfile_is_slim_non_root_and_installs_cpu_torch_first(dockerfile: li
 
 def test_dockerignore_keeps_secrets_and_local_state_out() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
-    for path in (".env", ".git", ".venv", ".alma", "tests"):
+    for path in (".env", ".git", ".venv", ".venv-clients", ".alma", "tests"):
         assert path in ignored
 
 
