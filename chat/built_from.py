@@ -12,7 +12,7 @@ from uuid import UUID
 
 from alma.domain import Alma, Instance, NotFound
 from alma.domain.lorebook import Lorebook
-from alma.projections import Conversation
+from alma.projections import Conversation, Message
 from alma.projections.memory_plan import chunks, text_chunk_id
 
 UNCHANGED, REVISED, FORGOTTEN = "unchanged", "revised", "forgotten"
@@ -59,8 +59,15 @@ def built_from(app: Alma, conversation: Conversation, tenant: str, reply: Any) -
     scores = getattr(reply, "memory_scores", None) or [None] * len(ids)
     then = app.owned(Instance, tenant, instance_id, reply.originator_version)
     now = app.owned(Instance, tenant, instance_id, None)
-    texts = _text_pieces(instance_id, then.memory, now.memory)
-    messages = conversation.by_ids(instance_id, [i for i in ids if i not in texts])
+    # A fork's copies of its original's replies name what the original recalled: its pieces of
+    # the memory text (which the fork started with) and its messages.
+    owners = [instance_id] + ([UUID(now.forked_from["instance_id"])] if now.forked_from else [])
+    texts: dict[str, tuple[str, str | None]] = {}
+    messages: dict[str, Message] = {}
+    for owner in owners:
+        texts |= _text_pieces(owner, then.memory, now.memory)
+        rest = [i for i in ids if i not in texts and i not in messages]
+        messages |= conversation.by_ids(owner, rest)
     withdrawn = _withdrawn_since(app, tenant, reply) if messages else set()
     memories = []
     for memory_id, score in zip(ids, scores, strict=False):

@@ -176,3 +176,29 @@ def test_a_message_that_is_not_there_is_not_found_and_a_bad_id_refused(
     assert malformed.status_code == 422, malformed.text
     assert malformed.json()["error"]["code"] == "invalid_request"
     assert chat_api.written() == before
+
+
+def test_a_fork_s_copy_of_a_reply_says_what_the_original_s_prompt_held(
+    chat_api: Api, openai_stub: OpenAIStub
+) -> None:
+    instance_id, _, _ = _world(chat_api)
+    openai_stub.script(Reply("¡Ay, mi Lucía!"))
+    turn = chat_api.client.post(
+        f"/v1/instances/{instance_id}/chat",
+        json={"message": "¿A qué se dedica mi hermana Lucía?"},
+        headers=chat_api.acme,
+    ).json()
+    original = _get(chat_api, instance_id, turn["turn"]["reply_id"]).json()["built_from"]
+    fork = chat_api.client.post(
+        f"/v1/instances/{instance_id}/fork", json={"name": "Rosa joven"}, headers=chat_api.acme
+    ).json()
+    listed = chat_api.client.get(
+        f"/v1/instances/{fork['id']}/messages", params={"order": "newest", "limit": 1},
+        headers=chat_api.acme,
+    ).json()["items"]  # fmt: skip
+    [copy] = listed
+    built = _get(chat_api, fork["id"], copy["id"]).json()["built_from"]
+    assert [(m["text"], m["source"], m["score"]) for m in built["memories_used"]] == [
+        (m["text"], m["source"], m["score"]) for m in original["memories_used"]
+    ]
+    assert {m["now"] for m in built["memories_used"]} == {"unchanged"}
