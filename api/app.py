@@ -24,6 +24,7 @@ from alma.api.routes import (
     instances,
     lorebooks,
     memories,
+    messages,
     openai_compat,
     web,
 )
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lorebooks,
         events,
         memories,
+        messages,
         chat,
         openai_compat,
         audio,

@@ -71,6 +71,7 @@ class Reply:
     prompt_sha256: str
     interrupted: bool = False
     lore_ids: tuple[str, ...] = ()  # the lorebook entries in the prompt
+    memory_scores: tuple[float, ...] = ()  # each of `memory_ids`' score when recalled
     tool_calls: tuple[dict[str, Any], ...] = ()  # the tools it called, in OpenAI's shape
     id: UUID | None = None  # chosen before it is recorded, to name it first (None: a new one)
 
@@ -466,6 +467,7 @@ class Alma(CachingApplication):
                 name=instance.name,
                 lore_used=list(reply.lore_ids),
                 tool_calls=list(reply.tool_calls),
+                memory_scores=list(reply.memory_scores),
             )
             self.save(instance)
             return message_id, instance.version
@@ -876,6 +878,25 @@ class Alma(CachingApplication):
             if len(events) < 500:
                 raise NotFound(f"instance {instance_id} has no reply {reply_id}")
             below = events[-1].originator_version - 1
+
+    def said_at(self, tenant: str, instance_id: UUID, position: int) -> DomainEvent:
+        """The instance's event at log position `position` (where the conversation read model
+        found a message); NotFound when it is another's."""
+        self.owned(Instance, tenant, instance_id, None)
+        for notification in self.recorder.select_notifications(start=position, limit=1):
+            event = self.mapper.to_domain_event(notification)
+            if notification.id == position and event.originator_id == instance_id:
+                return cast(DomainEvent, event)
+        raise NotFound(f"instance {instance_id} has no event at {position}")
+
+    def memory_then_and_now(
+        self, tenant: str, memory_id: UUID, at: datetime
+    ) -> tuple[Memory, Memory]:
+        """A memory as it was at `at` and as it is now (forgotten or not); NotFound when it did
+        not exist then."""
+        now = self.owned(Memory, tenant, memory_id, None)
+        version = self._version_at(memory_id, now.version, as_utc(at, "at"))
+        return self.owned(Memory, tenant, memory_id, version), now
 
     def written_up_to(self, instance_id: UUID, held: Collection[str] = ()) -> int:
         """The log position a reader must reach to hold every write about the instance: its

@@ -108,6 +108,7 @@ def copy_conversation(
                 name=speaker_of(event),
                 lore_used=getattr(event, "lore_used", None),
                 tool_calls=getattr(event, "tool_calls", None),
+                memory_scores=getattr(event, "memory_scores", None),
             )
 
 

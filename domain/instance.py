@@ -137,6 +137,7 @@ class Instance(Aggregate):
         name: str | None = None,
         lore_used: list[str] | None = None,
         tool_calls: list[dict[str, Any]] | None = None,
+        memory_scores: list[float] | None = None,
     ) -> None:
         """The character's reply, with what the audit needs to say why it said it: the model,
         its usage and latency, the memories in the prompt and a hash of the exact prompt.
@@ -144,7 +145,9 @@ class Instance(Aggregate):
         `lore_used`: the lorebook entries in the prompt, `<lorebook id>:<entry id>` (events
         from before lorebooks have none). `tool_calls`: the tools the model called, in
         OpenAI's shape `{id, type, function: {name, arguments}}` (events from before they were
-        kept have none; their content says the calls in words)."""
+        kept have none; their content says the calls in words). `memory_scores`: each of
+        `memory_ids`' relevance score when it was recalled, in the same order (events from
+        before scores were kept have none)."""
         self.message_count += 1
 
     @event("ToolResultRecorded")

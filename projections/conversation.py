@@ -98,6 +98,18 @@ class Conversation(SqlReadModel):
         )
         return [_message_of(row) for row in rows]
 
+    def by_ids(self, instance_id: UUID, ids: Sequence[str]) -> dict[str, Message]:
+        """The instance's messages among `ids`, by id (an id that is not one is left out)."""
+        if not ids:
+            return {}
+        marks = ", ".join(["%s"] * len(ids))
+        rows = self.store.query(
+            f"SELECT {_COLUMNS} FROM conversation_messages WHERE instance_id = %s "
+            f"AND message_id IN ({marks})",
+            (str(instance_id), *ids),
+        )
+        return {str(row[0]): _message_of(row) for row in rows}
+
     def recent_messages(self, instance_id: UUID, limit: int) -> list[Message]:
         """The last `limit` messages of the conversation, oldest first."""
         rows = self.store.query(

@@ -83,7 +83,7 @@ def chunks(text: str, limit: int = 800) -> list[str]:
     return pieces
 
 
-def _text_chunk_id(instance_id: UUID, n: int) -> str:
+def text_chunk_id(instance_id: UUID, n: int) -> str:
     return str(uuid5(instance_id, f"memory-text/{n}"))
 
 
@@ -94,11 +94,11 @@ def _memory_text(plan: Plan, event: Any, position: int) -> None:
         return  # the instance was deleted
     old, new = chunks(before or ""), chunks(event.memory)
     for n in range(len(new), len(old)):
-        plan.remove(_text_chunk_id(instance_id, n), instance_id)
+        plan.remove(text_chunk_id(instance_id, n), instance_id)
     for n, piece in enumerate(new):
         plan.put(
             Doc(
-                _text_chunk_id(instance_id, n),
+                text_chunk_id(instance_id, n),
                 event.actor.tenant,
                 instance_id,
                 "memory_text",

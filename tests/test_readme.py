@@ -9,6 +9,7 @@ would fill in by hand is filled from what the server answered before:
 - `<character id>`, `<instance id>`, `<fork id>`, `<memory id>`, `<lorebook id>` and
   `<response id>` are the ids of the character, instance, forked instance, memory snippet,
   lorebook and OpenAI response last answered by an earlier example;
+- `<reply id>` is the last chat reply's id (`turn.reply_id`);
 - `<next_cursor>` is the last `next_cursor` answered; `<timestamp>` is the present time;
 - `localhost:8011` is the port the test's server listens on;
 - `NAME=...` lines (like `KEY=...`) are run once, and the variable is set for the commands after.
@@ -215,6 +216,8 @@ class Reader:
             return
         if body.get("next_cursor"):
             self.known["next_cursor"] = body["next_cursor"]
+        if isinstance(body.get("turn"), dict) and "reply_id" in body["turn"]:
+            self.known["reply id"] = body["turn"]["reply_id"]
         if "id" not in body:
             return
         if "personality" in body:

@@ -4,13 +4,17 @@ and one browser serve the whole module; each test signs in afresh."""
 
 from __future__ import annotations
 
+import io
+import json
 import time
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.openai_stub import Behaviour, Reply
 from tests.test_cards import png, text_chunk, v2_card
 from tests.web import (
     EchoStub,
@@ -322,3 +326,163 @@ def test_alma_down_says_so_and_the_page_comes_back(site: Served, page: Any) -> N
     css(page, "#banner button").click()
     wait(page, lambda: css(page, "#lorebooks"))
     assert not css(page, "#banner").is_displayed()
+
+
+def test_a_past_reply_shows_what_it_was_built_from_after_a_reload(site: Served, page: Any) -> None:
+    _, instance = world(site, "Inés")
+    memory = "Ana guarda las llaves bajo la maceta 🪴"
+    with site.http() as http:
+        url = f"/v1/instances/{instance['id']}"
+        made = http.post(f"{url}/memories", json={"text": memory}).json()
+        http.get(f"{url}/memories/search", params={"q": "llaves", "consistent": "true"})
+        turn = http.post(f"{url}/chat", json={"message": "¿Dónde están las llaves?"}).json()
+        [used] = [m for m in turn["memories_used"] if m["id"] == made["id"]]
+        http.patch(f"{url}/memories/{made['id']}", json={"text": "Ana ya no esconde llaves"})
+
+    page.get(f"{site.base}/#/instances/{instance['id']}/chat")
+    reply = wait(page, lambda: css(page, f"#m-{turn['turn']['reply_id']}"))
+    built = reply.find_element("css selector", ".built")
+    built.find_element("css selector", "summary").click()
+    recalled = wait(page, lambda: built.find_element("css selector", ".memories-used li.revised"))
+    assert memory in recalled.find_element("css selector", ".memory-text").text  # as it was
+    assert f"{used['score']:.2f}" in recalled.find_element("css selector", ".score").text
+    assert "revisada después" in recalled.text and "Ana ya no esconde llaves" in recalled.text
+    assert recalled.find_element("css selector", "time").text  # when it happened
+    assert "gpt-3.5-turbo" in built.text and "tokens" in built.text
+    screenshot(page, "built-from")
+
+
+def test_a_lorebook_made_and_attached_in_the_page_reaches_the_next_reply(
+    site: Served, page: Any
+) -> None:
+    from selenium.webdriver.support.select import Select
+
+    _, instance = world(site, "Carmen")
+    lore = "El río Atoyac cruza el valle 🌊"
+    page.get(f"{site.base}/#/lorebooks")
+    wait(page, lambda: css(page, "#lorebooks"))
+    css(page, "form.card input[name=name]").send_keys("La sierra de Oaxaca")
+    submit(page, "form.card")
+    wait(page, lambda: css(page, "h1").text == "La sierra de Oaxaca")
+    entry = all_css(page, "form.entry")[-1]
+    entry.find_element("css selector", "textarea[name=content]").send_keys(lore)
+    entry.find_element("css selector", "input[name=comment]").send_keys("el río")
+    entry.find_element("css selector", "input[name=constant]").click()
+    entry.find_element("css selector", "button[type=submit]").click()
+    wait(page, lambda: all_css(page, "#entries form.entry"))
+    book_id = page.current_url.split("#/lorebooks/")[1]
+
+    page.get(f"{site.base}/#/instances/{instance['id']}/chat")
+    attached = wait(page, lambda: css(page, "details.instance-lorebooks"))
+    attached.find_element("css selector", "summary").click()
+    assert "Ningún lorebook asociado" in attached.text
+    choice = Select(attached.find_element("css selector", "form.attach select"))
+    choice.select_by_visible_text("La sierra de Oaxaca")  # (a card's book is there too)
+    attached.find_element("css selector", "form.attach button[type=submit]").click()
+    wait(page, lambda: "La sierra de Oaxaca" in css(page, ".lorebooks-attached ul").text)
+    with site.http() as http:
+        listed = http.get(f"/v1/instances/{instance['id']}/lorebooks").json()
+    assert listed == {"lorebook_ids": [book_id]}
+
+    answer = say(page, "¿Qué río cruza el valle?")
+    used = answer.find_element("css selector", ".built .lore-used").text
+    assert lore in used and "La sierra de Oaxaca" in used
+    assert any(lore in str(m["content"]) for m in site.stub.requests[-1]["messages"])
+    screenshot(page, "lorebooks")
+
+    css(page, ".lorebooks-attached button.detach").click()
+    wait(page, lambda: "Ningún lorebook asociado" in css(page, ".lorebooks-attached").text)
+    with site.http() as http:
+        assert http.get(f"/v1/instances/{instance['id']}/lorebooks").json() == {"lorebook_ids": []}
+
+
+class FormingStub(EchoStub):
+    """The echoing model, which also answers the memory process: one fact to add."""
+
+    fact = "Ana tiene una perra que se llama Trufa 🐕"
+
+    def answer(self, body: dict[str, Any], headers: dict[str, str]) -> Behaviour:
+        asked = " ".join(str(m.get("content")) for m in body.get("messages", []))
+        if "decide what is worth remembering" in asked:
+            return Reply(json.dumps([{"op": "add", "text": self.fact}], ensure_ascii=False))
+        return super().answer(body, headers)
+
+
+def test_a_formed_memory_s_audit_links_to_the_messages_it_came_from(
+    driver: Any, tmp_path: Path
+) -> None:
+    said = "Tengo una perra que se llama Trufa"
+    with (
+        FormingStub() as stub,
+        serving(tmp_path, stub, ALMA_MEMORY_FORMATION="true") as served,
+        served.http() as http,
+    ):
+        _, instance = world(served, "Rocío")
+        url = f"/v1/instances/{instance['id']}"
+        http.post(f"{url}/chat", json={"message": said}).raise_for_status()
+
+        def formed() -> list[dict[str, Any]]:
+            items: list[dict[str, Any]] = http.get(f"{url}/memories").json()["items"]
+            return items
+
+        [memory] = wait(driver, formed, 60)
+        assert memory["text"] == FormingStub.fact and memory["source"]["messages"]
+
+        _sign_in(driver, served.base, served.key)
+        driver.get(f"{served.base}/#{url.removeprefix('/v1')}/memory")
+        change = wait(driver, lambda: css(driver, "#audit li.memory_added"))
+        assert "el proceso de memoria" in change.text
+        first = memory["source"]["messages"][0]
+        change.find_element("css selector", f"a[href$='?m={first}']").click()
+        shown = wait(driver, lambda: css(driver, f"#log .message.focus#m-{first}"))
+        assert shown.find_element("css selector", ".text").text == said
+        assert "chat" in driver.current_url
+
+
+def test_the_microphone_sends_a_spoken_turn_and_the_reply_is_heard(
+    site: Served, tmp_path: Path
+) -> None:
+    from tests.speech_samples import SPANISH, word_error_rate
+    from tests.speech_samples import say as speak
+
+    spoken = SPANISH[2]
+    clip = tmp_path / "habla.wav"
+    seconds = _after_a_second_of_silence(speak(spoken, "es"), clip)
+    _, instance = world(site, "Dolores")
+    fake_microphone = (
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={clip}%noloop",
+        "--autoplay-policy=no-user-gesture-required",
+    )
+    with browser(extra=fake_microphone) as chromium:
+        _sign_in(chromium, site.base, site.key)
+        chromium.get(f"{site.base}/#/instances/{instance['id']}/chat")
+        microphone = wait(chromium, lambda: css(chromium, "#composer button.mic"))
+        microphone.click()
+        wait(chromium, lambda: microphone.get_attribute("aria-pressed") == "true")
+        time.sleep(seconds + 1)  # the clip, said into the fake microphone
+        microphone.click()
+        heard = wait(chromium, lambda: css(chromium, "#log .message.user .text").text, 90)
+        # espeak-ng's voice, through the browser's Opus, is hard listening: most words come back
+        assert word_error_rate(spoken, heard) <= 0.5, heard
+        assert "enfermera" in heard and "hospital" in heard, heard
+        player = "document.querySelector('#log .message.assistant audio.spoken')"
+        wait(chromium, lambda: chromium.execute_script(f"return {player}.played.length > 0"), 60)
+        reply = css(chromium, "#log .message.assistant")
+        assert "Recuerdo:" in reply.find_element("css selector", ".text").text
+        assert reply.find_element("css selector", ".built")
+    [message] = events(site, instance["id"], "MessageRecorded")
+    assert message["data"]["content"] == heard
+
+
+def _after_a_second_of_silence(audio: bytes, path: Path) -> float:
+    """Writes the WAV `audio` to `path` after a second of silence (the time the page takes to
+    start recording once the microphone opens); answers its length in seconds."""
+    with wave.open(io.BytesIO(audio)) as read:
+        params, frames = read.getparams(), read.readframes(read.getnframes())
+    silence = b"\0" * (params.framerate * params.sampwidth * params.nchannels)
+    with wave.open(str(path), "wb") as out:
+        out.setparams(params)
+        out.writeframes(silence + frames)
+    return 1 + params.nframes / params.framerate

@@ -8,7 +8,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +73,7 @@ class Served:
     stub: OpenAIStub
     port: int = field(default_factory=free_port)
     key: str = ""
+    env: dict[str, str] = field(default_factory=dict)  # more of alma's settings
     _stop: Callable[[], None] | None = None
 
     @property
@@ -93,6 +94,7 @@ class Served:
             "ALMA_READ_MODEL_WAIT_S": "30",
             "ALMA_CONSISTENCY_WAIT_S": "60",
             "ALMA_CHAT_MEMORY_WAIT_S": "30",
+            **self.env,
         }
         log = self.root / "serve.log"
         context = running(settings, ["serve", "--port", str(self.port)], log, env)
@@ -111,8 +113,8 @@ class Served:
 
 
 @contextmanager
-def serving(root: Path, stub: OpenAIStub) -> Iterator[Served]:
-    served = Served(root, stub)
+def serving(root: Path, stub: OpenAIStub, **env: str) -> Iterator[Served]:
+    served = Served(root, stub, env=env)
     served.start()
     try:
         yield served
@@ -121,7 +123,9 @@ def serving(root: Path, stub: OpenAIStub) -> Iterator[Served]:
 
 
 @contextmanager
-def browser(width: int = 1280, height: int = 900, language: str = "es") -> Iterator[Any]:
+def browser(
+    width: int = 1280, height: int = 900, language: str = "es", extra: Sequence[str] = ()
+) -> Iterator[Any]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -134,6 +138,7 @@ def browser(width: int = 1280, height: int = 900, language: str = "es") -> Itera
         "--disable-gpu",
         f"--window-size={width},{height}",
         f"--lang={language}",
+        *extra,
     ):
         options.add_argument(argument)
     options.add_experimental_option("prefs", {"intl.accept_languages": language})

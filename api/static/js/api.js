@@ -68,6 +68,7 @@ export async function json(method, path, options) {
 
 export const get = (path, query) => json("GET", path, { query });
 export const post = (path, body, options) => json("POST", path, { ...options, body });
+export const put = (path, body) => json("PUT", path, { body });
 export const patch = (path, body, version) =>
   json("PATCH", path, { body, headers: version ? { "If-Match": String(version) } : {} });
 export const remove = (path, query, version) =>

@@ -5,6 +5,7 @@ import { get, patch, post, remove, request } from "./api.js";
 import { download, field, h } from "./dom.js";
 import { t } from "./i18n.js";
 import { instancesSection } from "./instances.js";
+import { attachedLorebooks } from "./lorebooks.js";
 import { attempt, note } from "./status.js";
 import { confirmDialog } from "./dialog.js";
 import { paged } from "./paged.js";
@@ -74,6 +75,7 @@ export async function characterView(id) {
   return h("section", { class: "character" },
     h("h1", {}, character.name),
     h("details", { open: true }, h("summary", {}, t("instances")), await instancesSection(character)),
+    h("details", {}, h("summary", {}, t("lorebooks")), await attachedLorebooks(`/v1/characters/${id}/lorebooks`)),
     h("details", {}, h("summary", {}, t("edit")), characterForm(character)),
     h("details", {}, h("summary", {}, t("exportArchive")), exportAndArchive(character)));
 }

@@ -18,7 +18,7 @@ export async function chatView(instance, character, focus) {
 
   async function loadEarlier() {
     const page = await get(`/v1/instances/${instance.id}/messages`, { order: "newest", limit: PAGE, cursor });
-    for (const message of page.items) log.prepend(messageItem(message, instance)); // newest first
+    for (const message of page.items) log.prepend(messageItem(message, instance, true)); // newest first
     cursor = page.next_cursor;
     earlier.hidden = !cursor;
     return page.items;
@@ -60,7 +60,7 @@ export async function chatView(instance, character, focus) {
         else if (event === "turn") {
           written.textContent = data.reply;
           reply.id = `m-${data.turn.reply_id}`;
-          reply.append(builtFrom(data));
+          reply.append(await builtFrom(instance, data.turn.reply_id, data));
         } else if (event === "error") reply.append(h("p", { class: "error", role: "alert" }, `${data.error.message} (${data.error.code})`));
       }
     } catch (error) {
@@ -79,13 +79,13 @@ export async function chatView(instance, character, focus) {
     h("div", { class: "row" }, send, stop,
       recorder(instance, {
         started: () => said.textContent = t("recording"),
-        spoken: (answer) => {
+        spoken: async (answer) => {
           said.textContent = "";
           log.append(messageItem({ role: "user", content: answer.transcript, name: userName }, instance));
-          const reply = messageItem({ role: "assistant", content: answer.reply, name: instance.name }, instance);
-          reply.append(builtFrom(answer));
+          const reply = messageItem({ id: answer.turn.reply_id, role: "assistant", content: answer.reply, name: instance.name }, instance);
           log.append(reply);
-          hearReply(answer);
+          reply.append(await builtFrom(instance, answer.turn.reply_id, answer));
+          await hearReply(answer, null, instance, null, reply);
         },
         failed: (error) => said.textContent = describe(error),
       })));
@@ -149,7 +149,9 @@ function greetings(instance, character, log) {
   return box;
 }
 
-function messageItem(message, instance) {
+// `past`: a message read from the conversation, whose reply reads what it was built from when
+// its "built from" is opened.
+function messageItem(message, instance, past) {
   const item = h("li", { class: `message ${message.role}`, id: message.id ? `m-${message.id}` : null },
     h("div", { class: "who" }, message.name || t(message.role), " ",
       h("time", { datetime: message.timestamp || "" }, when(message.timestamp))),
@@ -160,28 +162,65 @@ function messageItem(message, instance) {
     const play = h("button", { type: "button", class: "quiet play", "aria-pressed": "false" }, "▶ ", t("play"));
     play.addEventListener("click", () => attempt(null, () => hearReply(null, item.querySelector(".text").textContent, instance, play)));
     item.append(play);
+    if (past) item.append(pastBuiltFrom(instance, message.id));
   }
   return item;
 }
 
-// Under a reply: the memories and lore its prompt held, the model and the tokens it took.
-export function builtFrom(answer) {
-  const memories = h("ul", { class: "memories-used" }, answer.memories_used.map((m) =>
-    h("li", {}, h("span", { class: "score" }, m.score.toFixed(2)), " ",
-      h("span", { class: "tag" }, t(`source_${m.source}`)), " ",
+// Under a reply: the memories and lore its prompt held (as they were then, and what became of
+// them since), the model and the tokens it took, read back from alma. `turn`: the live turn's
+// answer, which alone says whether the memory index was behind or down.
+async function builtFrom(instance, replyId, turn) {
+  const box = h("details", { class: "built", open: true }, h("summary", {}, t("builtFrom")));
+  await fill(box, instance, replyId, turn);
+  return box;
+}
+
+// A past reply's: read when it is opened.
+function pastBuiltFrom(instance, replyId) {
+  const box = h("details", { class: "built" }, h("summary", {}, t("builtFrom")));
+  let asked = false;
+  box.addEventListener("toggle", () => {
+    if (!box.open || asked) return;
+    asked = true;
+    fill(box, instance, replyId, null);
+  });
+  return box;
+}
+
+async function fill(box, instance, replyId, turn) {
+  try {
+    const message = await get(`/v1/instances/${instance.id}/messages/${replyId}`);
+    box.append(...builtParts(message.built_from, turn));
+  } catch (error) {
+    box.append(h("p", { class: "error", role: "alert" }, describe(error)));
+  }
+}
+
+function builtParts(built, turn) {
+  if (!built) return [h("p", { class: "muted" }, t("notATurn"))];
+  const memories = h("ul", { class: "memories-used" }, built.memories_used.map((m) =>
+    h("li", { class: `recalled ${m.now}` },
+      h("span", { class: "score" }, m.score === null ? t("noScore") : m.score.toFixed(2)), " ",
+      m.source ? h("span", { class: "tag" }, t(`source_${m.source}`)) : null, " ",
       m.occurred_at ? h("time", { datetime: m.occurred_at }, when(m.occurred_at), " ") : null,
-      h("span", { class: "memory-text" }, m.text))));
-  const lore = h("ul", { class: "lore-used" }, answer.lore_used.map((entry) =>
-    h("li", {}, h("a", { href: `#/lorebooks/${entry.lorebook_id}` }, t("entry"), " ", String(entry.entry_id)),
-      " ", h("span", { class: "muted" }, entry.position))));
-  return h("details", { class: "built", open: true },
-    h("summary", {}, t("builtFrom")),
-    h("h3", {}, t("memoriesUsed"), ` (${answer.memories_used.length})`),
-    answer.memories_used.length ? memories : h("p", { class: "muted" }, t("none")),
-    answer.memories_behind ? h("p", { class: "warn" }, t("memoriesBehind")) : null,
-    answer.memories_unavailable ? h("p", { class: "warn" }, t("memoriesUnavailable")) : null,
-    h("h3", {}, t("loreUsed"), ` (${answer.lore_used.length})`),
-    answer.lore_used.length ? lore : h("p", { class: "muted" }, t("none")),
-    h("p", { class: "usage" }, `${t("model")}: ${answer.model} · ${t("tokens", {
-      prompt: answer.usage.prompt_tokens, reply: answer.usage.completion_tokens })}`));
+      m.speaker ? h("strong", {}, m.speaker, ": ") : null,
+      h("span", { class: "memory-text" }, m.text ?? t("unreadable")),
+      m.now === "unchanged" ? null : h("span", { class: `tag ${m.now}` }, t(`${m.now}Since`)),
+      m.text_now ? h("span", { class: "text-now" }, " → ", m.text_now) : null)));
+  const lore = h("ul", { class: "lore-used" }, built.lore_used.map((entry) =>
+    h("li", {}, h("a", { href: `#/lorebooks/${entry.lorebook_id}` }, entry.lorebook_name ?? t("unreadable")),
+      " · ", t("entry"), ` ${entry.entry_id}`, entry.comment ? ` (${entry.comment})` : "", " ",
+      h("span", { class: "lore-content" }, entry.content ?? t("unreadable")))));
+  return [
+    h("h3", {}, t("memoriesUsed"), ` (${built.memories_used.length})`),
+    built.memories_used.length ? memories : h("p", { class: "muted" }, t("none")),
+    turn && turn.memories_behind ? h("p", { class: "warn" }, t("memoriesBehind")) : null,
+    turn && turn.memories_unavailable ? h("p", { class: "warn" }, t("memoriesUnavailable")) : null,
+    h("h3", {}, t("loreUsed"), ` (${built.lore_used.length})`),
+    built.lore_used.length ? lore : h("p", { class: "muted" }, t("none")),
+    h("p", { class: "usage" }, `${t("model")}: ${built.model} · ${t("tokens", {
+      prompt: built.usage.prompt_tokens, reply: built.usage.completion_tokens })}`,
+      built.interrupted ? ` · ${t("interrupted")}` : ""),
+  ].filter(Boolean);
 }

@@ -5,6 +5,7 @@ import { h } from "./dom.js";
 import { t } from "./i18n.js";
 import { chatView } from "./chat.js";
 import { historyView } from "./history.js";
+import { attachedLorebooks } from "./lorebooks.js";
 import { memoryView } from "./memory.js";
 
 const TABS = { chat: chatView, memory: memoryView, history: historyView };
@@ -21,6 +22,8 @@ export async function instanceView(id, tab, focus) {
     h("div", { class: "row" },
       h("h1", {}, instance.name),
       character ? h("a", { href: `#/characters/${character.id}`, class: "muted" }, character.name) : null),
+    h("details", { class: "instance-lorebooks" }, h("summary", {}, t("lorebooks")),
+      await attachedLorebooks(`/v1/instances/${id}/lorebooks`)),
     tabs,
     await TABS[tab](instance, character, focus));
 }

@@ -1,7 +1,8 @@
-// Lorebooks: the list, a new one, and one book's entries to add, edit and remove.
+// Lorebooks: the list, a new one, one book's entries to add, edit and remove, and the books
+// attached to a character or an instance.
 
-import { get, patch, post, remove } from "./api.js";
-import { field, h } from "./dom.js";
+import { get, patch, post, put, remove } from "./api.js";
+import { clear, field, h } from "./dom.js";
 import { t } from "./i18n.js";
 import { attempt, note } from "./status.js";
 import { confirmDialog } from "./dialog.js";
@@ -82,4 +83,36 @@ function entryForm(book, entry, reload) {
     });
   });
   return form;
+}
+
+// The lorebooks a character's or an instance's chats scan (`path`: its `/lorebooks` route):
+// attach one more, detach one.
+export async function attachedLorebooks(path) {
+  const [attached, books] = await Promise.all([get(path), get("/v1/lorebooks", { limit: 500 })]);
+  const names = new Map(books.items.map((book) => [book.id, book.name]));
+  let ids = attached.lorebook_ids;
+  const list = h("ul", { class: "list attached" });
+  const choose = h("select", { name: "lorebook" });
+  const said = note();
+  const form = h("form", { class: "inline attach" }, field(t("attachLorebook"), choose),
+    h("button", { type: "submit" }, t("attach")));
+  const save = (next) => attempt(said, async () => {
+    ids = (await put(path, { lorebook_ids: next })).lorebook_ids;
+    draw();
+  });
+  function draw() {
+    clear(list, ids.length ? ids.map((id) => h("li", {},
+      h("a", { href: `#/lorebooks/${id}`, class: "name" }, names.get(id) ?? id), " ",
+      h("button", { type: "button", class: "quiet detach", onclick: () => save(ids.filter((i) => i !== id)) },
+        t("detach")))) : h("li", { class: "empty" }, t("noAttached")));
+    clear(choose, books.items.filter((book) => !ids.includes(book.id))
+      .map((book) => h("option", { value: book.id }, book.name)));
+    form.hidden = !choose.options.length;
+  }
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    save([...ids, choose.value]);
+  });
+  draw();
+  return h("div", { class: "lorebooks-attached" }, list, form, said);
 }

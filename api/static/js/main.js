@@ -42,6 +42,7 @@ async function render() {
 }
 
 function keyScreen(message) {
+  drawn++; // a view asked for with the key before must not replace this screen
   drawHeader();
   const input = h("input", { type: "password", name: "key", autocomplete: "off", required: true, spellcheck: "false" });
   const note = h("p", { class: "error", role: "alert" }, message || "");

@@ -50,8 +50,9 @@ export function recorder(instance, { started, spoken, failed }) {
 }
 
 // Plays a voice turn's spoken reply, or asks alma to speak `text` in the instance's voice;
-// `button`, when given, is pressed while it plays.
-export async function hearReply(answer, text, instance, button) {
+// `button`, when given, is pressed while it plays; `holder`, when given, keeps the player (to
+// hear it again).
+export async function hearReply(answer, text, instance, button, holder) {
   let blob;
   if (answer) {
     const bytes = Uint8Array.from(atob(answer.audio_base64), (c) => c.charCodeAt(0));
@@ -62,9 +63,10 @@ export async function hearReply(answer, text, instance, button) {
     });
     blob = await response.blob();
   }
-  const audio = new Audio(URL.createObjectURL(blob));
+  const audio = h("audio", { class: "spoken", controls: Boolean(holder), src: URL.createObjectURL(blob) });
+  if (holder) holder.append(audio);
   audio.addEventListener("ended", () => {
-    URL.revokeObjectURL(audio.src);
+    if (!holder) URL.revokeObjectURL(audio.src);
     if (button) button.setAttribute("aria-pressed", "false");
   });
   await audio.play();
