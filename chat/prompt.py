@@ -366,9 +366,9 @@ def _messages(parts: _Parts, tail: Sequence[_Priced], ending: Sequence[Message])
     from (a reply's start, tool calls).
 
     What changes from turn to turn (the recollections, found for each message; the date) comes
-    late and what only grows (the persona, the conversation) first: a server that keeps the prompt it
-    read (llama.cpp; OpenAI's prompt caching) reads again only the part after the first
-    change."""
+    late and what only grows (the persona, the conversation) first: a server that keeps the
+    prompt it read (llama.cpp; OpenAI's prompt caching) reads again only the part after the
+    first change."""
     said = [*(message for message, _ in reversed(tail)), ending[0]]
     deep = [e for e in parts.lore if e.position == "at_depth"]
     messages = [_system(parts)]
