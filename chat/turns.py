@@ -221,9 +221,9 @@ class Chat:
 
     def opening(self, tenant: str, instance_id: UUID, max_tokens: int) -> list[Message]:
         """The start of the instance's next prompt, which no message changes: the persona with
-        the memory text, and the conversation as recorded up to now (what `prepare` builds
-        before the date, the recollections and the message; with no lorebook entries, which the
-        message activates)."""
+        the memory text, the conversation as recorded up to now, and today's date (what
+        `prepare` builds before the recollections and the message; with no lorebook entries,
+        which the message activates)."""
         model = self.model()
         instance = self.app.instance(tenant, instance_id)
         character = self.app.character(tenant, instance.character_id)
@@ -242,7 +242,7 @@ class Chat:
             count_messages=tokens.count_messages,
             user_name=instance.user_name,
         )
-        return prompt.messages[: prompt.stable]
+        return prompt.messages[: prompt.stable + 1]  # and the date, the same all day
 
     def complete(self, turn: PreparedTurn, actor: Actor) -> TurnResult:
         started = time.perf_counter()
