@@ -180,7 +180,8 @@ def test_a_new_instance_s_first_turn_finds_its_persona_read_already(settings: Se
         assert _tokens(api)[0] - warmed > rosa_read
 
         cached = _first_turn(api, rosa)
-        assert rosa_read - 4 <= cached <= rosa_read + 4  # up to where the turn's own part starts
+        # All it read ahead, to where the turn's own part starts (its last marker aside).
+        assert cached >= rosa_read - 4
 
         # An edit changes the persona: it is read again, and the next turn finds it read.
         edited = api.client.patch(
@@ -193,7 +194,7 @@ def test_a_new_instance_s_first_turn_finds_its_persona_read_already(settings: Se
         assert warmer.wait_idle(300)
         pedro_read = _tokens(api)[0] - before
         assert pedro_read > 100
-        assert pedro_read - 4 <= _first_turn(api, str(made["id"])) <= pedro_read + 4
+        assert _first_turn(api, str(made["id"])) >= pedro_read - 4
 
 
 @pytest.mark.slow
