@@ -42,11 +42,17 @@ DEFAULT = Weights()
 # The ranking before issue 15's last round: no content, one neighbour a side blended at half,
 # no turns brought in beside the first hits.
 BEFORE = replace(
-    DEFAULT, content=0.0, neighbours=0.5, neighbours_each_side=1, neighbour_candidates=0
+    DEFAULT,
+    content=0.0,
+    neighbours=0.5,
+    neighbours_each_side=1,
+    neighbour_candidates=0,
+    named_speaker=0.0,
 )
 RANKINGS = {
-    "alma's default (0.72 / 0.25 / 0.03, content 0.15, 2 a side at 0.7)": DEFAULT,
+    "alma's default (0.72/0.25/0.03, content 0.15, 2 a side at 0.7, named 0.05)": DEFAULT,
     "before: no content, 1 neighbour a side at 0.5, none brought in": BEFORE,
+    "default without the named speaker past the first 10": replace(DEFAULT, named_speaker=0.0),
     "default without content": replace(DEFAULT, content=0.0),
     "default, no turns brought in beside the first hits": replace(DEFAULT, neighbour_candidates=0),
     "default, one neighbour a side": replace(DEFAULT, neighbours_each_side=1),

@@ -23,6 +23,7 @@ from alma.projections.ranking import (
     bm25_idf,
     contents,
     fuse,
+    named_speaker_later,
     term_counts,
     terms,
 )
@@ -207,7 +208,8 @@ class MemorySearch:
         now: datetime,
     ) -> list[tuple[Candidate, float]]:
         """The candidates `docs` fused, best first, from their scores on each signal (a
-        second hop's scaled by its best) and what each says among them."""
+        second hop's scaled by its best) and what each says among them; past the first hits,
+        the turns of a speaker the query names raised."""
         best = max(expanded.values(), default=0.0) or 1.0
         said = contents([_words(doc) for doc in docs.values()])
         candidates = [
@@ -215,7 +217,8 @@ class MemorySearch:
             for (d, doc), s in zip(docs.items(), said, strict=True)
         ]
         hints = boost(query, docs.values(), now)
-        return fuse(candidates, now, self.weights, information, hints)
+        ranked = fuse(candidates, now, self.weights, information, hints)
+        return named_speaker_later(ranked, query, self.weights)
 
     def _beside(
         self,

@@ -290,3 +290,68 @@ def test_what_a_turn_says_and_the_turns_beside_the_first_hits_find_answers_on_ou
         with_it, without_it = _rank(services, question, plain), _rank(services, question, without)
         assert with_it is not None and with_it < 5, (text, with_it)
         assert without_it is None or without_it >= 5, (text, without, without_it)
+
+
+# Caroline asks Melanie about what she enjoys, in many words like the question's; what Melanie
+# does is in her own turns, which share no word with it but her name.
+ASKS_MELANIE = [
+    "Melanie, what activities do you enjoy most?",
+    "Which activities does Melanie enjoy with her family, I wonder.",
+    "Melanie, you always enjoy so many activities!",
+    "Do you enjoy outdoor activities, Melanie?",
+    "Melanie, I enjoy hearing about your activities.",
+    "What activities do you enjoy on weekends, Melanie?",
+    "Melanie, tell me which activities you enjoy.",
+    "I hope you enjoy your activities this summer, Melanie.",
+    "Melanie, what activity do you enjoy the most lately?",
+    "Enjoy your activities, Melanie!",
+    "Melanie, any fun activities you enjoyed recently?",
+    "So many activities to enjoy, right Melanie?",
+    "Melanie, which activities should I enjoy with you?",
+    "Activities are more fun to enjoy together, Melanie.",
+    "Melanie, did you enjoy the activities at the fair?",
+    "I enjoy the same activities as you, Melanie.",
+]
+MELANIE_DOES = [
+    "I took the kids swimming at the lake this morning.",
+    "I signed up for a pottery class downtown.",
+    "We went camping in the mountains last weekend.",
+]
+CAROLINE_DOES = [
+    "I went hiking with my friends yesterday.",
+    "I joined a book club at the library.",
+    "I started painting landscapes again.",
+]
+
+
+def test_past_the_first_hits_the_turns_of_the_person_a_question_names_come_first(
+    services: Services, actor: Actor
+) -> None:
+    """A question about one person (LoCoMo's multi-hop) has its evidence in many of their turns:
+    past the first ten hits their turns rise above those of whoever talks about them
+    (`Weights.named_speaker`). The first ten stay as ranked."""
+    app, index = services.app, services.memory_index
+    character = app.create_character(actor.tenant, {"name": "Caroline"}, actor)
+    instance = app.create_instance(actor.tenant, character.id, "Caroline", "", actor)
+    said = [("Caroline", text) for text in ASKS_MELANIE + CAROLINE_DOES]
+    said += [("Melanie", text) for text in MELANIE_DOES]
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    for day, (speaker, text) in enumerate(said):  # a day apart: no turn is another's neighbour
+        app.add_memory(
+            actor.tenant,
+            instance.id,
+            text,
+            actor,
+            occurred_at=start + timedelta(days=day),
+            speaker=speaker,
+        )
+    services.memory.catch_up()
+    found = {}
+    for weights in (replace(Weights(), named_speaker=0.0), Weights()):
+        index.weights = weights
+        hits = index.search(instance.id, "What activities does Melanie enjoy?", k=16)
+        found[weights.named_speaker] = [hit.doc.text for hit in hits]
+    default = Weights().named_speaker
+    assert found[default][:10] == found[0.0][:10]
+    assert set(MELANIE_DOES) <= set(found[default]), found[default]
+    assert not set(MELANIE_DOES) <= set(found[0.0]), found[0.0]
