@@ -20,6 +20,7 @@ def _paths(api: Api) -> dict[str, set[str]]:
         "character_id": uuid.uuid4(),
         "instance_id": uuid.uuid4(),
         "memory_id": uuid.uuid4(),
+        "message_id": uuid.uuid4(),
         "lorebook_id": uuid.uuid4(),
         "entry_id": 1,
         "model": uuid.uuid4(),  # the OpenAI-compatible name of an instance

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import httpx
 import pytest
@@ -64,6 +64,7 @@ ENDPOINTS = {
         "DELETE", "/v1/instances/{instance_id}/memories/{memory_id}", success=204
     ),
     "list messages": Endpoint("GET", "/v1/instances/{instance_id}/messages"),
+    "get message": Endpoint("GET", "/v1/instances/{instance_id}/messages/{message_id}"),
     "chat": Endpoint(
         "POST", "/v1/instances/{instance_id}/chat", {"message": "Hola", "max_tokens": 4}
     ),
@@ -244,6 +245,7 @@ def call(api: Api, endpoint: Endpoint, world: AcmeWorld, headers: dict[str, str]
         character_id=world.character_id,
         instance_id=world.instance_id,
         memory_id=world.memory_id,
+        message_id=uuid4(),
         model=world.instance_id,  # the OpenAI-compatible name of an instance
         lorebook_id=world.lorebook_id,
         entry_id=0,

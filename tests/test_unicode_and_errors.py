@@ -59,6 +59,7 @@ class Server:
             character_id=self.character_id,
             instance_id=self.instance_id,
             memory_id=self.memory_id,
+            message_id=uuid.uuid4(),
             lorebook_id=self.lorebook_id,
             entry_id=self.entry_id,
             model=self.instance_id,  # the OpenAI-compatible name of an instance
