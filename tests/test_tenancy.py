@@ -64,7 +64,11 @@ ENDPOINTS = {
         "DELETE", "/v1/instances/{instance_id}/memories/{memory_id}", success=204
     ),
     "list messages": Endpoint("GET", "/v1/instances/{instance_id}/messages"),
-    "get message": Endpoint("GET", "/v1/instances/{instance_id}/messages/{message_id}"),
+    # acme's first instance has no conversation: its own key is told 404 for the message, as
+    # another tenant is (that both answers are the same is what tenancy checks here).
+    "get message": Endpoint(
+        "GET", "/v1/instances/{instance_id}/messages/{message_id}", success=404
+    ),
     "chat": Endpoint(
         "POST", "/v1/instances/{instance_id}/chat", {"message": "Hola", "max_tokens": 4}
     ),
