@@ -61,6 +61,11 @@ class PreparedTurn:
     # Responses answer names it first).
     reply_id: UUID = field(default_factory=uuid4)
 
+    @property
+    def memory_scores(self) -> tuple[float, ...]:
+        """The score each memory in the prompt was recalled with, in `memories_used`' order."""
+        return tuple(self.recalled[i].score for i in self.prompt.memories_used)
+
 
 @dataclass(frozen=True)
 class TurnResult:
@@ -292,7 +297,7 @@ class Chat:
                 completion_tokens=completion.completion_tokens,
                 latency_ms=round(completion.latency_ms),
                 memory_ids=tuple(turn.prompt.memories_used),
-                memory_scores=tuple(turn.recalled[i].score for i in turn.prompt.memories_used),
+                memory_scores=turn.memory_scores,
                 prompt_sha256=turn.prompt.sha256,
                 lore_ids=tuple(turn.prompt.lore_used),
                 tool_calls=completion.tool_calls,
@@ -343,7 +348,7 @@ class Chat:
                 completion_tokens=tokens.count(partial),
                 latency_ms=round(elapsed),
                 memory_ids=tuple(turn.prompt.memories_used),
-                memory_scores=tuple(turn.recalled[i].score for i in turn.prompt.memories_used),
+                memory_scores=turn.memory_scores,
                 prompt_sha256=turn.prompt.sha256,
                 interrupted=True,
                 lore_ids=tuple(turn.prompt.lore_used),

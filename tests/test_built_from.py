@@ -21,6 +21,14 @@ def _get(api: Api, instance_id: str, message_id: str, headers: dict[str, str] | 
     )
 
 
+def _chat(api: Api, stub: OpenAIStub, instance_id: str, message: str, reply: Reply) -> Any:
+    """One chat turn answered with `reply`: the chat's answer."""
+    stub.script(reply)
+    return api.client.post(
+        f"/v1/instances/{instance_id}/chat", json={"message": message}, headers=api.acme
+    ).json()
+
+
 def _world(api: Api) -> tuple[str, dict[str, str], dict[str, Any]]:
     """An instance with a memory text, two memories and a lorebook whose entry is always in."""
     character = make_character(api, name="Doña Rosa 🌿")
@@ -54,12 +62,13 @@ def test_a_past_reply_says_what_it_was_built_from_as_it_was_then(
     chat_api: Api, openai_stub: OpenAIStub
 ) -> None:
     instance_id, memories, book = _world(chat_api)
-    openai_stub.script(Reply("¡Ay, mi Lucía!", prompt_tokens=321, completion_tokens=7))
-    turn = chat_api.client.post(
-        f"/v1/instances/{instance_id}/chat",
-        json={"message": "¿A qué se dedica mi hermana Lucía?"},
-        headers=chat_api.acme,
-    ).json()
+    turn = _chat(
+        chat_api,
+        openai_stub,
+        instance_id,
+        "¿A qué se dedica mi hermana Lucía?",
+        Reply("¡Ay, mi Lucía!", prompt_tokens=321, completion_tokens=7),
+    )
     used = {m["id"]: m for m in turn["memories_used"]}
     assert memories[LUCIA] in used and memories[MOLE] in used
 
@@ -135,10 +144,7 @@ def test_a_reply_recorded_before_scores_were_kept_says_it_has_none(
     chat_api: Api, openai_stub: OpenAIStub
 ) -> None:
     instance_id, memories, _ = _world(chat_api)
-    openai_stub.script(Reply("Claro."))
-    turn = chat_api.client.post(
-        f"/v1/instances/{instance_id}/chat", json={"message": "¿Y Lucía?"}, headers=chat_api.acme
-    ).json()
+    turn = _chat(chat_api, openai_stub, instance_id, "¿Y Lucía?", Reply("Claro."))
     # A reply as alma recorded them before: the same event without its scores.
     app = chat_api.services.app
     instance = app.repository.get(UUID(instance_id))
@@ -159,10 +165,7 @@ def test_a_message_that_is_not_there_is_not_found_and_a_bad_id_refused(
     chat_api: Api, openai_stub: OpenAIStub
 ) -> None:
     instance_id, _, _ = _world(chat_api)
-    openai_stub.script(Reply("Claro."))
-    turn = chat_api.client.post(
-        f"/v1/instances/{instance_id}/chat", json={"message": "Hola"}, headers=chat_api.acme
-    ).json()
+    turn = _chat(chat_api, openai_stub, instance_id, "Hola", Reply("Claro."))
     reply_id = turn["turn"]["reply_id"]
     other = make_instance(chat_api, make_character(chat_api)["id"], name="Otra")
     before = chat_api.written()
@@ -182,12 +185,13 @@ def test_a_fork_s_copy_of_a_reply_says_what_the_original_s_prompt_held(
     chat_api: Api, openai_stub: OpenAIStub
 ) -> None:
     instance_id, _, _ = _world(chat_api)
-    openai_stub.script(Reply("¡Ay, mi Lucía!"))
-    turn = chat_api.client.post(
-        f"/v1/instances/{instance_id}/chat",
-        json={"message": "¿A qué se dedica mi hermana Lucía?"},
-        headers=chat_api.acme,
-    ).json()
+    turn = _chat(
+        chat_api,
+        openai_stub,
+        instance_id,
+        "¿A qué se dedica mi hermana Lucía?",
+        Reply("¡Ay, mi Lucía!"),
+    )
     original = _get(chat_api, instance_id, turn["turn"]["reply_id"]).json()["built_from"]
     fork = chat_api.client.post(
         f"/v1/instances/{instance_id}/fork", json={"name": "Rosa joven"}, headers=chat_api.acme

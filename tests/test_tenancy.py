@@ -64,8 +64,8 @@ ENDPOINTS = {
         "DELETE", "/v1/instances/{instance_id}/memories/{memory_id}", success=204
     ),
     "list messages": Endpoint("GET", "/v1/instances/{instance_id}/messages"),
-    # acme's first instance has no conversation: its own key is told 404 for the message, as
-    # another tenant is (that both answers are the same is what tenancy checks here).
+    # acme's first instance has no conversation (its greeting needs none), so here the route is
+    # listed and refused without a key; test_built_from asks another tenant for a real reply.
     "get message": Endpoint(
         "GET", "/v1/instances/{instance_id}/messages/{message_id}", success=404
     ),
