@@ -16,7 +16,8 @@ from uuid import UUID
 from anyio import to_thread
 
 from alma.chat.turns import Chat, TurnResult
-from alma.domain import Actor, DomainError
+from alma.domain import Actor, Character, DomainError, Instance
+from alma.language import guess_language
 
 
 class Heard(Protocol):
@@ -51,8 +52,9 @@ class Spoken(Protocol):
 class Speech(Protocol):
     """What a voice turn needs of the speech engines."""
 
-    async def hear(self, data: bytes, language: str | None) -> Heard:
-        """The audio transcribed; refuses audio that holds no speech to hear."""
+    async def hear(self, data: bytes, language: str | None, *, likely: str | None) -> Heard:
+        """The audio transcribed, in `language` or the one detected (`likely` when the detection
+        is unsure); refuses audio that holds no speech to hear."""
         ...
 
     def speak(
@@ -88,10 +90,11 @@ async def reply_by_voice(
     actor: Actor,
 ) -> VoiceReply:
     """The reply to the user's speech in `audio` (in `language`, or the one detected), spoken
-    in the instance's voice: the character's, with the instance's overrides on top."""
+    in the instance's voice: the character's, with the instance's overrides on top. When the
+    detection is unsure, the speech is heard in the language the character speaks."""
     instance = await to_thread.run_sync(chat.app.instance, tenant, instance_id)
     character = await to_thread.run_sync(chat.app.character, tenant, instance.character_id)
-    heard = await speech.hear(audio, language)
+    heard = await speech.hear(audio, language, likely=_likely_language(character, instance))
     if not heard.text:
         raise NothingSaid("no speech was recognized in the audio; nothing was recorded")
     turn = await to_thread.run_sync(
@@ -103,3 +106,13 @@ async def reply_by_voice(
     voice = [{"language": heard.language}, character.voice, instance.voice]
     spoken = await to_thread.run_sync(speech.speak, result.reply, voice, response_format)
     return VoiceReply(heard, result, spoken)
+
+
+def _likely_language(character: Character, instance: Instance) -> str | None:
+    """The language a character is spoken to in: its voice's (the instance's over the
+    character's), else Spanish or English as its persona is written; None when neither shows."""
+    for voice in (instance.voice, character.voice):
+        if voice and voice.get("language"):
+            return str(voice["language"])
+    persona = " ".join(filter(None, (character.name, character.description, character.greeting)))
+    return guess_language(persona, "") or None

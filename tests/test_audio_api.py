@@ -358,6 +358,27 @@ def test_a_voice_conversation_records_transcript_and_reply_and_speaks_back(api: 
     assert reply["data"]["in_reply_to"] == str(turn["turn"]["message_id"])
 
 
+@pytest.mark.slow
+def test_a_voice_turn_hears_unsure_speech_in_the_character_s_language(api: Api) -> None:
+    character = make_character(
+        api, name="Doña Dolores", description="Una curandera del pueblo que habla despacio"
+    )
+    instance = make_instance(api, character["id"], name="Dolores")
+    spoken = SPANISH[3]  # Whisper alone takes espeak-ng's reading of it for Italian
+    response = api.client.post(
+        f"/v1/instances/{instance['id']}/voice",
+        files={"file": ("dime.wav", say(spoken, "es", "wav"))},
+        data={"max_tokens": "8"},
+        headers=api.acme,
+    )
+    assert response.status_code == 200, response.text
+    turn = response.json()
+    assert turn["language"] == "es", turn["transcript"]
+    assert word_error_rate(spoken, turn["transcript"]) <= 0.2, turn["transcript"]
+    (message,) = _events(api, instance["id"], "MessageRecorded")
+    assert message["data"]["metadata"]["language"] == "es"
+
+
 def test_a_voice_turn_with_an_unknown_instance_answers_404_before_hearing_it(api: Api) -> None:
     response = api.client.post(
         "/v1/instances/00000000-0000-4000-8000-000000000000/voice",
@@ -378,7 +399,7 @@ class _Heard:
 class _HearsNoWords:
     """Speech engines that find no words in any audio, as Whisper may in a cough."""
 
-    async def hear(self, data: bytes, language: str | None) -> _Heard:
+    async def hear(self, data: bytes, language: str | None, *, likely: str | None) -> _Heard:
         return _Heard("")
 
     def speak(

@@ -25,7 +25,7 @@ from alma.voice import (
     decode,
 )
 from alma.voice.audio import encode
-from alma.voice.stt import Segment, assemble_base
+from alma.voice.stt import Options, Segment, assemble_base, heard_language
 from alma.voice.subtitles import srt, vtt
 from alma.voice.tts import guess_language
 from tests.speech_samples import ENGLISH, SPANISH, say, word_error_rate
@@ -69,6 +69,33 @@ def test_the_language_is_detected_when_not_given(base: Transcriber) -> None:
     english = decode(say(" ".join(ENGLISH[:3]), "en"), 60)
     assert base.transcribe(spanish).language == "es"
     assert base.transcribe(english).language == "en"
+
+
+@pytest.mark.slow
+def test_speech_whisper_is_unsure_of_is_heard_in_the_likely_language(base: Transcriber) -> None:
+    unsure = decode(say(SPANISH[3], "es"), 60)  # "Hoy hace mucho calor…", taken for Italian
+    told = base.transcribe(unsure)
+    assert told.language != "es", "Whisper now hears this one: the test needs another sentence"
+    heard = base.transcribe(unsure, options=Options(likely_language="es"))
+    assert heard.language == "es" and word_error_rate(SPANISH[3], heard.text) <= 0.2, heard
+    english = decode(say(ENGLISH[3], "en"), 60)
+    assert base.transcribe(english, options=Options(likely_language="es")).language == "en"
+
+
+@pytest.mark.parametrize(
+    ("detected", "probabilities", "likely", "heard"),
+    [
+        ("es", {"es": 0.95}, "en", "es"),  # sure, and the likely one far behind
+        ("it", {"it": 0.69, "es": 0.08}, "es", "es"),  # the likely one a tenth of it
+        ("en", {"en": 0.79, "es": 0.02}, "es", "en"),  # sure enough, the likely one far behind
+        ("ja", {"ja": 0.6, "es": 0.01}, "es", "es"),  # unsure
+        ("ja", {"ja": 0.6, "es": 0.01}, None, "ja"),  # no likely language: what was detected
+    ],
+)
+def test_the_likely_language_wins_where_detection_is_unsure(
+    detected: str, probabilities: dict[str, float], likely: str | None, heard: str
+) -> None:
+    assert heard_language(detected, probabilities, likely) == heard
 
 
 @pytest.mark.slow

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from anyio import to_thread
 
 from alma.settings import Settings
 from alma.voice.audio import Clip, NoSpeech, check_size, decode
-from alma.voice.stt import Options, Transcriber, Transcript, whisper_language
+from alma.voice.stt import Options, Transcriber, Transcript, UnknownLanguage, whisper_language
 from alma.voice.tts import Speaker, Spoken, VoiceSettings
 
 
@@ -49,17 +49,22 @@ class Speech:
         return decode(data, self.max_seconds)
 
     async def hear(
-        self, data: bytes, language: str | None = None, options: Options | None = None
+        self,
+        data: bytes,
+        language: str | None = None,
+        options: Options | None = None,
+        likely: str | None = None,
     ) -> Transcript:
-        """What an upload says, in `language` or the one detected (or in English, translated).
-        Every check that can refuse it (language, size, format and duration, silence) runs before
-        a transcription worker is asked; decoding runs off the event loop and outside those
-        workers."""
+        """What an upload says, in `language` or the one detected (or in English, translated);
+        in `likely` when the detection is unsure. Every check that can refuse it (language,
+        size, format and duration, silence) runs before a transcription worker is asked;
+        decoding runs off the event loop and outside those workers."""
         code = whisper_language(language) if language else None
+        options = replace(options or Options(), likely_language=_known(likely))
         clip = await to_thread.run_sync(self.clip, data)
         if clip.silent:
             raise NoSpeech("the audio is silent")
-        return await asyncio.wrap_future(self.transcriber.submit(clip, code, options or Options()))
+        return await asyncio.wrap_future(self.transcriber.submit(clip, code, options))
 
     def speak(
         self, text: str, voice: Sequence[Mapping[str, Any] | None], response_format: str
@@ -74,3 +79,11 @@ class Speech:
     def close(self) -> None:
         self.speaker.close()
         self.transcriber.close()
+
+
+def _known(language: str | None) -> str | None:
+    """Whisper's code for a language it knows; None for none or one it does not."""
+    try:
+        return whisper_language(language) if language else None
+    except UnknownLanguage:
+        return None
