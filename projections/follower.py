@@ -47,6 +47,7 @@ from alma.projections.partitions import (
     PartitionCountChanged,
     PartitionTable,
     Progress,
+    Stopped,
     partition_of,
 )
 from alma.projections.skips import Skipped, Skips
@@ -284,9 +285,12 @@ class Follower:
             fences,
             notifications[-1].id,
             lambda: set(fences) <= self.locks.held(key),
+            self._stopping.is_set,
         )
         try:
             self._apply(ours, progress)
+        except Stopped:
+            return 0  # nothing of the batch was written: the next start reads it again
         except Fenced as error:
             log.warning("projection %s: %s; claiming again", self.name, error)
             self._let_go(key)
@@ -300,7 +304,7 @@ class Follower:
             return
         try:
             self.model.process([(self._event(n), n.id) for n in notifications], progress)
-        except (*TRANSIENT, Fenced):
+        except (*TRANSIENT, Fenced, Stopped):
             raise
         except Exception:
             if self.skips is None:
@@ -322,7 +326,7 @@ class Follower:
                 try:
                     self.model.process([(self._event(notification), notification.id)], step)
                     break
-                except (*TRANSIENT, Fenced):
+                except (*TRANSIENT, Fenced, Stopped):
                     raise
                 except Exception as error:
                     if attempt == ATTEMPTS:
@@ -390,8 +394,9 @@ class Follower:
         self._stopping.set()
         self._wakeup.set()
         if self._thread is not None:
-            # A batch is finished, never cut: a thread still embedding when the interpreter exits
-            # aborts the whole process (torch: "terminate called without an active exception").
+            # A batch is left at its next step (`Progress.stopping`), never cut in the middle of
+            # one: a thread still embedding when the interpreter exits aborts the whole process
+            # (torch: "terminate called without an active exception").
             self._thread.join(timeout=120)
         try:
             self._let_go(self._key)

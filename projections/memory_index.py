@@ -30,7 +30,7 @@ from alma.projections.memory_docs import Doc, moment
 from alma.projections.memory_plan import Plan, plan
 from alma.projections.memory_schema import GENERATION_TABLES, prepare, undated
 from alma.projections.memory_search import MemorySearch
-from alma.projections.partitions import Fenced, PartitionTable, Progress
+from alma.projections.partitions import Fenced, PartitionTable, Progress, Stopped
 from alma.projections.ranking import Weights
 from alma.projections.sql_model import commit
 from alma.projections.vectors import VectorIndex, described
@@ -38,8 +38,8 @@ from alma.stores.sql import SqlStore
 
 NAME = "memory-index"
 # Texts go to the embedder this many at a time, which it sorts by length into batches that pad
-# little (README, memory index).
-EMBED_GROUP = 4_096
+# little (README, memory index); between two groups a stopping worker leaves its batch.
+EMBED_GROUP = 256
 
 
 class MemoryIndex(MemorySearch):
@@ -94,10 +94,10 @@ class MemoryIndex(MemorySearch):
         planned = plan(self.store, _generation(progress.key), batch)
         if not progress.held():
             raise Fenced(f"{progress.key}: this worker lost its partitions")
-        self._apply_vectors(planned)
+        self._apply_vectors(planned, progress)
         commit(self.store, lambda cursor: memory_writes.write(cursor, planned), progress)
 
-    def _apply_vectors(self, plan: Plan) -> None:
+    def _apply_vectors(self, plan: Plan, progress: Progress) -> None:
         generation = plan.generation
         for instance_id in plan.dropped:
             self.vectors.drop_instance(generation, instance_id)
@@ -113,6 +113,8 @@ class MemoryIndex(MemorySearch):
             vectors: list[list[float]] = []
             written = 0
             for start in range(0, len(live), size):
+                if progress.stopping():
+                    raise Stopped(f"{progress.key}: stopping with the batch half embedded")
                 chunk = live[start : start + size]
                 vectors += self.embedder.encode([doc.indexed_text() for doc in chunk])
                 ready = _complete_prefix(live, len(vectors))

@@ -33,6 +33,10 @@ class Fenced(Exception):
     batch was written."""
 
 
+class Stopped(Exception):
+    """The worker is stopping: the batch was left unwritten, for the next start to do again."""
+
+
 class PartitionCountChanged(Exception):
     """The store's rows were made for another number of partitions."""
 
@@ -174,6 +178,9 @@ class Progress:
     fences: dict[int, int]
     reached: int
     held: Callable[[], bool]  # False once this worker knows it lost a partition
+    # True once the worker is asked to stop: a long batch (an import's thousands of texts to
+    # embed) is left at its next step rather than holding the shutdown for minutes.
+    stopping: Callable[[], bool] = lambda: False
 
     def check(self, cursor: Cursor) -> None:
         """Locks the batch's partition rows (in order, so two writers never deadlock) and
@@ -199,4 +206,4 @@ class Progress:
         )
 
     def at(self, reached: int) -> Progress:
-        return Progress(self.store, self.key, self.fences, reached, self.held)
+        return Progress(self.store, self.key, self.fences, reached, self.held, self.stopping)
