@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import chain
 from typing import Literal, NamedTuple
 
 from alma.embeddings import LARGE_MODEL, MULTILINGUAL_MODEL
@@ -408,11 +409,11 @@ def contents(words: list[Counter[str]]) -> list[float]:
     weighted by its IDF among the candidates, over `FULL_CONTENT` of the highest IDF. Read from
     the candidates alone, it needs no statistics of the instance, and it is the same whatever
     the instance's size: a word common among the sources a query found says little there."""
-    held: Counter[str] = Counter()
-    for counts in words:
-        held.update(counts.keys())  # each word once per source
+    held = Counter(chain.from_iterable(words))  # each word once per source
     total = len(words)
-    weight = {word: bm25_idf(total, n) for word, n in held.items()}
+    # A word's weight depends only on how many sources hold it: a few values for many words.
+    idf = {n: bm25_idf(total, n) for n in set(held.values())}
+    weight = {word: idf[n] for word, n in held.items()}
     full = FULL_CONTENT * bm25_idf(total, 1)
     return [
         min(1.0, sum(map(operator.mul, counts.values(), map(weight.__getitem__, counts))) / full)
