@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
@@ -60,7 +61,7 @@ def doc_of(row: Sequence[Any]) -> Doc:
     return Doc(
         str(row[0]),
         str(row[1]),
-        UUID(str(row[2])),
+        _instance(str(row[2])),
         str(row[3]),
         str(row[4]),
         json.loads(row[5]),
@@ -70,6 +71,12 @@ def doc_of(row: Sequence[Any]) -> Doc:
         None if row[9] is None else str(row[9]),
         moment(row[10]),
     )
+
+
+@lru_cache(maxsize=1024)
+def _instance(stored: str) -> UUID:
+    """An instance's id, parsed once: a search reads many sources of one instance."""
+    return UUID(stored)
 
 
 def moment(stored: object) -> datetime:

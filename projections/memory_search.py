@@ -3,6 +3,7 @@ in Chroma, fused into one ranking) and the listing of an instance's memory snipp
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -130,7 +131,7 @@ class MemorySearch:
         if self.weights.expansion:
             first = [docs[c.doc_id] for c, _ in ranked[:_HOP_FROM]]
             expanded = self._second_hop(generation, instance_id, query, first, period, pool)
-        beside = self._beside(generation, instance_id, ranked, period)
+        beside = self._beside(generation, instance_id, ranked, period, docs)
         brought = [d for d in expanded.keys() | beside.keys() if d not in docs]
         if brought:
             missing = [doc_id for doc_id in brought if doc_id not in dense]
@@ -226,10 +227,12 @@ class MemorySearch:
         instance_id: UUID,
         ranked: list[tuple[Candidate, float]],
         period: Period | None,
+        known: dict[str, Doc],
     ) -> dict[str, Doc]:
         """The turns beside the first `Weights.neighbour_candidates` turns of `ranked`, up to
         `neighbours_each_side` on each side in time, within the episode (the blend's gap) and
-        `period`: the candidates neither signal found that a neighbour's score may lift."""
+        `period`, that are not among the `known` candidates: those neither signal found that a
+        neighbour's score may lift."""
         weights = self.weights
         side, gap = weights.neighbours_each_side, timedelta(minutes=weights.episode_gap_minutes)
         hits = [c for c, _ in ranked if c.turn][: weights.neighbour_candidates]
@@ -246,12 +249,20 @@ class MemorySearch:
                     f"ORDER BY occurred_at {order} LIMIT {side}) AS side{len(sides)}"
                 )
                 params += [*scope, hit.occurred_at.isoformat()]
+        times = sorted(hit.occurred_at for hit in hits)
         found: dict[str, Doc] = {}
         for row in self.store.query(" UNION ALL ".join(sides), params):
-            doc = doc_of(row)
-            near = any(abs(doc.occurred_at - hit.occurred_at) <= gap for hit in hits)
-            if near and (period is None or period.holds(doc.occurred_at)):
-                found[doc.doc_id] = doc
+            doc_id = str(row[0])
+            if doc_id in known or doc_id in found:
+                continue
+            when = moment(row[7])
+            # Within the gap of a hit: of the one just before it in time, or just after.
+            after = bisect.bisect_left(times, when)
+            near = (after < len(times) and times[after] - when <= gap) or (
+                after > 0 and when - times[after - 1] <= gap
+            )
+            if near and (period is None or period.holds(when)):
+                found[doc_id] = doc_of(row)
         return found
 
     def _second_hop(

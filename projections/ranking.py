@@ -4,13 +4,15 @@ score between 0 and 1."""
 from __future__ import annotations
 
 import math
+import operator
 import re
 import unicodedata
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from itertools import chain
+from typing import Literal, NamedTuple
 
 from alma.embeddings import LARGE_MODEL, MULTILINGUAL_MODEL
 
@@ -304,8 +306,10 @@ def weights_for(model: str) -> Weights:
     return _MODEL_WEIGHTS.get(model, Weights())
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):
+    """A tuple, not a dataclass: a search builds one per source twice, and a frozen dataclass
+    costs several times as much to build."""
+
     doc_id: str
     dense: float
     lexical: float
@@ -353,8 +357,10 @@ def fuse(
     )
     scored: list[tuple[Candidate, float]] = []
     for candidate in candidates:
-        age_days = max(0.0, (now - candidate.occurred_at).total_seconds() / 86400)
-        recency = 0.5 ** (age_days / weights.half_life_days)
+        recency = 0.0  # its weight is 0 by default: the age is read only when it counts
+        if weights.recency:
+            age_days = max(0.0, (now - candidate.occurred_at).total_seconds() / 86400)
+            recency = 0.5 ** (age_days / weights.half_life_days)
         score = (
             weights.dense * max(0.0, candidate.dense)
             + weights.lexical * min(1.0, candidate.lexical / scale)
@@ -403,11 +409,16 @@ def contents(words: list[Counter[str]]) -> list[float]:
     weighted by its IDF among the candidates, over `FULL_CONTENT` of the highest IDF. Read from
     the candidates alone, it needs no statistics of the instance, and it is the same whatever
     the instance's size: a word common among the sources a query found says little there."""
-    held = Counter(word for counts in words for word in counts)
+    held = Counter(chain.from_iterable(words))  # each word once per source
     total = len(words)
-    weight = {word: bm25_idf(total, n) for word, n in held.items()}
+    # A word's weight depends only on how many sources hold it: a few values for many words.
+    idf = {n: bm25_idf(total, n) for n in set(held.values())}
+    weight = {word: idf[n] for word, n in held.items()}
     full = FULL_CONTENT * bm25_idf(total, 1)
-    return [min(1.0, sum(n * weight[w] for w, n in counts.items()) / full) for counts in words]
+    return [
+        min(1.0, sum(map(operator.mul, counts.values(), map(weight.__getitem__, counts))) / full)
+        for counts in words
+    ]
 
 
 def _with_neighbours(
@@ -427,8 +438,9 @@ def _with_neighbours(
             episodes.append([pair])
     blended = [pair for pair in scored if not pair[0].turn]
     for episode in episodes:
+        scores = [score for _, score in episode]
         for n, (candidate, score) in enumerate(episode):
-            near = max(other for _, other in episode[max(0, n - side) : n + side + 1])
+            near = max(scores[max(0, n - side) : n + side + 1])
             blended.append(
                 (candidate, (score + weights.neighbours * near) / (1 + weights.neighbours))
             )
