@@ -638,7 +638,7 @@ class MemoryFormation:
         rows = self.store.query(
             "SELECT COUNT(*) FROM formation_messages WHERE instance_id = %s AND formed = 0 "
             "AND position < %s AND position > COALESCE((SELECT MAX(position) FROM "
-            "formation_due WHERE instance_id = %s), 0)",
+            "formation_due WHERE instance_id = %s), -1)",
             (str(instance_id), before, str(instance_id)),
         )
         return int(rows[0][0])
