@@ -329,10 +329,10 @@ class MemoryFormation:
         """Forms a window; each failed model call is counted and tried again after a pause that
         doubles (or the model's Retry-After, which slows every call)."""
         for attempt in range(1, WINDOW_ATTEMPTS + 1):
+            if self._closing.is_set():
+                raise Later("closing")  # the window stays due, for the next start
             if not progress.held():
                 raise Fenced(f"{NAME}: this worker lost its partitions")
-            if self._closing.is_set():
-                raise Later("closing")
             try:
                 self._form(window, progress)
                 return
