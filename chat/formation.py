@@ -237,6 +237,7 @@ class MemoryFormation:
                     windows.setdefault(instance_id, []).append(due)
                     unformed[instance_id] = 0
         with self.store.transaction() as cursor:
+            progress.check(cursor)  # the partitions' rows first, as the formers lock them
             self._hold(cursor, held, archived, withdrawn)
             cursor.executemany(
                 "INSERT INTO formation_due (instance_id, position, tenant, request_id) "
