@@ -166,10 +166,8 @@ class MemoryFormation:
         # and those waits must not hold the places of the calls (`pace` bounds those).
         self.formers = Formers(4 * self.pace.limit, self._form_due)
         self._closing = threading.Event()
-        self._looked: tuple[float, dict[int, int]] = (
-            0.0,
-            {},
-        )  # when the windows due were last looked for, and by which fences
+        # When the windows due were last looked for, and with the fences of which partitions.
+        self._looked: tuple[float, dict[int, int]] = (0.0, {})
         self._counting = threading.Lock()
         # The log's end once this process formed each instance's last window: the next one's
         # offered memories wait for the index to hold what it wrote.
