@@ -417,16 +417,8 @@ class MemoryFormation:
     def _facts(self, name: str, fresh: list[_Message], actor: Actor, window: int) -> None:
         instance_id = fresh[-1].instance_id
         plan_id = f"facts/{fresh[-1].message_id}"
-        # The index holding everything written before the window and what this process formed
-        # of the instance since (bounded wait): not the whole log's end, which a busy log keeps
-        # moving away. Waited for once: before the model is shown memories, else before adds.
-        written = max(fresh[-1].position, self._formed_at.get(instance_id, 0))
-        waited = False
         stored = self._plan(plan_id)
         if stored is None:
-            if not self.local:
-                self.index_wait(written, INDEX_WAIT_S)
-                waited = True
             extraction = self._extraction(name, fresh)
             if extraction is None:
                 return
@@ -446,7 +438,8 @@ class MemoryFormation:
         operations = [Operation.of(item) for item in stored]
         source = {"messages": [m.message_id for m in fresh]}
         said = _said_at(fresh)
-        if not waited and any(op.op == "add" for op in operations):  # checked against the index
+        if any(operation.op == "add" for operation in operations):  # checked against the index
+            written = max(fresh[-1].position, self._formed_at.get(instance_id, 0))
             self.index_wait(written, INDEX_WAIT_S)
         added: list[Operation] = []  # in this window: not in the index yet
         for n, operation in enumerate(operations):
@@ -611,7 +604,12 @@ class MemoryFormation:
         metrics.MEMORY_EXTRACTIONS_DROPPED.labels(reason).inc()
 
     def _offered(self, instance_id: UUID, fresh: list[_Message]) -> list[tuple[str, str]]:
-        """The instance's live memories most similar to the new messages (summaries aside)."""
+        """The instance's live memories most similar to the new messages (summaries aside),
+        once the index holds everything written before them and what this process formed of
+        the instance since (bounded wait): not the whole log's end, which a busy log keeps
+        moving away."""
+        written = max(fresh[-1].position, self._formed_at.get(instance_id, 0))
+        self.index_wait(written, INDEX_WAIT_S)
         query = " ".join(m.content for m in fresh)[:4000]
         hits = self.index.search(instance_id, query, k=50)
         return [
