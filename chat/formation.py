@@ -78,7 +78,6 @@ INDEX_WAIT_S = 10.0
 _IDS = uuid5(NAMESPACE_URL, "https://alma.dev/memory-formation")
 # The local model's refusals of background work, by the reason counted: chats come first.
 _CHATS_FIRST = {"gave_way_to_chat": "gave_way", "chat_model_busy": "busy"}
-_REMEMBERED = 100_000  # instances whose last formed window's log end is kept
 WINDOW_ATTEMPTS = 6  # a window's model call failing this many times fails its former (tried later)
 RETRY_PAUSE_S = 1.0  # the first pause after a failed window; doubled each time, at most 30 s
 LOOK_AGAIN_S = 1.0  # how often the windows due are looked for (others' left, failed ones)
@@ -169,9 +168,6 @@ class MemoryFormation:
         # When the windows due were last looked for, and with the fences of which partitions.
         self._looked: tuple[float, dict[int, int]] = (0.0, {})
         self._counting = threading.Lock()
-        # The log's end once this process formed each instance's last window: the next one's
-        # offered memories wait for the index to hold what it wrote.
-        self._formed_at: dict[UUID, int] = {}
         older = store.has_table("formation_messages") and not store.has_column(
             "formation_messages", "name"
         )
@@ -369,9 +365,6 @@ class MemoryFormation:
                 summary_id = self._summary(name, held, actor, position)
         except NotFound:
             pass  # deleted meanwhile: its Archived event clears what is held
-        if len(self._formed_at) >= _REMEMBERED:
-            self._formed_at.clear()  # a miss only waits for less
-        self._formed_at[instance_id] = self.app.recorder.max_notification_id() or 0
         with self.store.transaction() as cursor:
             if not self._done_in(cursor, window, progress):
                 return  # the instance was deleted meanwhile: nothing of it is kept
@@ -439,7 +432,7 @@ class MemoryFormation:
         source = {"messages": [m.message_id for m in fresh]}
         said = _said_at(fresh)
         if any(operation.op == "add" for operation in operations):  # checked against the index
-            written = max(fresh[-1].position, self._formed_at.get(instance_id, 0))
+            written = self._written(fresh)
             self.index_wait(written, INDEX_WAIT_S)
         added: list[Operation] = []  # in this window: not in the index yet
         for n, operation in enumerate(operations):
@@ -605,10 +598,8 @@ class MemoryFormation:
 
     def _offered(self, instance_id: UUID, fresh: list[_Message]) -> list[tuple[str, str]]:
         """The instance's live memories most similar to the new messages (summaries aside),
-        once the index holds everything written before them and what this process formed of
-        the instance since (bounded wait): not the whole log's end, which a busy log keeps
-        moving away."""
-        written = max(fresh[-1].position, self._formed_at.get(instance_id, 0))
+        once the index holds what they follow (`_written`; bounded wait)."""
+        written = self._written(fresh)
         self.index_wait(written, INDEX_WAIT_S)
         query = " ".join(m.content for m in fresh)[:4000]
         hits = self.index.search(instance_id, query, k=50)
@@ -617,6 +608,14 @@ class MemoryFormation:
             for hit in hits
             if hit.doc.kind == "memory" and hit.doc.metadata.get("kind") != "summary"
         ][:OFFERED]
+
+    def _written(self, fresh: list[_Message]) -> int:
+        """What the index must hold before the window's memories are looked at: everything
+        up to its last message, and what this process last wrote of the instance (its earlier
+        windows' memories; `last_writes`), not the log's end, which a busy log keeps moving
+        away, nor a window's that wrote nothing."""
+        mine = self.app.last_writes.of(fresh[-1].instance_id) or 0
+        return max(fresh[-1].position, mine)
 
     def _previous_summary(self, instance_id: UUID, tenant: str) -> tuple[UUID | None, str | None]:
         rows = self.store.query(
