@@ -12,17 +12,22 @@ person can undo them with an ordinary edit. It runs in follower threads, never i
 request. It follows the log with the projections' `Follower`, partition by partition, but is
 no read model: it asks the model and issues commands, so it lives beside the chat turn.
 
-Many windows at once: a batch's windows are formed concurrently, one task per instance taking
-that instance's windows in order, with at most `concurrency` model calls in flight (`Pace`: a
-429 slows them all down); a window whose model call fails is counted and tried again after a
-pause. The batch's position moves once all its windows are formed.
+Many windows at once, none waiting for another instance's: a batch only makes its windows
+durable — the messages held and the windows due (`formation_due`) recorded in the transaction
+that moves the partitions' positions — and formers (chat/formers.py) take the windows due,
+continuously, one former per instance at a time taking that instance's windows in order, with
+at most `concurrency` model calls in flight (`Pace`: a 429 slows them all down); a window whose
+model call fails is counted and tried again after a pause. A window still due counts as not
+processed (`due`): the follower's position, lag and status include the oldest.
 
 Exactly once: the model's validated answer for a window is stored before any command runs, and
 only if the window is not formed yet; the first answer stored is the one every attempt carries
 out (another worker's, or this one's before a crash), and the ids of added memories derive from
 the window, so a window processed again issues the same commands, which change nothing. A
-window's end is recorded (`formation_instances`), with its messages marked, in one fenced
-transaction: messages and windows at or before it are never formed again.
+window's end is recorded (`formation_instances`), with its messages marked and its due row
+gone, in one transaction fenced by its partition: messages and windows at or before it are
+never formed again, and a worker that lost the partition writes nothing. A partition's new owner
+takes the windows its previous owner left due.
 """
 
 from __future__ import annotations
@@ -32,7 +37,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
@@ -54,6 +58,7 @@ from alma.chat.extraction import (
     read_summary,
     summary_prompt,
 )
+from alma.chat.formers import Formers
 from alma.chat.pace import Pace
 from alma.domain import Actor, Alma, DomainError, Instance, NotFound
 from alma.domain.instance import speaker_of
@@ -73,9 +78,9 @@ INDEX_WAIT_S = 10.0
 _IDS = uuid5(NAMESPACE_URL, "https://alma.dev/memory-formation")
 # The local model's refusals of background work, by the reason counted: chats come first.
 _CHATS_FIRST = {"gave_way_to_chat": "gave_way", "chat_model_busy": "busy"}
-_REMEMBERED = 100_000  # instances whose last formed window's log end is kept
-WINDOW_ATTEMPTS = 6  # a window's model call failing this many times fails the batch (tried later)
+WINDOW_ATTEMPTS = 6  # a window's model call failing this many times fails its former (tried later)
 RETRY_PAUSE_S = 1.0  # the first pause after a failed window; doubled each time, at most 30 s
+LOOK_AGAIN_S = 1.0  # how often the windows due are looked for (others' left, failed ones)
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS formation_messages (
@@ -90,6 +95,10 @@ SCHEMA = [
     # The last window formed of each instance: the log position of its closing message.
     """CREATE TABLE IF NOT EXISTS formation_instances (
         instance_id TEXT PRIMARY KEY, position BIGINT NOT NULL)""",
+    # Windows read and not formed yet: the position of each one's closing message.
+    """CREATE TABLE IF NOT EXISTS formation_due (
+        instance_id TEXT NOT NULL, position BIGINT NOT NULL, tenant TEXT NOT NULL,
+        request_id TEXT NOT NULL, PRIMARY KEY (instance_id, position))""",
 ]
 _LEGACY = "formation_position"  # the one position of a store from before partitions
 # Messages held by an earlier version did not keep when they were said and by whom: theirs are
@@ -112,6 +121,16 @@ class _Message:
     occurred_at: datetime | None  # when it was said; None if held by an earlier version
     name: str | None  # who said it, when known
     formed: bool = False
+
+
+@dataclass(frozen=True)
+class _Due:
+    """A window to form: an instance's held messages up to `position`, its closing one."""
+
+    instance_id: UUID
+    position: int
+    tenant: str
+    request_id: str  # the closing turn's: the memory commands' actor
 
 
 class MemoryFormation:
@@ -142,13 +161,13 @@ class MemoryFormation:
         self.dropped = 0  # answers that were not what was asked for; memories already had
         self.refused = 0  # operations refused: unknown memories, texts the rules refuse
         self.pace = Pace(1 if local else concurrency)
-        # More tasks than model calls: a window waits for the index before it asks the model,
+        # More formers than model calls: a window waits for the index before it asks the model,
         # and those waits must not hold the places of the calls (`pace` bounds those).
-        self._tasks = ThreadPoolExecutor(4 * self.pace.limit, thread_name_prefix="formation")
+        self.formers = Formers(4 * self.pace.limit, self._form_due)
+        self._closing = threading.Event()
+        # When the windows due were last looked for, and with the fences of which partitions.
+        self._looked: tuple[float, dict[int, int]] = (0.0, {})
         self._counting = threading.Lock()
-        # The log's end once this process formed each instance's last window: the next one's
-        # offered memories wait for the index to hold what it wrote.
-        self._formed_at: dict[UUID, int] = {}
         older = store.has_table("formation_messages") and not store.has_column(
             "formation_messages", "name"
         )
@@ -159,7 +178,8 @@ class MemoryFormation:
                 cursor.execute(statement)
 
     def close(self) -> None:
-        self._tasks.shutdown()
+        self._closing.set()
+        self.formers.close()
         self.store.close()
 
     def key(self) -> str:
@@ -176,13 +196,15 @@ class MemoryFormation:
         return self.app.recorder.max_notification_id() or 0
 
     def process(self, batch: Sequence[tuple[Any, int]], progress: Progress) -> None:
+        """Holds the batch's messages and records its windows due, in the transaction that
+        moves the partitions on; the formers take the windows (`_form_due`)."""
         first = batch[0][1]
         formed = self._formed({event.originator_id for event, _ in batch})
         held: list[_Message] = []
         archived: set[UUID] = set()
         withdrawn: set[tuple[UUID, str]] = set()
         unformed: dict[UUID, int] = {}
-        windows: dict[UUID, list[tuple[_Message, int]]] = {}
+        windows: dict[UUID, list[_Due]] = {}
         for event, position in batch:
             kind = type(event)
             if kind in (Instance.Archived, Instance.Erased):
@@ -205,96 +227,134 @@ class MemoryFormation:
                     unformed[instance_id] = self._unformed(instance_id, first)
                 unformed[instance_id] += 1
                 if kind is Instance.ReplyRecorded or unformed[instance_id] >= IMPORT_WINDOW:
-                    windows.setdefault(instance_id, []).append((message, position))
+                    due = _Due(instance_id, position, message.tenant, message.request_id)
+                    windows.setdefault(instance_id, []).append(due)
                     unformed[instance_id] = 0
-        self._hold(held, archived, withdrawn, progress)
-        tasks = [self._tasks.submit(self._form_all, ws, progress) for ws in windows.values()]
-        failures = [error for task in tasks if (error := task.exception()) is not None]
-        if failures:
-            raise failures[0]
         with self.store.transaction() as cursor:
+            progress.check(cursor)  # the partitions' rows first, as the formers lock them
+            self._hold(cursor, held, archived, withdrawn)
+            cursor.executemany(
+                "INSERT INTO formation_due (instance_id, position, tenant, request_id) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (instance_id, position) DO NOTHING",
+                [
+                    (str(w.instance_id), w.position, w.tenant, w.request_id)
+                    for ws in windows.values()
+                    for w in ws
+                ],
+            )
             progress.advance(cursor)
+        if archived:
+            self.store.wipe()  # an erased instance's messages must not stay in the log
+        self.formers.take(windows, progress)
+
+    def due(self) -> dict[UUID, int]:
+        """Each instance with windows due, and the log position of the oldest one's end."""
+        rows = self.store.query(
+            "SELECT instance_id, MIN(position) FROM formation_due GROUP BY instance_id"
+        )
+        return {UUID(str(i)): int(p) for i, p in rows}
+
+    def tend(self, progress: Progress) -> None:
+        """Takes up the windows due in the partitions owned: now and then, and at once when
+        they change (a partition taken over, with what its previous owner left due)."""
+        looked, fences = self._looked
+        if fences == progress.fences and time.monotonic() < looked + LOOK_AGAIN_S:
+            return
+        self._looked = (time.monotonic(), dict(progress.fences))
+        self.formers.take(self.due(), progress)
+
+    def drain(self) -> None:
+        self.formers.drain()
 
     # Steps
 
     def _hold(
         self,
+        cursor: Any,
         messages: list[_Message],
         archived: set[UUID],
         withdrawn: set[tuple[UUID, str]],
-        progress: Progress,
     ) -> None:
         """Keeps messages until they are formed and summarised; lets go of those withdrawn
-        from recall, and forgets deleted instances."""
-        with self.store.transaction() as cursor:
-            progress.check(cursor)
-            if messages:
-                cursor.executemany(
-                    "INSERT INTO formation_messages (instance_id, position, tenant, message_id, "
-                    "role, content, request_id, formed, occurred_at, name) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, 0, %s, %s) "
-                    "ON CONFLICT (instance_id, position) DO NOTHING",
-                    [
-                        (
-                            str(m.instance_id),
-                            m.position,
-                            m.tenant,
-                            m.message_id,
-                            m.role,
-                            m.content,
-                            m.request_id,
-                            None if m.occurred_at is None else m.occurred_at.isoformat(),
-                            m.name,
-                        )
-                        for m in messages
-                    ],
-                )
-            if withdrawn:
-                cursor.executemany(
-                    "DELETE FROM formation_messages WHERE instance_id = %s AND message_id = %s",
-                    [(str(instance_id), message_id) for instance_id, message_id in withdrawn],
-                )
-            for instance_id in archived:
-                for table in _PER_INSTANCE:
-                    cursor.execute(
-                        f"DELETE FROM {table} WHERE instance_id = %s", (str(instance_id),)
+        from recall, and forgets deleted instances (their windows due too)."""
+        if messages:
+            cursor.executemany(
+                "INSERT INTO formation_messages (instance_id, position, tenant, message_id, "
+                "role, content, request_id, formed, occurred_at, name) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, 0, %s, %s) "
+                "ON CONFLICT (instance_id, position) DO NOTHING",
+                [
+                    (
+                        str(m.instance_id),
+                        m.position,
+                        m.tenant,
+                        m.message_id,
+                        m.role,
+                        m.content,
+                        m.request_id,
+                        None if m.occurred_at is None else m.occurred_at.isoformat(),
+                        m.name,
                     )
-        if archived:
-            self.store.wipe()  # an erased instance's messages must not stay in the log
+                    for m in messages
+                ],
+            )
+        if withdrawn:
+            cursor.executemany(
+                "DELETE FROM formation_messages WHERE instance_id = %s AND message_id = %s",
+                [(str(instance_id), message_id) for instance_id, message_id in withdrawn],
+            )
+        for instance_id in archived:
+            for table in _PER_INSTANCE:
+                cursor.execute(f"DELETE FROM {table} WHERE instance_id = %s", (str(instance_id),))
 
-    def _form_all(self, windows: list[tuple[_Message, int]], progress: Progress) -> None:
-        """One instance's windows, in order; each failed model call is counted and tried
-        again after a pause that doubles (or the model's Retry-After, which slows every call)."""
-        for last, position in windows:
-            for attempt in range(1, WINDOW_ATTEMPTS + 1):
-                if not progress.held():
-                    raise Fenced(f"{NAME}: this worker lost its partitions")
-                try:
-                    self._form(last, position, progress)
-                    break
-                except ModelError as error:
-                    limited = error.upstream_status == 429
-                    reason = "rate_limited" if limited else "unavailable"
-                    metrics.MEMORY_FORMATION_FAILED.labels(reason).inc()
-                    if attempt == WINDOW_ATTEMPTS:
-                        raise
-                    pause = min(30.0, RETRY_PAUSE_S * 2 ** (attempt - 1))
-                    if limited:
-                        self.pace.limited(error.upstream_retry_after_s)
-                        pause = max(pause, error.upstream_retry_after_s or 0.0)
-                    log.warning(
-                        "memory formation: a window failed (%s), trying again in %.1f s",
-                        error.message,
-                        pause,
-                    )
-                    time.sleep(pause)
+    def _form_due(self, instance_id: UUID, progress: Progress) -> None:
+        """One instance's windows due, oldest first, until none is left."""
+        while (window := self._next_due(instance_id)) is not None:
+            self._attempts(window, progress)
 
-    def _form(self, last: _Message, position: int, progress: Progress) -> None:
-        instance_id, tenant = last.instance_id, last.tenant
+    def _next_due(self, instance_id: UUID) -> _Due | None:
+        rows = self.store.query(
+            "SELECT position, tenant, request_id FROM formation_due WHERE instance_id = %s "
+            "ORDER BY position LIMIT 1",
+            (str(instance_id),),
+        )
+        return None if not rows else _Due(instance_id, int(rows[0][0]), rows[0][1], rows[0][2])
+
+    def _attempts(self, window: _Due, progress: Progress) -> None:
+        """Forms a window; each failed model call is counted and tried again after a pause that
+        doubles (or the model's Retry-After, which slows every call)."""
+        for attempt in range(1, WINDOW_ATTEMPTS + 1):
+            if self._closing.is_set():
+                raise Later("closing")  # the window stays due, for the next start
+            if not progress.held():
+                raise Fenced(f"{NAME}: this worker lost its partitions")
+            try:
+                self._form(window, progress)
+                return
+            except ModelError as error:
+                limited = error.upstream_status == 429
+                reason = "rate_limited" if limited else "unavailable"
+                metrics.MEMORY_FORMATION_FAILED.labels(reason).inc()
+                if attempt == WINDOW_ATTEMPTS:
+                    raise
+                pause = min(30.0, RETRY_PAUSE_S * 2 ** (attempt - 1))
+                if limited:
+                    self.pace.limited(error.upstream_retry_after_s)
+                    pause = max(pause, error.upstream_retry_after_s or 0.0)
+                log.warning(
+                    "memory formation: a window failed (%s), trying again in %.1f s",
+                    error.message,
+                    pause,
+                )
+                self._closing.wait(pause)
+
+    def _form(self, window: _Due, progress: Progress) -> None:
+        instance_id, tenant, position = window.instance_id, window.tenant, window.position
         if self._formed({instance_id}).get(instance_id, 0) >= position:
-            return  # formed by the partition's previous owner
+            self._done(window, progress)  # formed by the partition's previous owner
+            return
         held = [m for m in self._held(instance_id) if m.position <= position]
-        actor = Actor(tenant, ACTOR_KEY, last.request_id)
+        actor = Actor(tenant, ACTOR_KEY, window.request_id)
         summary_id = None
         try:
             name = self.app.instance(tenant, instance_id).name
@@ -305,11 +365,9 @@ class MemoryFormation:
                 summary_id = self._summary(name, held, actor, position)
         except NotFound:
             pass  # deleted meanwhile: its Archived event clears what is held
-        if len(self._formed_at) >= _REMEMBERED:
-            self._formed_at.clear()  # a miss only waits for less
-        self._formed_at[instance_id] = self.app.recorder.max_notification_id() or 0
         with self.store.transaction() as cursor:
-            progress.check(cursor)
+            if not self._done_in(cursor, window, progress):
+                return  # the instance was deleted meanwhile: nothing of it is kept
             scope = (str(instance_id), position)
             if summary_id is not None or self.local:  # no summary will want them
                 cursor.execute(
@@ -334,6 +392,20 @@ class MemoryFormation:
                 "ON CONFLICT (instance_id) DO UPDATE SET position = excluded.position",
                 scope,
             )
+
+    def _done(self, window: _Due, progress: Progress) -> None:
+        with self.store.transaction() as cursor:
+            self._done_in(cursor, window, progress)
+
+    def _done_in(self, cursor: Any, window: _Due, progress: Progress) -> bool:
+        """Takes the window off the windows due, under its partition's fence; False when it
+        was not due any more (its instance deleted meanwhile)."""
+        progress.check(cursor)
+        cursor.execute(
+            "DELETE FROM formation_due WHERE instance_id = %s AND position = %s RETURNING position",
+            (str(window.instance_id), window.position),
+        )
+        return cursor.fetchone() is not None
 
     def _facts(self, name: str, fresh: list[_Message], actor: Actor, window: int) -> None:
         instance_id = fresh[-1].instance_id
@@ -360,7 +432,7 @@ class MemoryFormation:
         source = {"messages": [m.message_id for m in fresh]}
         said = _said_at(fresh)
         if any(operation.op == "add" for operation in operations):  # checked against the index
-            written = max(fresh[-1].position, self._formed_at.get(instance_id, 0))
+            written = self._written(fresh)
             self.index_wait(written, INDEX_WAIT_S)
         added: list[Operation] = []  # in this window: not in the index yet
         for n, operation in enumerate(operations):
@@ -526,10 +598,8 @@ class MemoryFormation:
 
     def _offered(self, instance_id: UUID, fresh: list[_Message]) -> list[tuple[str, str]]:
         """The instance's live memories most similar to the new messages (summaries aside),
-        once the index holds everything written before them and what this process formed of
-        the instance since (bounded wait): not the whole log's end, which a busy log keeps
-        moving away."""
-        written = max(fresh[-1].position, self._formed_at.get(instance_id, 0))
+        once the index holds what they follow (`_written`; bounded wait)."""
+        written = self._written(fresh)
         self.index_wait(written, INDEX_WAIT_S)
         query = " ".join(m.content for m in fresh)[:4000]
         hits = self.index.search(instance_id, query, k=50)
@@ -538,6 +608,14 @@ class MemoryFormation:
             for hit in hits
             if hit.doc.kind == "memory" and hit.doc.metadata.get("kind") != "summary"
         ][:OFFERED]
+
+    def _written(self, fresh: list[_Message]) -> int:
+        """What the index must hold before the window's memories are looked at: everything
+        up to its last message, and what this process last wrote of the instance (its earlier
+        windows' memories; `last_writes`), not the log's end, which a busy log keeps moving
+        away, nor a window's that wrote nothing."""
+        mine = self.app.last_writes.of(fresh[-1].instance_id) or 0
+        return max(fresh[-1].position, mine)
 
     def _previous_summary(self, instance_id: UUID, tenant: str) -> tuple[UUID | None, str | None]:
         rows = self.store.query(
@@ -553,11 +631,13 @@ class MemoryFormation:
             return None, None  # forgotten by someone: start afresh
 
     def _unformed(self, instance_id: UUID, before: int) -> int:
-        """The instance's messages held, not formed yet, from before position `before`."""
+        """The instance's messages held from before position `before` and in no window yet
+        (neither formed nor due)."""
         rows = self.store.query(
             "SELECT COUNT(*) FROM formation_messages WHERE instance_id = %s AND formed = 0 "
-            "AND position < %s",
-            (str(instance_id), before),
+            "AND position < %s AND position > COALESCE((SELECT MAX(position) FROM "
+            "formation_due WHERE instance_id = %s), -1)",
+            (str(instance_id), before, str(instance_id)),
         )
         return int(rows[0][0])
 
@@ -623,6 +703,7 @@ class MemoryFormation:
 
 
 _PER_INSTANCE = (
+    "formation_due",
     "formation_messages",
     "formation_summaries",
     "formation_plans",

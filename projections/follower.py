@@ -30,7 +30,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 import httpx
@@ -94,6 +94,26 @@ class ReadModel(Protocol):
     def process(self, batch: Sequence[tuple[Any, int]], progress: Progress) -> None: ...
 
 
+@runtime_checkable
+class Deferring(Protocol):
+    """A read model whose work outlives its batch: `process` only makes it durable, with the
+    partitions' positions, and the work is done afterwards (the memory process's windows). Its
+    work still due counts as not processed: in `position`, `wait`, the lag and the status."""
+
+    def due(self) -> dict[UUID, int]:
+        """Each instance with work still due, and the log position of the oldest."""
+        ...
+
+    def tend(self, progress: Progress) -> None:
+        """Takes up, without waiting for it, the work due in the partitions of `progress`
+        (those this worker owns now), including what earlier owners left."""
+        ...
+
+    def drain(self) -> None:
+        """Waits for the work taken up in this process."""
+        ...
+
+
 @dataclass(frozen=True)
 class PartitionLag:
     """One partition of a projection, as /health and `alma projections status` show it."""
@@ -151,7 +171,10 @@ class Follower:
         if low is None:
             self.table.ensure(key, self.partitions, self.model.start)
             low = self.table.low(key) or 0
-        return low
+        return min([low, *(p - 1 for p in self._due().values())])
+
+    def _due(self) -> dict[UUID, int]:
+        return self.model.due() if isinstance(self.model, Deferring) else {}
 
     def lag(self) -> int:
         """Events written to the log that some partition has not processed yet."""
@@ -167,18 +190,23 @@ class Follower:
         head = self.app.recorder.max_notification_id() or 0
         owners = self.locks.owners(key)
         now = datetime.now(UTC)
+        due: dict[int, int] = {}  # each partition's oldest work still due
+        for scope, position in self._due().items():
+            partition = scope.int % self.partitions
+            due[partition] = min(position, due.get(partition, position))
         waited: dict[int, float] = {}
         lags = []
         for row in self.table.partitions(key):
-            behind = max(0, head - row.position)
-            if behind and row.position not in waited:
-                waited[row.position] = self._waited(row.position + 1, now)
+            reached = min(row.position, due.get(row.partition, row.position + 1) - 1)
+            behind = max(0, head - reached)
+            if behind and reached not in waited:
+                waited[reached] = self._waited(reached + 1, now)
             lags.append(
                 PartitionLag(
                     row.partition,
-                    row.position,
+                    reached,
                     behind,
-                    waited.get(row.position, 0.0) if behind else 0.0,
+                    waited.get(reached, 0.0) if behind else 0.0,
                     owners.get(row.partition),
                 )
             )
@@ -268,6 +296,16 @@ class Follower:
         if not self._fences:
             return 0
         fences = dict(self._fences)
+
+        def held() -> bool:
+            return set(fences) <= self.locks.held(key)
+
+        if isinstance(self.model, Deferring):
+            self.model.tend(
+                Progress(
+                    self.model.store, key, fences, 0, held, self.partitions, self._stopping.is_set
+                )
+            )
         positions = self.table.positions(key, sorted(fences))
         notifications = self.app.recorder.select_notifications(
             start=min(positions.values()) + 1, limit=self.batch_size
@@ -284,7 +322,8 @@ class Follower:
             key,
             fences,
             notifications[-1].id,
-            lambda: set(fences) <= self.locks.held(key),
+            held,
+            self.partitions,
             self._stopping.is_set,
         )
         try:
@@ -379,6 +418,8 @@ class Follower:
             self._claim(key, force=True)
             while self.run_once():
                 pass
+            if isinstance(self.model, Deferring):
+                self.model.drain()
         finally:
             self.greedy = False
             self._let_go(self._key)

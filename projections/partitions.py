@@ -178,9 +178,22 @@ class Progress:
     fences: dict[int, int]
     reached: int
     held: Callable[[], bool]  # False once this worker knows it lost a partition
+    count: int  # the projection's partitions, owned here or not
     # True once the worker is asked to stop: a long batch (an import's thousands of texts to
     # embed) is left at its next step rather than holding the shutdown for minutes.
     stopping: Callable[[], bool] = lambda: False
+
+    def of(self, scope: UUID) -> Progress | None:
+        """What work of one instance (or other scope) may write: its partition's fence alone,
+        or None when this worker does not own that partition. For work done after its batch
+        (the memory process's windows), which must not lock the other partitions' rows."""
+        partition = scope.int % self.count
+        if partition not in self.fences:
+            return None
+        fence = {partition: self.fences[partition]}
+        return Progress(
+            self.store, self.key, fence, self.reached, self.held, self.count, self.stopping
+        )
 
     def check(self, cursor: Cursor) -> None:
         """Locks the batch's partition rows (in order, so two writers never deadlock) and
@@ -206,4 +219,6 @@ class Progress:
         )
 
     def at(self, reached: int) -> Progress:
-        return Progress(self.store, self.key, self.fences, reached, self.held, self.stopping)
+        return Progress(
+            self.store, self.key, self.fences, reached, self.held, self.count, self.stopping
+        )

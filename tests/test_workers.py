@@ -256,11 +256,22 @@ def _owners(settings: Settings) -> dict[str, dict[int, str | None]]:
     return found
 
 
+def _windows_due(settings: Settings) -> int:
+    """The memory process's windows read and not formed yet (its positions move past them)."""
+    env = settings.event_store_env("events")
+    schema = env.get("POSTGRES_SCHEMA", "public")
+    with psycopg.connect(conninfo(env), options=f"-c search_path={schema}") as connection:
+        row = connection.execute("SELECT COUNT(*) FROM formation_due").fetchone()
+    return 0 if row is None else int(row[0])
+
+
 def _caught_up(settings: Settings, app: Alma) -> Callable[[], bool]:
     def done() -> bool:
         head = app.recorder.max_notification_id() or 0
         rows = _partitions(settings)
-        return len({r[0] for r in rows}) == 5 and all(r[2] >= head for r in rows)
+        read = len({r[0] for r in rows}) == 5 and all(r[2] >= head for r in rows)
+        # No window due either, and nothing written meanwhile (a window formed writes).
+        return read and _windows_due(settings) == 0 and app.recorder.max_notification_id() == head
 
     return done
 
