@@ -16,7 +16,7 @@ import pytest
 from alma.llm.local import DEFAULT_LOCAL_MODEL, LOCAL_MODELS, model_file, packaged_model_path
 from alma.settings import Settings
 from tests.cli import KEY_RE, bearer, free_port, running, wait_for_health, wait_for_line
-from tests.conftest import Api, make_character, make_instance, running_api
+from tests.conftest import Api, make_character, make_instance, running_api, store_settings
 from tests.openai_stub import OpenAIStub
 
 
@@ -77,9 +77,15 @@ def test_a_model_that_cannot_run_leaves_alma_serving_and_chat_answering_503(
 
 @pytest.mark.slow
 def test_a_cut_copy_of_a_joined_model_is_joined_again_at_start(
-    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    request: pytest.FixtureRequest, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="alma.llm.local")
+    # The model is joined at start whatever the store: on SQLite only (the join is 1.1 GB).
+    with store_settings("sqlite", tmp_path, request) as settings:
+        _joined_again(settings, tmp_path, caplog)
+
+
+def _joined_again(settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     named = LOCAL_MODELS[DEFAULT_LOCAL_MODEL]  # the one ./scripts/test installs
     cached = tmp_path / "cache" / "local" / named.file
     cached.parent.mkdir(parents=True)
