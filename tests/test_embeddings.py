@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alma.embeddings import MULTILINGUAL_MODEL, Embedder, export_folder, join_parts
+from alma.embeddings import MULTILINGUAL_MODEL, Embedder, Interrupted, export_folder, join_parts
 
 TEXTS = [
     "Su hermana Lucía trabaja de enfermera en Sevilla.",
@@ -51,6 +51,20 @@ def test_a_vector_does_not_depend_on_its_batch(cache_dir: Path) -> None:
     together = np.asarray(embedder.encode(TEXTS))
     alone = np.asarray([embedder.encode_query(text) for text in TEXTS])
     assert np.allclose(together, alone, atol=1e-5)
+
+
+def test_an_encoding_is_left_between_two_batches_once_its_caller_stops(cache_dir: Path) -> None:
+    embedder = Embedder(backend="onnx", cache_dir=cache_dir, batch_size=2)
+    asked: list[bool] = []
+
+    def stopping() -> bool:  # says yes the third time it is asked
+        asked.append(len(asked) == 2)
+        return asked[-1]
+
+    with pytest.raises(Interrupted):
+        embedder.encode(TEXTS, stopping)
+    assert asked == [False, False, True]  # once before each batch of two, and no further
+    assert len(embedder.encode(TEXTS, lambda: False)) == len(TEXTS)
 
 
 def test_nearest_text_is_the_same_meaning_across_languages(cache_dir: Path) -> None:
