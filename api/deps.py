@@ -155,7 +155,7 @@ CurrentCaller = Annotated[Caller, Depends(_caller)]
 IF_MATCH = r'^[ \t]*(W/)?"*[0-9]*[1-9][0-9]*"*[ \t]*$'
 
 
-def _expected_version(
+async def _expected_version(
     if_match: Annotated[
         str | SkipJsonSchema[None],
         Header(
@@ -193,7 +193,7 @@ class PointInTime:
     at: datetime | None
 
 
-def _point_in_time(
+async def _point_in_time(
     version: Annotated[int | None, Query(ge=1, description="State at this version")] = None,
     at: Annotated[
         UtcTime | None, Query(description="State at this time (ISO 8601; UTC if no offset)")
@@ -207,7 +207,7 @@ def _point_in_time(
 AsOf = Annotated[PointInTime, Depends(_point_in_time)]
 
 
-def _period(
+async def _period(
     since: Annotated[
         UtcTime | None,
         Query(description="only what happened at or after this time (ISO 8601; UTC if no offset)"),

@@ -931,7 +931,8 @@ class Alma(CachingApplication):
         """The live key for this secret, or None. The lookup is by hash, so the secret itself is
         never compared or stored."""
         try:
-            key: Aggregate = self.repository.get(ApiKey.id_for(secret))
+            # Read only: the cached key itself, not a copy.
+            key: Aggregate = self.repository.get(ApiKey.id_for(secret), deepcopy_from_cache=False)
         except AggregateNotFoundError:
             return None
         # The id already derives from the hash; comparing it too, in constant time, keeps a

@@ -10,7 +10,8 @@ again against the new library before the pin moves.
   that was most of the time spent loading an instance.
 - `copy_of` replaces the `deepcopy` that `Repository.get` makes of a cached aggregate for a
   command: it shares the aggregate's immutable attributes instead of walking them.
-- `CachingRepository.get` is the library's with `replay` as the default projector.
+- `CachingRepository.get` is the library's with `replay` as the default projector, and
+  `copy_of` instead of its `deepcopy` of a cached aggregate.
 - `CachingRepository.last_seen` reads the library's cache under the library's private
   fast-forward lock (`_use_fastforward_lock` / `_disuse_fastforward_lock`, which `get` holds
   while it fast-forwards a cached aggregate), without asking the store for newer events.
@@ -72,9 +73,15 @@ def copy_of(aggregate: Any) -> Any:
 
 
 class CachingRepository(Repository[UUID]):
-    def get(self, aggregate_id: UUID, **kwargs: Any) -> Any:
+    def get(self, aggregate_id: UUID, *, deepcopy_from_cache: bool = True, **kwargs: Any) -> Any:
+        """The library's, with `replay`, and with `copy_of` instead of its `deepcopy` of a
+        cached aggregate (`deepcopy_from_cache=False`: the cached aggregate itself, for a reader
+        that changes nothing)."""
         kwargs.setdefault("projector_func", replay)
-        return super().get(aggregate_id, **kwargs)
+        aggregate = super().get(aggregate_id, deepcopy_from_cache=False, **kwargs)
+        copies = self.cache is not None and kwargs.get("version") is None
+        wanted = deepcopy_from_cache and self.deepcopy_from_cache
+        return copy_of(aggregate) if copies and wanted else aggregate
 
     def last_seen(self, aggregate_id: UUID) -> Any:
         """This process's latest copy, without asking the store whether another process has
