@@ -49,6 +49,7 @@ from alma.domain.rules import (
     valid_text,
 )
 from alma.domain.topics import topics_of
+from alma.domain.turns import Turns
 from alma.domain.written import SAID, LastWrites
 
 A = TypeVar("A", bound=Aggregate)
@@ -127,6 +128,9 @@ class Alma(CachingApplication):
         self.listeners: list[Callable[[], None]] = []
         self.last_writes = LastWrites()
         self._command = threading.local()
+        self._turns = Turns()
+        self.retries = 0  # commands tried again after losing a race to another writer
+        self._retries_lock = threading.Lock()
         if keys is None and not isinstance(self.recorder, POPOApplicationRecorder):
             # Keys kept in memory would be gone at the next start, and every event they
             # encrypted unreadable with them.
@@ -969,18 +973,28 @@ class Alma(CachingApplication):
     def _retrying(self, attempt: Callable[[], T]) -> T:
         """Optimistic concurrency. The first try works on this process's last copy of the
         aggregates (no read from the store); a save that lost a race is re-run on fresh state,
-        so no concurrent update is lost; a stale If-Match fails in `attempt` itself with 409."""
+        so no concurrent update is lost; a stale If-Match fails in `attempt` itself with 409.
+        Within this process, commands on one aggregate take turns (`Turns`; the first aggregate a
+        command loads with `_current` is the one whose turn it waits for), so only another
+        process's write makes a command try again."""
         self._command.trust_cache = True
+        self._command.taking_turns = True
         try:
             for n in range(MAX_ATTEMPTS):
                 try:
                     return attempt()
                 except IntegrityError:
                     self._command.trust_cache = False
+                    with self._retries_lock:
+                        self.retries += 1
                     time.sleep(random.uniform(0, min(0.05, 0.002 * 2**n)))
             return attempt()
         finally:
             self._command.trust_cache = False
+            self._command.taking_turns = False
+            turn, self._command.turn = getattr(self._command, "turn", None), None
+            if turn is not None:
+                turn.release()
 
     def _claim_name(self, tenant: str, name: str, instance_id: UUID, actor: Actor) -> InstanceName:
         try:
@@ -1039,6 +1053,9 @@ class Alma(CachingApplication):
     ) -> A:
         """The aggregate now, not deleted, at the expected version. Inside a command's first try
         it is this process's last copy (see `_retrying`)."""
+        command = self._command
+        if getattr(command, "taking_turns", False) and getattr(command, "turn", None) is None:
+            self._command.turn = self._turns.take(aggregate_id)
         trusted = getattr(self._command, "trust_cache", False) if last_seen is None else last_seen
         aggregate = self.owned(aggregate_type, tenant, aggregate_id, None, trusted)
         if aggregate.archived:  # type: ignore[attr-defined]

@@ -101,6 +101,53 @@ def test_concurrent_writers_to_one_instance_lose_nothing(services: Services, act
     )
 
 
+def test_writers_to_one_instance_in_one_process_take_turns_and_never_retry(
+    services: Services, actor: Actor
+) -> None:
+    app = services.app
+    character = app.create_character("acme", {"name": "Lola", "description": ""}, actor)
+    instance = app.create_instance("acme", character.id, "Lolita", "", actor)
+    barrier = threading.Barrier(8)
+
+    def write(writer: int) -> None:
+        barrier.wait()
+        for n in range(10):
+            app.edit_instance("acme", instance.id, actor, memory=f"writer {writer} edit {n}")
+            app.add_memory("acme", instance.id, f"memory {writer}.{n}", actor)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(8)))
+
+    assert app.instance("acme", instance.id).version == 1 + 8 * 10
+    assert app.retries == 0
+
+
+def test_two_processes_writing_one_instance_race_and_lose_nothing(
+    services: Services, actor: Actor
+) -> None:
+    """Turns are per process: a second application on the same store still races the first,
+    and the command that loses is tried again on fresh state."""
+    first = services.app
+    second = Alma(services.settings.event_store_env("events"), keys=open_keys)
+    try:
+        character = first.create_character("acme", {"name": "Lola", "description": ""}, actor)
+        instance = first.create_instance("acme", character.id, "Lolita", "", actor)
+        barrier = threading.Barrier(4)
+
+        def write(writer: int) -> None:
+            app = (first, second)[writer % 2]
+            barrier.wait()
+            for n in range(15):
+                app.edit_instance("acme", instance.id, actor, memory=f"writer {writer} edit {n}")
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(write, range(4)))
+    finally:
+        second.close()
+    memories = [getattr(e, "memory", None) for e in first.events.get(instance.id)][1:]
+    assert sorted(memories) == sorted(f"writer {w} edit {n}" for w in range(4) for n in range(15))
+
+
 def test_a_stale_expected_version_is_refused_with_the_current_one(
     services: Services, actor: Actor
 ) -> None:
