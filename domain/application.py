@@ -20,6 +20,7 @@ from eventsourcing.persistence import IntegrityError, JSONTranscoder, Mapper, Re
 from eventsourcing.popo import POPOApplicationRecorder
 
 from alma.domain.actor import Actor, ActorAsDict
+from alma.domain.aggregate_locks import AggregateLocks
 from alma.domain.character import Character
 from alma.domain.erasure import ShreddingMapper
 from alma.domain.errors import (
@@ -49,7 +50,6 @@ from alma.domain.rules import (
     valid_text,
 )
 from alma.domain.topics import topics_of
-from alma.domain.turns import Turns
 from alma.domain.written import SAID, LastWrites
 
 A = TypeVar("A", bound=Aggregate)
@@ -128,7 +128,7 @@ class Alma(CachingApplication):
         self.listeners: list[Callable[[], None]] = []
         self.last_writes = LastWrites()
         self._command = threading.local()
-        self._turns = Turns()
+        self._turns = AggregateLocks()
         self.retries = 0  # commands tried again after losing a race to another writer
         self._retries_lock = threading.Lock()
         if keys is None and not isinstance(self.recorder, POPOApplicationRecorder):
@@ -974,9 +974,9 @@ class Alma(CachingApplication):
         """Optimistic concurrency. The first try works on this process's last copy of the
         aggregates (no read from the store); a save that lost a race is re-run on fresh state,
         so no concurrent update is lost; a stale If-Match fails in `attempt` itself with 409.
-        Within this process, commands on one aggregate take turns (`Turns`; the first aggregate a
-        command loads with `_current` is the one whose turn it waits for), so only another
-        process's write makes a command try again."""
+        Within this process, commands on one aggregate take turns (`AggregateLocks`: the first
+        aggregate a command loads with `_current` is the one whose lock it waits for), so only
+        another process's write makes a command try again."""
         self._command.trust_cache = True
         self._command.taking_turns = True
         try:

@@ -1,4 +1,4 @@
-"""Commands on one aggregate take turns within a process.
+"""Commands on one aggregate take turns within a process: a lock per aggregate.
 
 With optimistic concurrency alone, eight requests changing one instance at once race: each loads
 it, one saves, and the other seven lose, load it again and retry, over and over (the core
@@ -17,7 +17,7 @@ from uuid import UUID
 STRIPES = 1024
 
 
-class Turns:
+class AggregateLocks:
     def __init__(self) -> None:
         self._locks = [threading.Lock() for _ in range(STRIPES)]
 
