@@ -5,7 +5,7 @@ or folder). Four backends run it:
 
 - "onnx-smooth-int8" (default): the model exported once to ONNX and run with onnxruntime, its
   matrix products in int8 the way smooth_int8.py does them (SmoothQuant, and one scale per
-  token): ~2x the float export's texts/s on this machine's CPU, with its vectors (cosine ~0.998
+  token): 1.6-2.0x the float export's texts/s on this machine's CPU, with its vectors (cosine ~0.998
   against float, 0.99 on one-word texts) and its recall (bench/recall.py, bench/locomo.py).
   Later loads need neither torch nor sentence-transformers (faster start, less memory).
 - "onnx": that export in float: the same vectors as torch, faster on one thread.
