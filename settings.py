@@ -30,8 +30,8 @@ class Settings(BaseSettings):
         description="any sentence-transformers name or path; the default ships in a package, "
         "and so do intfloat/multilingual-e5-small and all-mpnet-base-v2 (README)",
     )
-    embedding_backend: Literal["onnx-int8", "onnx", "torch"] = Field(
-        default="onnx", description="how the embedding model runs (see embeddings.py)"
+    embedding_backend: Literal["onnx-smooth-int8", "onnx", "onnx-int8", "torch"] = Field(
+        default="onnx-smooth-int8", description="how the embedding model runs (see embeddings.py)"
     )
     # Each memory-index batch writes once to every instance's collection it touches, and a Chroma
     # write has a fixed cost however small (bench/memory.py): big batches keep indexing fast when

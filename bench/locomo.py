@@ -39,13 +39,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 
-from alma.embeddings import PACKAGED_MODEL
+from alma.embeddings import PACKAGED_MODEL, Backend
 from bench.report import Row, checked, log, machine_load, percentiles_ms, print_table
 from bench.serve import ROOT, alma_serve, create_key
 
@@ -265,13 +265,23 @@ def main() -> None:
     parser.add_argument(
         "--model", default=PACKAGED_MODEL, help="ALMA_EMBEDDING_MODEL of the server (its weights)"
     )
+    parser.add_argument(
+        "--backend",
+        choices=get_args(Backend),
+        help="ALMA_EMBEDDING_BACKEND of the server; unset = alma's default",
+    )
     args = parser.parse_args()
+    # Recall over what was imported: the local model's memories would be another bench.
+    server = {"ALMA_EMBEDDING_MODEL": args.model, "ALMA_MEMORY_FORMATION": "false"}
+    if args.backend is not None:
+        server["ALMA_EMBEDDING_BACKEND"] = args.backend
     talks = load(args.data)
     print(
         f"LoCoMo recall through HTTP: {len(talks)} conversations "
         f"({', '.join(t.sample_id for t in talks)}), "
         f"{sum(len(s) for t in talks for s in t.sessions):,} turns, "
-        f"{sum(len(t.questions) for t in talks)} questions; embedding model {args.model}; "
+        f"{sum(len(t.questions) for t in talks)} questions; embedding model {args.model} "
+        f"(backend {args.backend or 'default'}); "
         f"{DRAGON}"
     )
     rows = []
@@ -279,10 +289,7 @@ def main() -> None:
         folder = Path(tmp)
         key = create_key(folder, TENANT)
         with (
-            # Recall over what was imported: the local model's memories would be another bench.
-            alma_serve(
-                folder, {"ALMA_EMBEDDING_MODEL": args.model, "ALMA_MEMORY_FORMATION": "false"}
-            ) as (_, base_url),
+            alma_serve(folder, server) as (_, base_url),
             httpx.Client(
                 base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60
             ) as http,

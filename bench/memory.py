@@ -57,7 +57,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 from uuid import UUID
 
 import chromadb
@@ -485,7 +485,7 @@ def embedding_rows(services: Services, rounds: int = 4) -> list[Row]:
     embedders = {f"{served.backend} (served)": served}
     if served.batch_threads > 1 and served.backend != "torch":
         embedders[f"{served.backend}, batches on 1 thread"] = on(served.backend, 1)
-    for backend in ("onnx", "onnx-int8", "torch"):
+    for backend in get_args(Backend):
         if backend != served.backend:
             embedders[backend] = on(backend, served.batch_threads)
     texts = list(memory_texts(256, 5))
@@ -964,7 +964,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--embedding-backend",
-        choices=["onnx", "onnx-int8", "torch"],
+        choices=get_args(Backend),
         default=None,
         help="what-if: run the embedding model on this backend instead of alma's default",
     )
