@@ -168,7 +168,13 @@ def test_a_new_instance_s_first_turn_finds_its_persona_read_already(settings: Se
     machine): alma has the local model read the persona of an instance when it is created or
     edited, in the background, so its first turn reads only its own part (the date, the
     recollections, the message)."""
-    smollm2 = settings.model_copy(update={"local_model": "smollm2-135m"})
+    # A model server of its own (servers are shared per process and context size): llama.cpp
+    # loads a cached prompt only when it beats the one it holds both in share kept and in
+    # share matched, so a short prompt an earlier test left in the cache, all of it shared
+    # with this one's instruction, would be taken instead of Rosa's.
+    smollm2 = settings.model_copy(
+        update={"local_model": "smollm2-135m", "local_context_window": 2560}
+    )
     with running_api(smollm2) as api:
         warmer = api.services.warmer
         assert warmer is not None
