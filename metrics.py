@@ -39,7 +39,19 @@ MODEL_SECONDS = Histogram(
     ["outcome"],
     buckets=_LATENCY_BUCKETS,
 )
-TOKENS = Counter("alma_model_tokens_total", "Tokens sent to and received from the model", ["kind"])
+TOKENS = Counter(
+    "alma_model_tokens_total",
+    "Tokens sent to and received from the chat model: prompt, completion, and prompt_cached (of "
+    "the prompt, what the model server had kept from before and did not read again)",
+    ["kind"],
+)
+for _kind in ("prompt", "completion", "prompt_cached"):
+    TOKENS.labels(_kind)  # shown from the start, at 0
+PROMPTS_WARMED = Counter(
+    "alma_local_model_warmed_tokens_total",
+    "Tokens of instances' next prompts that the local model read ahead of their chats, in the "
+    "background (chat/warm.py)",
+)
 PROJECTION_LAG = Gauge(
     "alma_projection_lag_events", "Events not yet processed, by projection", ["projection"]
 )

@@ -18,7 +18,7 @@ from alma.api.pagination import CURSOR, ListingPages
 from alma.api.probes import StoreProbes
 from alma.api.schemas import UtcTime
 from alma.api.security import RateLimiter
-from alma.api.services import ChatModelState, Services
+from alma.api.services import ChatModelState, Services, WarmSoon
 from alma.chat.cards import Cards
 from alma.chat.turns import Chat
 from alma.domain import Actor, Alma
@@ -99,6 +99,10 @@ async def _chat_model(services: _Root) -> ChatModelState:
     return services.chat_model_state()
 
 
+async def _warm(services: _Root) -> WarmSoon:
+    return services.warm_soon
+
+
 AlmaApp = Annotated[Alma, Depends(_alma)]  # commands, and state now or back then
 AppSettings = Annotated[Settings, Depends(_settings)]
 Listing = Annotated[ListingPages, Depends(_listing)]  # characters and instances, by page
@@ -109,6 +113,8 @@ ConversationCaughtUp = Annotated[CaughtUp, Depends(_conversation_caught_up)]
 Audit = Annotated[MemoryAudit, Depends(_audit)]  # how an instance's memory changed
 AuditCaughtUp = Annotated[CaughtUp, Depends(_audit_caught_up)]
 ChatTurns = Annotated[Chat, Depends(_chat)]  # a turn: recall, prompt, model, record
+# Has the local model read instances' next prompts ahead of their chats (hosted: nothing).
+PromptWarmer = Annotated[WarmSoon, Depends(_warm)]
 CharacterCards = Annotated[Cards, Depends(_cards)]  # cards in and out, and greetings
 SpeechEngines = Annotated[Speech, Depends(_speech)]  # text to speech, speech to text
 Probes = Annotated[StoreProbes, Depends(_store_probes)]

@@ -24,7 +24,7 @@ from pydantic.json_schema import SkipJsonSchema
 from alma.api.pagination import MAX_POSITION
 from alma.api.present import actor_of, event_data, unified_diff
 from alma.chat.forgetting import Withdrawal
-from alma.chat.turns import TurnResult
+from alma.chat.turns import DEFAULT_REPLY_TOKENS, TurnResult
 from alma.chat.voice_turn import VoiceReply
 from alma.domain import Character, Instance, InvalidInput, Memory
 from alma.domain.rules import (
@@ -663,7 +663,7 @@ class ChatRequest(Request):
         examples=["¿Te acuerdas de mi hermana?"], json_schema_extra=text_rule(MAX_TEXT, True)
     )
     stream: bool = False
-    max_tokens: Annotated[int, Field(ge=1, le=MAX_REPLY_TOKENS), WHOLE] = 512
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_REPLY_TOKENS), WHOLE] = DEFAULT_REPLY_TOKENS
     temperature: float = Field(default=0.8, ge=0.0, le=2.0)
     user_name: str | None = Field(
         default=None,

@@ -6,15 +6,18 @@ import contextlib
 import logging
 import os
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from uuid import UUID
 
 from alma.api.breaker import DatabaseBreaker
 from alma.api.event_store import event_app
 from alma.chat.cards import Cards
 from alma.chat.formation import MemoryFormation
-from alma.chat.turns import Chat
+from alma.chat.turns import DEFAULT_REPLY_TOKENS, Chat
+from alma.chat.warm import WARM_INSTANCES, Warmer
 from alma.domain import Alma
 from alma.embeddings import Embedder
 from alma.llm.client import ModelClient, ModelError, OpenAIModel
@@ -24,6 +27,7 @@ from alma.llm.local import (
     LocalModelUnavailable,
     local_model_client,
     model_file,
+    shared_server,
 )
 from alma.projections import (
     Conversation,
@@ -45,6 +49,8 @@ from alma.stores.sql import conninfo, creating_tables, open_store
 from alma.voice import Speech
 
 log = logging.getLogger(__name__)
+# `Services.warm_soon`: (tenant, instances, character) -> None
+WarmSoon = Callable[[str, Iterable[UUID], UUID | None], None]
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,8 @@ class Services:
     locks: Locks  # which partitions this process owns
     formation: Follower | None = None  # the memory process, unless ALMA_MEMORY_FORMATION=false
     breaker: DatabaseBreaker | None = None  # on PostgreSQL: 503 at once while it is down
+    # Reads instances' next prompts into the local model ahead of their chats (None: hosted).
+    warmer: Warmer | None = None
     _model: ModelClient | None = None
     _memory_model: ModelClient | None = None
     _model_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -107,6 +115,40 @@ class Services:
         if not _remote(self.settings):
             with contextlib.suppress(ModelError):  # logged, and answered to every chat
                 self._model_client()
+                self._start_warmer()
+
+    def _start_warmer(self) -> None:
+        """Reads the next prompts of the instances chatted with last, and from now on of those
+        created or edited (`warm_soon`), into the local model ahead of their chats."""
+        settings = self.settings
+        server = shared_server(
+            settings.local_model,
+            context=settings.local_context_window,
+            cache_dir=settings.model_cache(),
+        )
+        chat = self.chat
+        self.warmer = Warmer(
+            lambda tenant, instance: chat.opening(tenant, instance, DEFAULT_REPLY_TOKENS),
+            server.warm,
+        )
+        recent: dict[str, list[UUID]] = {}
+        for tenant, instance in self.conversation_view.recent_instances(WARM_INSTANCES):
+            recent.setdefault(tenant, []).append(instance)
+        for tenant, instances in recent.items():
+            self.warmer.soon(tenant, instances)
+
+    def warm_soon(
+        self, tenant: str, instances: Iterable[UUID] = (), character: UUID | None = None
+    ) -> None:
+        """Has the local model read these instances' next prompts (and, given a character, its
+        instances') ahead of their chats; nothing with a hosted model."""
+        if self.warmer is None:
+            return
+        instances = list(instances)
+        if character is not None:
+            listed = self.listings_view.select("instance", tenant, 0, WARM_INSTANCES, character)
+            instances += [item.id for item in listed]
+        self.warmer.soon(tenant, instances)
 
     def chat_model_state(self) -> ChatModelState:
         if _remote(self.settings):
@@ -207,6 +249,8 @@ class Services:
     def close(self) -> None:
         if self.breaker is not None:
             self.breaker.stop()
+        if self.warmer is not None:
+            self.warmer.close()
         for follower in self.followers:
             follower.stop()
         self.listings_view.close()

@@ -23,7 +23,11 @@ alma's context of 2048, seed 42, `--threads`, 1 by default as alma) reached thro
   an instance with more memories than a prompt shows. Printed: the first turn (cold: the first
   prompt of its character the server sees, so no cached prefix shortens it) and the later ones
   (warm: llama.cpp keeps what it read, and reads again only what follows the first
-  difference), medians over the four characters;
+  difference), medians over the four characters; and, on a server of its own started afterwards
+  (nothing read yet, as after `alma serve` starts), each character's first turn after alma read
+  its opening ahead (`LocalModelServer.warm`, what `chat/warm.py` does in the background when
+  `alma serve` starts and when an instance or its character is created or edited), with the
+  tokens and seconds the reading ahead took;
 - tokens/s: the streamed replies' tokens after the first, over the time after the first.
   Both this and the first token are also given in the process's CPU seconds: what the model
   costs when it has a core to itself, which a busy machine's wall clock hides;
@@ -35,16 +39,18 @@ alma's context of 2048, seed 42, `--threads`, 1 by default as alma) reached thro
   passing every check, and each check, per language (the key fact over the questions that have
   one); the turn time p50 and p95.
 
-`--questions N` asks N of each character's 10 questions, spread over its list (its last three are
-in the other language), for a shorter run; `--turns N`: turns per conversation (4); `--quick` is
-`--questions 2 --turns 2`. `--replies DIR` writes every reply with its checks to
-DIR/<label>.jsonl.
+`--batch-threads N`: threads that read the prompt (unset: every core, as alma; the reply is
+generated on `--threads`). `--questions N` asks N of each character's 10 questions, spread over
+its list (its last three are in the other language), for a shorter run; `--turns N`: turns per
+conversation (4); `--quick` is `--questions 2 --turns 2`. `--replies DIR` writes every reply with
+its checks to DIR/<label>.jsonl.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -121,17 +127,23 @@ def streamed(model: OpenAIModel, messages: Sequence[Message]) -> dict[str, Any]:
     raise RuntimeError("the stream ended without a completion")
 
 
-def conversation(model: OpenAIModel, character: EvalCharacter, turns: int) -> list[dict[str, Any]]:
-    """`turns` of the character's questions asked in turn, each reply added to the conversation,
-    which starts with the character's recent conversation repeated to LONG_PROMPT tokens."""
+def long_history(model: OpenAIModel, character: EvalCharacter) -> list[Turn]:
+    """The character's recent conversation repeated until its first prompt holds LONG_PROMPT
+    tokens."""
     history = list(character.history)
     while True:
         first = character.prompt(
             character.questions[0]["question"], model.context_window, MAX_TOKENS, history
         )
         if tokens.count_messages(first) >= LONG_PROMPT:
-            break
+            return history
         history += character.history
+
+
+def conversation(model: OpenAIModel, character: EvalCharacter, turns: int) -> list[dict[str, Any]]:
+    """`turns` of the character's questions asked in turn, each reply added to the conversation,
+    which starts with the character's recent conversation repeated to LONG_PROMPT tokens."""
+    history = long_history(model, character)
     said = []
     for number, item in enumerate(character.questions[:turns]):
         question = item["question"]
@@ -169,10 +181,41 @@ def interleaved(turns: Sequence[EvalTurn], per_character: int) -> list[EvalTurn]
     return order
 
 
-def measure(path: str, threads: int, questions: int, turns_each: int) -> dict[str, Any]:
+def read_ahead(path: str, threads: int, batch_threads: int | None) -> list[dict[str, Any]]:
+    """On a server of its own (nothing read yet, as after `alma serve` starts): every
+    character's opening read ahead as alma's `Warmer` does (`LocalModelServer.warm`), then each
+    one's first question; with the tokens and seconds the reading ahead took."""
+    server = LocalModelServer(
+        path, n_threads=threads, context=CONTEXT, seed=42, n_threads_batch=batch_threads
+    )
+    model = server.client()
+    streamed(model, [{"role": "user", "content": "Hi"}])  # first use allocates buffers
+    cast = [(character, long_history(model, character)) for character in characters()]
+    ahead = []
+    for character, history in cast:
+        started = time.perf_counter()
+        read = server.warm(character.opening(model.context_window, MAX_TOKENS, history))
+        ahead.append({"read": read, "seconds": time.perf_counter() - started})
+    firsts = []
+    for (character, history), warmed in zip(cast, ahead, strict=True):
+        question = character.questions[0]["question"]
+        messages = character.prompt(
+            question, model.context_window, MAX_TOKENS, history, recalled(character, question)
+        )
+        firsts.append({**streamed(model, messages), **warmed})
+    log("read ahead: first token " + ", ".join(f"{r['first_s']:.2f}" for r in firsts) + " s")
+    server.close()
+    return firsts
+
+
+def measure(
+    path: str, threads: int, questions: int, turns_each: int, batch_threads: int | None
+) -> dict[str, Any]:
     """Everything for one model, in this process."""
     before = rss_mb("VmRSS")
-    server = LocalModelServer(path, n_threads=threads, context=CONTEXT, seed=42)
+    server = LocalModelServer(
+        path, n_threads=threads, context=CONTEXT, seed=42, n_threads_batch=batch_threads
+    )
     loaded = rss_mb("VmRSS")
     model = server.client()
     turns = load(model.context_window, MAX_TOKENS)
@@ -200,6 +243,7 @@ def measure(path: str, threads: int, questions: int, turns_each: int) -> dict[st
     server.close()
     return {
         "model": server.model,
+        "read_ahead": read_ahead(path, threads, batch_threads),
         "file_mb": Path(path).stat().st_size / 1e6,
         "load_s": server.load_s,
         "rss_before_mb": before,
@@ -245,6 +289,13 @@ def report(label: str, result: dict[str, Any]) -> None:
         ),
         first_token("first token, first turn (cold)", [p for p in probes if p["turn"] == 0]),
         first_token("first token, later turns (warm)", [p for p in probes if p["turn"] > 0]),
+        first_token("first token, first turn read ahead", result["read_ahead"]),
+        Row(
+            "reading ahead",
+            f"{statistics.median(r['read'] for r in result['read_ahead']):.0f} tokens in "
+            f"{statistics.median(r['seconds'] for r in result['read_ahead']):.2f} s p50 "
+            "(in the background, after `alma serve` starts or an edit)",
+        ),
         Row(
             "tokens/s",
             f"{speed:.1f}; {speed_cpu:.1f} per CPU-second (a core of its own)",
@@ -282,8 +333,8 @@ def first_token(label: str, turns: Sequence[dict[str, Any]]) -> Row:
     )
 
 
-def child(path: str, threads: int, questions: int, turns: int) -> None:
-    print(json.dumps(measure(path, threads, questions, turns), ensure_ascii=False))
+def child(path: str, threads: int, questions: int, turns: int, batch: int | None) -> None:
+    print(json.dumps(measure(path, threads, questions, turns, batch), ensure_ascii=False))
 
 
 def main() -> None:
@@ -291,7 +342,10 @@ def main() -> None:
     parser.add_argument(
         "--model", action="append", default=[], metavar="packaged|NAME|LABEL=FILE.gguf"
     )
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="that generate the reply")
+    parser.add_argument(
+        "--batch-threads", type=int, help="that read the prompt (unset: every core, as alma)"
+    )
     parser.add_argument("--questions", type=int, default=10, help="per character, of 10")
     parser.add_argument("--turns", type=int, default=4, help="per conversation, of 10")
     parser.add_argument("--quick", action="store_true", help="--questions 2 --turns 2")
@@ -302,7 +356,7 @@ def main() -> None:
     if not (1 <= questions <= 10 and 1 <= turns <= 10):
         parser.error("--questions and --turns are between 1 and 10")
     if args.child:
-        child(args.child, args.threads, questions, turns)
+        child(args.child, args.threads, questions, turns, args.batch_threads)
         return
 
     settings = []
@@ -320,6 +374,8 @@ def main() -> None:
     for label, path in settings:
         log(f"{label}: {path}")
         command = [sys.executable, __file__, "--child", path, "--threads", str(args.threads)]
+        if args.batch_threads:
+            command += ["--batch-threads", str(args.batch_threads)]
         done = subprocess.run(
             [*command, "--questions", str(questions), "--turns", str(turns)],
             stdout=subprocess.PIPE,
@@ -334,7 +390,8 @@ def main() -> None:
             args.replies.mkdir(parents=True, exist_ok=True)
             lines = (json.dumps(r, ensure_ascii=False) for r in result["replies"])
             (args.replies / f"{label.split()[0]}.jsonl").write_text("\n".join(lines) + "\n")
-        report(f"{label}, {args.threads} thread(s)", result)
+        batch = args.batch_threads or os.cpu_count()
+        report(f"{label}, {args.threads} thread(s), {batch} reading the prompt", result)
 
 
 if __name__ == "__main__":

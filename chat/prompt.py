@@ -124,6 +124,9 @@ class Prompt:
     lore_used: list[str]
     truncated: list[str]  # the parts that were cut short: persona field names, "memory_text"
     sha256: str
+    # How many of `messages` come before the first that is this turn's own (the date, the
+    # recollections, the message): the start the conversation's next turn shares with this one.
+    stable: int = 1
 
 
 class PromptTooLarge(DomainError):
@@ -208,7 +211,7 @@ def build_prompt(
     fitted = _fit_persona(parts, budget, count, exact, truncated)
     if fitted is None:
         smallest = replace(parts, persona=_bare(persona))
-        empty = count_messages([_system(smallest), {"role": "user", "content": ""}])
+        empty = count_messages(_messages(smallest, [], [{"role": "user", "content": ""}]))
         raise PromptTooLarge(max(0, budget - empty), count(user_message), budget)
     parts, tokens = fitted
     left = budget - tokens
@@ -261,6 +264,7 @@ def build_prompt(
         tokens = exact(parts, tail)
 
     messages = _messages(parts, tail, ending)
+    stable = messages.index(_today(parts))
     text = json.dumps(messages, ensure_ascii=False, separators=(",", ":"))
     return Prompt(
         messages=messages,
@@ -271,6 +275,7 @@ def build_prompt(
         lore_used=[entry.id for entry in parts.lore],
         truncated=truncated,
         sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        stable=stable,
     )
 
 
@@ -307,15 +312,11 @@ def _system(parts: _Parts) -> Message:
     ):
         if text.strip():
             about.append(f"{label}: {text}")
-    when = f"Today is {parts.today}."
-    if parts.last_talk is not None:
-        when += f" You last talked with the user on {parts.last_talk}."
     sections = [
         instruction,
         _lore_text(parts.lore, "before_char"),
         "## About you\n" + "\n".join(about),
         _lore_text(parts.lore, "after_char"),
-        when,
     ]
     if parts.memory_text:
         sections.append(f"{_MEMORY_HEADING}\n{parts.memory_text}")
@@ -325,6 +326,16 @@ def _system(parts: _Parts) -> Message:
             + persona.example_dialogue
         )
     return {"role": "system", "content": "\n\n".join(s for s in sections if s.strip())}
+
+
+def _today(parts: _Parts) -> Message:
+    """The date, in a system message of its own late in the prompt: in the system message it
+    would change the start of every conversation's prompt each day, and a server that keeps the
+    prompt it read (llama.cpp) would read the persona again."""
+    when = f"Today is {parts.today}."
+    if parts.last_talk is not None:
+        when += f" You last talked with the user on {parts.last_talk}."
+    return {"role": "system", "content": when}
 
 
 def _recalled(parts: _Parts) -> list[Message]:
@@ -350,14 +361,14 @@ def _line(r: Recollection) -> str:
 def _messages(parts: _Parts, tail: Sequence[_Priced], ending: Sequence[Message]) -> list[Message]:
     """The system message and the client's instructions; the conversation up to the user's
     message, with the lore placed at a depth between its messages (depth 0: after the last;
-    deeper than the conversation: before its first) and the recollections just before the
-    user's message; a card's post-history instructions; then what the model goes on from (a
-    reply's start, tool calls).
+    deeper than the conversation: before its first), and the date and the recollections just
+    before the user's message; a card's post-history instructions; then what the model goes on
+    from (a reply's start, tool calls).
 
-    What changes from turn to turn (the recollections, found for each message) comes late and
-    what only grows (the persona, the conversation) first: a server that keeps the prompt it
-    read (llama.cpp; OpenAI's prompt caching) reads again only the part after the first
-    change."""
+    What changes from turn to turn (the recollections, found for each message; the date) comes
+    late and what only grows (the persona, the conversation) first: a server that keeps the
+    prompt it read (llama.cpp; OpenAI's prompt caching) reads again only the part after the
+    first change."""
     said = [*(message for message, _ in reversed(tail)), ending[0]]
     deep = [e for e in parts.lore if e.position == "at_depth"]
     messages = [_system(parts)]
@@ -369,7 +380,7 @@ def _messages(parts: _Parts, tail: Sequence[_Priced], ending: Sequence[Message])
             text = "\n".join(e.content for e in sorted(here, key=lambda e: e.order))
             messages.append({"role": "system", "content": text})
         if n == len(said) - 1:
-            messages.extend(_recalled(parts))
+            messages += [_today(parts), *_recalled(parts)]
         if n < len(said):
             messages.append(said[n])
     post = parts.persona.post_history_instructions

@@ -22,8 +22,16 @@ import httpx
 from alma import metrics
 from alma.chat import history as chat_history
 from alma.chat.lore import Book, activate
-from alma.chat.prompt import LoreEntry, Persona, Prompt, Recollection, Turn, build_prompt
-from alma.domain import Actor, Alma, Instance, InvalidInput, Reply, ToolResult
+from alma.chat.prompt import (
+    LoreEntry,
+    Message,
+    Persona,
+    Prompt,
+    Recollection,
+    Turn,
+    build_prompt,
+)
+from alma.domain import Actor, Alma, Character, Instance, InvalidInput, Reply, ToolResult
 from alma.domain.rules import valid_message
 from alma.llm import tokens
 from alma.llm.client import Completion, ModelClient, ModelError, Sampling
@@ -33,6 +41,7 @@ from alma.projections.lore_meaning import Meaning
 log = logging.getLogger(__name__)
 # A client's resent history is matched to at most this many of the instance's recorded turns.
 MATCHED_TURNS = 500
+DEFAULT_REPLY_TOKENS = 512  # a turn's max_tokens when the client gives none
 
 
 @dataclass(frozen=True)
@@ -181,15 +190,7 @@ class Chat:
             self.meaning.min_score,
         )
         prompt = build_prompt(
-            Persona(
-                character=character.name,
-                description=character.description,
-                personality=character.personality,
-                scenario=character.scenario,
-                example_dialogue=character.example_dialogue,
-                system_prompt=character.system_prompt,
-                post_history_instructions=character.post_history_instructions,
-            ),
+            _persona(character),
             instance.name,
             instance.memory,
             [_recollection(hit) for hit in hits],
@@ -222,6 +223,31 @@ class Chat:
             lore=tuple(lore),
             tool_results=tuple(tool_results),
         )
+
+    def opening(self, tenant: str, instance_id: UUID, max_tokens: int) -> list[Message]:
+        """The start of the instance's next prompt, which no message changes: the persona with
+        the memory text, the conversation as recorded up to now, and today's date (what
+        `prepare` builds before the recollections and the message; with no lorebook entries,
+        which the message activates)."""
+        model = self.model()
+        instance = self.app.instance(tenant, instance_id)
+        character = self.app.character(tenant, instance.character_id)
+        said = self.app.last_messages(instance_id, self.history_turns)
+        prompt = build_prompt(
+            _persona(character),
+            instance.name,
+            instance.memory,
+            [],
+            chat_history.history(said, None, "").turns,
+            "",
+            datetime.now(UTC),
+            context_window=model.context_window,
+            max_tokens=max_tokens,
+            count=tokens.count,
+            count_messages=tokens.count_messages,
+            user_name=instance.user_name,
+        )
+        return prompt.messages[: prompt.stable + 1]  # and the date, the same all day
 
     def complete(self, turn: PreparedTurn, actor: Actor) -> TurnResult:
         started = time.perf_counter()
@@ -363,6 +389,7 @@ def _observe(started: float, completion: Completion) -> None:
     metrics.CHAT_SECONDS.labels("ok").observe(time.perf_counter() - started)
     metrics.MODEL_SECONDS.labels("ok").observe(completion.latency_ms / 1000)
     metrics.TOKENS.labels("prompt").inc(completion.prompt_tokens)
+    metrics.TOKENS.labels("prompt_cached").inc(completion.cached_tokens)
     metrics.TOKENS.labels("completion").inc(completion.completion_tokens)
 
 
@@ -372,6 +399,18 @@ def _observe_failure(started: float, error: ModelError) -> None:
     metrics.model_called(ok=False)
     metrics.CHAT_SECONDS.labels(outcome).observe(elapsed)
     metrics.MODEL_SECONDS.labels(outcome).observe(elapsed)
+
+
+def _persona(character: Character) -> Persona:
+    return Persona(
+        character=character.name,
+        description=character.description,
+        personality=character.personality,
+        scenario=character.scenario,
+        example_dialogue=character.example_dialogue,
+        system_prompt=character.system_prompt,
+        post_history_instructions=character.post_history_instructions,
+    )
 
 
 def _recollection(hit: Hit) -> Recollection:

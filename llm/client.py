@@ -52,6 +52,9 @@ class Completion:
     latency_ms: float
     attempts: int = 1
     tool_calls: tuple[dict[str, Any], ...] = ()  # OpenAI's shape: {id, type, function}
+    # Of `prompt_tokens`, those the server had kept from an earlier request and did not read
+    # again (OpenAI's prompt caching, llama.cpp's prompt cache), when it says.
+    cached_tokens: int = 0
 
 
 class ModelError(Exception):
@@ -246,6 +249,7 @@ class OpenAIModel:
                 latency_ms=_elapsed_ms(started),
                 attempts=attempt,
                 tool_calls=calls,
+                cached_tokens=_cached(getattr(answer, "usage", None)),
             )
         except (AttributeError, TypeError, IndexError) as exc:
             # The SDK builds models without validating them: missing fields show up here.
@@ -311,6 +315,7 @@ class OpenAIModel:
                         latency_ms=_elapsed_ms(started),
                         attempts=attempt,
                         tool_calls=tuple(calls[i] for i in sorted(calls)),
+                        cached_tokens=_cached(usage),
                     )
                     return
                 except _GaveWay:
@@ -415,6 +420,12 @@ def _usage(usage: CompletionUsage | None, messages: Messages, text: str) -> tupl
     if isinstance(prompt, int) and isinstance(completion, int):
         return prompt, completion
     return tokens.count_messages(messages), tokens.count(text)
+
+
+def _cached(usage: CompletionUsage | None) -> int:
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None)
+    return cached if isinstance(cached, int) else 0
 
 
 def _elapsed_ms(started: float) -> float:

@@ -110,6 +110,16 @@ class Conversation(SqlReadModel):
         )
         return {str(row[0]): _message_of(row) for row in rows}
 
+    def recent_instances(self, limit: int) -> list[tuple[str, UUID]]:
+        """The `limit` instances (with their tenants) whose conversations moved last, the latest
+        last."""
+        rows = self.store.query(
+            "SELECT tenant, instance_id FROM conversation_messages GROUP BY tenant, instance_id "
+            "ORDER BY MAX(position) DESC LIMIT %s",
+            (limit,),
+        )
+        return [(str(tenant), UUID(str(instance))) for tenant, instance in reversed(rows)]
+
     def recent_messages(self, instance_id: UUID, limit: int) -> list[Message]:
         """The last `limit` messages of the conversation, oldest first."""
         rows = self.store.query(

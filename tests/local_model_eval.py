@@ -96,6 +96,26 @@ class EvalCharacter:
             count_messages=tokens.count_messages,
         ).messages
 
+    def opening(
+        self, context_window: int, max_tokens: int, history: Sequence[Turn] | None = None
+    ) -> list[Message]:
+        """The start of the next prompt that alma reads ahead of the chat (chat/warm.py): the
+        persona, the memory text, the conversation and the date, before what is recalled."""
+        prompt = build_prompt(
+            self.persona,
+            self.instance,
+            self.memory_text,
+            [],
+            self.history if history is None else history,
+            "",
+            self.now,
+            context_window=context_window,
+            max_tokens=max_tokens,
+            count=tokens.count,
+            count_messages=tokens.count_messages,
+        )
+        return prompt.messages[: prompt.stable + 1]
+
 
 def characters() -> list[EvalCharacter]:
     data = json.loads(DATA.read_text(encoding="utf-8"))

@@ -161,7 +161,7 @@ def _memory_then_chat_each_time(api: Api, stub: OpenAIStub) -> None:
         assert memory in recalled["content"], f"round {n}: the memory is not in the prompt"
         if previous is not None:
             said, replied = previous
-            assert messages[-4:-2] == [
+            assert messages[-5:-3] == [
                 {"role": "user", "content": said},
                 {"role": "assistant", "content": replied},
             ], f"round {n}: the turn before is not in the prompt"

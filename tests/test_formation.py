@@ -831,6 +831,8 @@ def test_a_chat_arriving_while_the_local_model_forms_memories_takes_it_over(
     )
     with running_api(settings) as api:
         instance = _instance(api)
+        warmer = api.services.warmer
+        assert warmer is not None and warmer.wait_idle(300)  # its opening read ahead, first
         turns = shared_server(
             "smollm2-135m", context=settings.local_context_window, cache_dir=settings.model_cache()
         ).turns

@@ -235,10 +235,11 @@ def test_the_next_turn_reads_only_what_was_recalled_for_it_the_message_and_the_l
         said = [*history, Turn("user", "Where is your ship?"), Turn("assistant", reply)]
         second = prompt(said, "Aria fears the kraken.", "Are you afraid of anything?")
         answer = ask(messages=second)
-    recalled, message = second[-2:]
-    assert recalled["role"] == "system" and message["role"] == "user"
-    new = size(recalled["content"]) + size(message["content"]) + size(reply) + 12  # markers
-    assert read(answer) <= new < size("\n".join(m["content"] for m in second[:-2]))
+    today, recalled, message = second[-3:]
+    assert today["role"] == recalled["role"] == "system" and message["role"] == "user"
+    late = size(today["content"]) + size(recalled["content"]) + size(message["content"])
+    new = late + size(reply) + 16  # markers
+    assert read(answer) <= new < size("\n".join(m["content"] for m in second[:-3]))
 
 
 def test_chats_come_before_background_work_and_are_never_refused_for_it() -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from uuid import uuid4
 
 import httpx
 import pytest
@@ -18,10 +19,11 @@ from alma.settings import Settings
 from tests.cli import KEY_RE, bearer, free_port, running, wait_for_health, wait_for_line
 from tests.conftest import Api, make_character, make_instance, running_api, store_settings
 from tests.openai_stub import OpenAIStub
+from tests.test_observability import _metric
 
 
-def _instance(api: Api) -> str:
-    character = make_character(api)
+def _instance(api: Api, description: str = "Curandera de la sierra") -> str:
+    character = make_character(api, description=description)
     return str(make_instance(api, character["id"])["id"])
 
 
@@ -138,6 +140,92 @@ def test_concurrent_chats_queue_for_the_local_model_and_past_the_wait_answer_503
             assert "0.05 s" in error["message"]
             assert busy.headers["Retry-After"] == "1"
         assert api.client.get("/health").json()["chat_model"]["available"] is True
+
+
+def _tokens(api: Api) -> tuple[float, float]:
+    """How many prompt tokens alma has had the local model read ahead, and how many of the
+    chats' prompt tokens it found read already (llama.cpp's count, in its answers' usage)."""
+    text = api.client.get("/metrics").text
+    warmed = _metric(text, "alma_local_model_warmed_tokens_total")
+    return warmed, _metric(text, "alma_model_tokens_total", kind="prompt_cached")
+
+
+def _first_turn(api: Api, instance: str) -> float:
+    """Chats once with the instance; how many of its prompt's tokens were read before."""
+    cached = _tokens(api)[1]
+    answer = api.client.post(
+        f"/v1/instances/{instance}/chat",
+        json={"message": "¿Quién eres?", "max_tokens": 4, "temperature": 0},
+        headers=api.acme,
+    )
+    assert answer.status_code == 200, answer.text
+    return _tokens(api)[1] - cached
+
+
+@pytest.mark.slow
+def test_a_new_instance_s_first_turn_finds_its_persona_read_already(settings: Settings) -> None:
+    """A conversation's first prompt is read whole before the first word (seconds on this
+    machine): alma has the local model read the persona of an instance when it is created or
+    edited, in the background, so its first turn reads only its own part (the date, the
+    recollections, the message)."""
+    # A model server of its own (servers are shared per process and context size): llama.cpp
+    # loads a cached prompt only when it beats the one it holds both in share kept and in
+    # share matched, so a short prompt an earlier test left in the cache, all of it shared
+    # with this one's instruction, would be taken instead of Rosa's.
+    smollm2 = settings.model_copy(
+        update={"local_model": "smollm2-135m", "local_context_window": 2560}
+    )
+    with running_api(smollm2) as api:
+        warmer = api.services.warmer
+        assert warmer is not None
+        warmed = _tokens(api)[0]
+        # A persona of its own: the model, one per process, may have read another test's.
+        rosa = _instance(api, f"Curandera de la sierra ({uuid4()})")
+        assert warmer.wait_idle(300)
+        rosa_read = _tokens(api)[0] - warmed
+        assert rosa_read > 100  # the default instruction and the persona
+
+        # Another instance read after it does not push it out (llama.cpp's prompt cache).
+        pedro = make_character(api, name="Pedro", description=f"Pescador de Cangas ({uuid4()})")
+        made = make_instance(api, pedro["id"], name="Pedro")
+        assert warmer.wait_idle(300)
+        assert _tokens(api)[0] - warmed > rosa_read
+
+        cached = _first_turn(api, rosa)
+        # All it read ahead, to where the turn's own part starts (its last marker aside).
+        assert cached >= rosa_read - 4
+
+        # An edit changes the persona: it is read again, and the next turn finds it read.
+        edited = api.client.patch(
+            f"/v1/characters/{pedro['id']}",
+            json={"personality": "Callado, pero cuenta historias del mar si se le pregunta."},
+            headers=api.acme,
+        )
+        assert edited.status_code == 200, edited.text
+        before = _tokens(api)[0]
+        assert warmer.wait_idle(300)
+        pedro_read = _tokens(api)[0] - before
+        assert pedro_read > 100
+        assert _first_turn(api, str(made["id"])) >= pedro_read - 4
+
+
+@pytest.mark.slow
+def test_serve_reads_the_conversations_chatted_with_last_before_their_next_turn(
+    settings: Settings,
+) -> None:
+    smollm2 = settings.model_copy(update={"local_model": "smollm2-135m"})
+    with running_api(smollm2) as api:
+        instance = _instance(api, f"Curandera de la sierra ({uuid4()})")
+        persona = _first_turn(api, instance)  # its persona was read when it was made
+        assert api.services.warmer is not None and api.services.warmer.wait_idle(300)
+        warmed = _tokens(api)[0]
+    with running_api(smollm2) as api:  # started again: the conversation is read ahead
+        warmer = api.services.warmer
+        assert warmer is not None and warmer.wait_idle(300)
+        assert _tokens(api)[0] > warmed
+        # The next turn finds read the persona and, after it, the question and the reply before
+        # (the first prompt had the date there: without the reading ahead, only the persona).
+        assert _first_turn(api, instance) >= persona + 8
 
 
 def _lines(log: Path) -> list[str]:

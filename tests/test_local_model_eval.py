@@ -46,8 +46,8 @@ def test_prompts_fit_the_local_models_budget_whole(turns: list[EvalTurn]) -> Non
     history = {c["id"]: len(c["history"]) for c in data["characters"]}
     for turn in turns:
         assert tokens.count_messages(turn.messages) <= LOCAL_WINDOW - MAX_TOKENS
-        # system, the whole recent conversation, what is remembered, the question
-        assert len(turn.messages) == history[turn.character] + 3
+        # system, the whole recent conversation, the date, what is remembered, the question
+        assert len(turn.messages) == history[turn.character] + 4
         assert turn.messages[-1] == {"role": "user", "content": turn.question}
 
 

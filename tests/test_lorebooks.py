@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import hypothesis
 from hypothesis import strategies as st
 
 from alma.api.services import Services, build_services
+from alma.chat.macros import day
 from alma.domain import Actor, Character
 from alma.domain.lore_keys import present
 from alma.domain.transfer import export_tenant, import_events, read_events
@@ -136,6 +138,7 @@ def test_entries_take_their_place_and_order(chat_api: Api, openai_stub: OpenAISt
         ("user", "Hola, Rosa."),
         ("system", ["LORE-D2"]),
         ("assistant", "¡Hola, mijo!"),
+        ("system", f"Today is {day(datetime.now(UTC))}."),
         ("user", "¿Cómo estás?"),
         ("system", ["LORE-D0"]),
     ]

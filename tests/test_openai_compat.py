@@ -125,9 +125,10 @@ def test_the_client_s_system_message_follows_the_persona_unless_turned_off(
     with running_api(configured) as api:
         _, instance = _world(api)
         _ask(_sdk(api, api.acme), instance, haiku, _user("Hola, Rosa"))
-    persona, *rest, recalled, said = openai_stub.requests[-1]["messages"]
+    persona, *rest, today, recalled, said = openai_stub.requests[-1]["messages"]
     assert persona["role"] == "system" and "Doña Rosa" in persona["content"]
     assert rest == ([haiku] if client_instructions else [])
+    assert today["role"] == "system" and today["content"].startswith("Today is ")
     assert recalled["role"] == "system" and "enfermera" in recalled["content"]  # its memories
     assert said == _user("Hola, Rosa")
 

@@ -96,8 +96,9 @@ def test_instructions_follow_the_persona_unless_turned_off(
             ],
         )
     assert response.instructions == "Answer in a haiku."
-    persona, *rest, recalled, said = openai_stub.requests[-1]["messages"]
+    persona, *rest, today, recalled, said = openai_stub.requests[-1]["messages"]
     assert "Doña Rosa" in persona["content"]
+    assert today["role"] == "system" and today["content"].startswith("Today is ")
     client = {"role": "system", "content": "Answer in a haiku.\n\nBe brief."}
     assert rest == ([client] if client_instructions else [])
     assert recalled["role"] == "system" and LUCIA in recalled["content"]  # its memories

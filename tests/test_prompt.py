@@ -87,8 +87,14 @@ def recalled(prompt: Prompt) -> str:
 
 
 def conversation(prompt: Prompt) -> list[dict[str, Any]]:
-    """The messages between the system message and the new one, the recollections' left out."""
-    return [m for m in prompt.messages[1:-1] if not m["content"].startswith(RECALLED)]
+    """The messages between the system message and the new one, the date and the recollections
+    (this turn's own, after the start the next turn shares) left out."""
+    assert prompt.messages[prompt.stable]["content"].startswith("Today is ")
+    return [
+        m
+        for n, m in enumerate(prompt.messages[:-1])
+        if 0 < n != prompt.stable and not m["content"].startswith(RECALLED)
+    ]
 
 
 def everything(prompt: Prompt) -> str:
@@ -335,6 +341,7 @@ def test_spanish_and_emoji_text_is_counted_and_kept_exactly() -> None:
     assert prompt.messages[1:] == [
         {"role": "user", "content": "¡Hola, Lucía! ñandú 🌮"},
         {"role": "assistant", "content": "¡Hola! ¿Qué tal el día?"},
+        {"role": "system", "content": "Today is 10 March 2024."},
         {"role": "system", "content": f"{RECALLED}- [1 March 2024] Su hermana Lucía es enfermera"},
         {"role": "user", "content": message},
     ]
@@ -351,7 +358,7 @@ def test_the_persona_speaks_as_the_instance_unless_the_character_brings_its_own_
     assert content.startswith(default_instruction("Martita", "Marta"))
     assert "you ARE Martita" in content and "a variation of Marta" in content
     assert "Spanish or English" in content and "Never say you are an AI" in content
-    assert "Today is 10 March 2024." in content
+    assert "Today is" not in content  # late, with what changes from turn to turn (below)
 
     own = replace(persona, system_prompt="Eres Marta. Habla siempre en verso.")
     content = system(build(persona=own, instance_name="Martita"))
@@ -430,10 +437,12 @@ def test_a_turn_starts_as_the_one_before_it_and_what_it_recalls_comes_last() -> 
         user_message="¿Y tu hermana?",
     )
     kept = 1 + len(turns)  # the system message and the turns before
+    assert first.stable == kept and second.stable == kept + 2
     assert second.messages[:kept] == first.messages[:kept]
     assert second.messages[kept:] == [
         {"role": "user", "content": "¿Qué cocinamos?"},
         {"role": "assistant", "content": "Un gazpacho."},
+        {"role": "system", "content": "Today is 10 March 2024."},
         {"role": "system", "content": f"{RECALLED}- [10 March 2024] Su hermana es enfermera"},
         {"role": "user", "content": "¿Y tu hermana?"},
     ]
@@ -507,7 +516,8 @@ def test_post_history_instructions_come_last_and_are_cut_within_the_budget() -> 
     persona = Persona(character="Marta", post_history_instructions="Stay as {{char}}, {{user}}.")
     turns = [Turn("user", "hola"), Turn("assistant", "¿qué tal?")]
     whole = build(persona=persona, turns=turns, user_name="Lucía")
-    assert [m["role"] for m in whole.messages] == ["system", "user", "assistant", "user", "system"]
+    roles = ["system", "user", "assistant", "system", "user", "system"]
+    assert [m["role"] for m in whole.messages] == roles
     assert whole.messages[-1]["content"] == "Stay as Marta, Lucía."
 
     long = replace(persona, post_history_instructions=words(3, 3000))
@@ -576,9 +586,11 @@ def test_the_hash_is_of_the_exact_messages_and_changes_with_every_input() -> Non
 
 def test_a_long_gap_since_the_last_turn_is_mentioned() -> None:
     turns = [Turn("user", "adiós", NOW - timedelta(days=9)), Turn("assistant", "¡chao!", None)]
-    assert "You last talked with the user on 1 March 2024." in system(build(turns=turns))
-    today = [Turn("user", "hola", NOW - timedelta(minutes=5))]
-    assert "You last talked" not in system(build(turns=today))
+    gap = build(turns=turns)
+    said = "Today is 10 March 2024. You last talked with the user on 1 March 2024."
+    assert gap.messages[gap.stable] == {"role": "system", "content": said}
+    today = build(turns=[Turn("user", "hola", NOW - timedelta(minutes=5))])
+    assert today.messages[today.stable] == {"role": "system", "content": "Today is 10 March 2024."}
 
 
 def test_a_turn_with_an_unknown_role_is_refused() -> None:
@@ -590,7 +602,8 @@ def test_the_client_s_instructions_follow_the_persona_and_are_cut_to_the_budget(
     turns = [Turn("user", "¿Te acuerdas de Lucía?"), Turn("assistant", "Claro, mi hermana.")]
     memory = "Vive en Madrid con su gato Ñoño."
     prompt = build(instructions="Answer in one sentence.", turns=turns, memory_text=memory)
-    assert [m["role"] for m in prompt.messages] == ["system", "system", "user", "assistant", "user"]
+    roles = ["system", "system", "user", "assistant", "system", "user"]
+    assert [m["role"] for m in prompt.messages] == roles
     assert prompt.messages[1]["content"] == "Answer in one sentence."
     assert memory in system(prompt) and prompt.truncated == []
 
@@ -621,3 +634,14 @@ def test_what_follows_the_new_message_ends_the_prompt_whole() -> None:
             *after,
         ]
         assert prompt.tokens == tokens.count_messages(prompt.messages) <= prompt.budget
+
+
+def test_the_start_of_the_prompt_stays_the_same_from_day_to_day() -> None:
+    """The date comes late: the persona, the memory text and the conversation before it read
+    the same the next day, so a model server that kept them does not read them again."""
+    turns = [Turn("user", "hola", NOW - timedelta(days=2)), Turn("assistant", "¡Hola, criatura!")]
+    kwargs: dict[str, Any] = {"memory_text": "Vive en Cádiz.", "turns": turns}
+    today, tomorrow = build(**kwargs), build(**kwargs, now=NOW + timedelta(days=1, hours=3))
+    assert today.stable == tomorrow.stable == 3
+    assert today.messages[: today.stable] == tomorrow.messages[: tomorrow.stable]
+    assert today.messages[today.stable] != tomorrow.messages[tomorrow.stable]

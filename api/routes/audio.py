@@ -25,6 +25,7 @@ from alma.api.schemas import (
     TranslationOut,
     VoiceTurnOut,
 )
+from alma.chat.turns import DEFAULT_REPLY_TOKENS
 from alma.chat.voice_turn import Spoken, reply_by_voice
 from alma.domain import Alma, NotFound
 from alma.voice import NoSpeech, Options, Speech, Transcript
@@ -151,7 +152,7 @@ async def voice_turn(
     file: Annotated[UploadFile, File(description="the user's speech")],
     response_format: Annotated[AudioFormat, Form()] = "mp3",
     language: Language = None,
-    max_tokens: Annotated[int, Form(ge=1, le=MAX_REPLY_TOKENS)] = 512,
+    max_tokens: Annotated[int, Form(ge=1, le=MAX_REPLY_TOKENS)] = DEFAULT_REPLY_TOKENS,
     temperature: Annotated[float, Form(ge=0.0, le=2.0)] = 0.8,
 ) -> VoiceTurnOut:
     """A chat turn by voice: the transcript is the user's message (recorded with

@@ -20,6 +20,7 @@ from alma.api.deps import (
     ExpectedVersion,
     Limit,
     Listing,
+    PromptWarmer,
 )
 from alma.api.idempotency import RetrySafe
 from alma.api.schemas import CharacterCreate, CharacterEdit, CharacterOut, Page
@@ -140,10 +141,12 @@ def edit_character(
     caller: CurrentCaller,
     app: AlmaApp,
     expected_version: ExpectedVersion,
+    warm: PromptWarmer,
 ) -> CharacterOut:
     character = app.edit_character(
         caller.tenant, character_id, body.patch(), caller.actor, expected_version
     )
+    warm(caller.tenant, [], character_id)  # its instances
     return CharacterOut.of(character)
 
 

@@ -19,6 +19,7 @@ from alma.api.deps import (
     ExpectedVersion,
     Limit,
     Listing,
+    PromptWarmer,
 )
 from alma.api.idempotency import RetrySafe
 from alma.api.schemas import (
@@ -37,7 +38,11 @@ router = APIRouter(tags=["instances"])
 
 @router.post("/v1/characters/{character_id}/instances", status_code=201, dependencies=[RetrySafe])
 def create_instance(
-    character_id: UUID, body: InstanceCreate, caller: CurrentCaller, app: AlmaApp
+    character_id: UUID,
+    body: InstanceCreate,
+    caller: CurrentCaller,
+    app: AlmaApp,
+    warm: PromptWarmer,
 ) -> InstanceOut:
     voice = body.voice.model_dump(exclude_none=True) if body.voice else None
     instance = app.create_instance(
@@ -49,6 +54,7 @@ def create_instance(
         voice=voice,
         user_name=body.user_name,
     )
+    warm(caller.tenant, [instance.id], None)
     return InstanceOut.of(instance)
 
 
@@ -88,6 +94,7 @@ def edit_instance(
     caller: CurrentCaller,
     app: AlmaApp,
     expected_version: ExpectedVersion,
+    warm: PromptWarmer,
 ) -> InstanceOut:
     patch = body.patch()
     instance = app.edit_instance(
@@ -100,6 +107,7 @@ def edit_instance(
         voice=patch.get("voice", Keep.KEEP),
         user_name=patch.get("user_name", Keep.KEEP),
     )
+    warm(caller.tenant, [instance_id], None)
     return InstanceOut.of(instance)
 
 
@@ -127,6 +135,7 @@ def fork_instance(
     app: AlmaApp,
     audit: Audit,
     audit_caught_up: AuditCaughtUp,
+    warm: PromptWarmer,
 ) -> InstanceOut:
     """A new instance with everything this one remembered at `at_version` or `at` (default:
     now): memory text, voice, memory snippets and conversation, as the fork's own events."""
@@ -138,15 +147,21 @@ def fork_instance(
     instance = app.fork_instance(
         caller.tenant, instance_id, body.name, caller.actor, point, memories
     )
+    warm(caller.tenant, [instance.id], None)
     return InstanceOut.of(instance)
 
 
 @router.post("/v1/instances/{instance_id}/greeting", status_code=201, dependencies=[RetrySafe])
 def greet(
-    instance_id: UUID, caller: CurrentCaller, cards: CharacterCards, body: GreetingRequest
+    instance_id: UUID,
+    caller: CurrentCaller,
+    cards: CharacterCards,
+    body: GreetingRequest,
+    warm: PromptWarmer,
 ) -> GreetingOut:
     """Opens the conversation with the character's greeting or one of its alternates (its
     Character Card's `first_mes` and `alternate_greetings`), recorded as the character's first
     message; 409 once the conversation has started."""
     message_id, index, content = cards.greet(caller.tenant, instance_id, body.index, caller.actor)
+    warm(caller.tenant, [instance_id], None)  # the conversation starts with the greeting
     return GreetingOut(id=message_id, index=index, content=content)

@@ -20,12 +20,12 @@ from alma.api.schemas import (
     ResponsesRequest,
 )
 from alma.chat import openai_compat, openai_responses
+from alma.chat.turns import DEFAULT_REPLY_TOKENS
 from alma.llm.client import ModelError
 
 router = APIRouter(tags=["openai-compatible"])
 MEMORIES_UNAVAILABLE = "X-Alma-Memories-Unavailable"
 MEMORIES_BEHIND = "X-Alma-Memories-Behind"
-DEFAULT_MAX_TOKENS = 512
 DEFAULT_TEMPERATURE = 0.8
 
 
@@ -41,7 +41,7 @@ def chat_completions(
         caller.tenant,
         body.model,
         body.messages,
-        body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS,
+        body.max_completion_tokens or body.max_tokens or DEFAULT_REPLY_TOKENS,
         DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
         body.stream,
         caller.actor,
@@ -61,7 +61,7 @@ def completions(
         caller.tenant,
         body.model,
         openai_compat.prompt_turn(body.prompt),
-        body.max_tokens or DEFAULT_MAX_TOKENS,
+        body.max_tokens or DEFAULT_REPLY_TOKENS,
         DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
         body.stream,
         caller.actor,
@@ -87,7 +87,7 @@ def responses(
         body.input_items(),
         body.instructions,
         body.previous_response_id,
-        body.max_output_tokens or DEFAULT_MAX_TOKENS,
+        body.max_output_tokens or DEFAULT_REPLY_TOKENS,
         DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
         body.stream,
         caller.actor,

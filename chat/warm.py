@@ -1,0 +1,87 @@
+"""Instances' next prompts read ahead of their chats, in the background (the local model).
+
+llama.cpp reads a conversation's first prompt whole before its first word: ~650 tokens keep the
+default 1.5B busy 7-14 s on two cores. Later turns start fast because it keeps what it read and
+reads again only what follows the first difference (chat/prompt.py puts what changes late). The
+`Warmer` has the start of an instance's next prompt read before the chat asks: its persona,
+memory text and conversation so far (`Chat.opening`), when `alma serve` starts (the instances
+chatted with last) and when a character or an instance is created or edited. It takes the model
+as memory formation does: after chats, giving way to them (`LocalModelServer.warm`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from uuid import UUID
+
+from alma.llm.client import Messages
+
+log = logging.getLogger(__name__)
+# The instances whose prompts are kept ready at most: the latest asked for (llama.cpp's prompt
+# cache, 256 MiB, holds about 14 openings of ~650 tokens of the 1.5B).
+WARM_INSTANCES = 8
+
+Opening = Callable[[str, UUID], Messages]
+
+
+class Warmer:
+    """Reads instances' openings into the model's prompt cache on a thread of its own, the
+    latest asked for first; at most `limit` wait, the oldest requests dropped past it."""
+
+    def __init__(
+        self,
+        opening: Opening,
+        warm: Callable[[Messages], int],
+        limit: int = WARM_INSTANCES,
+    ) -> None:
+        """`opening(tenant, instance_id)`: the start of the instance's next prompt; `warm`
+        reads messages into the cache and says how many tokens it read."""
+        self.opening = opening
+        self.warm = warm
+        self.limit = limit
+        self._pending: OrderedDict[tuple[str, UUID], None] = OrderedDict()
+        self._busy = False
+        self._stopped = False
+        self._state = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="alma-warmer", daemon=True)
+        self._thread.start()
+
+    def soon(self, tenant: str, instance_ids: Iterable[UUID]) -> None:
+        """Read these instances' openings, the last one given first."""
+        with self._state:
+            for instance_id in instance_ids:
+                self._pending.pop((tenant, instance_id), None)
+                self._pending[(tenant, instance_id)] = None
+            while len(self._pending) > self.limit:
+                self._pending.popitem(last=False)
+            self._state.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once nothing waits and nothing is being read; False when `timeout` passes first."""
+        with self._state:
+            return self._state.wait_for(lambda: not self._pending and not self._busy, timeout)
+
+    def close(self) -> None:
+        with self._state:
+            self._stopped = True
+            self._pending.clear()
+            self._state.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._state:
+                self._busy = False
+                self._state.notify_all()
+                self._state.wait_for(lambda: self._pending or self._stopped)
+                if self._stopped:
+                    return
+                (tenant, instance_id), _ = self._pending.popitem(last=True)
+                self._busy = True
+            try:
+                read = self.warm(self.opening(tenant, instance_id))
+                log.debug("read %d tokens of instance %s's next prompt", read, instance_id)
+            except Exception as error:  # deleted since, the model gone: its chat reads it all
+                log.info("could not read instance %s's next prompt ahead: %s", instance_id, error)
