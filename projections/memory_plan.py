@@ -30,6 +30,7 @@ class Plan:
     texts: dict[UUID, str | None] = field(default_factory=dict)
     stored_texts: dict[UUID, str | None] = field(default_factory=dict)  # read from SQL
     dropped: set[UUID] = field(default_factory=set)
+    vectors: dict[str, bytes] = field(default_factory=dict)  # doc id -> as stored, once embedded
     erased: set[UUID] = field(default_factory=set)  # dropped, with the store's log wiped
 
     def put(self, doc: Doc) -> None:
