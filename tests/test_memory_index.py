@@ -144,12 +144,18 @@ def indexed(index: MemoryIndex, instance: UUID) -> set[tuple[str, str, str | Non
         "WHERE generation = %s AND instance_id = %s",
         (generation, str(instance)),
     )
-    assert {r[0]: (moment(r[4]), bytes(r[5])) for r in rows} == in_chroma(index, instance)
+    held = in_chroma(index, instance)
+    assert {r[0]: moment(r[4]) for r in rows} == {d: when for d, (when, _) in held.items()}
+    # Chroma's copy of a vector, once in its HNSW index, is normalized again (by hnswlib): the
+    # same to the last bits of a float32.
+    for doc_id, *_, vector in rows:
+        stored = np.frombuffer(vector, dtype=np.float32)
+        assert np.allclose(stored, held[doc_id][1], rtol=0, atol=1e-6), doc_id
     return {(r[1], r[2], r[3], moment(r[4]) if r[1] != "memory_text" else None) for r in rows}
 
 
-def in_chroma(index: MemoryIndex, instance: UUID) -> dict[str, tuple[datetime, bytes]]:
-    """When each of the instance's vectors says its source happened, and the vector (float32)."""
+def in_chroma(index: MemoryIndex, instance: UUID) -> dict[str, tuple[datetime, Any]]:
+    """When each of the instance's vectors says its source happened, and the vector."""
     name = index.vectors.name(index.generation, instance)
     if name not in {c.name for c in index.vectors.client.list_collections()}:
         return {}
@@ -159,7 +165,7 @@ def in_chroma(index: MemoryIndex, instance: UUID) -> dict[str, tuple[datetime, b
     return {
         doc_id: (
             datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=meta[OCCURRED]),
-            np.asarray(vector, dtype=np.float32).tobytes(),
+            vector,
         )
         for doc_id, meta, vector in zip(
             found["ids"], found["metadatas"], found["embeddings"], strict=True
