@@ -79,7 +79,7 @@ def _rows(
 
 
 def stored(vector: Sequence[float]) -> bytes:
-    """A vector as the index keeps it beside its document: float32, as Chroma keeps it."""
+    """A vector as the index keeps it beside its document: the float32 it sends to Chroma."""
     return np.asarray(vector, dtype=np.float32).tobytes()
 
 

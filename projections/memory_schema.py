@@ -55,8 +55,8 @@ _TABLES = [
         PRIMARY KEY (generation, instance_id))""",
 ]
 _COVERING = {"sqlite": ") WITHOUT ROWID", "postgresql": " INCLUDE (tf, length))"}
-# Each document's vector as Chroma has it (float32, `memory_docs.stored`), which a search reads
-# beside the document instead of asking Chroma for it.
+# Each document's vector as it was sent to Chroma (float32, `memory_docs.stored`), which a search
+# reads beside the document instead of asking Chroma for it.
 _BYTES = {"sqlite": "BLOB", "postgresql": "BYTEA"}
 
 # Indexes written before memory_words kept their postings without the length.
