@@ -16,7 +16,8 @@ Chroma, the packaged MiniLM model, all under a temporary ALMA_DATA_DIR. What it 
    embedding included, with varied Spanish and English queries: after one warm-up search per
    instance (a first search per collection loads it from disk; reported apart), 200 searches.
    Store A: random instance per query; store B: the one instance. A breakdown row gives the
-   p50 of each step (query embedding, Chroma, BM25 in SQL, loading the candidates).
+   p50 of each step (query embedding, Chroma, BM25 in SQL, the vectors of BM25's other hits from
+   SQL, loading the candidates).
    With `--no-filtered` skipped, otherwise a comparison: the dense step alone on the
    collection of the instance (alma's layout) against one collection holding all N vectors,
    queried with `where={"instance": ...}` (why alma keeps a collection per instance).
@@ -77,7 +78,7 @@ from alma.api.services import Services, build_services, rebuild_memory_index  # 
 from alma.domain import Actor, Memory, NewMessage  # noqa: E402
 from alma.embeddings import Backend, Embedder  # noqa: E402
 from alma.projections import Follower, MemoryIndex, Period  # noqa: E402
-from alma.projections.memory_docs import documents, moment  # noqa: E402
+from alma.projections.memory_docs import documents, moment, vectors  # noqa: E402
 from alma.projections.ranking import Weights  # noqa: E402
 from alma.projections.vectors import COLLECTION  # noqa: E402
 from alma.settings import Settings  # noqa: E402
@@ -676,7 +677,7 @@ def search_steps(
         nearest = time.perf_counter()
         lexical, _ = index._bm25(generation, instance_id, query)
         scored = time.perf_counter()
-        index.vectors.vectors(generation, instance_id, [d for d in lexical if d not in dense])
+        vectors(index.store, generation, [d for d in lexical if d not in dense])
         fetched = time.perf_counter()
         documents(index.store, generation, list(dense.keys() | lexical.keys()))
         loaded = time.perf_counter()

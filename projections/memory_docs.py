@@ -1,5 +1,5 @@
-"""The memory index's documents: one searchable source as stored in SQL, and reading them back;
-and the period a search keeps them within."""
+"""The memory index's documents: one searchable source as stored in SQL with its vector, and
+reading them back; and the period a search keeps them within."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
+import numpy as np
+
 from alma.domain.errors import InvalidInput
 from alma.domain.rules import as_utc
 from alma.stores.sql import SqlStore
@@ -19,6 +21,8 @@ DOC_COLUMNS = (
     "doc_id, tenant, instance_id, kind, text, metadata, importance, occurred_at, position, "
     "speaker, created_at"
 )
+# The document's columns, then its vector.
+VECTOR_COLUMNS = f"{DOC_COLUMNS}, vector"
 
 
 @dataclass(frozen=True)
@@ -46,14 +50,45 @@ class Doc:
 
 
 def documents(store: SqlStore, generation: int, doc_ids: Sequence[str]) -> dict[str, Doc]:
+    return {row[0]: doc_of(row) for row in _rows(store, generation, doc_ids, DOC_COLUMNS)}
+
+
+def documents_and_vectors(
+    store: SqlStore, generation: int, doc_ids: Sequence[str]
+) -> tuple[dict[str, Doc], dict[str, np.ndarray]]:
+    """The documents of `doc_ids` the index holds, and their vectors, in one read."""
+    rows = _rows(store, generation, doc_ids, VECTOR_COLUMNS)
+    return {row[0]: doc_of(row) for row in rows}, vectors_in(rows)
+
+
+def vectors(store: SqlStore, generation: int, doc_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """The vectors of the documents of `doc_ids` the index holds."""
+    return vectors_in(_rows(store, generation, doc_ids, "doc_id, vector"))
+
+
+def _rows(
+    store: SqlStore, generation: int, doc_ids: Sequence[str], columns: str
+) -> list[tuple[Any, ...]]:
     if not doc_ids:
-        return {}
+        return []
     marks = ", ".join(["%s"] * len(doc_ids))
-    rows = store.query(
-        f"SELECT {DOC_COLUMNS} FROM memory_docs WHERE generation = %s AND doc_id IN ({marks})",
+    return store.query(
+        f"SELECT {columns} FROM memory_docs WHERE generation = %s AND doc_id IN ({marks})",
         (generation, *doc_ids),
     )
-    return {row[0]: doc_of(row) for row in rows}
+
+
+def stored(vector: Sequence[float]) -> bytes:
+    """A vector as the index keeps it beside its document: the float32 it sends to Chroma."""
+    return np.asarray(vector, dtype=np.float32).tobytes()
+
+
+def vectors_in(rows: Sequence[Sequence[Any]]) -> dict[str, np.ndarray]:
+    """The vectors in rows that start with a document's id and end with its stored vector (none
+    in an index an earlier version wrote whose vector Chroma lacked)."""
+    return {
+        str(row[0]): np.frombuffer(row[-1], dtype=np.float32) for row in rows if row[-1] is not None
+    }
 
 
 def doc_of(row: Sequence[Any]) -> Doc:

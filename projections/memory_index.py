@@ -1,8 +1,9 @@
 """The memory index: every live memory source of every instance, searchable by meaning and words.
 
 Sources: memory snippets (Memory aggregates), conversation messages, and the instance's memory
-text (split into paragraphs). For each source the index keeps a row in SQL (text, metadata, BM25
-postings) beside the event store, and a vector in the instance's Chroma collection.
+text (split into paragraphs). For each source the index keeps a row in SQL (text, metadata, its
+vector, BM25 postings) beside the event store, and the vector in the instance's Chroma collection,
+which finds the nearest.
 
 Each batch of events is planned (`memory_plan`), applied to Chroma first (idempotent: ids are the
 sources' ids, upserts carry the final state, deletes are by id), then to SQL (`memory_writes`) in
@@ -26,9 +27,15 @@ from uuid import UUID
 
 from alma.embeddings import Embedder, Interrupted
 from alma.projections import memory_writes
-from alma.projections.memory_docs import Doc, moment
+from alma.projections.memory_docs import Doc, moment, stored
 from alma.projections.memory_plan import Plan, plan
-from alma.projections.memory_schema import GENERATION_TABLES, prepare, undated
+from alma.projections.memory_schema import (
+    GENERATION_TABLES,
+    add_vectors,
+    prepare,
+    undated,
+    unstored,
+)
 from alma.projections.memory_search import MemorySearch
 from alma.projections.partitions import Fenced, PartitionTable, Progress, Stopped
 from alma.projections.ranking import Weights
@@ -40,6 +47,8 @@ NAME = "memory-index"
 # Texts go to the embedder this many at a time, which it sorts by length into batches that pad
 # little (README, memory index).
 EMBED_GROUP = 4_096
+# Vectors read from Chroma at a time when an earlier version's index gets its vectors copied.
+_COPY_AT_ONCE = 1_000
 
 
 class MemoryIndex(MemorySearch):
@@ -60,6 +69,8 @@ class MemoryIndex(MemorySearch):
         if undated(store):
             self._date_vectors()
         prepare(store)
+        if unstored(store):
+            self._store_vectors()
 
     def _date_vectors(self) -> None:
         """Gives the vectors of an index an earlier version wrote the time each source happened,
@@ -77,6 +88,28 @@ class MemoryIndex(MemorySearch):
                 [str(row[2]) for row in docs],
                 [described(str(row[3]), int(row[4]), moment(row[5])) for row in docs],
             )
+
+    def _store_vectors(self) -> None:
+        """Copies, from Chroma, the vectors of the documents of an index an earlier version wrote
+        into the column it adds, in one transaction: a crash leaves the index without the column,
+        to be done again. A document whose vector Chroma lacks keeps none (a search gives it no
+        dense score, as it did)."""
+        rows = self.store.query(
+            "SELECT generation, instance_id, doc_id FROM memory_docs "
+            "ORDER BY generation, instance_id"
+        )
+        with self.store.transaction() as cursor:
+            cursor.execute(add_vectors(self.store.dialect))
+            for (generation, instance_id), group in groupby(rows, key=lambda row: row[:2]):
+                ids = [str(row[2]) for row in group]
+                for start in range(0, len(ids), _COPY_AT_ONCE):
+                    found = self.vectors.vectors(
+                        int(generation), UUID(str(instance_id)), ids[start : start + _COPY_AT_ONCE]
+                    )
+                    cursor.executemany(
+                        "UPDATE memory_docs SET vector = %s WHERE generation = %s AND doc_id = %s",
+                        [(stored(v), generation, doc_id) for doc_id, v in found.items()],
+                    )
 
     # Following the log
 
@@ -116,9 +149,14 @@ class MemoryIndex(MemorySearch):
                 chunk = live[start : start + size]
                 texts = [doc.indexed_text() for doc in chunk]
                 try:
-                    vectors += self.embedder.encode(texts, progress.stopping)
+                    embedded = self.embedder.encode(texts, progress.stopping)
                 except Interrupted as stop:
                     raise Stopped(f"{progress.key}: stopped with the batch half embedded") from stop
+                plan.vectors.update(
+                    (doc.doc_id, stored(vector))
+                    for doc, vector in zip(chunk, embedded, strict=True)
+                )
+                vectors += embedded
                 ready = _complete_prefix(live, len(vectors))
                 for first, last in _instance_runs(live, written, ready):
                     writes.append(

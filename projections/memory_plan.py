@@ -31,6 +31,7 @@ class Plan:
     stored_texts: dict[UUID, str | None] = field(default_factory=dict)  # read from SQL
     dropped: set[UUID] = field(default_factory=set)
     erased: set[UUID] = field(default_factory=set)  # dropped, with the store's log wiped
+    vectors: dict[str, bytes] = field(default_factory=dict)  # doc id -> as stored, once embedded
 
     def put(self, doc: Doc) -> None:
         self.gone.pop(doc.doc_id, None)

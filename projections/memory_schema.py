@@ -26,7 +26,7 @@ _TABLES = [
         instance_id TEXT NOT NULL, kind TEXT NOT NULL, text TEXT NOT NULL,
         metadata TEXT NOT NULL, importance DOUBLE PRECISION NOT NULL, occurred_at TEXT NOT NULL,
         position BIGINT NOT NULL, length INTEGER NOT NULL, speaker TEXT, created_at TEXT NOT NULL,
-        PRIMARY KEY (generation, doc_id))""",
+        vector {bytes}, PRIMARY KEY (generation, doc_id))""",
     """CREATE INDEX IF NOT EXISTS memory_docs_by_instance
         ON memory_docs (generation, instance_id, kind, position)""",
     # The turns beside a search's first hits, in time (memory_search, `Weights.neighbours`).
@@ -55,6 +55,9 @@ _TABLES = [
         PRIMARY KEY (generation, instance_id))""",
 ]
 _COVERING = {"sqlite": ") WITHOUT ROWID", "postgresql": " INCLUDE (tf, length))"}
+# Each document's vector as it was sent to Chroma (float32, `memory_docs.stored`), which a search
+# reads beside the document instead of asking Chroma for it.
+_BYTES = {"sqlite": "BLOB", "postgresql": "BYTEA"}
 
 # Indexes written before memory_words kept their postings without the length.
 _MOVE_POSTINGS = [
@@ -99,8 +102,21 @@ def undated(store: SqlStore) -> bool:
     return store.has_table("memory_docs") and not store.has_column("memory_docs", "speaker")
 
 
+def unstored(store: SqlStore) -> bool:
+    """Whether the index was written before its documents kept their vectors (`MemoryIndex`
+    copies them from Chroma, adding the column, after `prepare`)."""
+    return not store.has_column("memory_docs", "vector")
+
+
+def add_vectors(dialect: str) -> str:
+    return f"ALTER TABLE memory_docs ADD COLUMN vector {_BYTES[dialect]}"
+
+
 def tables(dialect: str) -> list[str]:
-    return [statement.replace("{covering}", _COVERING[dialect]) for statement in _TABLES]
+    return [
+        statement.replace("{covering}", _COVERING[dialect]).replace("{bytes}", _BYTES[dialect])
+        for statement in _TABLES
+    ]
 
 
 def prepare(store: SqlStore) -> None:

@@ -10,13 +10,23 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from uuid import UUID
 
 import numpy as np
 
 from alma.embeddings import Embedder
-from alma.projections.memory_docs import DOC_COLUMNS, Doc, Period, doc_of, documents, moment
+from alma.projections.memory_docs import (
+    DOC_COLUMNS,
+    VECTOR_COLUMNS,
+    Doc,
+    Period,
+    doc_of,
+    documents,
+    documents_and_vectors,
+    moment,
+    vectors,
+    vectors_in,
+)
 from alma.projections.query_hints import boost
 from alma.projections.ranking import (
     Candidate,
@@ -123,7 +133,7 @@ class MemorySearch:
         query_vector = np.asarray(vector)
         for doc_id, other in stored.items():
             if doc_id not in dense:
-                dense[doc_id] = float(np.dot(query_vector, np.asarray(other)))
+                dense[doc_id] = float(np.dot(query_vector, other))
         docs = documents(self.store, generation, list(dense.keys() | lexical.keys()))
         now = now or datetime.now(UTC)
         ranked = self._rank(query, docs, dense, lexical, {}, information, now)
@@ -131,15 +141,17 @@ class MemorySearch:
         if self.weights.expansion:
             first = [docs[c.doc_id] for c, _ in ranked[:_HOP_FROM]]
             expanded = self._second_hop(generation, instance_id, query, first, period, pool)
-        beside = self._beside(generation, instance_id, ranked, period, docs)
+        beside, beside_vectors = self._beside(generation, instance_id, ranked, period, docs)
         brought = [d for d in expanded.keys() | beside.keys() if d not in docs]
         if brought:
-            missing = [doc_id for doc_id in brought if doc_id not in dense]
-            for doc_id, other in self.vectors.vectors(generation, instance_id, missing).items():
-                dense[doc_id] = float(np.dot(query_vector, np.asarray(other)))
-            docs |= beside | documents(
+            hopped, brought_vectors = documents_and_vectors(
                 self.store, generation, [d for d in brought if d not in beside]
             )
+            brought_vectors |= beside_vectors
+            for doc_id in brought:
+                if doc_id not in dense and doc_id in brought_vectors:
+                    dense[doc_id] = float(np.dot(query_vector, brought_vectors[doc_id]))
+            docs |= beside | hopped
         if expanded or brought:
             ranked = self._rank(query, docs, dense, lexical, expanded, information, now)
         if exclude is not None:
@@ -164,12 +176,12 @@ class MemorySearch:
 
     def _words(
         self, generation: int, instance_id: UUID, query: str, period: Period | None, pool: int
-    ) -> tuple[dict[str, float], float, dict[str, Any]]:
+    ) -> tuple[dict[str, float], float, dict[str, np.ndarray]]:
         """BM25's candidates, what the query's words weigh (`_bm25`) and the candidates' stored
-        vectors, read while the query is embedded and Chroma searched: the vectors give them a
-        dense score without waiting for that."""
+        vectors (from SQL), read while the query is embedded and Chroma searched: the vectors
+        give them a dense score without waiting for that."""
         lexical, information = self._bm25(generation, instance_id, query, period, pool)
-        return lexical, information, self.vectors.vectors(generation, instance_id, list(lexical))
+        return lexical, information, vectors(self.store, generation, list(lexical))
 
     def _bm25(
         self,
@@ -228,29 +240,31 @@ class MemorySearch:
         ranked: list[tuple[Candidate, float]],
         period: Period | None,
         known: dict[str, Doc],
-    ) -> dict[str, Doc]:
+    ) -> tuple[dict[str, Doc], dict[str, np.ndarray]]:
         """The turns beside the first `Weights.neighbour_candidates` turns of `ranked`, up to
         `neighbours_each_side` on each side in time, within the episode (the blend's gap) and
         `period`, that are not among the `known` candidates: those neither signal found that a
-        neighbour's score may lift."""
+        neighbour's score may lift. With their vectors, read in the same query."""
         weights = self.weights
         side, gap = weights.neighbours_each_side, timedelta(minutes=weights.episode_gap_minutes)
         hits = [c for c, _ in ranked if c.turn][: weights.neighbour_candidates]
         if not weights.neighbours or not side or not hits:
-            return {}
+            return {}, {}
         scope = (generation, str(instance_id))
         sides: list[str] = []
         params: list[object] = []
         for hit in hits:
             for compare, order in (("<", "DESC"), (">", "ASC")):
                 sides.append(
-                    f"SELECT * FROM (SELECT {DOC_COLUMNS} FROM memory_docs WHERE generation = %s "
-                    f"AND instance_id = %s AND occurred_at {compare} %s AND {_TURN} "
+                    f"SELECT * FROM (SELECT {VECTOR_COLUMNS} FROM memory_docs "
+                    f"WHERE generation = %s AND instance_id = %s AND occurred_at {compare} %s "
+                    f"AND {_TURN} "
                     f"ORDER BY occurred_at {order} LIMIT {side}) AS side{len(sides)}"
                 )
                 params += [*scope, hit.occurred_at.isoformat()]
         times = sorted(hit.occurred_at for hit in hits)
         found: dict[str, Doc] = {}
+        rows = []
         for row in self.store.query(" UNION ALL ".join(sides), params):
             doc_id = str(row[0])
             if doc_id in known or doc_id in found:
@@ -263,7 +277,8 @@ class MemorySearch:
             )
             if near and (period is None or period.holds(when)):
                 found[doc_id] = doc_of(row)
-        return found
+                rows.append(row)
+        return found, vectors_in(rows)
 
     def _second_hop(
         self,

@@ -1,5 +1,5 @@
-"""Writing a planned batch to the memory index's SQL: the documents, their BM25 postings and
-statistics and the memory texts.
+"""Writing a planned batch to the memory index's SQL: the documents with their vectors, their BM25
+postings and statistics and the memory texts.
 
 Every table gets one DELETE ... IN per few hundred ids and one INSERT per batch; the statistics
 change by the batch's differences, so they are never counted again.
@@ -84,13 +84,14 @@ def write(cursor: Cursor, plan: Plan) -> bool:
                 length,
                 doc.speaker,
                 doc.created_at.isoformat(),
+                plan.vectors[doc_id],
             )
         )
         postings += [(generation, instance, t, doc_id, n, length) for t, n in counts.items()]
     cursor.executemany(
         "INSERT INTO memory_docs (generation, doc_id, tenant, instance_id, kind, text, "
-        "metadata, importance, occurred_at, position, length, speaker, created_at) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        "metadata, importance, occurred_at, position, length, speaker, created_at, vector) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         rows,
     )
     cursor.executemany(

@@ -4,12 +4,14 @@ a rebuild beside the serving index."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -44,6 +46,7 @@ operations = st.lists(
 )
 # When an imported message said without a time was said, here (the API's default is now).
 SAID_AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
 
 
 def _said(value: Any) -> tuple[str, str | None, datetime | None]:
@@ -134,28 +137,39 @@ def apply(services: Services, model: Model, ops: list[tuple[str, int, Any]]) -> 
 def indexed(index: MemoryIndex, instance: UUID) -> set[tuple[str, str, str | None, Any]]:
     """What the index holds for the instance (who said each source and when it happened; the
     memory text's pieces date from their rewrite, which no model here knows), after checking
-    SQL and Chroma agree, on when each happened too."""
+    SQL and Chroma agree, on when each happened and on its vector too."""
     generation = index.generation
     rows = index.store.query(
-        "SELECT doc_id, kind, text, speaker, occurred_at FROM memory_docs "
+        "SELECT doc_id, kind, text, speaker, occurred_at, vector FROM memory_docs "
         "WHERE generation = %s AND instance_id = %s",
         (generation, str(instance)),
     )
-    assert {r[0]: moment(r[4]) for r in rows} == vector_times(index, instance)
+    held = in_chroma(index, instance)
+    assert {r[0]: moment(r[4]) for r in rows} == {d: when for d, (when, _) in held.items()}
+    # Chroma's copy of a vector, once in its HNSW index, is normalized again (by hnswlib): the
+    # same to the last bits of a float32.
+    for doc_id, *_, vector in rows:
+        stored = np.frombuffer(vector, dtype=np.float32)
+        assert np.allclose(stored, held[doc_id][1], rtol=0, atol=1e-6), doc_id
     return {(r[1], r[2], r[3], moment(r[4]) if r[1] != "memory_text" else None) for r in rows}
 
 
-def vector_times(index: MemoryIndex, instance: UUID) -> dict[str, datetime]:
-    """When each of the instance's vectors says its source happened."""
+def in_chroma(index: MemoryIndex, instance: UUID) -> dict[str, tuple[datetime, Any]]:
+    """When each of the instance's vectors says its source happened, and the vector."""
     name = index.vectors.name(index.generation, instance)
     if name not in {c.name for c in index.vectors.client.list_collections()}:
         return {}
     found = index.vectors.client.get_collection(name, embedding_function=None).get(
-        include=["metadatas"]
+        include=["metadatas", "embeddings"]
     )
     return {
-        doc_id: datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=meta[OCCURRED])
-        for doc_id, meta in zip(found["ids"], found["metadatas"], strict=True)
+        doc_id: (
+            datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=meta[OCCURRED]),
+            vector,
+        )
+        for doc_id, meta, vector in zip(
+            found["ids"], found["metadatas"], found["embeddings"], strict=True
+        )
     }
 
 
@@ -374,6 +388,39 @@ def test_an_index_from_an_earlier_version_is_brought_up_to_date_when_opened(
         assert [e.source for e in audit] == [None, None]
         assert_bm25_statistics_are_exact(reopened)
         assert [(h.doc.text, h.score) for h in reopened.search(world.instances[0], "perro")] == hits
+    finally:
+        reopened.close()
+
+
+def test_an_index_from_before_the_vectors_were_kept_in_sql_gets_them_when_opened(
+    services: Services, world: Model
+) -> None:
+    """A search gives the turns it brings in beside its first hits, and BM25's hits that are not
+    among the nearest, their dense score from the vectors kept in SQL: an index written before
+    they were kept there gets them from Chroma when opened, and searches as before."""
+    rng = random.Random(7)
+    turns = [
+        (" ".join(rng.sample(WORDS, 3)), ("Caroline", "Melanie")[n % 2], SAID_AT + n * MINUTE)
+        for n in range(120)
+    ]
+    apply(services, world, [("add", 0, said) for said in turns])
+    services.memory.catch_up()
+    asked = ["gato y perro en Lisboa", "la canción de la abuela", "Caroline: viaje al río"]
+
+    def searched(index: MemoryIndex) -> list[list[tuple[str, float]]]:
+        return [
+            [(h.doc.text, h.score) for h in index.search(world.instances[0], q, now=SAID_AT)]
+            for q in asked
+        ]
+
+    before = searched(services.memory_index)
+    with services.memory_index.store.transaction() as cursor:
+        cursor.execute("ALTER TABLE memory_docs DROP COLUMN vector")
+
+    reopened = build_memory_index(services.settings)
+    try:
+        assert_index_matches(reopened, world)  # each source's vector in SQL is Chroma's
+        assert searched(reopened) == before
     finally:
         reopened.close()
 
