@@ -641,8 +641,16 @@ def _http_searches(
             f"search through HTTP on `alma serve` ({HTTP_SEARCHES} searches, one at a time)",
             f"p50 {p50:.1f} ms, p95 {p95:.1f} ms",
         ),
-        Row("alma serve RSS after the searches", _rss_mb(server.pid)),
+        Row(f"alma serve RSS after the searches ({_chat_model(folder)})", _rss_mb(server.pid)),
     ]
+
+
+def _chat_model(folder: Path) -> str:
+    """What `alma serve` said of its chat model (a local one is loaded at start)."""
+    for line in (folder / "serve.log").read_text().splitlines():
+        if line.startswith("chat model:"):
+            return line.split(" (")[0]
+    return "chat model: not said"
 
 
 def _rebuild(
