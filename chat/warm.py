@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 # cache, 256 MiB, holds about 14 openings of ~650 tokens of the 1.5B).
 WARM_INSTANCES = 8
 
+# How long a reading waits for chats to leave the model free, per piece.
+WARM_WAIT_S = 600.0
 Opening = Callable[[str, UUID], Messages]
 
 
@@ -34,11 +36,12 @@ class Warmer:
     def __init__(
         self,
         opening: Opening,
-        warm: Callable[[Messages], int],
+        warm: Callable[[Messages, float, Callable[[], bool]], int],
         limit: int = WARM_INSTANCES,
     ) -> None:
         """`opening(tenant, instance_id)`: the start of the instance's next prompt; `warm`
-        reads messages into the cache and says how many tokens it read."""
+        reads messages into the cache, waiting at most `wait_s` a piece for the model and
+        stopping between two pieces once `stopping()`, and says how many tokens it read."""
         self.opening = opening
         self.warm = warm
         self.limit = limit
@@ -64,11 +67,16 @@ class Warmer:
         with self._state:
             return self._state.wait_for(lambda: not self._pending and not self._busy, timeout)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 60.0) -> None:
+        """Stops, the reading under way between two of its pieces, and waits for that."""
         with self._state:
             self._stopped = True
             self._pending.clear()
             self._state.notify_all()
+        self._thread.join(timeout)
+
+    def _is_stopped(self) -> bool:
+        return self._stopped
 
     def _run(self) -> None:
         while True:
@@ -81,7 +89,7 @@ class Warmer:
                 (tenant, instance_id), _ = self._pending.popitem(last=True)
                 self._busy = True
             try:
-                read = self.warm(self.opening(tenant, instance_id))
+                read = self.warm(self.opening(tenant, instance_id), WARM_WAIT_S, self._is_stopped)
                 log.debug("read %d tokens of instance %s's next prompt", read, instance_id)
             except Exception as error:  # deleted since, the model gone: its chat reads it all
                 log.info("could not read instance %s's next prompt ahead: %s", instance_id, error)

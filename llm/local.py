@@ -21,6 +21,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,8 @@ WARM_PIECE_TOKENS = 32
 # The prompt starts read ahead that are remembered, so that one is not read again: more than the
 # prompt cache holds.
 WARMED_KEPT = 64
+# How long closing waits for the request in flight: longer than a client waits for an answer.
+CLOSE_WAIT_S = 130.0
 _QUANTIZATION = re.compile(r"[.\-_](?:I?Q\d\w*|F16|F32|BF16)$", re.IGNORECASE)
 
 log = logging.getLogger(__name__)
@@ -261,14 +264,16 @@ class LocalModelServer:
             turn_wait_s=queue_timeout_s,
         )
 
-    def warm(self, messages: Messages, wait_s: float = 600.0) -> int:
+    def warm(
+        self, messages: Messages, wait_s: float = 600.0, stopping: Callable[[], bool] = bool
+    ) -> int:
         """Reads the start of a prompt into llama.cpp's prompt cache ahead of its chat: what
         `messages` render to before whatever comes after them (the model's chat template, from
         the GGUF), so that the chat whose prompt begins with `messages` reads only the rest.
         It goes in pieces of WARM_PIECE_TOKENS, each in the background's turn (llm/turn.py):
         after chats and giving way to them, a chat waiting for one piece at most. Returns how
         many tokens it read (0 when they were cached already); it stops where it is when the
-        model stays busy with chats for `wait_s`."""
+        model stays busy with chats for `wait_s`, or between two pieces once `stopping()`."""
         base = self.base_url.removesuffix("/v1")
         headers = {"Authorization": f"Bearer {self.api_key}"}
         read = 0
@@ -296,7 +301,7 @@ class LocalModelServer:
                 self._warmed.move_to_end(key)
                 return 0
             for end in range(WARM_PIECE_TOKENS, len(tokens) + WARM_PIECE_TOKENS, WARM_PIECE_TOKENS):
-                if not self.turns.background.acquire(wait_s):
+                if stopping() or not self.turns.background.acquire(wait_s):
                     break
                 try:
                     piece = {"prompt": tokens[:end], "n_predict": 0, "cache_prompt": True}
@@ -319,7 +324,14 @@ class LocalModelServer:
         return self._server is not None
 
     def close(self) -> None:
-        """Stop serving: xllamacpp shuts the server down when its object is released."""
+        """Stop serving: xllamacpp shuts the server down when its object is released, which
+        never returns while a request is being answered (its loop has stopped, the request
+        waits for it, and the release holds the interpreter). So the model's turn is taken
+        first: the request in flight, a chat's or a piece read ahead, ends before; none starts
+        after."""
+        if self._server is None:
+            return
+        self.turns.chat.acquire(CLOSE_WAIT_S)
         self._server = None
 
 

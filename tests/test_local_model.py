@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -172,6 +173,37 @@ def test_only_alma_may_use_the_port_and_close_stops_it() -> None:
     port = int(server.base_url.rsplit(":", 1)[1].split("/")[0])
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
         pass
+
+
+# Run in a process of its own: a close that never returns would hang the interpreter.
+CLOSE_WHILE_READING = """
+import sys, threading, time
+from alma.llm.local import LocalModelServer
+server = LocalModelServer("smollm2-135m", context=2048)
+persona = "Eres Rosa, curandera de la sierra. " * 120  # a long opening: many pieces
+reading = threading.Thread(
+    target=server.warm, args=([{"role": "system", "content": persona}],), daemon=True
+)
+reading.start()
+while server.turns.holder != "background":  # a piece is being read
+    time.sleep(0.001)
+server.close()
+print("closed")
+"""
+
+
+@pytest.mark.slow
+def test_closing_the_local_model_while_a_prompt_is_read_ahead_returns() -> None:
+    """xllamacpp never returns from releasing a server while it answers a request."""
+    done = subprocess.run(
+        [sys.executable, "-c", CLOSE_WHILE_READING],
+        capture_output=True,
+        text=True,
+        timeout=300,  # a hang, not a speed: the close itself takes well under a second
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "closed"
 
 
 @pytest.mark.slow
