@@ -5,14 +5,17 @@ default 1.5B busy 7-14 s on two cores. Later turns start fast because it keeps w
 reads again only what follows the first difference (chat/prompt.py puts what changes late). The
 `Warmer` has the start of an instance's next prompt read before the chat asks: its persona,
 memory text and conversation so far (`Chat.opening`), when `alma serve` starts (the instances
-chatted with last) and when a character or an instance is created or edited. It takes the model
-as memory formation does: after chats, giving way to them (`LocalModelServer.warm`).
+chatted with last) and when a character or an instance is created or edited, once nothing asked
+for it for a second (a burst of edits is read once: read at every edit, an edit cost the server
+three times the CPU). It takes the model as memory formation does: after chats, giving way to
+them (`LocalModelServer.warm`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from uuid import UUID
@@ -26,6 +29,9 @@ WARM_INSTANCES = 8
 
 # How long a reading waits for chats to leave the model free, per piece.
 WARM_WAIT_S = 600.0
+# An instance's opening is read once nothing asked for it for this long: a burst of edits (a
+# client saving the memory text at every change) has it read once, not once an edit.
+QUIET_S = 1.0
 Opening = Callable[[str, UUID], Messages]
 
 
@@ -45,7 +51,8 @@ class Warmer:
         self.opening = opening
         self.warm = warm
         self.limit = limit
-        self._pending: OrderedDict[tuple[str, UUID], None] = OrderedDict()
+        # When each was last asked for, the latest last.
+        self._pending: OrderedDict[tuple[str, UUID], float] = OrderedDict()
         self._busy = False
         self._stopped = False
         self._state = threading.Condition()
@@ -57,7 +64,7 @@ class Warmer:
         with self._state:
             for instance_id in instance_ids:
                 self._pending.pop((tenant, instance_id), None)
-                self._pending[(tenant, instance_id)] = None
+                self._pending[(tenant, instance_id)] = time.monotonic()
             while len(self._pending) > self.limit:
                 self._pending.popitem(last=False)
             self._state.notify_all()
@@ -78,15 +85,28 @@ class Warmer:
     def _is_stopped(self) -> bool:
         return self._stopped
 
+    def _next(self) -> tuple[str, UUID] | None:
+        """The latest asked for of the instances left quiet for QUIET_S, once there is one;
+        None once stopped. Called holding the state's lock."""
+        while not self._stopped:
+            now = time.monotonic()
+            quiet = [key for key, asked in self._pending.items() if now - asked >= QUIET_S]
+            if quiet:
+                del self._pending[quiet[-1]]
+                return quiet[-1]
+            first = min(self._pending.values(), default=None)
+            self._state.wait(None if first is None else first + QUIET_S - now)
+        return None
+
     def _run(self) -> None:
         while True:
             with self._state:
                 self._busy = False
                 self._state.notify_all()
-                self._state.wait_for(lambda: self._pending or self._stopped)
-                if self._stopped:
+                chosen = self._next()
+                if chosen is None:
                     return
-                (tenant, instance_id), _ = self._pending.popitem(last=True)
+                tenant, instance_id = chosen
                 self._busy = True
             try:
                 read = self.warm(self.opening(tenant, instance_id), WARM_WAIT_S, self._is_stopped)
