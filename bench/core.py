@@ -11,9 +11,10 @@ that is created here and dropped at the end):
    (a) all on one instance and (b) round-robin over 1,000 instances, as a ratio to the raw rate.
 3. The same edits through HTTP (`PATCH /v1/instances/{id}`) from 8 concurrent clients against
    `api.app:create_app(settings)` served by uvicorn in a subprocess (skipped if `api.app` is
-   missing): all clients on one instance, and each client on its own instance; once with the
-   projections in the server's process (the embedded default) and once with them off, as when
-   `alma worker` runs them (the request path alone).
+   missing): all clients on one instance, and each client on its own instance; once as the
+   embedded default (projections and the local chat model in the server) and once as a
+   deployment's API process (projections in `alma worker`, a hosted chat model): the request
+   path alone.
 4. Load latency p50/p95 of an instance's current state with 10, 1,000 and 100,000 events in
    its history, and of its state at an old version (history // 3 + 7) — time travel.
 
@@ -53,6 +54,7 @@ import httpx
 import psycopg
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
+from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -340,17 +342,22 @@ def drive_http(base_url: str, secret: str, targets: list[UUID], requests: int) -
 
 
 def http_rows(settings: Settings, sizes: Sizes, in_process: float) -> list[Row]:
-    """Each scenario twice: projections in the server's process (the embedded default, where
-    every memory edit is also embedded and indexed there), and off, as in a deployment whose
-    projections run in `alma worker` (the request path alone, what the targets are for)."""
+    """Each scenario twice: as the embedded default (the projections in the server's process,
+    where every memory edit is also embedded and indexed, and the local chat model, which reads
+    an edited instance's next prompt ahead), and as a deployment's API process (the projections
+    in `alma worker`, a hosted chat model, which a PATCH never calls): the request path alone,
+    what the targets are for."""
     reason = api_unavailable()
     if reason is not None:
         return [Row("HTTP: skipped (api.app not available)", reason[:60])]
     secret, instance_ids = seed_http(settings)
     rows = [Row("HTTP server", "1 uvicorn process")]
     for projections in (False, True):
-        where = "projections in the server" if projections else "projections elsewhere"
-        served = settings.model_copy(update={"run_projections": projections})
+        where = "embedded default" if projections else "projections elsewhere"
+        deployed = {"openai_api_key": SecretStr("sk-bench-never-called")}
+        served = settings.model_copy(
+            update={"run_projections": projections, **({} if projections else deployed)}
+        )
         with api_server(served) as base_url:
             scenarios = (
                 ("one shared instance", instance_ids[:1], SHARED_P95_TARGET_MS),

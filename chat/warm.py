@@ -5,10 +5,10 @@ default 1.5B busy 7-14 s on two cores. Later turns start fast because it keeps w
 reads again only what follows the first difference (chat/prompt.py puts what changes late). The
 `Warmer` has the start of an instance's next prompt read before the chat asks: its persona,
 memory text and conversation so far (`Chat.opening`), when `alma serve` starts (the instances
-chatted with last) and when a character or an instance is created or edited, once nothing asked
-for it for a second (a burst of edits is read once: read at every edit, an edit cost the server
-three times the CPU). It takes the model as memory formation does: after chats, giving way to
-them (`LocalModelServer.warm`).
+chatted with last) and when a character or an instance is created or edited; asked for again
+within a second, a second after the last ask (a burst of edits is read at its first and after
+its last: read at every edit, an edit cost the server twice the CPU). It takes the model as
+memory formation does: after chats, giving way to them (`LocalModelServer.warm`).
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ WARM_INSTANCES = 8
 
 # How long a reading waits for chats to leave the model free, per piece.
 WARM_WAIT_S = 600.0
-# An instance's opening is read once nothing asked for it for this long: a burst of edits (a
-# client saving the memory text at every change) has it read once, not once an edit.
+# An instance asked for again within this long of its last ask is read this long after the
+# last: a burst of edits (a client saving the memory text at every change) has its opening read
+# at the first and after the last, not at each.
 QUIET_S = 1.0
 Opening = Callable[[str, UUID], Messages]
 
@@ -51,8 +52,10 @@ class Warmer:
         self.opening = opening
         self.warm = warm
         self.limit = limit
-        # When each was last asked for, the latest last.
+        # When each is due to be read, the latest asked for last.
         self._pending: OrderedDict[tuple[str, UUID], float] = OrderedDict()
+        # When each instance was last asked for, within the last QUIET_S.
+        self._asked: dict[tuple[str, UUID], float] = {}
         self._busy = False
         self._stopped = False
         self._state = threading.Condition()
@@ -62,9 +65,13 @@ class Warmer:
     def soon(self, tenant: str, instance_ids: Iterable[UUID]) -> None:
         """Read these instances' openings, the last one given first."""
         with self._state:
+            now = time.monotonic()
+            self._asked = {k: t for k, t in self._asked.items() if now - t < QUIET_S}
             for instance_id in instance_ids:
-                self._pending.pop((tenant, instance_id), None)
-                self._pending[(tenant, instance_id)] = time.monotonic()
+                key = (tenant, instance_id)
+                self._pending.pop(key, None)
+                self._pending[key] = now + QUIET_S if key in self._asked else now
+                self._asked[key] = now
             while len(self._pending) > self.limit:
                 self._pending.popitem(last=False)
             self._state.notify_all()
@@ -86,16 +93,16 @@ class Warmer:
         return self._stopped
 
     def _next(self) -> tuple[str, UUID] | None:
-        """The latest asked for of the instances left quiet for QUIET_S, once there is one;
-        None once stopped. Called holding the state's lock."""
+        """The latest asked for of the instances due, once there is one; None once stopped.
+        Called holding the state's lock."""
         while not self._stopped:
             now = time.monotonic()
-            quiet = [key for key, asked in self._pending.items() if now - asked >= QUIET_S]
-            if quiet:
-                del self._pending[quiet[-1]]
-                return quiet[-1]
+            due = [key for key, when in self._pending.items() if when <= now]
+            if due:
+                del self._pending[due[-1]]
+                return due[-1]
             first = min(self._pending.values(), default=None)
-            self._state.wait(None if first is None else first + QUIET_S - now)
+            self._state.wait(None if first is None else first - now)
         return None
 
     def _run(self) -> None:

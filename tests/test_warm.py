@@ -1,5 +1,6 @@
-"""Reading ahead (chat/warm.py): a burst of asks for one instance is read once, after it; each
-instance asked for is read; closing stops the reading under way between two of its pieces."""
+"""Reading ahead (chat/warm.py): an instance asked for is read at once; a burst of asks for one
+instance is read at its first and after its last; closing stops the reading under way between
+two of its pieces."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class Model:
         return read
 
 
-def test_a_burst_of_edits_has_an_opening_read_once() -> None:
+def test_a_burst_of_edits_has_an_opening_read_at_its_start_and_after_its_end() -> None:
     model = Model()
     warmer = Warmer(model.opening, model.warm)
     rosa, pedro = uuid4(), uuid4()
@@ -52,7 +53,7 @@ def test_a_burst_of_edits_has_an_opening_read_once() -> None:
         assert warmer.wait_idle(30)
     finally:
         warmer.close()
-    assert sorted(model.read) == sorted([f"acme/{rosa}", f"acme/{pedro}"])
+    assert sorted(model.read) == sorted([f"acme/{rosa}", f"acme/{rosa}", f"acme/{pedro}"])
 
 
 def test_closing_stops_a_reading_between_two_pieces() -> None:
