@@ -76,13 +76,16 @@ def postgres_server(request: pytest.FixtureRequest) -> PostgresServer:
     return PostgresServer(proc.host, proc.port, proc.user, "postgres")
 
 
-# Read models may lag while a loaded test machine embeds; tests wait rather than flake.
+# Read models may lag while a loaded test machine embeds, and a pooled PostgreSQL connection may
+# take longer than the default 2 s to come (a full-suite run once failed a setup so); tests wait
+# rather than flake.
 # Memory formation would send its own requests to the chat stub, or ask the local model (a 1.5B
 # extraction is seconds a turn): its tests switch it on.
 _patient = {
     "_env_file": None,
     "read_model_wait_s": 30.0,
     "consistency_wait_s": 60.0,
+    "postgres_connect_timeout_s": 10,
     "memory_formation": False,
 }
 
