@@ -178,14 +178,7 @@ def formation(database_url: str, seconds: float) -> list[Row]:
         stub = stack.enter_context(SlowFormationStub())
         model = {"OPENAI_API_KEY": "sk-scale-0123456789", "OPENAI_BASE_URL": stub.base_url}
         env = _env(folder, url, chroma, model)
-        key = subprocess.run(
-            [ALMA, "keys", "create", "--tenant", "scale"],
-            env=env,
-            cwd=folder,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        key = _new_key(folder, env, "scale")
         api_port = free_port()
         serve_env = env | {"ALMA_RUN_PROJECTIONS": "false", "ALMA_RATE_LIMIT": "100000"}
         stack.enter_context(
@@ -602,17 +595,17 @@ def _searches(services: Any, ids: list[UUID], memories: int) -> list[Row]:
     ]
 
 
+def _new_key(folder: Path, env: dict[str, str], tenant: str) -> str:
+    """An API key for `tenant`, made by `alma keys create` in the deployment's environment."""
+    command = [ALMA, "keys", "create", "--tenant", tenant]
+    made = subprocess.run(command, env=env, cwd=folder, capture_output=True, text=True, check=True)
+    return made.stdout.strip()
+
+
 def _http_searches(
     stack: ExitStack, folder: Path, env: dict[str, str], ids: list[UUID]
 ) -> list[Row]:
-    key = subprocess.run(
-        [ALMA, "keys", "create", "--tenant", TENANT],
-        env=env,
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    key = _new_key(folder, env, TENANT)
     port = free_port()
     serve_env = env | {"ALMA_RUN_PROJECTIONS": "false", "ALMA_RATE_LIMIT": "100000"}
     server = stack.enter_context(
